@@ -1,0 +1,47 @@
+"""The Flask application factory."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from flask import Flask
+
+from cds_service.config import load_settings
+from cds_service.routes import blueprint
+from coverage_policy.loader import load_policy
+
+logger = logging.getLogger(__name__)
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _new_uuid() -> str:
+    return str(uuid.uuid4())
+
+
+def create_app(
+    config: Mapping[str, Any] | None = None,
+    *,
+    clock: Callable[[], datetime] = _utc_now,
+    new_uuid: Callable[[], str] = _new_uuid,
+) -> Flask:
+    """Build the service. ``config`` overrides the ``CDS_*`` environment; ``clock`` and
+    ``new_uuid`` are injectable so tests can compare responses exactly."""
+    app = Flask(__name__, instance_relative_config=True)
+    app.config["CDS"] = load_settings(config)
+    app.extensions["cds_clock"] = clock
+    app.extensions["cds_new_uuid"] = new_uuid
+    # A policy that fails its schema or semantic checks stops the service here.
+    app.extensions["cds_policy"] = load_policy()
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.json.compact = True  # type: ignore[attr-defined]
+    app.register_blueprint(blueprint)
+    if app.config["CDS"]["AUTH"] == "optional":
+        logger.warning("CDS_AUTH=optional: unsigned service calls are accepted")
+    return app

@@ -1,0 +1,86 @@
+"""Configuration: defaults, then ``CDS_*`` environment variables, then the caller's mapping.
+
+Production defaults are safe: client authentication required, no FHIR server trusted
+with a bearer token, no CORS origin allowed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+DEFAULTS: dict[str, Any] = {
+    # "required": every service and feedback call carries a valid client JWT.
+    # "optional": unsigned calls are accepted (a warning is logged); for demos and sandboxes.
+    "AUTH": "required",
+    # iss -> {"jwks_url": ...} or {"jwks": {...}}, optional "fhir_servers" and "jku" lists.
+    "TRUSTED_ISSUERS": {},
+    # Base URL prefixes the service may call with a bearer token when no issuer list applies.
+    "FHIR_SERVERS": [],
+    # Public base URL (scheme://host[:port][/prefix]) used for the JWT aud check behind a proxy.
+    "PUBLIC_URL": "",
+    # SQLAlchemy URL of the feedback/audit store; empty means a SQLite file in the instance folder.
+    "DATABASE_URL": "",
+    # The insurer name shown to clinicians as card source.label (CRD resp-4).
+    "PAYER_NAME": "Medicare Advantage Plan",
+    # One deadline for all FHIR queries of a request, and the timeout of each call.
+    "FHIR_DEADLINE_S": 3.0,
+    "FHIR_CALL_TIMEOUT_S": 2.0,
+    # Origins allowed to call from a browser (e.g. the CDS Hooks sandbox).
+    "CORS_ORIGINS": [],
+}
+
+# Settings whose environment value is a list (comma-separated) or JSON (inline or a file path).
+_LIST_KEYS = {"FHIR_SERVERS", "CORS_ORIGINS"}
+_JSON_KEYS = {"TRUSTED_ISSUERS"}
+_FLOAT_KEYS = {"FHIR_DEADLINE_S", "FHIR_CALL_TIMEOUT_S"}
+
+
+class ConfigError(ValueError):
+    """A setting has a value the service cannot run with (raised at start-up)."""
+
+
+def _parse_env_value(key: str, raw: str) -> Any:
+    if key in _LIST_KEYS:
+        return [item.strip() for item in raw.split(",") if item.strip()]
+    if key in _FLOAT_KEYS:
+        try:
+            return float(raw)
+        except ValueError as exc:
+            raise ConfigError(f"CDS_{key} must be a number of seconds") from exc
+    if key in _JSON_KEYS:
+        text = raw
+        if not raw.lstrip().startswith("{"):
+            try:
+                text = Path(raw).read_text(encoding="utf-8")
+            except OSError as exc:
+                raise ConfigError(f"CDS_{key}: cannot read {raw}") from exc
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"CDS_{key} is not valid JSON") from exc
+    return raw
+
+
+def load_settings(
+    overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """Merge defaults, ``CDS_*`` environment variables and ``overrides``, then check them."""
+    environ = os.environ if environ is None else environ
+    settings = dict(DEFAULTS)
+    for key in DEFAULTS:
+        raw = environ.get(f"CDS_{key}")
+        if raw is not None and raw != "":
+            settings[key] = _parse_env_value(key, raw)
+    for key, value in (overrides or {}).items():
+        settings[key] = value
+    if settings["AUTH"] not in ("required", "optional"):
+        raise ConfigError("CDS_AUTH must be 'required' or 'optional'")
+    if not isinstance(settings["TRUSTED_ISSUERS"], dict):
+        raise ConfigError("CDS_TRUSTED_ISSUERS must map each issuer to its keys")
+    if "*" in settings["CORS_ORIGINS"]:
+        raise ConfigError("CDS_CORS_ORIGINS must list origins; '*' is not allowed")
+    return settings

@@ -1,0 +1,94 @@
+"""Parse and validate a CDS Hooks request body into a ``HookRequest``.
+
+Lenient where the specification says be liberal (unknown members ignored, prefetch
+values may be null, absent, an OperationOutcome or a Bundle), strict where it must be
+(the hook matches the service, ``hookInstance`` is a UUID, the hook's own context, and
+``fhirServer`` whenever ``fhirAuthorization`` is sent). Every failure is a ``BadRequest``
+naming what is wrong and where.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from functools import cache
+from importlib import resources
+from typing import Any
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import ValidationError
+
+from cds_service.errors import BadRequest, Issue
+from hooks.request import FhirAuthorization, HookRequest
+
+@cache
+def _envelope_validator() -> Draft202012Validator:
+    text = resources.files("cds_service").joinpath("schemas/hook_request.schema.json").read_text()
+    return Draft202012Validator(json.loads(text))
+
+
+def _json_path(parts: Iterable[Any]) -> str:
+    path = ""
+    for part in parts:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    return path
+
+
+def schema_issues(
+    validator: Draft202012Validator, document: Any, prefix: str = ""
+) -> list[Issue]:
+    """Every schema violation as an issue whose expression points at the offending member."""
+    issues = []
+    errors: list[ValidationError] = sorted(
+        validator.iter_errors(document), key=lambda e: list(map(str, e.absolute_path))
+    )
+    for error in errors:
+        location = _json_path(error.absolute_path)
+        where = ".".join(filter(None, [prefix, location])) or prefix or "(request body)"
+        issues.append(Issue(f"{where}: {error.message}", where))
+    return issues
+
+
+def parse_json_body(raw: bytes) -> Any:
+    """Decode the HTTP body, or raise ``BadRequest`` saying why it is not JSON."""
+    if not raw:
+        raise BadRequest.single("The request body is empty; a CDS Hooks request is a JSON object")
+    try:
+        return json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadRequest.single(f"The request body is not valid JSON: {exc}") from exc
+
+
+def parse_hook_request(
+    body: Any, *, expected_hook: str, context_validator: Draft202012Validator
+) -> HookRequest:
+    """Validate ``body`` for a service of ``expected_hook`` and return the request."""
+    issues = schema_issues(_envelope_validator(), body)
+    if issues:
+        raise BadRequest(issues)
+    if body["hook"] != expected_hook:
+        raise BadRequest.single(
+            f"hook '{body['hook']}' does not match this service, which answers '{expected_hook}'",
+            "hook",
+        )
+    issues = schema_issues(context_validator, body["context"], prefix="context")
+    if issues:
+        raise BadRequest(issues)
+    auth = body.get("fhirAuthorization")
+    return HookRequest(
+        hook=body["hook"],
+        hook_instance=body["hookInstance"],
+        context=body["context"],
+        prefetch=body.get("prefetch") or {},
+        fhir_server=body.get("fhirServer"),
+        fhir_authorization=FhirAuthorization(
+            access_token=auth["access_token"],
+            token_type=auth["token_type"],
+            scope=auth["scope"],
+            subject=auth["subject"],
+            patient=auth.get("patient"),
+        )
+        if auth
+        else None,
+        extension=body.get("extension") or {},
+    )

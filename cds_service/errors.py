@@ -1,0 +1,87 @@
+"""Errors the service answers with, each rendered as a FHIR OperationOutcome.
+
+    CdsServiceError                 (500: never raised on purpose; the catch-all answer)
+     +-- BadRequest                 400: malformed JSON, envelope or context, bad Coverage
+     +-- Unauthorized               401: client JWT missing or invalid (no details given)
+     +-- UnknownService             404: no such service id
+     +-- PreconditionFailed         412: data the decision needs could not be had at all
+
+Hook handlers raise ``hooks.request.RequestNotAnswerable`` subclasses, answered as
+``CoverageProblem`` → 400 and ``OrdersUnavailable`` → 412.
+
+The policy package has its own ``PolicyLoadError`` (start-up only); missing clinical data
+is never an error, it is an ``unknown`` criterion and a conditional decision.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Issue:
+    """One OperationOutcome issue: what is wrong (diagnostics) and where (expression)."""
+
+    diagnostics: str
+    expression: str | None = None
+    code: str = "invalid"
+    severity: str = "error"
+
+    def to_fhir(self) -> dict[str, Any]:
+        issue: dict[str, Any] = {
+            "severity": self.severity,
+            "code": self.code,
+            "diagnostics": self.diagnostics,
+        }
+        if self.expression:
+            issue["expression"] = [self.expression]
+        return issue
+
+
+@dataclass(eq=False)
+class CdsServiceError(Exception):
+    """Base of every error the service turns into an HTTP answer."""
+
+    issues: list[Issue] = field(default_factory=list)
+    status = 500
+    default_code = "exception"
+
+    def __post_init__(self) -> None:
+        super().__init__("; ".join(issue.diagnostics for issue in self.issues))
+
+    @classmethod
+    def single(cls, diagnostics: str, expression: str | None = None) -> CdsServiceError:
+        return cls([Issue(diagnostics, expression, code=cls.default_code)])
+
+    def operation_outcome(self) -> dict[str, Any]:
+        issues = self.issues or [Issue("Internal error", code=self.default_code)]
+        return {"resourceType": "OperationOutcome", "issue": [i.to_fhir() for i in issues]}
+
+
+class BadRequest(CdsServiceError):
+    status = 400
+    default_code = "invalid"
+
+
+class Unauthorized(CdsServiceError):
+    status = 401
+    default_code = "security"
+
+
+class UnknownService(CdsServiceError):
+    status = 404
+    default_code = "not-found"
+
+
+class PreconditionFailed(CdsServiceError):
+    status = 412
+    default_code = "incomplete"
+
+
+def operation_outcome(diagnostics: str, code: str = "exception") -> dict[str, Any]:
+    """An OperationOutcome for answers that have no exception behind them (404, 405, 500)."""
+    return {
+        "resourceType": "OperationOutcome",
+        "issue": [{"severity": "error", "code": code, "diagnostics": diagnostics}],
+    }

@@ -1,0 +1,95 @@
+"""HTTP routes: discovery and service calls. Thin: parse, hand over, answer."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Blueprint, Response, current_app, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from cds_service.auth import authenticate_client
+from cds_service.envelope import parse_hook_request, parse_json_body
+from cds_service.errors import (
+    BadRequest,
+    CdsServiceError,
+    PreconditionFailed,
+    UnknownService,
+    operation_outcome,
+)
+from cds_service.prefetch import resolve_prefetch
+from hooks import SERVICES, context_validator
+from hooks.request import CoverageProblem, OrdersUnavailable
+from hooks.service import HookEnvironment
+
+logger = logging.getLogger(__name__)
+
+blueprint = Blueprint("cds", __name__)
+
+
+def _settings() -> dict[str, Any]:
+    return current_app.config["CDS"]  # type: ignore[no-any-return]
+
+
+def public_base_url() -> str:
+    """The base URL clients call us at: ``CDS_PUBLIC_URL`` behind a proxy, else the request's."""
+    configured = _settings()["PUBLIC_URL"]
+    return str(configured).rstrip("/") if configured else request.host_url.rstrip("/")
+
+
+@blueprint.get("/cds-services")
+def discovery() -> Response:
+    return jsonify({"services": [service.discovery_entry() for service in SERVICES.values()]})
+
+
+@blueprint.post("/cds-services/<service_id>")
+def call_service(service_id: str) -> Response:
+    service = SERVICES.get(service_id)
+    if service is None:
+        raise UnknownService.single(f"No CDS service with id '{service_id}'", "id")
+    authenticate_client(_settings(), endpoint_url=f"{public_base_url()}/cds-services/{service_id}")
+    hook_request = parse_hook_request(
+        parse_json_body(request.get_data()),
+        expected_hook=service.hook,
+        context_validator=context_validator(service),
+    )
+    clinical = resolve_prefetch(service, hook_request, _settings())
+    environment = HookEnvironment(
+        now=current_app.extensions["cds_clock"](),
+        new_uuid=current_app.extensions["cds_new_uuid"],
+        payer_name=_settings()["PAYER_NAME"],
+        base_url=public_base_url(),
+        policy=current_app.extensions["cds_policy"],
+    )
+    try:
+        result = service.handler(hook_request, clinical, environment)
+    except CoverageProblem as problem:
+        raise BadRequest.single(problem.diagnostics, problem.expression) from problem
+    except OrdersUnavailable as problem:
+        raise PreconditionFailed.single(problem.diagnostics, problem.expression) from problem
+    logger.info(
+        "answered %s hookInstance=%s decisions=%s",
+        service_id,
+        hook_request.hook_instance,
+        [(d.rule_id, d.outcome.value) for d in result.decisions],
+    )
+    return jsonify(result.response)
+
+
+@blueprint.app_errorhandler(CdsServiceError)
+def answer_service_error(error: CdsServiceError) -> tuple[Response, int]:
+    return jsonify(error.operation_outcome()), error.status
+
+
+@blueprint.app_errorhandler(HTTPException)
+def answer_http_error(error: HTTPException) -> tuple[Response, int]:
+    status = error.code or 500
+    code = {404: "not-found", 405: "not-supported", 413: "too-costly"}.get(status, "exception")
+    return jsonify(operation_outcome(error.description or error.name, code)), status
+
+
+@blueprint.app_errorhandler(Exception)
+def answer_unexpected_error(error: Exception) -> tuple[Response, int]:
+    # Never a stack trace to the client; the log keeps it for operators.
+    logger.exception("unexpected error answering %s", request.path)
+    return jsonify(operation_outcome("Internal error; the request was not processed")), 500

@@ -1,0 +1,204 @@
+"""Evaluate the policy: facts + the order date → a decision with a per-criterion trace.
+
+Three-valued (Kleene) logic: ``all`` is unmet if any part is unmet, met if all are met,
+else unknown; ``any`` the dual; ``not`` swaps met and unmet. A fact whose data could not
+be had is unknown; a fact looked for and not found takes the leaf's ``absent`` truth
+(unknown unless the policy says otherwise). Nothing here raises on missing data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import date
+from typing import Any
+
+from coverage_policy.model import (
+    CodedItem,
+    Criterion,
+    CriterionResult,
+    Decision,
+    Evidence,
+    FactValue,
+    Needs,
+    Outcome,
+    Policy,
+    Rule,
+    RuleKind,
+    RuleResult,
+    Truth,
+)
+
+Facts = Mapping[str, FactValue]
+_MET, _UNMET, _UNKNOWN = Truth.MET, Truth.UNMET, Truth.UNKNOWN
+
+def truth_all(truths: list[Truth]) -> Truth:
+    if _UNMET in truths:
+        return _UNMET
+    return _UNKNOWN if _UNKNOWN in truths else _MET
+
+def truth_any(truths: list[Truth]) -> Truth:
+    if _MET in truths:
+        return _MET
+    return _UNKNOWN if _UNKNOWN in truths else _UNMET
+
+def truth_not(truth: Truth) -> Truth:
+    return {_MET: _UNMET, _UNMET: _MET, _UNKNOWN: _UNKNOWN}[truth]
+
+def code_in_valueset(valueset: Mapping[str, Any], system: str, code: str) -> bool:
+    """Exact codes per system, and prefixes per system (ICD-10-CM categories)."""
+    if code in valueset.get("codes", {}).get(system, ()):
+        return True
+    normalized = code.replace(".", "").upper()
+    return any(
+        normalized.startswith(prefix.replace(".", "").upper())
+        for prefix in valueset.get("prefixes", {}).get(system, ())
+    )
+
+def _compare(op: str, actual: Any, expected: Any) -> bool:
+    if op == "eq":
+        return bool(actual == expected)
+    if op == "in":
+        return actual in expected
+    if not isinstance(actual, int | float) or isinstance(actual, bool):
+        return False
+    return {
+        "gt": actual > expected,
+        "gte": actual >= expected,
+        "lt": actual < expected,
+        "lte": actual <= expected,
+    }[op]
+
+class _Evaluator:
+    """One evaluation: caches criterion results so shared criteria are decided once."""
+
+    def __init__(self, policy: Policy, facts: Facts, as_of: date) -> None:
+        self.policy = policy
+        self.facts = facts
+        self.as_of = as_of
+        self.cache: dict[str, CriterionResult] = {}
+
+    # -- fact leaves -----------------------------------------------------------------
+    def leaf(self, node: Mapping[str, Any]) -> tuple[Truth, tuple[Evidence, ...]]:
+        fact = self.facts.get(node["fact"])
+        if fact is None:
+            return _UNKNOWN, ()
+        value = fact.value
+        if value is None or value == ():
+            return Truth(node.get("absent", "unknown")), fact.evidence
+        op = node["op"]
+        if op == "exists":
+            return _MET, fact.evidence
+        if op == "is_true":
+            return (_MET if value is True else _UNMET), fact.evidence
+        if op == "has_code":
+            return self._has_code(node, value, fact)
+        if op == "within_days":
+            days = (self.as_of - value).days
+            return (_MET if 0 <= days <= node["value"] else _UNMET), fact.evidence
+        expected = node["values"] if op == "in" else node["value"]
+        return (_MET if _compare(op, value, expected) else _UNMET), fact.evidence
+
+    def _has_code(
+        self, node: Mapping[str, Any], items: tuple[CodedItem, ...], fact: FactValue
+    ) -> tuple[Truth, tuple[Evidence, ...]]:
+        valueset = self.policy.valuesets[node["valueset"]]
+        matches = [i for i in items if code_in_valueset(valueset, i.system, i.code)]
+        active = tuple(i.evidence for i in matches if i.status == "active")
+        if active:
+            return _MET, active
+        against = tuple(i.evidence for i in matches if i.status in ("inactive", "refuted"))
+        if against:  # only resolved, inactive or refuted records of it: evidence against
+            return _UNMET, against
+        return Truth(node.get("absent", "unknown")), ()
+
+    # -- logic trees -----------------------------------------------------------------
+    def logic(self, node: Mapping[str, Any], evidence: list[Evidence]) -> Truth:
+        if "all" in node:
+            return truth_all([self.logic(child, evidence) for child in node["all"]])
+        if "any" in node:
+            return truth_any([self.logic(child, evidence) for child in node["any"]])
+        if "not" in node:
+            return truth_not(self.logic(node["not"], evidence))
+        if "const" in node:
+            return Truth(node["const"])
+        if "criterion" in node:
+            return self.criterion(node["criterion"]).truth
+        truth, found = self.leaf(node)
+        evidence.extend(e for e in found if e not in evidence)
+        return truth
+
+    def criterion(self, criterion_id: str, deciding: bool = True) -> CriterionResult:
+        if criterion_id not in self.cache:
+            criterion: Criterion = self.policy.criteria[criterion_id]
+            evidence: list[Evidence] = []
+            truth = self.logic(criterion.logic, evidence)
+            self.cache[criterion_id] = CriterionResult(criterion, truth, tuple(evidence), True)
+        result = self.cache[criterion_id]
+        if result.deciding != deciding:
+            return CriterionResult(result.criterion, result.truth, result.evidence, deciding)
+        return result
+
+    def needs(self, node: Mapping[str, Any]) -> Needs | str | None:
+        """The unknown part of a decision tree: what documenting would settle it."""
+        if "criterion" in node:
+            result = self.criterion(node["criterion"])
+            return node["criterion"] if result.truth is _UNKNOWN else None
+        if "not" in node:
+            return self.needs(node["not"])
+        mode = "all" if "all" in node else "any" if "any" in node else None
+        if mode is None or self.logic(node, []) is not _UNKNOWN:
+            return None
+        parts = [self.needs(child) for child in node[mode]]
+        items = tuple(part for part in parts if part is not None)
+        if len(items) == 1:
+            return items[0]
+        return Needs(mode, items) if items else None
+
+    def rule(self, rule: Rule) -> RuleResult:
+        truth = self.logic(rule.decides, [])
+        deciding = _criteria_in(rule.decides)
+        results = tuple(self.criterion(cid, cid in deciding) for cid in rule.criteria)
+        needs = self.needs(rule.decides) if truth is _UNKNOWN else None
+        if isinstance(needs, str):
+            needs = Needs("all", (needs,))
+        return RuleResult(rule, truth, _OUTCOME_OF[truth], results, needs)
+
+    def applies(self, rule: Rule) -> bool:
+        # Only a definite "applies" selects a rule: an unknown scope is the business of
+        # an earlier rule that asks for the missing fact (e.g. the pump kind).
+        return rule.effective.contains(self.as_of) and self.logic(rule.applies_when, []) is _MET
+
+_OUTCOME_OF = {_MET: Outcome.COVERED, _UNMET: Outcome.NOT_COVERED, _UNKNOWN: Outcome.CONDITIONAL}
+_SEVERITY = {Outcome.COVERED: 0, Outcome.CONDITIONAL: 1, Outcome.NOT_COVERED: 2}
+
+def _criteria_in(node: Mapping[str, Any]) -> set[str]:
+    if "criterion" in node:
+        return {node["criterion"]}
+    children = node.get("all") or node.get("any") or ([node["not"]] if "not" in node else [])
+    return set().union(*(_criteria_in(child) for child in children)) if children else set()
+
+def evaluate_policy(policy: Policy, facts: Facts, as_of: date) -> Decision | None:
+    """Decide one pump episode. None when no indication rule of the policy applies."""
+    evaluator = _Evaluator(policy, facts, as_of)
+    applicable = [rule for rule in policy.rules if evaluator.applies(rule)]
+    indication = next((r for r in applicable if r.kind is RuleKind.INDICATION), None)
+    if indication is None or not policy.effective.contains(as_of):
+        return None
+    decided = evaluator.rule(indication)
+    requirements = tuple(
+        evaluator.rule(r) for r in applicable if r.kind is RuleKind.REQUIREMENT
+    )
+    guidance = tuple(evaluator.rule(r) for r in applicable if r.kind is RuleKind.GUIDANCE)
+    outcome = max(
+        (decided.outcome, *(r.outcome for r in requirements)), key=_SEVERITY.__getitem__
+    )
+    return Decision(
+        policy_id=policy.id,
+        policy_version=policy.version,
+        outcome=outcome,
+        indication=decided,
+        requirements=requirements,
+        guidance=guidance,
+        as_of=as_of,
+    )
+

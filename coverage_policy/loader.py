@@ -1,0 +1,282 @@
+"""Load the policy data, validate it against its JSON Schema, then check its meaning.
+
+The service refuses to start on a policy that fails any check: an unknown fact or value
+set, a duplicate id, facts declared that differ from facts read, a dangling reference,
+an operator that does not fit its fact's type, or an empty effective period.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping
+from datetime import date
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from jsonschema import Draft202012Validator
+
+from coverage_policy.model import (
+    Alternative,
+    Citation,
+    Criterion,
+    DocumentationItem,
+    Period,
+    Policy,
+    Rule,
+    RuleKind,
+    Source,
+)
+
+DATA = resources.files("coverage_policy").joinpath("data")
+DEFAULT_POLICY = "mcs051.01.json"
+_OPS_BY_TYPE = {
+    "boolean": {"exists", "is_true"},
+    "number": {"exists", "eq", "gt", "gte", "lt", "lte"},
+    "enum": {"exists", "eq", "in"},
+    "choice": {"exists", "eq", "in"},
+    "string": {"exists", "eq", "in"},
+    "date": {"exists", "within_days"},
+    "coded": {"exists", "has_code"},
+}
+_OUTCOME_MESSAGES = {"covered", "not-covered", "conditional"}
+_TRUTH_MESSAGES = {"met", "unmet", "unknown"}
+
+
+class PolicyLoadError(ValueError):
+    """The policy data is invalid; the message lists every problem found."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("invalid policy:\n  " + "\n  ".join(problems))
+        self.problems = problems
+
+
+def _read_json(path: Path | Any) -> Any:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def load_fact_catalog() -> dict[str, dict[str, Any]]:
+    """The facts the FHIR mappings may produce, with type and meaning."""
+    return _read_json(DATA.joinpath("facts.json"))["facts"]  # type: ignore[no-any-return]
+
+
+def load_valuesets() -> dict[str, dict[str, Any]]:
+    """Every value set the rules may name, keyed by id (one file each, with its source)."""
+    valuesets = {}
+    for entry in DATA.joinpath("valuesets").iterdir():
+        if entry.name.endswith(".json"):
+            valueset = _read_json(entry)
+            valuesets[valueset["id"]] = valueset
+    return valuesets
+
+
+def _logic_nodes(node: Mapping[str, Any]) -> Iterator[Mapping[str, Any]]:
+    yield node
+    for key in ("all", "any"):
+        for child in node.get(key, ()):
+            yield from _logic_nodes(child)
+    if "not" in node:
+        yield from _logic_nodes(node["not"])
+
+
+def _period(raw: Mapping[str, str] | None) -> Period:
+    raw = raw or {}
+    return Period(
+        date.fromisoformat(raw["from"]) if "from" in raw else None,
+        date.fromisoformat(raw["to"]) if "to" in raw else None,
+    )
+
+
+class _Checker:
+    def __init__(self, raw: Mapping[str, Any], catalog: Mapping[str, Any], valuesets: Mapping[str, Any]):
+        self.raw = raw
+        self.catalog = dict(catalog)
+        for item in raw["documentation"]:
+            self.catalog[f"doc.{item['id']}"] = {
+                "type": item["answer_type"],
+                "values": [o["code"] for o in item.get("options", [])],
+            }
+        self.valuesets = valuesets
+        self.problems: list[str] = []
+
+    def problem(self, text: str) -> None:
+        self.problems.append(text)
+
+    def check_ids(self) -> None:
+        seen: set[str] = set()
+        for section in ("criteria", "rules", "documentation", "alternatives"):
+            for entry in self.raw[section]:
+                if entry["id"] in seen:
+                    self.problem(f"duplicate id {entry['id']} in {section}")
+                seen.add(entry["id"])
+
+    def check_citations(self, owner: str, citations: list[Mapping[str, str]]) -> None:
+        for citation in citations:
+            if citation["source"] not in self.raw["sources"]:
+                self.problem(f"{owner}: cites unknown source {citation['source']}")
+
+    def check_period(self, owner: str, raw: Mapping[str, str] | None) -> None:
+        period = _period(raw)
+        if period.start and period.end and period.start >= period.end:
+            self.problem(f"{owner}: effective 'from' must be before 'to'")
+
+    def facts_read(self, owner: str, logic: Mapping[str, Any]) -> set[str]:
+        read: set[str] = set()
+        for node in _logic_nodes(logic):
+            if "fact" not in node:
+                continue
+            name, op = node["fact"], node["op"]
+            read.add(name)
+            spec = self.catalog.get(name)
+            if spec is None:
+                self.problem(f"{owner}: reads unknown fact {name}")
+                continue
+            if op not in _OPS_BY_TYPE[spec["type"]]:
+                self.problem(f"{owner}: operator {op} does not apply to {spec['type']} fact {name}")
+            if op == "has_code" and node["valueset"] not in self.valuesets:
+                self.problem(f"{owner}: unknown value set {node['valueset']}")
+            allowed = spec.get("values")
+            if allowed and op in ("eq", "in"):
+                for value in node["values"] if op == "in" else [node["value"]]:
+                    if value not in allowed:
+                        self.problem(f"{owner}: {name} can never be {value!r}")
+        return read
+
+    def check_criteria(self) -> None:
+        for criterion in self.raw["criteria"]:
+            owner = f"criterion {criterion['id']}"
+            self.check_citations(owner, criterion["citations"])
+            if any("criterion" in n for n in _logic_nodes(criterion["logic"])):
+                self.problem(f"{owner}: a criterion's logic reads facts, not other criteria")
+            read = self.facts_read(owner, criterion["logic"])
+            if read != set(criterion["facts"]):
+                self.problem(
+                    f"{owner}: declares facts {sorted(criterion['facts'])} but reads {sorted(read)}"
+                )
+
+    def check_rules(self) -> None:
+        criteria = {c["id"] for c in self.raw["criteria"]}
+        alternatives = {a["id"] for a in self.raw["alternatives"]}
+        used: set[str] = set()
+        for rule in self.raw["rules"]:
+            owner = f"rule {rule['id']}"
+            self.check_citations(owner, rule["citations"])
+            self.check_period(owner, rule.get("effective"))
+            self.facts_read(owner, rule["applies_when"])
+            if any("criterion" in n for n in _logic_nodes(rule["applies_when"])):
+                self.problem(f"{owner}: applies_when reads facts, not criteria")
+            if any("fact" in n for n in _logic_nodes(rule["decides"])):
+                self.problem(f"{owner}: decides combines criteria, it reads no facts")
+            deciding = {n["criterion"] for n in _logic_nodes(rule["decides"]) if "criterion" in n}
+            for cid in sorted((deciding | set(rule["criteria"])) - criteria):
+                self.problem(f"{owner}: unknown criterion {cid}")
+            if not deciding <= set(rule["criteria"]):
+                self.problem(f"{owner}: lists criteria that omit {sorted(deciding - set(rule['criteria']))}")
+            used |= set(rule["criteria"])
+            needed = _TRUTH_MESSAGES if rule["kind"] == "guidance" else _OUTCOME_MESSAGES
+            if set(rule["messages"]) != needed:
+                self.problem(f"{owner}: messages must be exactly {sorted(needed)}")
+            for alt in rule.get("alternatives", []):
+                if alt not in alternatives:
+                    self.problem(f"{owner}: unknown alternative {alt}")
+        for cid in sorted(criteria - used):
+            self.problem(f"criterion {cid} is used by no rule")
+
+    def check_links(self) -> None:
+        if self.raw["id"] not in self.raw["sources"]:
+            self.problem(f"sources: the policy itself ({self.raw['id']}) must be a source")
+        for key in self.raw["links"]:
+            if key not in self.raw["sources"]:
+                self.problem(f"links: unknown source {key}")
+        self.check_period("policy", self.raw["effective"])
+
+
+def build_policy(
+    raw: Mapping[str, Any],
+    catalog: Mapping[str, Any] | None = None,
+    valuesets: Mapping[str, Any] | None = None,
+) -> Policy:
+    """Check ``raw`` policy data and build the immutable ``Policy`` from it."""
+    catalog = load_fact_catalog() if catalog is None else catalog
+    valuesets = load_valuesets() if valuesets is None else valuesets
+    schema = _read_json(resources.files("coverage_policy").joinpath("policy.schema.json"))
+    errors = sorted(Draft202012Validator(schema).iter_errors(raw), key=lambda e: e.json_path)
+    if errors:
+        raise PolicyLoadError([f"{e.json_path}: {e.message}" for e in errors])
+    checker = _Checker(raw, catalog, valuesets)
+    checker.check_ids()
+    checker.check_criteria()
+    checker.check_rules()
+    checker.check_links()
+    if checker.problems:
+        raise PolicyLoadError(checker.problems)
+    return _build(raw, checker.catalog, valuesets)
+
+
+def _citations(raw: list[Mapping[str, str]]) -> tuple[Citation, ...]:
+    return tuple(Citation(c["source"], c["section"]) for c in raw)
+
+
+def _build(raw: Mapping[str, Any], catalog: dict[str, Any], valuesets: Mapping[str, Any]) -> Policy:
+    sources = {k: Source(k, v["label"], v["url"]) for k, v in raw["sources"].items()}
+    criteria = {}
+    for c in raw["criteria"]:
+        docs = sorted({f[4:] for f in c["facts"] if f.startswith("doc.")})
+        criteria[c["id"]] = Criterion(
+            c["id"], c["text"], _citations(c["citations"]), tuple(c["facts"]), c["logic"], tuple(docs)
+        )
+    rules = tuple(
+        Rule(
+            id=r["id"],
+            kind=RuleKind(r["kind"]),
+            title=r["title"],
+            citations=_citations(r["citations"]),
+            applies_when=r["applies_when"],
+            decides=r["decides"],
+            criteria=tuple(r["criteria"]),
+            messages=dict(r["messages"]),
+            alternatives=tuple(r.get("alternatives", ())),
+            effective=_period(r.get("effective")),
+        )
+        for r in raw["rules"]
+    )
+    documentation = {
+        d["id"]: DocumentationItem(
+            d["id"],
+            d["text"],
+            d["answer_type"],
+            tuple((o["code"], o["display"]) for o in d.get("options", [])),
+            d["doc_type"],
+        )
+        for d in raw["documentation"]
+    }
+    alternatives = {
+        a["id"]: Alternative(a["id"], a["label"], a.get("hcpcs"), a["display"], a["action"])
+        for a in raw["alternatives"]
+    }
+    questionnaire = raw["questionnaire"]
+    return Policy(
+        id=raw["id"],
+        version=raw["version"],
+        title=raw["title"],
+        url=raw["url"],
+        effective=_period(raw["effective"]),
+        sources=sources,
+        facts=catalog,
+        valuesets=dict(valuesets),
+        criteria=criteria,
+        rules=rules,
+        documentation=documentation,
+        alternatives=alternatives,
+        questionnaire_id=questionnaire["id"],
+        questionnaire_url=f"{questionnaire['url']}|{questionnaire['version']}",
+        questionnaire_title=questionnaire["title"],
+        links=tuple(sources[key] for key in raw["links"]),
+    )
+
+
+@cache
+def load_policy(name: str = DEFAULT_POLICY) -> Policy:
+    """The packaged policy, checked; raises ``PolicyLoadError`` if it is not sound."""
+    return build_policy(_read_json(DATA.joinpath(name)))

@@ -1,0 +1,202 @@
+"""The policy's domain types: facts in, decisions out. All immutable."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date
+from enum import StrEnum
+from typing import Any
+
+
+class Truth(StrEnum):
+    """Three-valued truth of a criterion (Kleene logic)."""
+
+    MET = "met"
+    UNMET = "unmet"
+    UNKNOWN = "unknown"
+
+
+class Outcome(StrEnum):
+    """A pump episode's coverage outcome, named as CRD's ``covered`` codes."""
+
+    COVERED = "covered"
+    NOT_COVERED = "not-covered"
+    CONDITIONAL = "conditional"
+    INDETERMINATE = "indeterminate"
+
+
+class RuleKind(StrEnum):
+    INDICATION = "indication"  # exactly one decides an episode: the first that applies
+    REQUIREMENT = "requirement"  # every one that applies must also be satisfied
+    GUIDANCE = "guidance"  # reported to the clinician; never changes the outcome
+
+
+@dataclass(frozen=True, slots=True)
+class Evidence:
+    """A FHIR resource that a fact came from, and what it showed (no names, no free text)."""
+
+    reference: str  # "Observation/abc" as the record names it
+    summary: str  # "C-peptide 0.5 ng/mL (lab lower limit 0.8) on 2026-10-01"
+
+
+@dataclass(frozen=True, slots=True)
+class CodedItem:
+    """One coded record (a diagnosis, a device) with its clinical status."""
+
+    system: str
+    code: str
+    display: str
+    status: str  # "active" | "inactive" | "refuted" | "unconfirmed"
+    evidence: Evidence
+
+
+@dataclass(frozen=True, slots=True)
+class FactValue:
+    """A fact that could be looked for. ``value`` None means looked for and not found.
+
+    A fact missing from the facts mapping altogether means its data could not be had.
+    """
+
+    value: Any
+    evidence: tuple[Evidence, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Period:
+    start: date | None = None
+    end: date | None = None  # exclusive
+
+    def contains(self, day: date) -> bool:
+        return (self.start is None or day >= self.start) and (self.end is None or day < self.end)
+
+
+@dataclass(frozen=True, slots=True)
+class Citation:
+    source: str  # a key of Policy.sources
+    section: str
+
+    def render(self, sources: dict[str, Source]) -> str:
+        return f"{sources[self.source].label}, {self.section}"
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    key: str
+    label: str
+    url: str
+
+
+@dataclass(frozen=True, slots=True)
+class Criterion:
+    id: str
+    text: str  # clinician-facing, plain clinical language
+    citations: tuple[Citation, ...]
+    facts: tuple[str, ...]
+    logic: dict[str, Any]
+    documentation: tuple[str, ...] = ()  # documentation item ids that can satisfy it
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    id: str
+    kind: RuleKind
+    title: str
+    citations: tuple[Citation, ...]
+    applies_when: dict[str, Any]
+    decides: dict[str, Any]  # logic over {"criterion": id}
+    criteria: tuple[str, ...]  # every criterion shown for this rule, deciding or advisory
+    messages: dict[str, str]  # outcome (or truth, for guidance) -> clinician text
+    alternatives: tuple[str, ...] = ()
+    effective: Period = field(default_factory=Period)
+
+
+@dataclass(frozen=True, slots=True)
+class DocumentationItem:
+    id: str
+    text: str
+    answer_type: str  # "boolean" | "choice" | "date"
+    options: tuple[tuple[str, str], ...] = ()  # (code, display) for choice items
+    doc_type: str = "clinical"  # "clinical" | "admin": who supplies it (CRD doc-needed)
+
+
+@dataclass(frozen=True, slots=True)
+class Alternative:
+    id: str
+    label: str
+    hcpcs: str | None
+    display: str
+    action: str  # "replace-device" | "remove-device"
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    id: str
+    version: str
+    title: str
+    url: str
+    effective: Period
+    sources: dict[str, Source]
+    facts: dict[str, dict[str, Any]]
+    valuesets: dict[str, dict[str, Any]]
+    criteria: dict[str, Criterion]
+    rules: tuple[Rule, ...]
+    documentation: dict[str, DocumentationItem]
+    alternatives: dict[str, Alternative]
+    questionnaire_id: str
+    questionnaire_url: str  # canonical|version
+    questionnaire_title: str
+    links: tuple[Source, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class CriterionResult:
+    criterion: Criterion
+    truth: Truth
+    evidence: tuple[Evidence, ...]
+    deciding: bool  # False for advisory criteria shown but not part of the decision
+
+
+@dataclass(frozen=True, slots=True)
+class RuleResult:
+    rule: Rule
+    truth: Truth
+    outcome: Outcome
+    results: tuple[CriterionResult, ...]
+    missing: Needs | None  # what would settle an unknown decision, as an all/any tree
+
+
+@dataclass(frozen=True, slots=True)
+class Needs:
+    """The unknown part of a decision: criteria to document, all of them or any one."""
+
+    mode: str  # "all" | "any"
+    items: tuple[str | Needs, ...]  # criterion ids or nested needs
+
+    def criterion_ids(self) -> tuple[str, ...]:
+        ids: list[str] = []
+        for item in self.items:
+            for cid in item.criterion_ids() if isinstance(item, Needs) else (item,):
+                if cid not in ids:
+                    ids.append(cid)
+        return tuple(ids)
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The decision on one pump episode, with every rule result behind it."""
+
+    policy_id: str
+    policy_version: str
+    outcome: Outcome
+    indication: RuleResult
+    requirements: tuple[RuleResult, ...]
+    guidance: tuple[RuleResult, ...]
+    as_of: date
+
+    @property
+    def rule_id(self) -> str:
+        return self.indication.rule.id
+
+    @property
+    def deciding_results(self) -> tuple[RuleResult, ...]:
+        return (self.indication, *self.requirements)

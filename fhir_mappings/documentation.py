@@ -1,0 +1,72 @@
+"""QuestionnaireResponse → documentation item answers (POLICY-BRIEF section 6).
+
+Only completed or amended responses to the service's own documentation Questionnaire
+count; items are read by linkId, and the most recent answer per item wins.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import date
+from typing import Any
+
+from coverage_policy.model import DocumentationItem, Evidence, FactValue
+from fhir_mappings.dates import as_date
+from fhir_mappings.record import PatientRecord
+
+
+def _items(items: Any) -> Iterator[Any]:
+    for item in items or []:
+        yield item
+        yield from _items(item.item)
+        for answer in item.answer or []:
+            yield from _items(answer.item)
+
+
+def _answer_value(answer: Any, answer_type: str) -> Any:
+    if answer_type == "boolean":
+        return answer.valueBoolean
+    if answer_type == "choice":
+        return getattr(answer.valueCoding, "code", None) or answer.valueString
+    if answer_type == "date":
+        return as_date(answer.valueDate or answer.valueDateTime)
+    return None
+
+
+def _same_questionnaire(canonical: str | None, questionnaire_url: str) -> bool:
+    if not canonical:
+        return False
+    return canonical.split("|")[0] == questionnaire_url.split("|")[0]
+
+
+def documentation_facts(
+    record: PatientRecord,
+    items: dict[str, DocumentationItem],
+    questionnaire_url: str,
+    as_of: date,
+) -> dict[str, FactValue]:
+    """``doc.<item id>`` facts: the latest answer per item, None where never answered."""
+    latest: dict[str, tuple[date, FactValue]] = {}
+    for entry in record.of_type("QuestionnaireResponse"):
+        response = entry.resource
+        if response.status not in ("completed", "amended"):
+            continue
+        if not _same_questionnaire(response.questionnaire, questionnaire_url):
+            continue
+        authored = as_date(response.authored) or date.min
+        if authored > as_of:
+            continue
+        for item in _items(response.item):
+            spec = items.get(item.linkId)
+            if spec is None or not item.answer:
+                continue
+            value = _answer_value(item.answer[0], spec.answer_type)
+            if value is None:
+                continue
+            known = latest.get(spec.id)
+            if known is None or authored >= known[0]:
+                shown = value.isoformat() if isinstance(value, date) else value
+                summary = f"answered '{spec.id}': {shown} on {authored.isoformat()}"
+                latest[spec.id] = (authored, FactValue(value, (Evidence(entry.reference, summary),)))
+    return {f"doc.{item_id}": latest[item_id][1] if item_id in latest else FactValue(None)
+            for item_id in items}

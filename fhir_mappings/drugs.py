@@ -1,0 +1,96 @@
+"""Which drug a MedicationRequest orders, and whether its dosage says "by infusion pump"."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+from fhir_mappings.codes import RXNORM, SNOMED
+from fhir_mappings.record import PatientRecord, binding, codings, concept_text
+
+
+@dataclass(frozen=True, slots=True)
+class DrugIdentity:
+    family: str
+    name: str  # the ingredient name or code display that identified it
+    identified_by: str  # "RxNorm code 11124" or "ingredient name 'vancomycin'"
+
+
+@cache
+def _families() -> tuple[tuple[str, frozenset[str], tuple[re.Pattern[str], ...]], ...]:
+    return tuple(
+        (
+            family["family"],
+            frozenset(family["rxnorm"]),
+            tuple(re.compile(rf"\b{re.escape(name)}\b", re.IGNORECASE) for name in family["names"]),
+        )
+        for family in binding("drugs")["families"]
+    )
+
+
+def medication_concept(order: Any, record: PatientRecord | None, draft: PatientRecord | None) -> Any:
+    """The CodeableConcept naming the drug: inline, or from the referenced Medication."""
+    if getattr(order, "medicationCodeableConcept", None) is not None:
+        return order.medicationCodeableConcept
+    reference = getattr(getattr(order, "medicationReference", None), "reference", None)
+    if reference and reference.startswith("#"):
+        for contained in getattr(order, "contained", None) or []:
+            if getattr(contained, "id", None) == reference[1:]:
+                return getattr(contained, "code", None)
+    for source in (draft, record):
+        entry = source.resolve(reference) if source else None
+        if entry is not None:
+            return getattr(entry.resource, "code", None)
+    return None
+
+
+def identify_drug(concept: Any) -> DrugIdentity | None:
+    """The drug family of a medication concept: by RxNorm code list, then by name."""
+    if concept is None:
+        return None
+    rxnorm_codes = [(code, display) for system, code, display in codings(concept) if system == RXNORM]
+    for family, codes, _ in _families():
+        for code, display in rxnorm_codes:
+            if code in codes:
+                return DrugIdentity(family, display or code, f"RxNorm code {code}")
+    text = concept_text(concept)
+    for family, _, patterns in _families():
+        for pattern in patterns:
+            match = pattern.search(text)
+            if match:
+                return DrugIdentity(family, match.group(0).lower(), f"ingredient name '{match.group(0).lower()}'")
+    return None
+
+
+def dosage_route_kind(order: Any) -> tuple[str | None, str]:
+    """Pump kind implied by the dosage route: (kind, how it was read) or (None, "")."""
+    routes = binding("routes")
+    for dosage in getattr(order, "dosageInstruction", None) or []:
+        for concept in (dosage.route, dosage.method):
+            for system, code, display in codings(concept):
+                if system == SNOMED and code in routes["snomed"]:
+                    return routes["snomed"][code], f"route {display or code}"
+            text = concept_text(concept).lower()
+            for word, kind in routes["words"].items():
+                if word in text:
+                    return kind, f"route {word}"
+        text = (dosage.text or "").lower()
+        for word, kind in routes["words"].items():
+            if word in text:
+                return kind, f"dosage text '{word}'"
+    return None, ""
+
+
+def dosage_says_pump(order: Any) -> bool:
+    """Whether the dosage (route, method, text, instructions) says it runs by pump."""
+    words = binding("routes")["pump_words"]
+    for dosage in getattr(order, "dosageInstruction", None) or []:
+        texts = [dosage.text or "", dosage.patientInstruction or ""]
+        texts += [concept_text(c) for c in (dosage.route, dosage.method, dosage.site)]
+        texts += [concept_text(c) for c in dosage.additionalInstruction or []]
+        joined = " ".join(texts).lower()
+        if any(word in joined for word in words):
+            return True
+    return False

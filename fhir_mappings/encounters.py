@@ -1,0 +1,82 @@
+"""Encounter, Location and MedicationRequest.category → the care setting and visit dates."""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Any
+
+from coverage_policy.model import Evidence, FactValue
+from fhir_mappings.dates import as_date
+from fhir_mappings.record import PatientRecord, codings
+
+# POLICY-BRIEF section 7: home = community/outpatient/discharge, HH, AMB;
+# institutional = inpatient, IMP, ACUTE, SNF.
+_CATEGORY_SETTING = {
+    "inpatient": "institutional",
+    "outpatient": "home",
+    "community": "home",
+    "discharge": "home",
+}
+_CLASS_SETTING = {
+    "IMP": "institutional",
+    "ACUTE": "institutional",
+    "NONAC": "institutional",
+    "AMB": "home",
+    "HH": "home",
+    "VR": "home",
+}
+_SNF_LOCATION_CODES = {"SNF", "NURS"}  # v3 RoleCode service delivery location types
+_VISIT_CLASSES = {"AMB", "HH", "VR"}
+
+
+def _encounter_setting(entry: Any, record: PatientRecord) -> tuple[str, str] | None:
+    encounter = entry.resource
+    for location in encounter.location or []:
+        place = record.resolve(getattr(location.location, "reference", None))
+        for concept in (getattr(place.resource, "type", None) or []) if place else []:
+            for _, code, _ in codings(concept):
+                if code in _SNF_LOCATION_CODES:
+                    return "institutional", f"{place.reference}: skilled nursing facility"
+    code = getattr(encounter.class_fhir, "code", None)
+    if code in _CLASS_SETTING:
+        return _CLASS_SETTING[code], f"encounter class {code}"
+    return None
+
+
+def order_setting(
+    drug_order: Any | None, encounter_reference: str | None, record: PatientRecord
+) -> FactValue:
+    """Home or institutional: the drug order's category first, then the encounter."""
+    if drug_order is not None:
+        for concept in drug_order.resource.category or []:
+            for _, code, _ in codings(concept):
+                if code in _CATEGORY_SETTING:
+                    summary = f"medication request category {code}"
+                    return FactValue(
+                        _CATEGORY_SETTING[code], (Evidence(drug_order.reference, summary),)
+                    )
+    encounter = record.resolve(encounter_reference)
+    if encounter is not None:
+        found = _encounter_setting(encounter, record)
+        if found:
+            setting, how = found
+            return FactValue(setting, (Evidence(encounter.reference, how),))
+    return FactValue(None)
+
+
+def last_visit_date(record: PatientRecord, as_of: date) -> FactValue:
+    """The most recent finished ambulatory, home-health or virtual encounter up to the order."""
+    best: tuple[date, str] | None = None
+    for entry in record.of_type("Encounter"):
+        encounter = entry.resource
+        if encounter.status != "finished":
+            continue
+        if getattr(encounter.class_fhir, "code", None) not in _VISIT_CLASSES:
+            continue
+        period = encounter.period
+        on = as_date(getattr(period, "end", None) or getattr(period, "start", None))
+        if on is not None and on <= as_of and (best is None or on > best[0]):
+            best = (on, entry.reference)
+    if best is None:
+        return FactValue(None)
+    return FactValue(best[0], (Evidence(best[1], f"visit on {best[0].isoformat()}"),))

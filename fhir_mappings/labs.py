@@ -1,0 +1,116 @@
+"""Observation → lab facts: the most recent relevant value, with its unit normalised."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import date, timedelta
+from typing import Any
+
+from coverage_policy.model import Evidence, FactValue
+from fhir_mappings.codes import LOINC
+from fhir_mappings.dates import as_date
+from fhir_mappings.record import PatientRecord, binding, codings
+
+# Multiply a value in the key unit to get the lab's fact unit (binding "unit").
+_UNIT_FACTORS: dict[str, dict[str, float]] = {
+    "mg/dL": {"mg/dl": 1.0, "mmol/l": 18.016, "mg/dl(calc)": 1.0},
+    "ng/mL": {"ng/ml": 1.0, "ug/l": 1.0, "nmol/l": 3.021, "pmol/l": 0.003021},
+    "mL/min": {"ml/min": 1.0, "ml/min/1.73m2": 1.0, "ml/min/{1.73_m2}": 1.0, "ml/s": 60.0},
+    "kg": {"kg": 1.0, "g": 0.001, "[lb_av]": 0.45359237, "lb": 0.45359237},
+    "kg/m2": {"kg/m2": 1.0},
+    "%": {"%": 1.0},
+}
+
+
+@dataclass(frozen=True, slots=True)
+class LabResult:
+    kind: str
+    value: float  # in the binding's unit
+    unit: str
+    on: date | None
+    low: float | None  # reference range low, same unit
+    reference: str
+
+
+def _normalise(quantity: Any, unit: str) -> float | None:
+    if quantity is None or quantity.value is None:
+        return None
+    given = (quantity.code or quantity.unit or unit).strip().lower().replace(" ", "")
+    if unit == "%" and given in ("mmol/mol",):  # IFCC HbA1c → NGSP percent
+        return round(0.09148 * float(quantity.value) + 2.152, 2)
+    factor = _UNIT_FACTORS.get(unit, {}).get(given)
+    if factor is None and given == unit.lower():
+        factor = 1.0
+    return None if factor is None else float(quantity.value) * factor
+
+
+def lab_results(record: PatientRecord, kind: str, as_of: date) -> list[LabResult]:
+    """Final results of one lab kind up to ``as_of``, most recent first."""
+    lab = binding("labs")["labs"][kind]
+    codes, unit = set(lab["codes"]), lab["unit"]
+    results = []
+    for entry in record.of_type("Observation"):
+        obs = entry.resource
+        if obs.status not in ("final", "amended", "corrected", "preliminary"):
+            continue
+        if not any(s == LOINC and c in codes for s, c, _ in codings(obs.code)):
+            continue
+        value = _normalise(obs.valueQuantity, unit)
+        on = as_date(obs.effectiveDateTime or getattr(obs.effectivePeriod, "start", None) or obs.issued)
+        if value is None or (on is not None and on > as_of):
+            continue
+        low = None
+        for reference_range in obs.referenceRange or []:
+            low = _normalise(reference_range.low, unit)
+            if low is not None:
+                break
+        results.append(LabResult(kind, value, unit, on, low, entry.reference))
+    results.sort(key=lambda r: r.on or date.min, reverse=True)
+    return results
+
+
+def _describe(result: LabResult, name: str) -> Evidence:
+    on = f" on {result.on.isoformat()}" if result.on else ""
+    low = f" (lab lower limit {result.low:g} {result.unit})" if result.low is not None else ""
+    return Evidence(result.reference, f"{name} {result.value:g} {result.unit}{low}{on}")
+
+
+def latest_value(results: Iterable[LabResult], name: str) -> FactValue:
+    for result in results:
+        return FactValue(round(result.value, 2), (_describe(result, name),))
+    return FactValue(None)
+
+
+def c_peptide_facts(record: PatientRecord, as_of: date) -> dict[str, FactValue]:
+    """C-peptide as % of the lab's lower limit of normal, and its concurrent fasting glucose."""
+    results = lab_results(record, "c_peptide", as_of)
+    if not results:
+        return {
+            "lab.c_peptide_percent_of_lln": FactValue(None),
+            "lab.c_peptide_fasting_glucose_mg_dl": FactValue(None),
+        }
+    latest = results[0]
+    evidence = (_describe(latest, "Fasting C-peptide"),)
+    percent = (
+        FactValue(round(100 * latest.value / latest.low, 1), evidence)
+        if latest.low
+        else FactValue(None, evidence)  # no lower limit of normal: cannot be judged
+    )
+    same_day = [g for g in lab_results(record, "fasting_glucose", as_of) if g.on == latest.on]
+    glucose = latest_value(same_day, "Fasting glucose drawn with the C-peptide")
+    return {"lab.c_peptide_percent_of_lln": percent, "lab.c_peptide_fasting_glucose_mg_dl": glucose}
+
+
+def glucose_checks_per_day(record: PatientRecord, as_of: date, days: int = 60) -> FactValue:
+    """Self-monitored (glucometer) glucose results per day over the ``days`` before the order."""
+    results = lab_results(record, "glucometer_glucose", as_of)
+    if not results:
+        return FactValue(None)
+    since = as_of - timedelta(days=days)
+    window = [r for r in results if r.on is not None and r.on > since]
+    evidence = Evidence(
+        results[0].reference,
+        f"{len(window)} glucometer results in the {days} days before {as_of.isoformat()}",
+    )
+    return FactValue(round(len(window) / days, 2), (evidence,))

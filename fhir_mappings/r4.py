@@ -1,0 +1,55 @@
+"""The FHIR model switch point: FHIR R4 JSON parsed and validated with fhir.resources R4B.
+
+Everything else in the service sees our own types; this is the only module that imports
+fhir.resources, so a change of FHIR model library or version happens here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from fhir.resources.R4B import get_fhir_model_class
+from pydantic import ValidationError
+
+FhirModel = Any  # a fhir.resources R4B resource model instance
+
+
+@dataclass(frozen=True, slots=True)
+class ResourceProblem:
+    """A resource left out of the decision because it failed validation."""
+
+    resource_type: str
+    resource_id: str
+    path: str  # where it was found: "prefetch.conditions.entry[3]" or "context.draftOrders.entry[0]"
+    message: str
+
+
+class InvalidResource(ValueError):
+    def __init__(self, problem: ResourceProblem) -> None:
+        super().__init__(problem.message)
+        self.problem = problem
+
+
+def parse_resource(raw: Any, path: str) -> FhirModel:
+    """Validate one FHIR R4 resource as JSON and return its R4B model.
+
+    Raises ``InvalidResource`` naming the type, id and path of what failed.
+    """
+    if not isinstance(raw, dict) or not isinstance(raw.get("resourceType"), str):
+        raise InvalidResource(ResourceProblem("(none)", "(none)", path, "not a FHIR resource"))
+    resource_type = raw["resourceType"]
+    resource_id = str(raw.get("id", "(no id)"))
+    try:
+        model_class = get_fhir_model_class(resource_type)
+    except ValueError as exc:
+        problem = ResourceProblem(resource_type, resource_id, path, "unknown resource type")
+        raise InvalidResource(problem) from exc
+    try:
+        return model_class.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first.get("loc", ()))
+        message = f"{where}: {first.get('msg', 'invalid')}" if where else str(first.get("msg"))
+        problem = ResourceProblem(resource_type, resource_id, path, message[:300])
+        raise InvalidResource(problem) from exc

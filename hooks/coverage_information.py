@@ -1,0 +1,143 @@
+"""Decisions → Da Vinci CRD coverage-information system actions, in the requested dialect.
+
+One ``update`` per in-scope order, adding the ``ext-coverage-information`` extension and
+changing nothing else (CRD resp-37). Dialects (``davinci-crd.requestedVersion``):
+
+- 2.0 (default, what the CRD 2.0.1 test kit checks): one ``doc-needed`` code
+  (clinical | admin | both), codes from the CRD ``temp`` code system, no ``indeterminate``,
+  no ``detail.category``;
+- 2.1: ``doc-needed`` repeats;
+- 2.2: adds ``indeterminate`` and ``detail.category``; the detail codes move to
+  ``crd-coverage-detail``.
+
+Invariants honoured in every dialect: ``pa-needed`` whenever not ``not-covered`` and never
+with it (q2 of 2.0.1 and of 2.2); ``info-needed`` with every ``conditional`` (q3); a
+``reason`` with every ``doc-purpose`` and ``OTH`` (q6, q8); a ``questionnaire`` only with
+``doc-needed`` (q1). On secondary hooks (order-select) no clinical or administrative
+documentation is asked for (CRD hook-19).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import date
+from typing import Any
+
+from coverage_policy.model import Outcome, Policy
+from hooks.cards import card_text, missing_needs
+from hooks.decide import CoverageRef, EpisodeDecision
+from hooks.request import NOT_SENT
+
+EXTENSION_URL = "http://hl7.org/fhir/us/davinci-crd/StructureDefinition/ext-coverage-information"
+TEMP_SYSTEM = "http://hl7.org/fhir/us/davinci-crd/CodeSystem/temp"
+DETAIL_SYSTEMS = {"2.0": TEMP_SYSTEM, "2.1": TEMP_SYSTEM,
+                  "2.2": "http://terminology.hl7.org/CodeSystem/crd-coverage-detail"}
+
+
+@dataclass(frozen=True, slots=True)
+class AssertionContext:
+    policy: Policy
+    crd_version: str
+    secondary_hook: bool
+    coverage: CoverageRef
+    assertion_id: str
+    today: date
+    payer_name: str
+    unavailable: dict[str, str]
+
+
+def _sub(url: str, kind: str, value: Any) -> dict[str, Any]:
+    return {"url": url, kind: value}
+
+
+def _detail(ctx: AssertionContext, code: str, category: str, kind: str, value: Any) -> dict[str, Any]:
+    parts = []
+    if ctx.crd_version == "2.2":
+        parts.append(_sub("category", "valueCode", category))
+    parts.append(_sub("code", "valueCodeableConcept",
+                      {"coding": [{"system": DETAIL_SYSTEMS[ctx.crd_version], "code": code}]}))
+    parts.append(_sub("value", kind, value))
+    return {"url": "detail", "extension": parts}
+
+
+def _documentation_items(item: EpisodeDecision, policy: Policy) -> list[str]:
+    ids: list[str] = []
+    for needs in missing_needs(item.decision):
+        for criterion_id in needs.criterion_ids():
+            for doc in policy.criteria[criterion_id].documentation:
+                if doc not in ids:
+                    ids.append(doc)
+    return ids
+
+
+def _missing_text(item: EpisodeDecision, policy: Policy) -> str:
+    names = []
+    for needs in missing_needs(item.decision):
+        names += [policy.criteria[c].text for c in needs.criterion_ids()]
+    return "; ".join(dict.fromkeys(names))
+
+
+def coverage_information(item: EpisodeDecision, ctx: AssertionContext) -> dict[str, Any]:
+    """The ``ext-coverage-information`` extension for one decision."""
+    decision, policy = item.decision, ctx.policy
+    reasons = card_text()["reason"]
+    technical = {k: r for k, r in ctx.unavailable.items() if r != NOT_SENT}
+    covered = decision.outcome.value
+    if covered == Outcome.CONDITIONAL and technical and ctx.crd_version == "2.2":
+        covered = Outcome.INDETERMINATE.value
+    parts = [_sub("coverage", "valueReference", {"reference": ctx.coverage.reference}),
+             _sub("covered", "valueCode", covered)]
+    if covered != Outcome.NOT_COVERED:
+        parts.append(_sub("pa-needed", "valueCode", "no-auth"))
+    doc_items = _documentation_items(item, policy) if covered != Outcome.NOT_COVERED else []
+    doc_types = sorted({policy.documentation[d].doc_type for d in doc_items})
+    asks_documentation = bool(doc_types) and not ctx.secondary_hook
+    if asks_documentation:
+        if ctx.crd_version == "2.0":
+            parts.append(_sub("doc-needed", "valueCode", "both" if len(doc_types) > 1 else doc_types[0]))
+        else:
+            parts += [_sub("doc-needed", "valueCode", t) for t in doc_types]
+        parts.append(_sub("doc-purpose", "valueCode", "withclaim"))
+    if covered in (Outcome.CONDITIONAL, Outcome.INDETERMINATE):
+        parts.append(_sub("info-needed", "valueCode", "OTH"))
+    reason_text = (
+        reasons["not-covered"].format(message=decision.indication.rule.messages["not-covered"])
+        if covered == Outcome.NOT_COVERED
+        else reasons["conditional"].format(items=_missing_text(item, policy))
+        if covered == Outcome.CONDITIONAL
+        else None
+    )
+    if covered == Outcome.INDETERMINATE:
+        parts.append(_sub("reason", "valueCodeableConcept", {
+            "coding": [{"system": TEMP_SYSTEM, "code": "technical"}],
+            "text": reasons["technical"].format(keys=", ".join(sorted(technical)))}))
+    elif reason_text:
+        parts.append(_sub("reason", "valueCodeableConcept", {"text": reason_text[:1000]}))
+    parts.append(_detail(ctx, "policy-link", "cat-other", "valueUrl", policy.url))
+    if asks_documentation:
+        items = "; ".join(policy.documentation[d].text for d in doc_items)
+        parts.append(_detail(ctx, "instructions", "cat-decisional", "valueString", items))
+        parts.append(_sub("questionnaire", "valueCanonical", policy.questionnaire_url))
+    parts.append(_sub("date", "valueDate", ctx.today.isoformat()))
+    parts.append(_sub("coverage-assertion-id", "valueString", ctx.assertion_id))
+    return {"url": EXTENSION_URL, "extension": parts}
+
+
+def coverage_system_actions(
+    decisions: tuple[EpisodeDecision, ...], ctx: AssertionContext
+) -> list[dict[str, Any]]:
+    """One ``update`` per in-scope order, the order unchanged but for the extension."""
+    actions = []
+    description = card_text()["action"]["coverage-information"].format(payer=ctx.payer_name)
+    for item in decisions:
+        extension = coverage_information(item, ctx)
+        for order in item.episode.orders:
+            resource = copy.deepcopy(dict(order.raw))
+            kept = [e for e in resource.get("extension", []) if e.get("url") != EXTENSION_URL]
+            resource["extension"] = [*kept, extension]
+            actions.append({"type": "update", "description": description, "resource": resource})
+    return actions
+
+

@@ -1,0 +1,99 @@
+"""order-dispatch: decide the dispatched pump orders when a performer is chosen.
+
+Accepts both context versions: 1.1 (``dispatchedOrders``, ``performer``,
+``fulfillmentTasks``) and 1.0 as the CRD 2.0.1 test kit sends it (``order``,
+``performer``, ``task``). The orders are not in the context: they are read from the
+prefetch (or fetched) by reference.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from fhir_mappings.episodes import DraftOrder, parse_draft_orders
+from hooks.decide import deliberate
+from hooks.request import ClinicalInput, HookRequest, OrdersUnavailable
+from hooks.respond import CONFIGURATION_OPTIONS, build_response
+from hooks.service import PATIENT_PREFETCH, HookEnvironment, HookResult, ServiceDefinition
+
+HOOK = "order-dispatch"
+
+_REFERENCE = {"type": "string", "pattern": "^[A-Za-z]+/[A-Za-z0-9\\-.]{1,64}$"}
+CONTEXT_SCHEMA = {
+    "type": "object",
+    "required": ["patientId", "performer"],
+    "properties": {
+        "patientId": {"type": "string", "minLength": 1},
+        "performer": _REFERENCE,
+        "dispatchedOrders": {"type": "array", "minItems": 1, "items": _REFERENCE},
+        "order": _REFERENCE,
+        "fulfillmentTasks": {"type": "array"},
+        "fulfillment-tasks": {"type": "array"},
+        "task": {"type": "object"},
+    },
+    "oneOf": [{"required": ["dispatchedOrders"]}, {"required": ["order"]}],
+}
+
+
+def dispatched_references(context: Mapping[str, Any]) -> list[str]:
+    """The dispatched order references, whichever context version names them."""
+    if "dispatchedOrders" in context:
+        return list(context["dispatchedOrders"])
+    return [context["order"]]
+
+
+def _find_orders(references: list[str], clinical: ClinicalInput) -> dict[str, Any]:
+    """A Bundle of the dispatched orders found among the prefetch values."""
+    wanted, found = set(references), {}
+    for value in clinical.data.values():
+        candidates = (
+            [e.get("resource") for e in value.get("entry") or [] if isinstance(e, dict)]
+            if isinstance(value, dict) and value.get("resourceType") == "Bundle"
+            else [value]
+        )
+        for resource in candidates:
+            if isinstance(resource, dict):
+                reference = f"{resource.get('resourceType')}/{resource.get('id')}"
+                if reference in wanted:
+                    found[reference] = resource
+    return {"resourceType": "Bundle", "type": "collection",
+            "entry": [{"resource": found[r]} for r in references if r in found]}
+
+
+def handle(request: HookRequest, clinical: ClinicalInput, environment: HookEnvironment) -> HookResult:
+    references = dispatched_references(request.context)
+    bundle = _find_orders(references, clinical)
+    orders: list[DraftOrder]
+    orders, problems = parse_draft_orders(bundle, "dispatchedOrders")
+    if not bundle["entry"]:
+        pump_related = [r for r in references if r.split("/")[0] in ("DeviceRequest", "MedicationRequest")]
+        if pump_related:
+            raise OrdersUnavailable(
+                f"The dispatched orders {', '.join(pump_related)} are neither in the prefetch nor "
+                "retrievable from fhirServer",
+                "context.dispatchedOrders",
+            )
+    deliberation = deliberate(
+        request, clinical, orders, problems, environment.policy, environment.now.date(), bundle
+    )
+    return build_response(request, deliberation, environment, secondary_hook=False)
+
+
+SERVICE = ServiceDefinition(
+    id="infusion-pump-coverage-order-dispatch",
+    hook=HOOK,
+    title="Infusion pump coverage at dispatch (MCS051.01)",
+    description=(
+        "Decides coverage of infusion pump orders when they are dispatched to a performer, "
+        "with a CRD coverage-information system action on each dispatched pump order."
+    ),
+    usage_requirements=(
+        "The dispatched orders are read from the 'deviceRequests' and 'medicationRequests' "
+        "prefetch, or fetched from fhirServer; accepts order-dispatch context 1.0 and 1.1."
+    ),
+    prefetch={**PATIENT_PREFETCH, "deviceRequests": "DeviceRequest?patient={{context.patientId}}"},
+    context_schema=CONTEXT_SCHEMA,
+    handler=handle,
+    configuration_options=CONFIGURATION_OPTIONS,
+)

@@ -1,0 +1,64 @@
+"""order-sign: the primary hook. Decide every pump episode among the draft orders."""
+
+from __future__ import annotations
+
+from hooks.decide import deliberate
+from hooks.request import ClinicalInput, HookRequest
+from hooks.respond import CONFIGURATION_OPTIONS, build_response
+from hooks.service import (
+    ENCOUNTER_PREFETCH,
+    PATIENT_PREFETCH,
+    HookEnvironment,
+    HookResult,
+    ServiceDefinition,
+)
+from fhir_mappings.episodes import parse_draft_orders
+
+HOOK = "order-sign"
+
+CONTEXT_SCHEMA = {
+    "type": "object",
+    "required": ["userId", "patientId", "draftOrders"],
+    "properties": {
+        "userId": {"type": "string", "minLength": 1},
+        "patientId": {"type": "string", "minLength": 1},
+        "encounterId": {"type": "string", "minLength": 1},
+        "draftOrders": {
+            "type": "object",
+            "required": ["resourceType"],
+            "properties": {"resourceType": {"const": "Bundle"}, "entry": {"type": "array"}},
+        },
+    },
+}
+
+
+def handle(request: HookRequest, clinical: ClinicalInput, environment: HookEnvironment) -> HookResult:
+    bundle = request.context["draftOrders"]
+    orders, problems = parse_draft_orders(bundle, "context.draftOrders")
+    deliberation = deliberate(
+        request, clinical, orders, problems, environment.policy, environment.now.date(), bundle
+    )
+    return build_response(request, deliberation, environment, secondary_hook=False)
+
+
+SERVICE = ServiceDefinition(
+    id="infusion-pump-coverage-order-sign",
+    hook=HOOK,
+    title="Infusion pump coverage (MCS051.01)",
+    description=(
+        "Decides Medicare Advantage coverage of infusion pump orders and of drugs given by "
+        "infusion pump under MCS051.01 (NCD 280.14, LCD L33794) when the orders are signed: "
+        "coverage guidance with the evidence behind it, what to document, covered "
+        "alternatives, and a CRD coverage-information system action on each pump order."
+    ),
+    usage_requirements=(
+        "Send the draft orders and, ideally, every prefetch key. Keys not sent are fetched "
+        "from fhirServer with fhirAuthorization (read access to Patient, Coverage, Condition, "
+        "MedicationRequest, Observation, AllergyIntolerance, Device, Encounter, Procedure, "
+        "QuestionnaireResponse); without either, decisions are conditional on what is missing."
+    ),
+    prefetch={**PATIENT_PREFETCH, **ENCOUNTER_PREFETCH},
+    context_schema=CONTEXT_SCHEMA,
+    handler=handle,
+    configuration_options=CONFIGURATION_OPTIONS,
+)

@@ -1,0 +1,91 @@
+"""A validated CDS Hooks service call, as the hook handlers see it."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+CRD_REQUESTED_VERSION = "davinci-crd.requestedVersion"
+CRD_CONFIGURATION = "davinci-crd.configuration"
+SUPPORTED_CRD_VERSIONS = ("2.0", "2.1", "2.2")
+DEFAULT_CRD_VERSION = "2.0"
+
+
+@dataclass(frozen=True, slots=True)
+class FhirAuthorization:
+    """The client's access token for ``fhirServer``; kept out of every repr and log."""
+
+    access_token: str = field(repr=False)
+    token_type: str
+    scope: str
+    subject: str
+    patient: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HookRequest:
+    """A validated service call. ``prefetch`` holds only the keys the client sent."""
+
+    hook: str
+    hook_instance: str
+    context: Mapping[str, Any]
+    prefetch: Mapping[str, Any]
+    fhir_server: str | None = None
+    fhir_authorization: FhirAuthorization | None = None
+    extension: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def crd_version(self) -> str:
+        """The CRD dialect to answer in: ``davinci-crd.requestedVersion`` major.minor."""
+        requested = self.extension.get(CRD_REQUESTED_VERSION)
+        if isinstance(requested, str):
+            major_minor = ".".join(requested.strip().split(".")[:2])
+            if major_minor in SUPPORTED_CRD_VERSIONS:
+                return major_minor
+        return DEFAULT_CRD_VERSION
+
+    @property
+    def configuration(self) -> Mapping[str, Any]:
+        """The client's ``davinci-crd.configuration`` object (empty when absent or malformed)."""
+        config = self.extension.get(CRD_CONFIGURATION)
+        return config if isinstance(config, dict) else {}
+
+    @property
+    def is_crd_request(self) -> bool:
+        """A request that speaks Da Vinci CRD: it carries a ``davinci-crd.*`` extension."""
+        return any(str(key).startswith("davinci-crd.") for key in self.extension)
+
+
+@dataclass(frozen=True, slots=True)
+class ClinicalInput:
+    """The patient data a handler decides on, after prefetch resolution.
+
+    ``data`` maps each prefetch key to what the client sent or the service fetched (a
+    resource, a Bundle, an OperationOutcome, or None for "no data"); ``unavailable`` maps
+    the keys that could be had neither way to a short reason shown to clinicians.
+    """
+
+    data: Mapping[str, Any]
+    unavailable: Mapping[str, str] = field(default_factory=dict)
+
+
+# Why a prefetch key could not be had; any other reason is a technical failure.
+NOT_SENT = "not sent by the EHR and not fetched"
+
+
+class RequestNotAnswerable(ValueError):
+    """The request is well-formed but cannot be answered as it stands."""
+
+    def __init__(self, diagnostics: str, expression: str | None = None) -> None:
+        super().__init__(diagnostics)
+        self.diagnostics = diagnostics
+        self.expression = expression
+
+
+class CoverageProblem(RequestNotAnswerable):
+    """A CRD request without exactly one usable Coverage (CRD hook-13: HTTP 400)."""
+
+
+class OrdersUnavailable(RequestNotAnswerable):
+    """The orders to decide on are neither in the request nor fetchable (HTTP 412)."""

@@ -1,0 +1,101 @@
+"""What a CDS service is: its discovery entry, its context schema and its handler."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from hooks.request import SUPPORTED_CRD_VERSIONS
+
+# Prefetch templates valid in CDS Hooks 2.0: only root-level primitive context tokens.
+# Keys are shared by every hook so a client can satisfy them once for all services.
+PATIENT_PREFETCH: dict[str, str] = {
+    "patient": "Patient/{{context.patientId}}",
+    "coverage": "Coverage?patient={{context.patientId}}&status=active",
+    "conditions": "Condition?patient={{context.patientId}}",
+    "medicationRequests": "MedicationRequest?patient={{context.patientId}}",
+    "observations": (
+        "Observation?patient={{context.patientId}}&code="
+        "http://loinc.org|4548-4,http://loinc.org|17856-6,http://loinc.org|1986-9,"
+        "http://loinc.org|1558-6,http://loinc.org|2339-0,http://loinc.org|2345-7,"
+        "http://loinc.org|41653-7,http://loinc.org|2164-2,http://loinc.org|33914-3,"
+        "http://loinc.org|29463-7,http://loinc.org|39156-5"
+    ),
+    "allergies": "AllergyIntolerance?patient={{context.patientId}}",
+    "devices": "Device?patient={{context.patientId}}",
+    "encounters": "Encounter?patient={{context.patientId}}&_sort=-date&_count=100",
+    "procedures": "Procedure?patient={{context.patientId}}",
+    "questionnaireResponses": "QuestionnaireResponse?patient={{context.patientId}}",
+}
+ENCOUNTER_PREFETCH = {"encounter": "Encounter/{{context.encounterId}}"}
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigurationOption:
+    """A CRD ``davinci-crd.configuration-options`` entry (dev-4/5)."""
+
+    code: str
+    type: str
+    name: str
+    description: str
+    default: bool | int
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "code": self.code,
+            "type": self.type,
+            "name": self.name,
+            "description": self.description,
+            "default": self.default,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceDefinition:
+    """One CDS service: discovery metadata, the hook context it accepts, its handler."""
+
+    id: str
+    hook: str
+    title: str
+    description: str
+    usage_requirements: str
+    prefetch: Mapping[str, str]
+    context_schema: Mapping[str, Any]
+    handler: Callable[..., Any] = field(compare=False)
+    configuration_options: tuple[ConfigurationOption, ...] = ()
+
+    def discovery_entry(self) -> dict[str, Any]:
+        return {
+            "hook": self.hook,
+            "id": self.id,
+            "title": self.title,
+            "description": self.description,
+            "usageRequirements": self.usage_requirements,
+            "prefetch": dict(self.prefetch),
+            "extension": {
+                "davinci-crd.version": list(SUPPORTED_CRD_VERSIONS),
+                "davinci-crd.configuration-options": [
+                    option.to_json() for option in self.configuration_options
+                ],
+            },
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class HookEnvironment:
+    """What a handler needs besides the request: the clock, ids and deployment settings."""
+
+    now: Any  # datetime (timezone-aware), injected so responses are reproducible
+    new_uuid: Callable[[], str]
+    payer_name: str
+    base_url: str
+    policy: Any  # coverage_policy.model.Policy, loaded and checked at start-up
+
+
+@dataclass(frozen=True, slots=True)
+class HookResult:
+    """A handler's answer: the CDS Hooks response body and the decisions behind it."""
+
+    response: dict[str, Any]
+    decisions: tuple[Any, ...] = ()
