@@ -161,7 +161,9 @@ class _Evaluator:
         needs = self.needs(rule.decides) if truth is _UNKNOWN else None
         if isinstance(needs, str):
             needs = Needs("all", (needs,))
-        return RuleResult(rule, truth, _OUTCOME_OF[truth], results, needs)
+        scope: list[Evidence] = []
+        self.logic(rule.applies_when, scope)
+        return RuleResult(rule, truth, _OUTCOME_OF[truth], results, needs, tuple(scope))
 
     def applies(self, rule: Rule) -> bool:
         # Only a definite "applies" selects a rule: an unknown scope is the business of

@@ -163,6 +163,7 @@ class RuleResult:
     outcome: Outcome
     results: tuple[CriterionResult, ...]
     missing: Needs | None  # what would settle an unknown decision, as an all/any tree
+    scope_evidence: tuple[Evidence, ...] = ()  # why the rule applies (drug, pump kind)
 
 
 @dataclass(frozen=True, slots=True)

@@ -87,10 +87,15 @@ def _citations(result: CriterionResult, policy: Policy) -> str:
     return "; ".join(c.render(policy.sources) for c in result.criterion.citations)
 
 
+def _evidence_text(evidence: tuple[Any, ...]) -> str:
+    return "; ".join(f"{e.summary} ({e.reference})" for e in evidence)
+
+
 def _criterion_line(result: CriterionResult, policy: Policy) -> str:
-    seen = "; ".join(f"{e.summary} ({e.reference})" for e in result.evidence)
-    seen = seen or card_text()["detail"]["no_evidence"]
-    return f"- {result.criterion.text}. *{_citations(result, policy)}*. Seen: {seen}"
+    line = f"- {result.criterion.text}. *{_citations(result, policy)}*."
+    if not result.criterion.facts:  # decided by the policy alone, whatever the record says
+        return line
+    return f"{line} Seen: {_evidence_text(result.evidence) or card_text()['detail']['no_evidence']}"
 
 
 def _rule_section(result: RuleResult, policy: Policy) -> list[str]:
@@ -118,6 +123,8 @@ def coverage_card(item: EpisodeDecision, deliberation: Deliberation, ctx: CardCo
     indication = decision.indication
     rule = indication.rule
     lines = [f"**{rule.title}** ({rule.id}): {rule.messages[indication.outcome.value]}", ""]
+    if indication.scope_evidence:
+        lines += [f"**{words['order']}**: {_evidence_text(indication.scope_evidence)}", ""]
     lines += _rule_section(indication, ctx.policy)
     for requirement in decision.requirements:
         lines += [f"**{words['requirements']}: {requirement.rule.title}** ({requirement.rule.id}): "
@@ -160,10 +167,9 @@ def _needs_lines(needs: Needs | str, policy: Policy, depth: int = 0) -> list[str
     indent = "  " * depth
     if isinstance(needs, str):
         criterion = policy.criteria[needs]
-        if criterion.documentation:
-            items = "; or ".join(policy.documentation[d].text for d in criterion.documentation)
-            return [f"{indent}- {criterion.text}: {items}"]
-        return [f"{indent}- {criterion.text}"]
+        form = (f" (form item{'s' if len(criterion.documentation) > 1 else ''} "
+                f"{', '.join(f'`{d}`' for d in criterion.documentation)})") if criterion.documentation else ""
+        return [f"{indent}- {criterion.text}{form}"]
     lines = [f"{indent}- {words['all_of' if needs.mode == 'all' else 'one_of']}:"]
     for item in needs.items:
         lines += _needs_lines(item, policy, depth + 1)

@@ -62,21 +62,29 @@ def _detail(ctx: AssertionContext, code: str, category: str, kind: str, value: A
     return {"url": "detail", "extension": parts}
 
 
-def _documentation_items(item: EpisodeDecision, policy: Policy) -> list[str]:
+def _missing_criteria(item: EpisodeDecision) -> list[str]:
     ids: list[str] = []
     for needs in missing_needs(item.decision):
-        for criterion_id in needs.criterion_ids():
-            for doc in policy.criteria[criterion_id].documentation:
-                if doc not in ids:
-                    ids.append(doc)
+        ids += [c for c in needs.criterion_ids() if c not in ids]
     return ids
 
 
-def _missing_text(item: EpisodeDecision, policy: Policy) -> str:
-    names = []
-    for needs in missing_needs(item.decision):
-        names += [policy.criteria[c].text for c in needs.criterion_ids()]
-    return "; ".join(dict.fromkeys(names))
+def _doc_types(criterion_ids: list[str], policy: Policy) -> list[str]:
+    """Who must supply what is missing: admin items are admin, everything else clinical."""
+    types = set()
+    for criterion_id in criterion_ids:
+        items = policy.criteria[criterion_id].documentation
+        types |= {policy.documentation[d].doc_type for d in items} if items else {"clinical"}
+    return sorted(types)
+
+
+def _instructions(criterion_ids: list[str], policy: Policy) -> str:
+    lines = []
+    for criterion_id in criterion_ids:
+        criterion = policy.criteria[criterion_id]
+        form = f" (form items: {', '.join(criterion.documentation)})" if criterion.documentation else ""
+        lines.append(f"{criterion.text}{form}")
+    return "; ".join(lines)
 
 
 def coverage_information(item: EpisodeDecision, ctx: AssertionContext) -> dict[str, Any]:
@@ -91,9 +99,9 @@ def coverage_information(item: EpisodeDecision, ctx: AssertionContext) -> dict[s
              _sub("covered", "valueCode", covered)]
     if covered != Outcome.NOT_COVERED:
         parts.append(_sub("pa-needed", "valueCode", "no-auth"))
-    doc_items = _documentation_items(item, policy) if covered != Outcome.NOT_COVERED else []
-    doc_types = sorted({policy.documentation[d].doc_type for d in doc_items})
-    asks_documentation = bool(doc_types) and not ctx.secondary_hook
+    missing = _missing_criteria(item) if covered != Outcome.NOT_COVERED else []
+    doc_types = _doc_types(missing, policy)
+    asks_documentation = bool(missing) and not ctx.secondary_hook
     if asks_documentation:
         if ctx.crd_version == "2.0":
             parts.append(_sub("doc-needed", "valueCode", "both" if len(doc_types) > 1 else doc_types[0]))
@@ -105,7 +113,7 @@ def coverage_information(item: EpisodeDecision, ctx: AssertionContext) -> dict[s
     reason_text = (
         reasons["not-covered"].format(message=decision.indication.rule.messages["not-covered"])
         if covered == Outcome.NOT_COVERED
-        else reasons["conditional"].format(items=_missing_text(item, policy))
+        else reasons["conditional"].format(rule=decision.rule_id, policy=policy.id)
         if covered == Outcome.CONDITIONAL
         else None
     )
@@ -117,9 +125,10 @@ def coverage_information(item: EpisodeDecision, ctx: AssertionContext) -> dict[s
         parts.append(_sub("reason", "valueCodeableConcept", {"text": reason_text[:1000]}))
     parts.append(_detail(ctx, "policy-link", "cat-other", "valueUrl", policy.url))
     if asks_documentation:
-        items = "; ".join(policy.documentation[d].text for d in doc_items)
-        parts.append(_detail(ctx, "instructions", "cat-decisional", "valueString", items))
-        parts.append(_sub("questionnaire", "valueCanonical", policy.questionnaire_url))
+        instructions = _instructions(missing, policy)
+        parts.append(_detail(ctx, "instructions", "cat-decisional", "valueString", instructions))
+        if any(policy.criteria[c].documentation for c in missing):
+            parts.append(_sub("questionnaire", "valueCanonical", policy.questionnaire_url))
     parts.append(_sub("date", "valueDate", ctx.today.isoformat()))
     parts.append(_sub("coverage-assertion-id", "valueString", ctx.assertion_id))
     return {"url": EXTENSION_URL, "extension": parts}
