@@ -80,7 +80,11 @@ def facts_for_episode(
     facts["lab.glucose_checks_per_day_60d"] = glucose_checks_per_day(record, as_of)
     facts["med.insulin_mdi_days"] = insulin_mdi_days(record, as_of)
     facts["encounter.last_visit_date"] = last_visit_date(record, as_of)
-    facts.update(documentation_facts(record, policy.documentation, policy.questionnaire_url, as_of))
+    documentation = documentation_facts(record, policy.documentation, policy.questionnaire_url, as_of)
+    facts.update(documentation)
+    stated_kind = documentation.get("doc.pump-kind")
+    if facts["episode.pump_kind"].value is None and stated_kind and stated_kind.value:
+        facts["episode.pump_kind"] = stated_kind  # the orderer answered the pump-kind question
     return {
         name: value
         for name, value in facts.items()

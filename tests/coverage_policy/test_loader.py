@@ -1,0 +1,100 @@
+"""The policy loader refuses unsound policies, naming every problem."""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any
+
+import pytest
+
+from coverage_policy.loader import DATA, DEFAULT_POLICY, PolicyLoadError, build_policy, load_policy
+
+
+@pytest.fixture
+def raw_policy() -> dict[str, Any]:
+    """A fresh copy of the packaged policy data, to break in one place per test."""
+    return copy.deepcopy(json.loads(DATA.joinpath(DEFAULT_POLICY).read_text()))
+
+
+def _problems(raw: dict[str, Any]) -> str:
+    with pytest.raises(PolicyLoadError) as excinfo:
+        build_policy(raw)
+    return str(excinfo.value)
+
+
+def _criterion(raw: dict[str, Any], criterion_id: str) -> dict[str, Any]:
+    return next(c for c in raw["criteria"] if c["id"] == criterion_id)
+
+
+def test_packaged_policy_loads() -> None:
+    policy = load_policy()
+    assert policy.id == "MCS051.01"
+    assert {"EIP-CSII", "EIP-VANCO", "EIP-HEPARIN", "IIP-INSULIN"} <= {r.id for r in policy.rules}
+    assert all(c.citations for c in policy.criteria.values())
+
+
+def test_schema_violation_is_reported_with_its_path(raw_policy: dict[str, Any]) -> None:
+    raw_policy["rules"][0]["kind"] = "sometimes"
+    assert "$.rules[0].kind" in _problems(raw_policy)
+
+
+def test_duplicate_ids(raw_policy: dict[str, Any]) -> None:
+    raw_policy["criteria"].append(copy.deepcopy(raw_policy["criteria"][0]))
+    assert "duplicate id" in _problems(raw_policy)
+
+
+def test_unknown_fact(raw_policy: dict[str, Any]) -> None:
+    criterion = _criterion(raw_policy, "EIP-CSII-HOME")
+    criterion["logic"] = {"fact": "order.place", "op": "eq", "value": "home"}
+    criterion["facts"] = ["order.place"]
+    assert "unknown fact order.place" in _problems(raw_policy)
+
+
+def test_declared_facts_must_equal_facts_read(raw_policy: dict[str, Any]) -> None:
+    _criterion(raw_policy, "EIP-CSII-HOME")["facts"] = ["order.setting", "order.hcpcs"]
+    assert "declares facts" in _problems(raw_policy)
+
+
+def test_unknown_value_set(raw_policy: dict[str, Any]) -> None:
+    _criterion(raw_policy, "EIP-CSII-DIABETES")["logic"]["valueset"] = "diabetes-typo"
+    assert "unknown value set diabetes-typo" in _problems(raw_policy)
+
+
+def test_operator_must_fit_the_fact_type(raw_policy: dict[str, Any]) -> None:
+    _criterion(raw_policy, "EIP-CSII-HOME")["logic"] = {"fact": "order.setting", "op": "gt", "value": 1}
+    assert "operator gt does not apply" in _problems(raw_policy)
+
+
+def test_enum_value_that_can_never_occur(raw_policy: dict[str, Any]) -> None:
+    _criterion(raw_policy, "EIP-CSII-HOME")["logic"]["value"] = "hospital"
+    assert "can never be 'hospital'" in _problems(raw_policy)
+
+
+def test_rule_naming_an_unknown_criterion(raw_policy: dict[str, Any]) -> None:
+    rule = next(r for r in raw_policy["rules"] if r["id"] == "EIP-VANCO")
+    rule["decides"] = {"criterion": "EIP-VANCO-NOPE"}
+    assert "unknown criterion EIP-VANCO-NOPE" in _problems(raw_policy)
+
+
+def test_orphan_criterion(raw_policy: dict[str, Any]) -> None:
+    raw_policy["criteria"].append({**copy.deepcopy(raw_policy["criteria"][1]), "id": "ORPHAN-1"})
+    assert "criterion ORPHAN-1 is used by no rule" in _problems(raw_policy)
+
+
+def test_messages_must_cover_every_outcome(raw_policy: dict[str, Any]) -> None:
+    del raw_policy["rules"][1]["messages"]["conditional"]
+    assert "messages must be exactly" in _problems(raw_policy)
+
+
+def test_empty_effective_period(raw_policy: dict[str, Any]) -> None:
+    raw_policy["rules"][1]["effective"] = {"from": "2024-01-01", "to": "2023-01-01"}
+    assert "effective 'from' must be before 'to'" in _problems(raw_policy)
+
+
+def test_unknown_citation_source_and_alternative(raw_policy: dict[str, Any]) -> None:
+    raw_policy["rules"][1]["citations"][0]["source"] = "LCD-L99999"
+    raw_policy["rules"][1]["alternatives"] = ["teleport"]
+    problems = _problems(raw_policy)
+    assert "cites unknown source LCD-L99999" in problems
+    assert "unknown alternative teleport" in problems
