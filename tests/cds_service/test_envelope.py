@@ -1,0 +1,162 @@
+"""The request envelope: liberal where CDS Hooks says so, strict where it must be."""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any
+
+import pytest
+from flask.testing import FlaskClient
+
+from tests.conftest import FIXTURES, ORDER_DISPATCH, ORDER_SELECT, ORDER_SIGN, load_json
+
+SIGN_FIXTURE = FIXTURES / "requests" / "order-sign__e0784-insulin__covered.json"
+
+
+@pytest.fixture
+def sign_body() -> dict[str, Any]:
+    """A complete, valid order-sign request body (the covered CSII fixture)."""
+    return copy.deepcopy(load_json(SIGN_FIXTURE))
+
+
+def _post(client: FlaskClient, body: Any, path: str = ORDER_SIGN) -> Any:
+    data = body if isinstance(body, bytes | str) else json.dumps(body)
+    return client.post(path, data=data, content_type="application/json")
+
+
+@pytest.mark.parametrize(
+    ("mutate", "expression"),
+    [
+        (lambda b: b.pop("hook"), None),
+        (lambda b: b.pop("hookInstance"), None),
+        (lambda b: b.update(hookInstance="not-a-uuid"), "hookInstance"),
+        (lambda b: b.update(hook="order-select"), "hook"),
+        (lambda b: b.pop("context"), None),
+        (lambda b: b.update(context=[]), "context"),
+        (lambda b: b["context"].pop("draftOrders"), "context"),
+        (lambda b: b["context"].update(draftOrders={"resourceType": "Patient"}),
+         "context.draftOrders.resourceType"),
+        (lambda b: b["context"].update(patientId=7), "context.patientId"),
+        (lambda b: b.pop("fhirServer"), None),  # fhirAuthorization without fhirServer
+        (lambda b: b.update(fhirAuthorization={"access_token": "t"}), "fhirAuthorization"),
+        (lambda b: b.update(prefetch={"patient": "Patient/1"}), "prefetch.patient"),
+        (lambda b: b.update(prefetch=[]), "prefetch"),
+        (lambda b: b.update(extension=["davinci-crd.requestedVersion"]), "extension"),
+    ],
+)
+def test_malformed_request_is_400_naming_what_and_where(
+    client: FlaskClient, sign_body: dict[str, Any], mutate: Any, expression: str | None
+) -> None:
+    sign_body["fhirAuthorization"] = {"access_token": "secret-token", "token_type": "Bearer",
+                                      "expires_in": 30, "scope": "user/Patient.read",
+                                      "subject": "payer-cds"}
+    mutate(sign_body)
+    response = _post(client, sign_body)
+    assert response.status_code == 400
+    outcome = response.json
+    assert outcome["resourceType"] == "OperationOutcome"
+    issue = outcome["issue"][0]
+    assert issue["severity"] == "error" and issue["diagnostics"]
+    if expression:
+        assert any(expression in e for i in outcome["issue"] for e in i.get("expression", []))
+    assert "secret-token" not in response.get_data(as_text=True)
+
+
+@pytest.mark.parametrize("raw", [b"", b"{", b"[]", b"null", b"\xff\xfe", b'"text"', b"42"])
+def test_non_object_bodies_are_400(client: FlaskClient, raw: bytes) -> None:
+    response = _post(client, raw)
+    assert response.status_code == 400
+    assert response.json["resourceType"] == "OperationOutcome"
+
+
+def test_unknown_members_are_ignored(client: FlaskClient, sign_body: dict[str, Any]) -> None:
+    sign_body["futureMember"] = {"x": 1}
+    sign_body["context"]["futureContext"] = [1, 2]
+    sign_body["extension"] = {"com.example.trace": "abc"}
+    assert _post(client, sign_body).status_code == 200
+
+
+@pytest.mark.parametrize("value", [None, {"resourceType": "OperationOutcome", "issue": []},
+                                   {"resourceType": "Bundle", "type": "searchset"}])
+def test_prefetch_values_may_be_null_operation_outcome_or_empty_bundle(
+    client: FlaskClient, sign_body: dict[str, Any], value: Any
+) -> None:
+    sign_body["prefetch"]["conditions"] = value
+    response = _post(client, sign_body)
+    assert response.status_code == 200
+    assert response.json["systemActions"]
+
+
+def test_operation_outcome_prefetch_is_named_as_not_retrieved(
+    client: FlaskClient, sign_body: dict[str, Any]
+) -> None:
+    sign_body["prefetch"]["conditions"] = {"resourceType": "OperationOutcome", "issue": []}
+    card = _post(client, sign_body).json["cards"][0]
+    assert "conditions (the EHR reported an error for this query)" in card["detail"]
+
+
+def test_invalid_resource_is_left_out_and_named(client: FlaskClient, sign_body: dict[str, Any]) -> None:
+    entries = sign_body["prefetch"]["conditions"]["entry"]
+    entries.append({"resource": {"resourceType": "Condition", "id": "broken",
+                                 "subject": {"reference": "Patient/pat-csii"},
+                                 "onsetDateTime": "yesterday-ish"}})
+    response = _post(client, sign_body)
+    assert response.status_code == 200
+    detail = response.json["cards"][0]["detail"]
+    assert "Condition/broken at prefetch.conditions.entry[1]" in detail
+    assert "covered under" in response.json["cards"][0]["summary"]  # the rest still decides
+
+
+def test_invalid_draft_order_is_left_out(client: FlaskClient, sign_body: dict[str, Any]) -> None:
+    sign_body["context"]["draftOrders"]["entry"][1]["resource"]["authoredOn"] = "28/11/2026"
+    response = _post(client, sign_body)
+    assert response.status_code == 200
+    references = [a["resource"]["id"] for a in response.json["systemActions"]]
+    assert references == ["devreq-e0784"]
+
+
+def test_order_select_requires_selections(client: FlaskClient, sign_body: dict[str, Any]) -> None:
+    sign_body["hook"] = "order-select"
+    response = _post(client, sign_body, ORDER_SELECT)
+    assert response.status_code == 400
+    assert "selections" in response.json["issue"][0]["diagnostics"]
+
+
+def test_order_dispatch_needs_one_of_the_context_versions(client: FlaskClient) -> None:
+    body = load_json(FIXTURES / "requests" / "order-dispatch__e0784-insulin-v1.1__covered.json")
+    body["context"].pop("dispatchedOrders")
+    response = _post(client, body, ORDER_DISPATCH)
+    assert response.status_code == 400
+
+
+def test_dispatched_order_that_cannot_be_found_is_412(client: FlaskClient) -> None:
+    body = load_json(FIXTURES / "requests" / "order-dispatch__e0784-insulin-v1.1__covered.json")
+    body["context"]["dispatchedOrders"] = ["DeviceRequest/not-in-prefetch"]
+    response = _post(client, body, ORDER_DISPATCH)
+    assert response.status_code == 412
+    assert response.json["resourceType"] == "OperationOutcome"
+
+
+def test_crd_request_with_two_coverages_is_400(client: FlaskClient, sign_body: dict[str, Any]) -> None:
+    entry = copy.deepcopy(sign_body["prefetch"]["coverage"]["entry"][0])
+    entry["resource"]["id"] = "cov-second"
+    sign_body["prefetch"]["coverage"]["entry"].append(entry)
+    sign_body["extension"] = {"davinci-crd.requestedVersion": "2.0"}
+    response = _post(client, sign_body)
+    assert response.status_code == 400
+    assert "2 active Coverages" in response.json["issue"][0]["diagnostics"]
+
+
+@pytest.mark.parametrize(
+    "poison",
+    [{"resourceType": 5}, {"resourceType": "Bundle", "entry": "x"},
+     {"resourceType": "Bundle", "entry": [None, 3, {"resource": []}]},
+     {"resourceType": "Observation", "valueQuantity": {"value": "NaN"}}],
+)
+def test_odd_prefetch_shapes_never_500(client: FlaskClient, sign_body: dict[str, Any], poison: Any) -> None:
+    for key in list(sign_body["prefetch"]):
+        sign_body["prefetch"][key] = poison
+    response = _post(client, sign_body)
+    assert response.status_code in (200, 400)
+    assert "Traceback" not in response.get_data(as_text=True)
