@@ -1,0 +1,134 @@
+"""Cards: indicator by outcome, citations and evidence, configuration honoured."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+from flask.testing import FlaskClient
+
+from hooks.respond import effective_configuration
+from tests.conftest import FIXTURES, ORDER_SIGN, load_json
+
+
+def fixture(name: str) -> dict[str, Any]:
+    return copy.deepcopy(load_json(FIXTURES / "requests" / f"{name}.json"))
+
+
+def cards_for(client: FlaskClient, body: dict[str, Any]) -> list[dict[str, Any]]:
+    response = client.post(ORDER_SIGN, json=body)
+    assert response.status_code == 200
+    return response.json["cards"]  # type: ignore[no-any-return]
+
+
+def topics(cards: list[dict[str, Any]]) -> list[str]:
+    return [c["source"]["topic"]["code"] for c in cards]
+
+
+def test_covered_is_info_with_links_and_evidence(client: FlaskClient) -> None:
+    (card,) = cards_for(client, fixture("order-sign__e0784-insulin__covered"))
+    assert card["indicator"] == "info" and "overrideReasons" not in card
+    assert card["source"]["label"] == "Example Medicare Advantage Plan"
+    assert {link["label"] for link in card["links"]} >= {"NCD 280.14 Infusion Pumps",
+                                                           "LCD L33794 External Infusion Pumps"}
+    assert all(link["type"] == "absolute" and link["url"].startswith("https://") for link in card["links"])
+    assert "Observation/obs-cpeptide" in card["detail"] or "Met" in card["detail"]
+    assert len(card["summary"]) < 140
+
+
+def test_unmet_criteria_are_listed_with_citation_and_evidence(client: FlaskClient) -> None:
+    card = cards_for(client, fixture("order-sign__e0784-insulin__not-covered"))[0]
+    assert card["indicator"] == "warning"
+    assert "**Not met**" in card["detail"]
+    assert "NCD 280.14 Infusion Pumps, B.2.e CSII" in card["detail"]
+    assert "Observation/obs-cpeptide" in card["detail"]  # the C-peptide seen
+    assert "QuestionnaireResponse/qr-csii" in card["detail"]  # the autoantibody answer
+    assert all(r["display"] for r in card["overrideReasons"])
+
+
+def test_documentation_prompt_lists_exactly_what_to_document(client: FlaskClient) -> None:
+    cards = cards_for(client, fixture("order-sign__e0784-insulin__conditional"))
+    (prompt,) = [c for c in cards if c["source"]["topic"]["code"] == "claim"]
+    assert "`csii-diabetes-education`" in prompt["detail"]
+    assert "one of:" in prompt["detail"]
+    assert "Insulin pump for use in the home setting" not in prompt["detail"]  # met already
+    assert "links" not in prompt and "suggestions" not in prompt
+
+
+def test_alternatives_replace_or_remove_the_pump(client: FlaskClient) -> None:
+    cards = cards_for(client, fixture("order-sign__e0781-vancomycin__not-covered"))
+    (alternatives,) = [c for c in cards if c["source"]["topic"]["code"] == "therapy-alternatives-req"]
+    assert alternatives["selectionBehavior"] == "at-most-one"
+    elastomeric, gravity = alternatives["suggestions"]
+    (update,) = elastomeric["actions"]
+    assert update["type"] == "update" and update["resource"]["codeCodeableConcept"]["coding"][0]["code"] == "A4305"
+    assert gravity["actions"] == [{"type": "delete", "description": "Remove the infusion pump order",
+                                   "resourceId": "DeviceRequest/devreq-e0781"}]
+    assert len({elastomeric["uuid"], gravity["uuid"], alternatives["uuid"]}) == 3
+
+
+def test_implantable_insulin_pump_suggests_external_csii(client: FlaskClient) -> None:
+    cards = cards_for(client, fixture("order-sign__e0783-insulin__not-covered"))
+    (alternatives,) = [c for c in cards if "suggestions" in c]
+    (action,) = alternatives["suggestions"][0]["actions"]
+    assert action["resource"]["codeCodeableConcept"]["coding"][0]["code"] == "E0784"
+
+
+def test_drug_only_vancomycin_gets_a_new_elastomeric_pump_order(client: FlaskClient) -> None:
+    cards = cards_for(client, fixture("order-sign__vancomycin-drug-only__not-covered"))
+    (alternatives,) = [c for c in cards if "suggestions" in c]
+    (suggestion,) = alternatives["suggestions"]  # gravity drip has no pump order to remove
+    (create,) = suggestion["actions"]
+    assert create["type"] == "create"
+    assert create["resource"]["basedOn"] == [{"reference": "MedicationRequest/medreq-vanco"}]
+
+
+@pytest.mark.parametrize("disabled", ["guideline", "claim", "therapy-alternatives-req"])
+def test_each_card_type_can_be_switched_off(client: FlaskClient, disabled: str) -> None:
+    name = ("order-sign__e0784-insulin__conditional" if disabled == "claim"
+            else "order-sign__e0781-vancomycin__not-covered")
+    body = fixture(name)
+    assert disabled in topics(cards_for(client, copy.deepcopy(body)))
+    body["extension"] = {"davinci-crd.configuration": {disabled: False}}
+    assert disabled not in topics(cards_for(client, body))
+
+
+def test_coverage_info_off_means_no_system_actions(client: FlaskClient) -> None:
+    body = fixture("order-sign__e0784-insulin__covered")
+    body["extension"] = {"davinci-crd.configuration": {"coverage-info": False}}
+    response = client.post(ORDER_SIGN, json=body)
+    assert "systemActions" not in response.json
+
+
+def test_max_cards_keeps_the_most_important(client: FlaskClient) -> None:
+    body = fixture("order-sign__e0781-vancomycin__not-covered")
+    body["extension"] = {"davinci-crd.configuration": {"max-cards": 1}}
+    (card,) = cards_for(client, body)
+    assert card["source"]["topic"]["code"] == "guideline"
+    body["extension"] = {"davinci-crd.configuration": {"max-cards": 0}}
+    assert cards_for(client, body) == []
+
+
+def test_configuration_ignores_unknown_options_and_wrong_types() -> None:
+    configuration = effective_configuration(
+        {"claim": "no", "max-cards": True, "guideline": False, "teleport": True, "insurance": 0})
+    assert configuration["claim"] is True and configuration["max-cards"] == 10
+    assert configuration["guideline"] is False and "teleport" not in configuration
+    assert configuration["insurance"] is True
+
+
+def test_no_coverage_gives_cards_and_says_so(client: FlaskClient) -> None:
+    cards = cards_for(client, fixture("order-sign__e0784-insulin-no-coverage__conditional"))
+    assert topics(cards)[-1] == "insurance"
+    assert "could not be confirmed" in cards[-1]["summary"]
+
+
+def test_deceased_patient_gets_a_warning_not_a_decision(client: FlaskClient) -> None:
+    body = fixture("order-sign__e0784-insulin__covered")
+    body["prefetch"]["patient"]["deceasedDateTime"] = "2026-01-05"
+    response = client.post(ORDER_SIGN, json=body)
+    (card,) = response.json["cards"]
+    assert card["indicator"] == "warning" and "deceased" in card["summary"]
+    assert "2026-01-05" in card["detail"]
+    assert "systemActions" not in response.json
