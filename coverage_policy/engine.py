@@ -58,7 +58,7 @@ def _compare(op: str, actual: Any, expected: Any) -> bool:
     if op == "eq":
         return bool(actual == expected)
     if op == "in":
-        return actual in expected
+        return bool(actual in expected)
     if not isinstance(actual, int | float) or isinstance(actual, bool):
         return False
     return {
@@ -66,7 +66,7 @@ def _compare(op: str, actual: Any, expected: Any) -> bool:
         "gte": actual >= expected,
         "lt": actual < expected,
         "lte": actual <= expected,
-    }[op]
+    }[op] is True
 
 class _Evaluator:
     """One evaluation: caches criterion results so shared criteria are decided once."""

@@ -33,13 +33,15 @@ def _encounter_setting(entry: Any, record: PatientRecord) -> tuple[str, str] | N
     encounter = entry.resource
     for location in encounter.location or []:
         place = record.resolve(getattr(location.location, "reference", None))
-        for concept in (getattr(place.resource, "type", None) or []) if place else []:
+        if place is None:
+            continue
+        for concept in getattr(place.resource, "type", None) or []:
             for _, code, _ in codings(concept):
                 if code in _SNF_LOCATION_CODES:
                     return "institutional", f"{place.reference}: skilled nursing facility"
-    code = getattr(encounter.class_fhir, "code", None)
-    if code in _CLASS_SETTING:
-        return _CLASS_SETTING[code], f"encounter class {code}"
+    class_code = getattr(encounter.class_fhir, "code", None)
+    if class_code in _CLASS_SETTING:
+        return _CLASS_SETTING[class_code], f"encounter class {class_code}"
     return None
 
 

@@ -15,6 +15,7 @@ from datetime import date
 from typing import Any
 
 from fhir_mappings.codes import HCPCS
+from fhir_mappings.dates import as_date
 from fhir_mappings.drugs import (
     DrugIdentity,
     dosage_route_kind,
@@ -45,8 +46,7 @@ class DraftOrder:
 
     @property
     def authored_on(self) -> date | None:
-        value = getattr(self.resource, "authoredOn", None)
-        return value.date() if hasattr(value, "date") else value
+        return as_date(getattr(self.resource, "authoredOn", None))
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,7 +155,7 @@ def find_pump_episodes(
         unpaired = [(o, d) for o, d in named_drugs if o.reference not in paired]
         candidates = linked or unpaired
         drug_order, drug = candidates[0] if candidates else (None, None)
-        drug_source = drug_order.reference if drug_order else None
+        drug_source: str | None = drug_order.reference if drug_order else None
         if drug_order is not None:
             paired.add(drug_order.reference)
         elif (active := _active_infusion_drug(record)) is not None:
@@ -177,14 +177,14 @@ def find_pump_episodes(
     for order, drug in named_drugs:
         if order.reference in paired or not dosage_says_pump(order.resource):
             continue
-        kind, how = dosage_route_kind(order.resource)
+        route_kind, how = dosage_route_kind(order.resource)
         episodes.append(
             PumpEpisode(
                 orders=(order,),
                 device=None,
                 drug_order=order,
                 hcpcs=None,
-                pump_kind=kind,
+                pump_kind=route_kind,
                 pump_kind_source=how or "unknown",
                 drug=drug,
                 drug_source=order.reference,

@@ -79,7 +79,7 @@ class CardContext:
 
 def summary(key: str, **values: str) -> str:
     """A card summary from the wording data, kept under CDS Hooks' 140 characters."""
-    text = card_text()["summary"][key].format(**values)
+    text = str(card_text()["summary"][key]).format(**values)
     return text if len(text) < 140 else text[:136].rstrip() + "..."
 
 

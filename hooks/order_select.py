@@ -7,6 +7,7 @@ Coverage information here never asks for clinical or administrative documentatio
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
 from fhir_mappings.episodes import parse_draft_orders
 from hooks.decide import deliberate
@@ -23,11 +24,11 @@ from hooks.service import (
 
 HOOK = "order-select"
 
-CONTEXT_SCHEMA = {
+CONTEXT_SCHEMA: dict[str, Any] = {
     **ORDER_SIGN_CONTEXT,
     "required": ["userId", "patientId", "selections", "draftOrders"],
     "properties": {
-        **ORDER_SIGN_CONTEXT["properties"],
+        **dict(ORDER_SIGN_CONTEXT["properties"]),
         "selections": {"type": "array", "minItems": 1, "items": {"type": "string", "minLength": 1}},
     },
 }

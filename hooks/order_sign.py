@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from hooks.decide import deliberate
 from hooks.request import ClinicalInput, HookRequest
 from hooks.respond import CONFIGURATION_OPTIONS, build_response
@@ -16,7 +18,7 @@ from fhir_mappings.episodes import parse_draft_orders
 
 HOOK = "order-sign"
 
-CONTEXT_SCHEMA = {
+CONTEXT_SCHEMA: dict[str, Any] = {
     "type": "object",
     "required": ["userId", "patientId", "draftOrders"],
     "properties": {
