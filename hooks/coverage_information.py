@@ -123,7 +123,9 @@ def coverage_information(item: EpisodeDecision, ctx: AssertionContext) -> dict[s
             "text": reasons["technical"].format(keys=", ".join(sorted(technical)))}))
     elif reason_text:
         parts.append(_sub("reason", "valueCodeableConcept", {"text": reason_text[:1000]}))
-    parts.append(_detail(ctx, "policy-link", "cat-other", "valueUrl", policy.url))
+    # CRD 2.0.1's detail.value has no url type: the link goes as a string there.
+    link_type = "valueUrl" if ctx.crd_version == "2.2" else "valueString"
+    parts.append(_detail(ctx, "policy-link", "cat-other", link_type, policy.url))
     if asks_documentation:
         instructions = _instructions(missing, policy)
         parts.append(_detail(ctx, "instructions", "cat-decisional", "valueString", instructions))

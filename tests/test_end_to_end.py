@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import FIXTURES, load_json, make_app
+from tests.response_validation import validate_cds_response
 
 REQUESTS = sorted((FIXTURES / "requests").glob("*.json"))
 EXTENSION = "http://hl7.org/fhir/us/davinci-crd/StructureDefinition/ext-coverage-information"
@@ -63,6 +64,10 @@ def test_request_gets_its_golden_response(request_file: Path) -> None:
     outcome = expected_outcome(request_file)
     assert response.status_code == STATUS_BY_OUTCOME.get(outcome, 200), response.get_data(as_text=True)
     body = response.get_json()
+    if response.status_code == 200:
+        request_body = load_json(request_file)
+        version = request_body.get("extension", {}).get("davinci-crd.requestedVersion", "2.0")
+        validate_cds_response(body, crd_version=version, hook=request_body["hook"])
     golden = FIXTURES / "responses" / request_file.name
     if os.environ.get("UPDATE_GOLDENS"):
         golden.write_text(json.dumps(body, indent=2) + "\n", encoding="utf-8")

@@ -15,6 +15,7 @@ import pytest
 from flask.testing import FlaskClient
 
 from tests.conftest import ORDER_SIGN, SHARED, load_json, make_app
+from tests.response_validation import validate_cds_response
 from tests.shared_requests import pump_order_request, synthea_prefetch, synthea_records
 
 EXTENSION = "http://hl7.org/fhir/us/davinci-crd/StructureDefinition/ext-coverage-information"
@@ -54,6 +55,7 @@ def test_synthea_record_with_pump_orders_is_decided(
         response = shared_client.post(ORDER_SIGN, data=json.dumps(body), content_type="application/json")
         assert response.status_code == 200, response.get_data(as_text=True)[:500]
         answer = response.get_json()
+        validate_cds_response(answer)
         assert answer["cards"], "every pump order gets guidance"
         codes = _covered_codes(answer)
         deceased = any("deceased" in c["summary"] for c in answer["cards"])
@@ -84,4 +86,5 @@ def test_crd_test_kit_requests_are_accepted(shared_dir: Path, request_file: Path
     response = client.post(f"/cds-services/infusion-pump-coverage-{hook}", data=json.dumps(body),
                            content_type="application/json")
     assert response.status_code == 200, response.get_data(as_text=True)
-    assert response.get_json() == {"cards": []}  # none of them orders an infusion pump
+    assert response.get_json() == {"cards": []}
+    validate_cds_response(response.get_json(), hook=hook)  # none of them orders an infusion pump
