@@ -10,6 +10,7 @@ from flask.testing import FlaskClient
 
 from hooks.respond import effective_configuration
 from tests.conftest import FIXTURES, ORDER_SIGN, load_json
+from tests.response_validation import validate_cds_response
 
 
 def fixture(name: str) -> dict[str, Any]:
@@ -19,6 +20,7 @@ def fixture(name: str) -> dict[str, Any]:
 def cards_for(client: FlaskClient, body: dict[str, Any]) -> list[dict[str, Any]]:
     response = client.post(ORDER_SIGN, json=body)
     assert response.status_code == 200
+    validate_cds_response(response.json)
     return response.json["cards"]  # type: ignore[no-any-return]
 
 

@@ -9,6 +9,7 @@ import pytest
 from flask.testing import FlaskClient
 
 from tests.conftest import FIXTURES, ORDER_SELECT, ORDER_SIGN, load_json
+from tests.response_validation import validate_cds_response
 
 EXTENSION = "http://hl7.org/fhir/us/davinci-crd/StructureDefinition/ext-coverage-information"
 
@@ -23,6 +24,7 @@ def sign(client: FlaskClient, body: dict[str, Any], version: str | None = None,
         body.setdefault("extension", {})["davinci-crd.requestedVersion"] = version
     response = client.post(path, json=body)
     assert response.status_code == 200, response.get_data(as_text=True)
+    validate_cds_response(response.json, crd_version=version or "2.0", hook=body["hook"])
     return response.json  # type: ignore[no-any-return]
 
 
