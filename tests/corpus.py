@@ -63,7 +63,9 @@ _PREFETCH_TYPES = {
     "procedures": "Procedure",
     "questionnaireResponses": "QuestionnaireResponse",
 }
-_RULE_IN_CARD = re.compile(r"^\*\*.+?\*\* \(([A-Z0-9]+(?:-[A-Z0-9]+)*)\):")
+# The coverage card names each deciding rule: "**Title** (RULE-ID): message", the
+# indication first, then "**Also required: Title** (RULE-ID): ..." per requirement.
+_RULE_IN_CARD = re.compile(r"^\*\*.+?\*\* \(([A-Z0-9]+(?:-[A-Z0-9]+)*)\):", re.MULTILINE)
 _HOOK_INSTANCES = uuid.UUID("6f1c2d9e-3b4a-4c5d-8e7f-0a1b2c3d4e5f")
 
 
@@ -71,7 +73,7 @@ _HOOK_INSTANCES = uuid.UUID("6f1c2d9e-3b4a-4c5d-8e7f-0a1b2c3d4e5f")
 class SummaryRow:
     patient: str  # the record's file name
     order: str  # PumpOrder.label
-    rule: str  # the deciding rule id, "-" when no decision was made
+    rule: str  # the indication rule id, then "+" each requirement rule; "-" for no decision
     outcome: str  # the CRD covered code; "deceased" or "none" when no decision was made
 
     def cells(self) -> tuple[str, str, str, str]:
@@ -160,9 +162,9 @@ def summarize_response(
     rule = "-"
     deceased = False
     for card in _cards_about(response, device_reference):
-        match = _RULE_IN_CARD.match(card.get("detail", ""))
-        if match and card["source"]["topic"]["code"] == "guideline":
-            rule = match.group(1)
+        rules = _RULE_IN_CARD.findall(card.get("detail", ""))
+        if rules and card["source"]["topic"]["code"] == "guideline":
+            rule = "+".join(rules)
         deceased = deceased or "deceased" in card.get("summary", "")
     outcome = "|".join(dict.fromkeys(outcomes)) or ("deceased" if deceased else "none")
     return SummaryRow(patient_file, order.label, rule, outcome)
