@@ -10,9 +10,11 @@ from typing import Any
 
 from flask import Flask
 
+from cds_service import fhir_routes
 from cds_service.config import load_settings
 from cds_service.routes import blueprint
 from coverage_policy.loader import load_policy
+from hooks.questionnaire import documentation_questionnaire
 
 logger = logging.getLogger(__name__)
 
@@ -39,9 +41,13 @@ def create_app(
     app.extensions["cds_new_uuid"] = new_uuid
     # A policy that fails its schema or semantic checks stops the service here.
     app.extensions["cds_policy"] = load_policy()
+    app.extensions["cds_questionnaire"] = documentation_questionnaire(
+        app.extensions["cds_policy"], publisher=app.config["CDS"]["PAYER_NAME"]
+    )
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.json.compact = True  # type: ignore[attr-defined]
     app.register_blueprint(blueprint)
+    app.register_blueprint(fhir_routes.blueprint)
     if app.config["CDS"]["AUTH"] == "optional":
         logger.warning("CDS_AUTH=optional: unsigned service calls are accepted")
     return app

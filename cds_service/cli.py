@@ -1,4 +1,5 @@
-"""Command line: ``infusion-pump-cds serve`` and ``infusion-pump-cds evaluate REQUEST.json``."""
+"""Command line: ``infusion-pump-cds serve``, ``infusion-pump-cds evaluate REQUEST.json``
+and ``infusion-pump-cds policy show``."""
 
 from __future__ import annotations
 
@@ -41,9 +42,28 @@ def _evaluate(args: argparse.Namespace) -> int:
     app = create_app({"AUTH": "optional"} if args.no_auth else None)
     service_id = args.service or _service_for(json.loads(body))
     client = app.test_client()
-    response = client.post(f"/cds-services/{service_id}", data=body, content_type="application/json")
+    response = client.post(
+        f"/cds-services/{service_id}", data=body, content_type="application/json"
+    )
     print(json.dumps(response.get_json(), indent=2))
     return 0 if response.status_code == 200 else 1
+
+
+def _policy_show(args: argparse.Namespace) -> int:
+    from cds_service.policy_report import policy_report, render_report
+    from coverage_policy.loader import load_policy
+
+    sys.stdout.write(render_report(policy_report(load_policy()), args.format, args.width))
+    return 0
+
+
+def _width(value: str) -> int:
+    from cds_service.policy_report import MIN_WIDTH
+
+    width = int(value)
+    if width < MIN_WIDTH:
+        raise argparse.ArgumentTypeError(f"at least {MIN_WIDTH} columns")
+    return width
 
 
 def _service_for(body: Any) -> str:
@@ -69,6 +89,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     evaluate.add_argument("--service", help="service id (default: the one for the request's hook)")
     evaluate.add_argument("--no-auth", action="store_true", default=True, help=argparse.SUPPRESS)
     evaluate.set_defaults(run=_evaluate)
+    policy = commands.add_parser("policy", help="the coverage policy the service decides by")
+    policy_commands = policy.add_subparsers(dest="policy_command", required=True)
+    show = policy_commands.add_parser(
+        "show",
+        help="print every rule and criterion with its citation, evidence and documentation",
+    )
+    show.add_argument("--format", choices=("text", "markdown", "json"), default="text",
+                      help="text: a table wrapped to --width; markdown: a GitHub table; json")
+    show.add_argument("--width", type=_width, default=100,
+                      help="text width in columns (default 100)")
+    show.set_defaults(run=_policy_show)
     args = parser.parse_args(argv)
     return int(args.run(args))
 

@@ -1,0 +1,61 @@
+"""A read-only FHIR endpoint for the service's own definitional resources.
+
+``GET /fhir/Questionnaire/<id>`` and ``GET /fhir/Questionnaire?url=<canonical>[|version]``
+serve the documentation Questionnaire generated from the policy, so the link on the
+documentation card and the canonical in the CRD ``questionnaire`` sub-extension resolve.
+Answers are ``application/fhir+json``; an unknown id is a 404 OperationOutcome, a search
+that matches nothing an empty ``searchset`` Bundle.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlencode
+
+from flask import Blueprint, Response, current_app, request
+
+from cds_service.errors import operation_outcome
+from cds_service.routes import public_base_url
+from hooks.questionnaire import matches_canonical, searchset_bundle
+
+FHIR_JSON = "application/fhir+json"
+
+blueprint = Blueprint("fhir", __name__, url_prefix="/fhir")
+
+
+def _fhir_response(body: Mapping[str, Any], status: int = 200) -> Response:
+    response: Response = current_app.json.response(body)
+    response.status_code = status
+    response.mimetype = FHIR_JSON
+    return response
+
+
+def _questionnaires() -> list[Mapping[str, Any]]:
+    return [current_app.extensions["cds_questionnaire"]]
+
+
+@blueprint.get("/Questionnaire/<questionnaire_id>")
+def read_questionnaire(questionnaire_id: str) -> Response:
+    for questionnaire in _questionnaires():
+        if questionnaire["id"] == questionnaire_id:
+            return _fhir_response(questionnaire)
+    outcome = operation_outcome(f"No Questionnaire with id '{questionnaire_id}'", "not-found")
+    return _fhir_response(outcome, 404)
+
+
+@blueprint.get("/Questionnaire")
+def search_questionnaire() -> Response:
+    """Search by ``url`` (canonical, optionally ``|version``) and ``_id``; other
+    parameters are ignored, as FHIR servers do by default, and left out of the self link."""
+    found = _questionnaires()
+    used: list[tuple[str, str]] = []
+    for canonical in request.args.getlist("url"):
+        found = [q for q in found if matches_canonical(q, canonical)]
+        used.append(("url", canonical))
+    for wanted in request.args.getlist("_id"):
+        found = [q for q in found if q["id"] == wanted]
+        used.append(("_id", wanted))
+    base = public_base_url()
+    self_url = f"{base}/fhir/Questionnaire" + (f"?{urlencode(used)}" if used else "")
+    return _fhir_response(searchset_bundle(found, base, self_url))

@@ -1,0 +1,168 @@
+"""Decisions on real-shaped data: every Synthea record × every pump order the policy
+names, against the committed summary ``tests/corpus_summary.tsv``.
+
+Any change in a decision on real data shows up as a diff of that file in review. After a
+deliberate change (new rules, new mappings), regenerate it from the repository root:
+
+    .venv/bin/python -m tests.corpus --write
+
+and commit the new summary with the change. ``python -m tests.corpus`` without
+``--write`` prints the diff. Both print the totals per outcome, as this test does.
+Skipped when ``../shared/synthea-r4`` is absent.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hooks.coverage_information import EXTENSION_URL
+from hooks.service import PATIENT_PREFETCH
+from tests.corpus import (
+    SUMMARY,
+    SummaryRow,
+    decide_corpus,
+    record_prefetch,
+    render_summary,
+    summarize_response,
+    summary_diff,
+    synthea_records,
+    totals,
+)
+from tests.order_requests import PUMP_ORDERS, pump_order_resources
+
+
+@pytest.fixture
+def synthea_dir(shared_dir: Path) -> Path:
+    """``../shared/synthea-r4``; the tests are skipped when it is not there."""
+    folder = shared_dir / "synthea-r4"
+    if not folder.is_dir() or not synthea_records(folder):
+        pytest.skip("../shared/synthea-r4 (Synthea records) is not present")
+    return folder
+
+
+@cache
+def _decided(folder: Path) -> tuple[SummaryRow, ...]:
+    return tuple(decide_corpus(folder))
+
+
+@pytest.fixture
+def corpus_rows(synthea_dir: Path) -> tuple[SummaryRow, ...]:
+    """Every record × every pump order, decided once per test session (about 30 s)."""
+    return _decided(synthea_dir)
+
+
+def test_every_record_gets_every_order(
+    synthea_dir: Path, corpus_rows: tuple[SummaryRow, ...]
+) -> None:
+    """One row per record and order: each request was answered with HTTP 200."""
+    records = synthea_records(synthea_dir)
+    assert len(corpus_rows) == len(records) * len(PUMP_ORDERS)
+    assert {row.patient for row in corpus_rows} == {path.name for path in records}
+
+
+def test_outcomes_match_the_committed_summary(
+    corpus_rows: tuple[SummaryRow, ...], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The outcome per record and order is the one ``tests/corpus_summary.tsv`` records."""
+    with capsys.disabled():
+        print(f"\nSynthea corpus totals: {totals(corpus_rows)}")
+    expected = SUMMARY.read_text(encoding="utf-8") if SUMMARY.exists() else ""
+    diff = summary_diff(expected, render_summary(corpus_rows))
+    if diff:
+        pytest.fail(
+            "decisions on the Synthea corpus changed; if that is intended, run "
+            "`.venv/bin/python -m tests.corpus --write` and commit tests/corpus_summary.tsv\n"
+            + diff,
+            pytrace=False,
+        )
+
+
+# -- the summary machinery, on made-up data (runs without ../shared) ----------------------
+
+def _entry(resource: dict[str, Any]) -> dict[str, Any]:
+    return {"fullUrl": f"urn:uuid:{resource['id']}", "resource": resource,
+            "request": {"method": "POST", "url": resource["resourceType"]}}
+
+
+def test_record_prefetch_fills_every_template_key() -> None:
+    """Resources by prefetch key with their urn:uuid full URLs; only the LOINC codes the
+    template asks for; the 100 most recent encounters; one synthesized Coverage."""
+    patient = {"resourceType": "Patient", "id": "p1"}
+    hba1c = {"resourceType": "Observation", "id": "o1", "status": "final",
+             "code": {"coding": [{"system": "http://loinc.org", "code": "4548-4"}]},
+             "subject": {"reference": "urn:uuid:p1"}}
+    heart_rate = {**hba1c, "id": "o2",
+                  "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]}}
+    encounters = [{"resourceType": "Encounter", "id": f"e{i:03d}",
+                   "period": {"start": f"{1900 + i}-01-01T08:00:00Z"}} for i in range(105)]
+    claim = {"resourceType": "Claim", "id": "c1"}
+    bundle = {"resourceType": "Bundle", "type": "transaction",
+              "entry": [_entry(r) for r in (patient, hba1c, heart_rate, *encounters, claim)]}
+    patient_id, prefetch = record_prefetch(bundle)
+    assert patient_id == "p1"
+    assert set(prefetch) == set(PATIENT_PREFETCH)
+    assert prefetch["patient"] == patient
+    assert [e["fullUrl"] for e in prefetch["observations"]["entry"]] == ["urn:uuid:o1"]
+    kept = [e["resource"]["id"] for e in prefetch["encounters"]["entry"]]
+    assert kept == [f"e{i:03d}" for i in range(104, 4, -1)]
+    (coverage,) = [e["resource"] for e in prefetch["coverage"]["entry"]]
+    assert (coverage["status"], coverage["beneficiary"]) == ("active", {"reference": "Patient/p1"})
+    assert prefetch["questionnaireResponses"]["entry"] == []
+
+
+def _response(device: dict[str, Any], medication: dict[str, Any], covered: str,
+              detail: str) -> dict[str, Any]:
+    def action(resource: dict[str, Any]) -> dict[str, Any]:
+        extension = {"url": EXTENSION_URL,
+                     "extension": [{"url": "covered", "valueCode": covered}]}
+        return {"type": "update", "resource": {**resource, "extension": [extension]}}
+
+    card = {"summary": "...", "detail": detail, "source": {"topic": {"code": "guideline"}},
+            "extension": {"davinci-crd.associated-resource": [
+                {"reference": f"DeviceRequest/{device['id']}"}]}}
+    return {"cards": [card], "systemActions": [action(device), action(medication)]}
+
+
+def test_summarize_response_reads_rules_and_outcome() -> None:
+    """The outcome from coverage-information; the indication then each requirement rule."""
+    order = PUMP_ORDERS[0]
+    device, medication = pump_order_resources(order, "p1")
+    detail = ("**External insulin pump** (EIP-CSII): text\n\n**Not met**\n- x\n\n"
+              "**Also required: Face to face** (DME-F2F): text")
+    row = summarize_response("a.json", order, device, medication,
+                             _response(device, medication, "conditional", detail))
+    assert row == SummaryRow("a.json", order.label, "EIP-CSII+DME-F2F", "conditional")
+
+
+def test_summarize_response_without_decision() -> None:
+    """No system action: deceased when a card says so, else none."""
+    order = PUMP_ORDERS[1]
+    device, medication = pump_order_resources(order, "p1")
+    card = {"summary": f"{order.label}: the patient is recorded as deceased", "detail": "",
+            "source": {"topic": {"code": "guideline"}},
+            "extension": {"davinci-crd.associated-resource": [
+                {"reference": f"DeviceRequest/{device['id']}"}]}}
+    deceased = summarize_response("a.json", order, device, medication, {"cards": [card]})
+    assert (deceased.rule, deceased.outcome) == ("-", "deceased")
+    nothing = summarize_response("a.json", order, device, medication, {"cards": []})
+    assert (nothing.rule, nothing.outcome) == ("-", "none")
+
+
+def test_summary_totals_and_diff() -> None:
+    rows = [SummaryRow("a.json", "E0784+insulin", "EIP-CSII", "conditional"),
+            SummaryRow("a.json", "E0781+vancomycin", "EIP-VANCO", "not-covered"),
+            SummaryRow("b.json", "E0784+insulin", "EIP-CSII", "conditional")]
+    text = render_summary(rows)
+    assert text.splitlines()[0] == "patient\torder\trule\toutcome"
+    assert text.splitlines()[2] == "a.json\tE0781+vancomycin\tEIP-VANCO\tnot-covered"
+    assert totals(rows) == "conditional: 2, not-covered: 1 (3 orders)"
+    assert summary_diff(text, text) == ""
+    changed = render_summary([*rows[:2], SummaryRow("b.json", "E0784+insulin", "EIP-CSII",
+                                                    "covered")])
+    diff = summary_diff(text, changed)
+    assert "-b.json\tE0784+insulin\tEIP-CSII\tconditional" in diff
+    assert "+b.json\tE0784+insulin\tEIP-CSII\tcovered" in diff
