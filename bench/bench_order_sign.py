@@ -20,8 +20,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.conftest import FIXTURES, ORDER_SIGN, SHARED, make_app  # noqa: E402
-from tests.shared_requests import pump_order_request, synthea_prefetch  # noqa: E402
+from tests.conftest import FIXTURES, ORDER_SIGN, SHARED, load_json, make_app  # noqa: E402
+from tests.corpus import record_prefetch  # noqa: E402
+from tests.order_requests import PUMP_ORDERS, order_sign_request, pump_order_resources  # noqa: E402
 
 
 def measure(call: Callable[[], object], runs: int) -> tuple[float, float]:
@@ -61,10 +62,10 @@ def main() -> int:
     records = sorted((SHARED / "synthea-r4").glob("*.json"), key=lambda p: p.stat().st_size)
     if records:
         largest = records[-1]
-        patient_id, prefetch = synthea_prefetch(largest)
-        body = pump_order_request(patient_id, prefetch, hcpcs="E0784",
-                                  drug=("1652639", "insulin lispro 100 UNT/ML Injectable Solution"),
-                                  dosage_text="Continuous subcutaneous insulin infusion by pump")
+        patient_id, prefetch = record_prefetch(load_json(largest))
+        insulin_pump = next(o for o in PUMP_ORDERS if o.label == "E0784+insulin")
+        orders = pump_order_resources(insulin_pump, patient_id)
+        body = order_sign_request(patient_id, orders, prefetch, "5f0e7a3c-1d2b-4c3d-9e4f-5a6b7c8d9e0f")
         report(f"synthea {largest.stem.split('__')[1]} (largest)", json.dumps(body).encode(), max(5, args.runs // 5))
     else:
         print("../shared/synthea-r4 not present: record benchmark skipped")

@@ -41,6 +41,7 @@ from flask.testing import FlaskClient
 from hooks.coverage_information import EXTENSION_URL
 from hooks.service import PATIENT_PREFETCH
 from tests.conftest import ORDER_SIGN, SHARED, make_app
+from tests.response_validation import validate_cds_response
 from tests.order_requests import (
     PUMP_ORDERS,
     PumpOrder,
@@ -186,7 +187,9 @@ def decide_record(client: FlaskClient, path: Path) -> list[SummaryRow]:
         if response.status_code != 200:
             answer = response.get_data(as_text=True)[:500]
             raise RuntimeError(f"{path.name} {order.label}: HTTP {response.status_code} {answer}")
-        rows.append(summarize_response(path.name, order, device, medication, response.get_json()))
+        answer = response.get_json()
+        validate_cds_response(answer)
+        rows.append(summarize_response(path.name, order, device, medication, answer))
     return rows
 
 

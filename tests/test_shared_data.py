@@ -1,8 +1,6 @@
-"""Real-shaped data from ../shared runs through the service without an error.
+"""Every CDS Hooks request of the CRD conformance test kit (../shared) is accepted.
 
-- every Synthea record, as prefetch, with an insulin pump order and with a vancomycin
-  pump order: 200 and a decision on every order;
-- every CDS Hooks request of the CRD conformance test kit is accepted.
+(The Synthea records run through the service in tests/test_corpus.py.)
 """
 
 from __future__ import annotations
@@ -14,59 +12,8 @@ from typing import Any
 import pytest
 from flask.testing import FlaskClient
 
-from tests.conftest import ORDER_SIGN, SHARED, load_json, make_app
+from tests.conftest import SHARED, load_json, make_app
 from tests.response_validation import validate_cds_response
-from tests.shared_requests import pump_order_request, synthea_prefetch, synthea_records
-
-EXTENSION = "http://hl7.org/fhir/us/davinci-crd/StructureDefinition/ext-coverage-information"
-RECORDS = synthea_records(SHARED) if SHARED.is_dir() else []
-ORDERS = {
-    "insulin-pump": {"hcpcs": "E0784", "drug": ("1652639", "insulin lispro 100 UNT/ML Injectable Solution"),
-                     "dosage_text": "Continuous subcutaneous insulin infusion by insulin pump"},
-    "vancomycin-pump": {"hcpcs": "E0781", "drug": (None, "Vancomycin 1000 MG Injection"),
-                        "dosage_text": "1 g IV every 12 hours by ambulatory infusion pump"},
-}
-
-
-@pytest.fixture(scope="module")
-def shared_client() -> FlaskClient:
-    """One service for the whole corpus (building the app once keeps the run short)."""
-    return make_app().test_client()
-
-
-def _covered_codes(body: dict[str, Any]) -> list[str]:
-    return [
-        part["valueCode"]
-        for action in body.get("systemActions", [])
-        for extension in action["resource"]["extension"]
-        if extension["url"] == EXTENSION
-        for part in extension["extension"]
-        if part["url"] == "covered"
-    ]
-
-
-@pytest.mark.parametrize("record_file", RECORDS, ids=lambda p: p.stem.split("__")[1])
-def test_synthea_record_with_pump_orders_is_decided(
-    shared_dir: Path, shared_client: FlaskClient, record_file: Path
-) -> None:
-    patient_id, prefetch = synthea_prefetch(record_file)
-    for order in ORDERS.values():
-        body = pump_order_request(patient_id, prefetch, **order)  # type: ignore[arg-type]
-        response = shared_client.post(ORDER_SIGN, data=json.dumps(body), content_type="application/json")
-        assert response.status_code == 200, response.get_data(as_text=True)[:500]
-        answer = response.get_json()
-        validate_cds_response(answer)
-        assert answer["cards"], "every pump order gets guidance"
-        codes = _covered_codes(answer)
-        deceased = any("deceased" in c["summary"] for c in answer["cards"])
-        assert deceased or len(codes) == 2, codes  # both orders carry the decision
-        if order["hcpcs"] == "E0781" and not deceased:
-            assert set(codes) == {"not-covered"}
-
-
-def test_corpus_is_present_in_ci(shared_dir: Path) -> None:
-    assert len(RECORDS) == 30
-
 
 CRD_REQUESTS = sorted((SHARED / "crd-examples" / "spec-fixtures").glob("*_hook_request.json")) if SHARED.is_dir() else []
 
