@@ -1,0 +1,154 @@
+"""Every order-sign request fixture, posted to the service, gets the outcome in its name.
+
+A fixture is ``fixtures/requests/order-sign__<order>__<outcome>.json``; the outcome must
+be the ``covered`` value of every CRD coverage-information extension in systemActions.
+Fixtures whose order names a rule also show that rule deciding on the coverage card.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask.testing import FlaskClient
+
+from tests.conftest import FIXTURES, ORDER_SIGN
+
+COVERAGE_INFORMATION = (
+    "http://hl7.org/fhir/us/davinci-crd/StructureDefinition/ext-coverage-information"
+)
+OUTCOMES = ("covered", "not-covered", "conditional")
+REQUESTS = sorted(
+    path
+    for path in (FIXTURES / "requests").glob("order-sign__*__*.json")
+    if path.stem.rsplit("__", 1)[1] in OUTCOMES
+)
+# The rule (indication or requirement) each fixture family shows, by name prefix.
+RULE_OF_PREFIX = {
+    "eip-iron-": "EIP-IRON",
+    "eip-chemo-": "EIP-CHEMO",
+    "eip-morphine-": "EIP-MORPHINE",
+    "eip-heparin-": "EIP-HEPARIN",
+    "eip-other-chemo-": "EIP-OTHER-CHEMO",
+    "eip-other-inotrope-": "EIP-OTHER-INOTROPE",
+    "eip-other-prostacyclin-": "EIP-OTHER-PROSTACYCLIN",
+    "eip-other-anti-infective-": "EIP-OTHER-ANTI-INFECTIVE",
+    "eip-other-ziconotide": "EIP-OTHER-ZICONOTIDE",
+    "eip-other-scig": "EIP-OTHER-SCIG",
+    "eip-vanco-": "EIP-VANCO",
+    "eip-csii-": "EIP-CSII",
+    "iip-insulin-": "IIP-INSULIN",
+    "iip-heparin-": "IIP-HEPARIN",
+    "iip-liver-": "IIP-LIVER",
+    "iip-spasticity-": "IIP-SPASTICITY",
+    "iip-opioid-": "IIP-OPIOID",
+    "iip-other-": "IIP-OTHER",
+    "iip-contraindication-": "IIP-CONTRAINDICATIONS",
+    "dme-f2f-": "DME-F2F",
+    "pump-individual-review-": "PUMP-INDIVIDUAL-REVIEW",
+    "scope-pump-kind-": "SCOPE-PUMP-KIND",
+}
+
+
+def covered_values(body: dict[str, Any]) -> list[str]:
+    """The ``covered`` code of every coverage-information extension in systemActions."""
+    values = []
+    for action in body.get("systemActions", []):
+        for extension in action.get("resource", {}).get("extension", []):
+            if extension.get("url") != COVERAGE_INFORMATION:
+                continue
+            values += [
+                part["valueCode"] for part in extension["extension"] if part["url"] == "covered"
+            ]
+    return values
+
+
+def post(client: FlaskClient, path: Path) -> dict[str, Any]:
+    response = client.post(ORDER_SIGN, json=json.loads(path.read_text(encoding="utf-8")))
+    assert response.status_code == 200, response.get_data(as_text=True)
+    return response.json  # type: ignore[no-any-return]
+
+
+def test_fixtures_are_present() -> None:
+    assert len(REQUESTS) >= len(RULE_OF_PREFIX) * 2
+
+
+@pytest.mark.parametrize("path", REQUESTS, ids=[p.stem.split("__", 1)[1] for p in REQUESTS])
+def test_fixture_gets_the_outcome_in_its_name(client: FlaskClient, path: Path) -> None:
+    expected = path.stem.rsplit("__", 1)[1]
+    covered = covered_values(post(client, path))
+    assert covered, "no coverage-information system action"
+    assert set(covered) == {expected}
+
+
+@pytest.mark.parametrize("path", REQUESTS, ids=[p.stem.split("__", 1)[1] for p in REQUESTS])
+def test_fixture_is_decided_by_the_rule_it_names(client: FlaskClient, path: Path) -> None:
+    order = path.stem.split("__")[1]
+    rule_id = next((r for prefix, r in RULE_OF_PREFIX.items() if order.startswith(prefix)), None)
+    if rule_id is None:
+        pytest.skip(f"{path.name} names no rule of this policy")
+    cards = post(client, path)["cards"]
+    guideline = next(c for c in cards if c["source"]["topic"]["code"] == "guideline")
+    assert rule_id in re.findall(r"\*\* \(([A-Z0-9-]+)\)", guideline["detail"])
+
+
+def test_every_rule_has_a_fixture_per_outcome_it_can_produce() -> None:
+    produced: dict[str, set[str]] = {}
+    for path in REQUESTS:
+        order, outcome = path.stem.split("__")[1:]
+        for prefix, rule_id in RULE_OF_PREFIX.items():
+            if order.startswith(prefix):
+                produced.setdefault(rule_id, set()).add(outcome)
+    never_covered = {"EIP-VANCO", "IIP-INSULIN", "IIP-HEPARIN"}
+    for rule_id in RULE_OF_PREFIX.values():
+        if rule_id in never_covered:
+            assert produced[rule_id] == {"not-covered"}, rule_id
+        elif rule_id == "SCOPE-PUMP-KIND":
+            assert produced[rule_id] == {"conditional"}
+        elif rule_id == "IIP-CONTRAINDICATIONS":
+            assert produced[rule_id] == {"not-covered"}
+        else:
+            assert produced[rule_id] == set(OUTCOMES), rule_id
+
+
+def _guidance_lines(body: dict[str, Any]) -> str:
+    guideline = next(c for c in body["cards"] if c["source"]["topic"]["code"] == "guideline")
+    return str(guideline["detail"])
+
+
+def test_covid_flexibilities_shown_for_an_order_during_the_phe(client: FlaskClient) -> None:
+    path = (
+        FIXTURES / "requests/order-sign__eip-iron-deferoxamine-covid-phe-2023-05-01__covered.json"
+    )
+    assert "COVID-19 public health emergency flexibilities" in _guidance_lines(post(client, path))
+
+
+def test_covid_flexibilities_not_shown_after_the_phe_ended(client: FlaskClient) -> None:
+    path = (
+        FIXTURES / "requests/order-sign__eip-iron-deferoxamine-after-phe-2023-05-20__covered.json"
+    )
+    assert "COVID-19 public health emergency" not in _guidance_lines(post(client, path))
+
+
+def test_contraindication_card_is_a_warning_naming_the_evidence(client: FlaskClient) -> None:
+    path = FIXTURES / "requests/order-sign__iip-contraindication-allergy-baclofen__not-covered.json"
+    body = post(client, path)
+    guideline = next(c for c in body["cards"] if c["source"]["topic"]["code"] == "guideline")
+    assert guideline["indicator"] == "warning"
+    assert "AllergyIntolerance/allergy-baclofen" in guideline["detail"]
+
+
+def test_body_size_card_shows_weight_and_bmi(client: FlaskClient) -> None:
+    path = FIXTURES / "requests/order-sign__iip-contraindication-body-size__not-covered.json"
+    detail = _guidance_lines(post(client, path))
+    assert "Body weight 36 kg" in detail
+    assert "BMI 14.8 kg/m2" in detail
+
+
+def test_institutional_heparin_bills_part_d_without_part_a(client: FlaskClient) -> None:
+    path = FIXTURES / "requests/order-sign__eip-heparin-inpatient__covered.json"
+    detail = _guidance_lines(post(client, path))
+    assert "Part D: for a member in a hospital or SNF bed" in detail
