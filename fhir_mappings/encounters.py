@@ -90,7 +90,14 @@ def _same_party(a: str | None, b: str | None) -> bool:
         return True
     if a.startswith("urn:") or b.startswith("urn:"):
         return False
-    return a.rstrip("/").split("/")[-2:] == b.rstrip("/").split("/")[-2:]
+    return _type_and_id(a) == _type_and_id(b)
+
+
+def _type_and_id(reference: str) -> list[str]:
+    parts = reference.rstrip("/").split("/")
+    if len(parts) >= 4 and parts[-2] == "_history":
+        parts = parts[:-2]
+    return parts[-2:]
 
 
 def face_to_face_date(record: PatientRecord, as_of: date, practitioner: str | None) -> FactValue:
