@@ -731,32 +731,34 @@ def test_contraindication_requirement_worst_outcome_wins(
 
 
 @pytest.mark.parametrize(
-    ("hcpcs", "applies"),
+    ("hcpcs", "kind", "setting", "applies"),
     [
-        ("E0779", True),
-        ("E0780", True),
-        ("E0781", True),
-        ("E0784", True),
-        ("E0787", True),
-        ("E0782", True),
-        ("E0783", True),
-        ("E0786", True),
-        ("E0791", False),
-        ("K0455", False),
-        (None, False),
+        ("E0779", "external", "home", True),
+        ("E0780", "external", None, True),
+        ("E0781", "external", "home", True),
+        ("E0784", "external", "home", True),
+        ("E0787", "external", "home", True),
+        ("E0781", "external", "institutional", False),
+        ("E0791", "external", "home", False),
+        ("K0455", "external", "home", False),
+        ("E0782", "implantable", "institutional", True),
+        ("E0783", "implantable", None, True),
+        ("E0786", "implantable", "home", True),
+        ("E0785", "implantable", "home", False),
+        (None, "external", "home", False),
     ],
 )
-def test_face_to_face_applies_to_implantable_and_ambulatory_pumps(
-    policy: Policy, hcpcs: str | None, applies: bool
+def test_face_to_face_applies_to_implantable_and_home_ambulatory_pumps(
+    policy: Policy, hcpcs: str | None, kind: str, setting: str | None, applies: bool
 ) -> None:
-    decision = decide(
-        policy,
-        {
-            "episode.pump_kind": "external",
-            "episode.drug_family": "deferoxamine",
-            "order.hcpcs": hcpcs,
-        },
-    )
+    """A pump used in a hospital or SNF bed is not DME; an implanted one needs the visit."""
+    values = {
+        "episode.pump_kind": kind,
+        "episode.drug_family": "deferoxamine",
+        "order.hcpcs": hcpcs,
+        "order.setting": setting,
+    }
+    decision = decide(policy, values)
     assert ("DME-F2F" in {r.rule.id for r in decision.requirements}) is applies
 
 

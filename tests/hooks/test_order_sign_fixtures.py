@@ -80,6 +80,9 @@ def test_fixtures_are_present() -> None:
 def test_fixture_gets_the_outcome_in_its_name(client: FlaskClient, path: Path) -> None:
     expected = path.stem.rsplit("__", 1)[1]
     covered = covered_values(post(client, path))
+    if "no-coverage" in path.stem:
+        assert covered == []  # no Coverage to record a decision against
+        return
     assert covered, "no coverage-information system action"
     assert set(covered) == {expected}
 
