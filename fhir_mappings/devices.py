@@ -18,7 +18,8 @@ def _device_names(device: object) -> str:
     names = [concept_text(getattr(device, "type", None))]
     for name in getattr(device, "deviceName", None) or []:
         names.append(name.name or "")
-    return " | ".join(n for n in names if n).lower()
+    unique = dict.fromkeys(n.lower() for n in names if n)
+    return " | ".join(unique)
 
 
 def facts_from_device(entry: Entry) -> list[CodedItem]:

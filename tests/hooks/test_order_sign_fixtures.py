@@ -144,6 +144,16 @@ def test_contraindication_card_is_a_warning_naming_the_evidence(client: FlaskCli
     assert "AllergyIntolerance/allergy-baclofen" in guideline["detail"]
 
 
+def test_contraindication_is_the_reason_recorded_on_the_order(client: FlaskClient) -> None:
+    path = FIXTURES / "requests/order-sign__iip-contraindication-pacemaker__not-covered.json"
+    action = post(client, path)["systemActions"][0]
+    extension = next(
+        e for e in action["resource"]["extension"] if e["url"] == COVERAGE_INFORMATION
+    )
+    reason = next(p for p in extension["extension"] if p["url"] == "reason")
+    assert "contraindicated" in reason["valueCodeableConcept"]["text"]
+
+
 def test_body_size_card_shows_weight_and_bmi(client: FlaskClient) -> None:
     path = FIXTURES / "requests/order-sign__iip-contraindication-body-size__not-covered.json"
     detail = _guidance_lines(post(client, path))
