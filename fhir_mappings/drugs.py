@@ -118,5 +118,5 @@ def names_oral_antispasmodic(concept: Any) -> str | None:
     text = concept_text(concept)
     for name in binding("drugs")["oral_antispasmodics"]["names"]:
         if re.search(rf"\b{re.escape(name)}\b", text, re.IGNORECASE):
-            return name
+            return str(name)
     return None
