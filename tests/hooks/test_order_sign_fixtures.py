@@ -148,9 +148,7 @@ def test_contraindication_card_is_a_warning_naming_the_evidence(client: FlaskCli
 def test_contraindication_is_the_reason_recorded_on_the_order(client: FlaskClient) -> None:
     path = FIXTURES / "requests/order-sign__iip-contraindication-pacemaker__not-covered.json"
     action = post(client, path)["systemActions"][0]
-    extension = next(
-        e for e in action["resource"]["extension"] if e["url"] == COVERAGE_INFORMATION
-    )
+    extension = next(e for e in action["resource"]["extension"] if e["url"] == COVERAGE_INFORMATION)
     reason = next(p for p in extension["extension"] if p["url"] == "reason")
     assert "contraindicated" in reason["valueCodeableConcept"]["text"]
 
@@ -166,3 +164,11 @@ def test_institutional_heparin_bills_part_d_without_part_a(client: FlaskClient) 
     path = FIXTURES / "requests/order-sign__eip-heparin-inpatient__covered.json"
     detail = _guidance_lines(post(client, path))
     assert "Part D: for a member in a hospital or SNF bed" in detail
+
+
+def test_snf_bed_with_part_a_exhausted_bills_part_d(client: FlaskClient) -> None:
+    """Institutional (so covered) from the SNF Location; Part A status from documentation."""
+    path = FIXTURES / "requests/order-sign__eip-heparin-snf-part-a-exhausted__covered.json"
+    detail = _guidance_lines(post(client, path))
+    assert "Part D: for a member in a hospital or SNF bed" in detail
+    assert "DME-F2F" not in detail
