@@ -94,3 +94,29 @@ def dosage_says_pump(order: Any) -> bool:
         if any(word in joined for word in words):
             return True
     return False
+
+
+def dosage_route(order: Any) -> tuple[str | None, str]:
+    """The route named by the dosage (intrathecal, epidural, intra-arterial, subcutaneous,
+    intravenous): (route, how it was read) or (None, "")."""
+    routes = binding("routes")
+    for dosage in getattr(order, "dosageInstruction", None) or []:
+        for concept in (dosage.route, dosage.method):
+            for system, code, display in codings(concept):
+                if system == SNOMED and code in routes["route_names"]:
+                    return routes["route_names"][code], f"route {display or code}"
+        texts = [concept_text(dosage.route), concept_text(dosage.method), dosage.text or ""]
+        joined = " ".join(texts).lower()
+        for word, route in routes["route_words"].items():
+            if word in joined:
+                return route, f"dosage '{word}'"
+    return None, ""
+
+
+def names_oral_antispasmodic(concept: Any) -> str | None:
+    """The oral antispasmodic a medication concept names (by ingredient name), if any."""
+    text = concept_text(concept)
+    for name in binding("drugs")["oral_antispasmodics"]["names"]:
+        if re.search(rf"\b{re.escape(name)}\b", text, re.IGNORECASE):
+            return str(name)
+    return None

@@ -26,7 +26,7 @@ _CLASS_SETTING = {
     "VR": "home",
 }
 _SNF_LOCATION_CODES = {"SNF", "NURS"}  # v3 RoleCode service delivery location types
-_VISIT_CLASSES = {"AMB", "HH", "VR"}
+_VISIT_CLASSES = {"AMB", "HH", "VR", "virtual"}
 
 
 def _encounter_setting(entry: Any, record: PatientRecord) -> tuple[str, str] | None:
@@ -82,3 +82,47 @@ def last_visit_date(record: PatientRecord, as_of: date) -> FactValue:
     if best is None:
         return FactValue(None)
     return FactValue(best[0], (Evidence(best[1], f"visit on {best[0].isoformat()}"),))
+
+
+def _same_party(a: str | None, b: str | None) -> bool:
+    """Whether two references name the same resource: ``Type/id``, absolute URL or urn."""
+    if not a or not b:
+        return False
+    if a == b:
+        return True
+    if a.startswith("urn:") or b.startswith("urn:"):
+        return False
+    return _type_and_id(a) == _type_and_id(b)
+
+
+def _type_and_id(reference: str) -> list[str]:
+    parts = reference.rstrip("/").split("/")
+    if len(parts) >= 4 and parts[-2] == "_history":
+        parts = parts[:-2]
+    return parts[-2:]
+
+
+def face_to_face_date(record: PatientRecord, as_of: date, practitioner: str | None) -> FactValue:
+    """The most recent finished ambulatory, virtual or home encounter with ``practitioner``
+    (an ``Encounter.participant.individual``) on or before the order date (DME F2F)."""
+    if not practitioner:
+        return FactValue(None)
+    best: tuple[date, str] | None = None
+    for entry in record.of_type("Encounter"):
+        encounter = entry.resource
+        if encounter.status != "finished":
+            continue
+        if getattr(encounter.class_fhir, "code", None) not in _VISIT_CLASSES:
+            continue
+        participants = encounter.participant or []
+        individuals = [getattr(p.individual, "reference", None) for p in participants]
+        if not any(_same_party(ref, practitioner) for ref in individuals):
+            continue
+        period = encounter.period
+        on = as_date(getattr(period, "start", None) or getattr(period, "end", None))
+        if on is not None and on <= as_of and (best is None or on > best[0]):
+            best = (on, entry.reference)
+    if best is None:
+        return FactValue(None)
+    summary = f"face-to-face encounter with the ordering practitioner on {best[0].isoformat()}"
+    return FactValue(best[0], (Evidence(best[1], summary),))

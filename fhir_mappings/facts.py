@@ -10,17 +10,26 @@ from __future__ import annotations
 from datetime import date
 
 from coverage_policy.model import Evidence, FactValue, Policy
+from fhir_mappings.allergies import drug_allergy
 from fhir_mappings.conditions import facts_from_condition
+from fhir_mappings.coverage import part_a_status
+from fhir_mappings.dates import as_date
+from fhir_mappings.devices import facts_from_device
 from fhir_mappings.documentation import documentation_facts
-from fhir_mappings.encounters import last_visit_date, order_setting
+from fhir_mappings.drugs import dosage_route
+from fhir_mappings.encounters import face_to_face_date, last_visit_date, order_setting
 from fhir_mappings.episodes import PumpEpisode
 from fhir_mappings.labs import c_peptide_facts, glucose_checks_per_day, lab_results, latest_value
-from fhir_mappings.medication_history import insulin_mdi_days
+from fhir_mappings.medication_history import insulin_mdi_days, oral_antispasmodic_trial_days
 from fhir_mappings.record import PatientRecord
 
 # Which prefetch keys each group of facts comes from.
 FACT_SOURCES = {
     "patient.conditions": ("conditions",),
+    "patient.age_years": ("patient",),
+    "patient.drug_allergy": ("allergies",),
+    "patient.implanted_devices": ("devices",),
+    "coverage.": ("coverage",),
     "lab.": ("observations",),
     "med.": ("medicationRequests",),
     "encounter.": ("encounters",),
@@ -50,12 +59,47 @@ def _episode_facts(episode: PumpEpisode) -> dict[str, FactValue]:
     return facts
 
 
+def _route_fact(episode: PumpEpisode, record: PatientRecord) -> FactValue:
+    """The drug's route: from the drug order, else the active order the drug came from."""
+    sources = []
+    if episode.drug_order is not None:
+        sources.append((episode.drug_order.reference, episode.drug_order.resource))
+    entry = record.resolve(episode.drug_source) if episode.drug_source else None
+    if entry is not None:
+        sources.append((entry.reference, entry.resource))
+    for reference, order in sources:
+        route, how = dosage_route(order)
+        if route is not None:
+            return FactValue(route, (Evidence(reference, how),))
+    return FactValue(None)
+
+
+def _requester(episode: PumpEpisode, user_reference: str | None) -> str | None:
+    """The ordering practitioner: the order's requester, else the CDS Hooks user."""
+    for order in episode.orders:
+        reference = getattr(getattr(order.resource, "requester", None), "reference", None)
+        if reference:
+            return str(reference)
+    return user_reference
+
+
+def _age_years(record: PatientRecord, as_of: date) -> FactValue:
+    for entry in record.of_type("Patient"):
+        born = as_date(entry.resource.birthDate)
+        if born is None:
+            return FactValue(None)
+        years = as_of.year - born.year - ((as_of.month, as_of.day) < (born.month, born.day))
+        return FactValue(years, (Evidence(entry.reference, f"age {years} on {as_of.isoformat()}"),))
+    return FactValue(None)
+
+
 def facts_for_episode(
     episode: PumpEpisode,
     record: PatientRecord,
     policy: Policy,
     as_of: date,
     encounter_reference: str | None,
+    user_reference: str | None = None,
 ) -> dict[str, FactValue]:
     """Every fact of the catalog this record can speak to, for one episode."""
     facts = _episode_facts(episode)
@@ -80,6 +124,21 @@ def facts_for_episode(
     facts["lab.glucose_checks_per_day_60d"] = glucose_checks_per_day(record, as_of)
     facts["med.insulin_mdi_days"] = insulin_mdi_days(record, as_of)
     facts["encounter.last_visit_date"] = last_visit_date(record, as_of)
+    facts["episode.route"] = _route_fact(episode, record)
+    facts["patient.age_years"] = _age_years(record, as_of)
+    family = episode.drug.family if episode.drug else None
+    facts["patient.drug_allergy"] = drug_allergy(record, family)
+    facts["patient.implanted_devices"] = FactValue(
+        tuple(item for entry in record.of_type("Device") for item in facts_from_device(entry))
+    )
+    weights = lab_results(record, "body_weight", as_of)
+    facts["lab.body_weight_kg"] = latest_value(weights, "Body weight")
+    facts["lab.bmi"] = latest_value(lab_results(record, "bmi", as_of), "BMI")
+    facts["med.oral_antispasmodic_trial_days"] = oral_antispasmodic_trial_days(record, as_of)
+    facts["encounter.f2f_with_orderer_date"] = face_to_face_date(
+        record, as_of, _requester(episode, user_reference)
+    )
+    facts["coverage.part_a_status"] = part_a_status(record, as_of)
     documentation = documentation_facts(record, policy.documentation, policy.questionnaire_url, as_of)
     facts.update(documentation)
     stated_kind = documentation.get("doc.pump-kind")

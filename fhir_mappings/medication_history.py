@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, timedelta
 from typing import Any
 
 from coverage_policy.model import Evidence, FactValue
 from fhir_mappings.dates import as_date
-from fhir_mappings.drugs import identify_drug, medication_concept
+from fhir_mappings.drugs import (
+    dosage_route_kind,
+    identify_drug,
+    medication_concept,
+    names_oral_antispasmodic,
+)
 from fhir_mappings.record import PatientRecord
 
 _PER_DAY = {"s": 86400.0, "min": 1440.0, "h": 24.0, "d": 1.0, "wk": 1 / 7, "mo": 1 / 30, "a": 1 / 365}
@@ -53,3 +58,58 @@ def insulin_mdi_days(record: PatientRecord, as_of: date, min_per_day: float = 3)
     days = (as_of - first).days
     summary = f"insulin dosed {min_per_day:g}+ times a day since {first.isoformat()} ({days} days)"
     return FactValue(days, (Evidence(reference, summary),))
+
+
+def _span(order: Any, as_of: date) -> tuple[date, date] | None:
+    """The days one order covers: its validity period, else its supply with refills,
+    else (still active) up to the order date."""
+    dispense = order.dispenseRequest
+    validity = getattr(dispense, "validityPeriod", None)
+    start = as_date(getattr(validity, "start", None)) or as_date(order.authoredOn)
+    if start is None or start > as_of:
+        return None
+    end = as_date(getattr(validity, "end", None))
+    supply = getattr(dispense, "expectedSupplyDuration", None)
+    if end is None and supply is not None and supply.value is not None:
+        days = float(supply.value) * _PER_DAY_DAYS.get(supply.code or supply.unit or "d", 1.0)
+        end = start + timedelta(days=days * (1 + (dispense.numberOfRepeatsAllowed or 0)))
+    if end is None and order.status in ("active", "on-hold", "completed"):
+        end = as_of
+    return start, min(end or start, as_of)
+
+
+_PER_DAY_DAYS = {"d": 1.0, "day": 1.0, "days": 1.0, "wk": 7.0, "mo": 30.0}
+
+
+def oral_antispasmodic_trial_days(record: PatientRecord, as_of: date) -> FactValue:
+    """Longest continuous span (days) of oral antispasmodic orders up to the order date.
+
+    Spans that overlap or are at most a day apart are joined. None when the record has no
+    oral antispasmodic orders; intrathecal or epidural orders do not count.
+    """
+    spans: list[tuple[date, date, str]] = []
+    for entry in record.of_type("MedicationRequest"):
+        order = entry.resource
+        if order.status in ("entered-in-error", "draft", "cancelled"):
+            continue
+        name = names_oral_antispasmodic(medication_concept(order, record, None))
+        if name is None or dosage_route_kind(order)[0] == "implantable":
+            continue
+        span = _span(order, as_of)
+        if span is not None:
+            spans.append((*span, entry.reference))
+    if not spans:
+        return FactValue(None)
+    spans.sort()
+    best: tuple[int, date, date, list[str]] | None = None
+    start, end, refs = spans[0][0], spans[0][1], [spans[0][2]]
+    for s, e, ref in spans[1:]:
+        if s <= end + timedelta(days=1):
+            end, refs = max(end, e), [*refs, ref]
+            continue
+        best = max(best or (0, start, end, refs), ((end - start).days, start, end, refs))
+        start, end, refs = s, e, [ref]
+    best = max(best or (0, start, end, refs), ((end - start).days, start, end, refs))
+    days, first, last, references = best
+    summary = f"oral antispasmodic ordered {first.isoformat()} to {last.isoformat()} ({days} days)"
+    return FactValue(days, tuple(Evidence(r, summary) for r in references))

@@ -87,6 +87,16 @@ def _instructions(criterion_ids: list[str], policy: Policy) -> str:
     return "; ".join(lines)
 
 
+def _not_covered_message(decision: Any) -> str:
+    """Why it is not covered: the first deciding rule (indication, then requirements) that
+    is not covered, e.g. a contraindication to implantation under a met indication."""
+    result = next(
+        (r for r in decision.deciding_results if r.outcome is Outcome.NOT_COVERED),
+        decision.indication,
+    )
+    return str(result.rule.messages["not-covered"])
+
+
 def coverage_information(item: EpisodeDecision, ctx: AssertionContext) -> dict[str, Any]:
     """The ``ext-coverage-information`` extension for one decision."""
     decision, policy = item.decision, ctx.policy
@@ -111,7 +121,7 @@ def coverage_information(item: EpisodeDecision, ctx: AssertionContext) -> dict[s
     if covered in (Outcome.CONDITIONAL, Outcome.INDETERMINATE):
         parts.append(_sub("info-needed", "valueCode", "OTH"))
     reason_text = (
-        reasons["not-covered"].format(message=decision.indication.rule.messages["not-covered"])
+        reasons["not-covered"].format(message=_not_covered_message(decision))
         if covered == Outcome.NOT_COVERED
         else reasons["conditional"].format(rule=decision.rule_id, policy=policy.id)
         if covered == Outcome.CONDITIONAL

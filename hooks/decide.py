@@ -101,6 +101,8 @@ def deliberate(
     coverage = select_coverage(record, hook_request) if episodes else None
     encounter_id = hook_request.context.get("encounterId")
     encounter_reference = f"Encounter/{encounter_id}" if isinstance(encounter_id, str) else None
+    user_id = hook_request.context.get("userId")
+    user_reference = user_id if isinstance(user_id, str) else None
     deceased_on = _deceased_on(record)
     decisions, deceased = [], []
     for episode in episodes:
@@ -108,7 +110,9 @@ def deliberate(
         if deceased_on is not None and deceased_on <= as_of:
             deceased.append((episode, deceased_on))
             continue
-        facts = facts_for_episode(episode, record, policy, as_of, encounter_reference)
+        facts = facts_for_episode(
+            episode, record, policy, as_of, encounter_reference, user_reference
+        )
         decision = evaluate_policy(policy, facts, as_of)
         if decision is not None:
             decisions.append(EpisodeDecision(episode, decision))

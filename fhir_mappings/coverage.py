@@ -1,0 +1,40 @@
+"""Coverage → the member's Medicare Part A status for the stay (Part B vs Part D billing).
+
+A Coverage whose type or class names Part A (e.g. Blue Button's ``class`` value "Part A")
+speaks to it: active with a period covering the order date is ``active``; cancelled, or
+ended before the order, is ``none``. Exhausted days and non-covered stays are not in
+Coverage resources; they come from the documentation item ``part-a-coverage-status``.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Any
+
+from coverage_policy.model import Evidence, FactValue
+from fhir_mappings.dates import as_date
+from fhir_mappings.record import PatientRecord, concept_text
+
+
+def _names(coverage: Any) -> str:
+    names = [concept_text(coverage.type)]
+    for item in coverage.class_fhir or []:
+        names += [item.value or "", item.name or "", concept_text(item.type)]
+    return " | ".join(names).lower()
+
+
+def part_a_status(record: PatientRecord, as_of: date) -> FactValue:
+    for entry in record.of_type("Coverage"):
+        coverage = entry.resource
+        if "part a" not in _names(coverage):
+            continue
+        period = coverage.period
+        start = as_date(getattr(period, "start", None))
+        end = as_date(getattr(period, "end", None))
+        in_period = (start is None or start <= as_of) and (end is None or as_of <= end)
+        if coverage.status == "active" and in_period:
+            return FactValue("active", (Evidence(entry.reference, "Part A coverage active"),))
+        if coverage.status == "cancelled" or (end is not None and end < as_of):
+            summary = f"Part A coverage {coverage.status}, ended {end.isoformat() if end else '-'}"
+            return FactValue("none", (Evidence(entry.reference, summary),))
+    return FactValue(None)
