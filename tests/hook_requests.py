@@ -102,3 +102,36 @@ def covered_codes(response_json: dict[str, Any]) -> list[str]:
         for part in extension["extension"]
         if part["url"] == "covered"
     ]
+
+
+def coverage_resource(patient_id: str, coverage_id: str = "cov-ma-1") -> dict[str, Any]:
+    """An active Medicare Advantage Coverage of the patient."""
+    return {
+        "resourceType": "Coverage", "id": coverage_id, "status": "active",
+        "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode",
+                             "code": "SUBSIDIZ"}], "text": "Medicare Advantage"},
+        "subscriberId": "1EG4TE5MK72",
+        "beneficiary": {"reference": f"Patient/{patient_id}"},
+        "period": {"start": "2020-01-01"},
+        "payor": [{"identifier": {"system": "http://hl7.org/fhir/sid/us-npi",
+                                  "value": "1234567893"},
+                   "display": "Example Medicare Advantage Plan"}],
+    }
+
+
+def searchset(*resources: dict[str, Any]) -> dict[str, Any]:
+    """A searchset Bundle of these resources, as a prefetch value."""
+    bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset",
+                              "total": len(resources)}
+    if resources:
+        bundle["entry"] = [{"resource": r} for r in resources]
+    return bundle
+
+
+def patient_and_coverage_prefetch(patient_id: str) -> dict[str, Any]:
+    """The two keys an EHR is most likely to send: the Patient and the Coverage."""
+    return {
+        "patient": {"resourceType": "Patient", "id": patient_id, "gender": "female",
+                    "birthDate": "1950-01-01"},
+        "coverage": searchset(coverage_resource(patient_id)),
+    }
