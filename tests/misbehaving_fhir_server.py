@@ -9,6 +9,8 @@ many ``fhirServer`` base URLs: ``http://127.0.0.1:PORT/<behaviour>/fhir``. Behav
     garbage     HTTP 200 with a body that is not JSON
     outcome     HTTP 200 with an OperationOutcome
     null        HTTP 200 with ``null``
+    paged       three searchset pages of one Condition each (an absolute, then a relative
+                ``next`` link)
     endless     searchset pages whose ``next`` link never ends
     offsite     a searchset page whose ``next`` link points at another server
     redirect    302 to ``redirect_to`` (another server)
@@ -144,6 +146,17 @@ def _handler_for(owner: MisbehavingFhirServer) -> type[BaseHTTPRequestHandler]:
                 self._send_json(200, _outcome("search failed"))
             elif behaviour == "null":
                 self._send_json(200, None)
+            elif behaviour == "paged":
+                page = int(query.get("page", ["0"])[0])
+                links = []
+                if page == 0:
+                    links = [{"relation": "next", "url": f"{base}/Condition?page=1"}]
+                elif page == 1:
+                    links = [{"relation": "next", "url": "Condition?page=2"}]
+                self._send_json(200, {
+                    "resourceType": "Bundle", "type": "searchset", "total": 3, "link": links,
+                    "entry": [{"resource": {"resourceType": "Condition", "id": f"c{page}"}}],
+                })
             elif behaviour in ("endless", "offsite"):
                 page = int(query.get("page", ["0"])[0])
                 next_url = (f"{base}/{'/'.join(rest) or 'Condition'}?page={page + 1}"
