@@ -195,7 +195,8 @@ def test_fetches_run_in_parallel(fhir_faults: MisbehavingFhirServer) -> None:
     )
     elapsed = time.monotonic() - started
     assert len(clinical.data) == len(ORDER_SIGN_PREFETCH_KEYS) - 1
-    assert elapsed < 0.3 * 3, f"10 queries of 0.3 s took {elapsed:.2f} s"
+    # One after another they would take 3 s; in parallel, about one round trip.
+    assert elapsed < 1.5, f"10 queries of 0.3 s took {elapsed:.2f} s"
 
 
 def test_fhir_server_not_allowed_gets_no_query_and_no_token(
