@@ -30,6 +30,7 @@ serve: $(STAMP)
 	@echo "                -d @fixtures/requests/order-sign__e0784-insulin__covered.json \\"
 	@echo "                http://127.0.0.1:8080/cds-services/infusion-pump-coverage-order-sign"
 	CDS_AUTH=optional CDS_FHIR_SERVERS=http://127.0.0.1,http://localhost \
+		CDS_CORS_ORIGINS=https://sandbox.cds-hooks.org \
 		$(BIN)/infusion-pump-cds serve --host 127.0.0.1 --port 8080 --workers 2
 
 test: $(STAMP) $(NODE_STAMP)

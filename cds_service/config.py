@@ -96,8 +96,9 @@ def load_settings(
         if not isinstance(settings[key], int | float) or settings[key] <= 0:
             raise ConfigError(f"CDS_{key} must be a positive number")
     for issuer, entry in settings["TRUSTED_ISSUERS"].items():
-        if not isinstance(entry, dict) or not ("jwks" in entry or "jwks_url" in entry):
-            raise ConfigError(f"CDS_TRUSTED_ISSUERS: {issuer!r} needs 'jwks' or 'jwks_url'")
+        if not isinstance(entry, dict) or not ({"jwks", "jwks_url", "jku"} & set(entry)):
+            raise ConfigError(
+                f"CDS_TRUSTED_ISSUERS: {issuer!r} needs 'jwks', 'jwks_url' or a 'jku' list")
     if "*" in settings["CORS_ORIGINS"]:
         raise ConfigError("CDS_CORS_ORIGINS must list origins; '*' is not allowed")
     return settings

@@ -28,6 +28,7 @@ from cds_service.auth import (
     InProcessReplayCache,
     allowed_fhir_servers,
 )
+from cds_service.config import ConfigError, load_settings
 from tests.conftest import ORDER_SIGN, make_app
 from tests.hook_requests import order_sign_request, patient_and_coverage_prefetch
 from tests.misbehaving_fhir_server import MisbehavingFhirServer
@@ -460,3 +461,17 @@ def test_tokens_never_reach_the_logs(
     assert any(s.authorization == f"Bearer {access_token}" for s in fhir_faults.requests_seen)
     for secret in (access_token, good, bad, good.split(".")[2], bad.split(".")[2]):
         assert secret not in caplog.text  # ... the tokens are not
+
+
+def test_issuer_without_any_key_source_is_refused_at_start() -> None:
+    with pytest.raises(ConfigError):
+        load_settings({"TRUSTED_ISSUERS": {ISSUER: {"fhir_servers": []}}}, environ={})
+    assert load_settings({"TRUSTED_ISSUERS": {ISSUER: {"jku": ["https://ehr.example.org/k"]}}},
+                         environ={})["TRUSTED_ISSUERS"]
+
+
+def test_trusted_issuers_from_a_file(tmp_path: Any, keys: Keys) -> None:
+    path = tmp_path / "issuers.json"
+    path.write_text(json.dumps({ISSUER: {"jwks": {"keys": [keys.es384.public_jwk]}}}))
+    settings = load_settings(environ={"CDS_TRUSTED_ISSUERS": str(path)})
+    assert settings["TRUSTED_ISSUERS"][ISSUER]["jwks"]["keys"][0]["kid"] == "ec-1"
