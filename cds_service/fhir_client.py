@@ -30,7 +30,7 @@ from concurrent.futures import ALL_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from http.cookiejar import DefaultCookiePolicy
 from typing import Any
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import unquote, urljoin, urlsplit
 
 import requests
 import urllib3.exceptions
@@ -89,6 +89,9 @@ def _parse_base(url: str) -> _Origin | None:
     if parts.username is not None or parts.password is not None or parts.fragment:
         return None
     if parts.scheme == "http" and not is_loopback_host(parts.hostname):
+        return None
+    # Dot segments (plain or percent-encoded) could climb out of a base path once normalised.
+    if any(unquote(segment) in (".", "..") for segment in parts.path.split("/")):
         return None
     default_port = 443 if parts.scheme == "https" else 80
     return _Origin(parts.scheme, parts.hostname.lower(), port or default_port,

@@ -225,6 +225,8 @@ ATTACKS: dict[str, tuple[Attack, str]] = {
         "algorithm 'HS256' not accepted"),
     "signed with another key, trusted kid": (lambda k, s: sign(k.attacker),
                                              "InvalidSignatureError"),
+    "attacker key embedded in the jwk header": (lambda k, s: sign(
+        k.attacker, jwk=k.attacker.public_jwk), "InvalidSignatureError"),
     "unknown kid": (lambda k, s: sign(SigningKey("nobody", "ES384", k.es384.private_key)),
                     "unknown kid"),
     "no kid": (lambda k, s: jwt.encode(claims(), k.es384.private_key, algorithm="ES384",

@@ -52,6 +52,8 @@ def test_loopback_hosts(host: str | None, loopback: bool) -> None:
         ("http://[::1]:9/fhir", ["http://[::1]"], True),
         ("http://127.0.0.1:8080/fhir", ["http://localhost"], False),
         ("not a url", ["https://ehr.example.org"], False),
+        ("https://ehr.example.org/fhir/../admin", ["https://ehr.example.org/fhir"], False),
+        ("https://ehr.example.org/fhir/%2e%2E/admin", ["https://ehr.example.org/fhir"], False),
     ],
 )
 def test_fhir_server_allowlist(base_url: str, prefixes: list[str], allowed: bool) -> None:
