@@ -111,21 +111,39 @@ class JwksCache:
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._sets: dict[str, tuple[float, dict[str, Any]]] = {}  # url -> (fetched at, jwks)
+        self._failed_at: dict[str, float] = {}  # url -> when its last fetch failed
         self._lock = threading.Lock()
         self._clock = clock
 
     def keys(self, url: str, *, refresh: bool, refresh_interval_s: float) -> dict[str, Any]:
-        """The JWK Set at ``url``; ``refresh`` re-fetches unless done too recently."""
+        """The JWK Set at ``url``; ``refresh`` re-fetches unless done too recently.
+
+        A failed fetch is not retried within ``refresh_interval_s`` either (the cached set,
+        if any, keeps serving), so forged tokens cannot make us hammer an issuer.
+        """
         now = self._clock()
         with self._lock:
             cached = self._sets.get(url)
+            failed_at = self._failed_at.get(url)
         if cached is not None:
             age = now - cached[0]
             if age < JWKS_CACHE_TTL_S and not (refresh and age >= refresh_interval_s):
                 return cached[1]
-        jwks = self._fetch(url)
+        if failed_at is not None and now - failed_at < refresh_interval_s:
+            if cached is not None:
+                return cached[1]
+            raise ClientAuthenticationFailed("JWKS fetch failed recently; not retried yet")
+        try:
+            jwks = self._fetch(url)
+        except ClientAuthenticationFailed:
+            with self._lock:
+                self._failed_at[url] = now
+            if cached is not None and now - cached[0] < JWKS_CACHE_TTL_S:
+                return cached[1]
+            raise
         with self._lock:
             self._sets[url] = (now, jwks)
+            self._failed_at.pop(url, None)
         return jwks
 
     def _fetch(self, url: str) -> dict[str, Any]:
@@ -134,15 +152,23 @@ class JwksCache:
             parts.scheme == "http" and is_loopback_host(parts.hostname)
         ):
             raise ClientAuthenticationFailed("JWKS URL is neither https nor loopback")
+        deadline = time.monotonic() + JWKS_TIMEOUT_S
+        pieces: list[bytes] = []
         try:
             with shared_session().get(
                 url, timeout=JWKS_TIMEOUT_S, stream=True, allow_redirects=False
             ) as response:
                 if response.status_code != 200:
                     raise ClientAuthenticationFailed(f"JWKS fetch answered {response.status_code}")
-                body = response.raw.read(JWKS_MAX_BYTES + 1, decode_content=True)
+                while piece := response.raw.read1(64 * 1024, decode_content=True):
+                    pieces.append(piece)
+                    if sum(map(len, pieces)) > JWKS_MAX_BYTES:
+                        raise ClientAuthenticationFailed("JWKS too large")
+                    if time.monotonic() > deadline:
+                        raise ClientAuthenticationFailed("JWKS fetch too slow")
         except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
             raise ClientAuthenticationFailed(f"JWKS fetch failed: {type(exc).__name__}") from None
+        body = b"".join(pieces)
         if len(body) > JWKS_MAX_BYTES:
             raise ClientAuthenticationFailed("JWKS too large")
         try:
@@ -181,6 +207,10 @@ def _extension(name: str, factory: Callable[[], Any]) -> Any:
 def install_client_authentication(app: Any) -> None:
     """Give ``app`` its replay cache and JWKS cache unless the caller injected its own
     (``app.extensions["cds_replay_cache"]`` may be any ``ReplayCache``, e.g. a database's)."""
+    settings = app.config["CDS"]
+    if settings["AUTH"] == "required" and not settings["PUBLIC_URL"]:
+        logger.warning("CDS_PUBLIC_URL is not set: the JWT aud is checked against the "
+                       "request's Host header; set it in production")
     app.extensions.setdefault("cds_replay_cache", InProcessReplayCache())
     app.extensions.setdefault("cds_jwks_cache", JwksCache())
 

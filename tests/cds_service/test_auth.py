@@ -364,9 +364,14 @@ def test_rotated_key_is_found_by_refreshing(keys: Keys, jwks_server: JwksServer)
     assert jwks_server.fetches["/jwks"] == 2
 
 
-def test_unreachable_jwks_url_is_401(keys: Keys, jwks_server: JwksServer) -> None:
+def test_unreachable_jwks_url_is_401_and_not_hammered(
+    keys: Keys, jwks_server: JwksServer
+) -> None:
     app = auth_app({ISSUER: {"jwks_url": jwks_server.url("/missing")}})
-    assert call(app.test_client(), sign(keys.es384)).status_code == 401
+    client = app.test_client()
+    for _ in range(3):
+        assert call(client, sign(keys.es384)).status_code == 401
+    assert jwks_server.fetches["/missing"] == 1
 
 
 def test_plain_http_jwks_url_off_loopback_is_never_fetched(keys: Keys) -> None:
@@ -477,3 +482,15 @@ def test_trusted_issuers_from_a_file(tmp_path: Any, keys: Keys) -> None:
     path.write_text(json.dumps({ISSUER: {"jwks": {"keys": [keys.es384.public_jwk]}}}))
     settings = load_settings(environ={"CDS_TRUSTED_ISSUERS": str(path)})
     assert settings["TRUSTED_ISSUERS"][ISSUER]["jwks"]["keys"][0]["kid"] == "ec-1"
+
+
+@pytest.mark.parametrize("behaviour", ["garbage", "huge", "trickle", "redirect", "status-500",
+                                       "null", "slow"])
+def test_misbehaving_jwks_host_means_401_in_time(
+    keys: Keys, fhir_faults: MisbehavingFhirServer, behaviour: str
+) -> None:
+    fhir_faults.slow_s = 5
+    app = auth_app({ISSUER: {"jwks_url": fhir_faults.base(behaviour) + "/jwks"}})
+    started = time.monotonic()
+    assert call(app.test_client(), sign(keys.es384)).status_code == 401
+    assert time.monotonic() - started < 3.0

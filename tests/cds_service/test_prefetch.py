@@ -307,3 +307,11 @@ def test_null_answer_is_no_data(fhir_faults: MisbehavingFhirServer) -> None:
     )
     assert clinical.data["conditions"] is None
     assert clinical.unavailable == {"encounter": NOT_SENT}
+
+
+def test_keys_merely_not_sent_leave_a_crd_22_answer_conditional(client: FlaskClient) -> None:
+    body = order_sign_request("p1", prefetch=patient_and_coverage_prefetch("p1"),
+                              crd_version="2.2")
+    response = client.post(ORDER_SIGN, json=body)
+    assert response.status_code == 200
+    assert set(covered_codes(response.json)) == {"conditional"}
