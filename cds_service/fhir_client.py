@@ -281,9 +281,16 @@ class FhirReader:
         first = self._get_json(url)
         if not isinstance(first, dict) or first.get("resourceType") != "Bundle":
             return first
+        return self._merge_pages(first, url)
+
+    def fetch_remaining_pages(self, first: Mapping[str, Any]) -> dict[str, Any]:
+        """Complete a paginated Bundle the client sent: its ``next`` pages, merged."""
+        return self._merge_pages(first, f"{self.base_url}/")
+
+    def _merge_pages(self, first: Mapping[str, Any], url: str) -> dict[str, Any]:
         entries = list(first.get("entry") or [])
         page, pages = first, 1
-        while (next_url := _next_link(page)) is not None:
+        while (next_url := next_link(page)) is not None:
             if pages >= self.limits.max_pages:
                 raise FhirQueryFailed(TOO_MANY_PAGES, f"more than {self.limits.max_pages} pages")
             next_url = urljoin(url, next_url)
@@ -300,8 +307,15 @@ class FhirReader:
             merged["entry"] = entries
         return merged
 
+    def run(self, job: str | Mapping[str, Any]) -> Any:
+        """A query (str) or the first page of a Bundle to complete (a mapping)."""
+        return self.fetch(job) if isinstance(job, str) else self.fetch_remaining_pages(job)
 
-def _next_link(bundle: Mapping[str, Any]) -> str | None:
+
+def next_link(bundle: Any) -> str | None:
+    """The ``next`` link of a Bundle page, if it has one."""
+    if not isinstance(bundle, Mapping) or bundle.get("resourceType") != "Bundle":
+        return None
     for link in bundle.get("link") or []:
         if isinstance(link, dict) and link.get("relation") == "next":
             url = link.get("url")
@@ -309,8 +323,11 @@ def _next_link(bundle: Mapping[str, Any]) -> str | None:
     return None
 
 
-def fetch_all(reader: FhirReader, queries: Mapping[str, str]) -> dict[str, Any]:
-    """Run every query in parallel; each key maps to its value or its ``FhirQueryFailed``.
+def fetch_all(
+    reader: FhirReader, queries: Mapping[str, str | Mapping[str, Any]]
+) -> dict[str, Any]:
+    """Run every job in parallel (a query, or a Bundle whose next pages to fetch); each key
+    maps to its value or its ``FhirQueryFailed``.
 
     Returns by the reader's deadline at the latest: a query still running then counts as
     timed out (its thread stops by itself at its next read).
@@ -322,7 +339,7 @@ def fetch_all(reader: FhirReader, queries: Mapping[str, str]) -> dict[str, Any]:
         max_workers=min(len(queries), _MAX_QUERIES_AT_ONCE), thread_name_prefix="fhir-query"
     )
     try:
-        futures = {executor.submit(reader.fetch, query): key for key, query in queries.items()}
+        futures = {executor.submit(reader.run, job): key for key, job in queries.items()}
         remaining = max(0.0, reader.deadline - reader.clock())
         done, _ = wait(futures, timeout=remaining, return_when=ALL_COMPLETED)
         for future, key in futures.items():

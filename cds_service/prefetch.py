@@ -10,7 +10,9 @@ token the context cannot fill), any other reason for a technical failure.
 
 Rendering follows CDS Hooks 2.0: only ``{{context.<field>}}`` with a root-level primitive
 value and the ``{{userPractitionerId}}``-style tokens derived from ``context.userId``.
-A value that is not a plain FHIR id is never put into a URL. Draft orders are never
+A value that is not a plain FHIR id is never put into a URL. A paginated Bundle the client
+sent is completed by following its ``next`` links (it counts as unavailable, its first
+page kept, when that fails or cannot be done). Draft orders are never
 fetched; for order-dispatch the dispatched orders the prefetch lacks are read by
 reference and handed over under the ``dispatchedOrders`` key (a collection Bundle).
 
@@ -33,6 +35,7 @@ from cds_service.fhir_client import (
     FhirReader,
     fetch_all,
     fhir_server_allowed,
+    next_link,
 )
 from hooks.order_dispatch import HOOK as ORDER_DISPATCH
 from hooks.order_dispatch import dispatched_references
@@ -44,6 +47,7 @@ logger = logging.getLogger(__name__)
 # The prefetch key under which fetched dispatched orders are handed to order-dispatch.
 DISPATCHED_ORDERS_KEY = "dispatchedOrders"
 EHR_REPORTED_ERROR = "the EHR reported an error for this query"
+ONLY_FIRST_PAGE = "the EHR sent only part of the results"
 
 _ABSENT = object()
 _TOKEN = re.compile(r"\{\{\s*([^{}]*?)\s*\}\}")
@@ -131,17 +135,23 @@ def resolve_prefetch(
     data: dict[str, Any] = {}
     unavailable: dict[str, str] = {}
     wanted: dict[str, str] = {}
+    paginated: dict[str, Mapping[str, Any]] = {}
     for key, template in service.prefetch.items():
         value = hook_request.prefetch.get(key, _ABSENT)
         if value is not _ABSENT and _usable(value):
             data[key] = value
+            if next_link(value) is not None:
+                # Kept, but incomplete until its other pages are fetched.
+                paginated[key] = value
+                unavailable[key] = ONLY_FIRST_PAGE
             continue
         unavailable[key] = NOT_SENT if value is _ABSENT else EHR_REPORTED_ERROR
         query = render_template(template, hook_request.context)
         if query is not None:
             wanted[key] = query
     order_reads = _dispatched_order_queries(hook_request, data)
-    queries = {**wanted, **{f"{DISPATCHED_ORDERS_KEY}:{ref}": ref for ref in order_reads}}
+    queries: dict[str, str | Mapping[str, Any]] = {
+        **wanted, **paginated, **{f"{DISPATCHED_ORDERS_KEY}:{ref}": ref for ref in order_reads}}
 
     if queries:
         fetched = _fetch(hook_request, settings, client, queries, started)
@@ -173,7 +183,7 @@ def _fetch(
     hook_request: HookRequest,
     settings: Mapping[str, Any],
     client: ClientIdentity | None,
-    queries: Mapping[str, str],
+    queries: Mapping[str, str | Mapping[str, Any]],
     started: float,
 ) -> dict[str, Any] | None:
     """Run the queries on ``fhirServer``; None when there is nothing to fetch with."""

@@ -494,3 +494,23 @@ def test_misbehaving_jwks_host_means_401_in_time(
     started = time.monotonic()
     assert call(app.test_client(), sign(keys.es384)).status_code == 401
     assert time.monotonic() - started < 3.0
+
+
+def test_issuer_fhir_servers_admit_its_server_without_a_default_list(
+    keys: Keys, fhir_faults: MisbehavingFhirServer
+) -> None:
+    app = auth_app({ISSUER: {"jwks": {"keys": [keys.es384.public_jwk]},
+                             "fhir_servers": [fhir_faults.base("ok")]}})
+    body = order_sign_request("p1", fhir_server=fhir_faults.base("ok"), access_token="tok-9",
+                              prefetch=patient_and_coverage_prefetch("p1"))
+    response = app.test_client().post(
+        ORDER_SIGN, json=body, headers={"Authorization": f"Bearer {sign(keys.es384)}"})
+    assert response.status_code == 200
+    assert fhir_faults.requests_seen
+    assert {s.authorization for s in fhir_faults.requests_seen} == {"Bearer tok-9"}
+    # The same request unsigned falls back to CDS_FHIR_SERVERS, which is empty.
+    fhir_faults.requests_seen.clear()
+    optional = make_app({"AUTH": "optional", "TRUSTED_ISSUERS": app.config["CDS"][
+        "TRUSTED_ISSUERS"]})
+    assert optional.test_client().post(ORDER_SIGN, json=body).status_code == 200
+    assert fhir_faults.requests_seen == []

@@ -21,7 +21,12 @@ from cds_service.fhir_client import (
     TOO_MANY_PAGES,
     UNREADABLE,
 )
-from cds_service.prefetch import EHR_REPORTED_ERROR, render_template, resolve_prefetch
+from cds_service.prefetch import (
+    EHR_REPORTED_ERROR,
+    ONLY_FIRST_PAGE,
+    render_template,
+    resolve_prefetch,
+)
 from hooks import SERVICES
 from hooks.request import NOT_SENT, FhirAuthorization, HookRequest
 from tests.conftest import ORDER_SIGN, make_app
@@ -315,3 +320,36 @@ def test_keys_merely_not_sent_leave_a_crd_22_answer_conditional(client: FlaskCli
     response = client.post(ORDER_SIGN, json=body)
     assert response.status_code == 200
     assert set(covered_codes(response.json)) == {"conditional"}
+
+
+def _first_page(next_url: str) -> dict[str, Any]:
+    return {"resourceType": "Bundle", "type": "searchset", "total": 3,
+            "link": [{"relation": "next", "url": next_url}],
+            "entry": [{"resource": {"resourceType": "Condition", "id": "c0"}}]}
+
+
+def test_paginated_prefetch_is_completed(fhir_faults: MisbehavingFhirServer) -> None:
+    base = fhir_faults.base("paged")
+    prefetch = {**patient_and_coverage_prefetch("p1"),
+                "conditions": _first_page(f"{base}/Condition?page=1")}
+    clinical = resolve_prefetch(ORDER_SIGN_SERVICE, _hook_request(prefetch, fhir_server=base),
+                                _settings())
+    assert [e["resource"]["id"] for e in clinical.data["conditions"]["entry"]] == [
+        "c0", "c1", "c2"]
+    assert "conditions" not in clinical.unavailable
+    assert {s.authorization for s in fhir_faults.requests_seen} == {"Bearer tok-123"}
+
+
+def test_paginated_prefetch_that_cannot_be_completed_is_unavailable(
+    fhir_faults: MisbehavingFhirServer,
+) -> None:
+    first = _first_page(f"{fhir_faults.base('paged')}/Condition?page=1")
+    prefetch = {**patient_and_coverage_prefetch("p1"), "conditions": first}
+    without_server = resolve_prefetch(ORDER_SIGN_SERVICE, _hook_request(prefetch), _settings())
+    assert without_server.unavailable["conditions"] == ONLY_FIRST_PAGE
+    assert without_server.data["conditions"] == first  # what there is, still shown
+    offsite = {**prefetch, "conditions": _first_page("https://elsewhere.example.org/Condition")}
+    elsewhere = resolve_prefetch(
+        ORDER_SIGN_SERVICE, _hook_request(offsite, fhir_server=fhir_faults.base("ok")),
+        _settings())
+    assert elsewhere.unavailable["conditions"] == NOT_ALLOWED
