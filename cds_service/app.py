@@ -11,7 +11,9 @@ from typing import Any
 from flask import Flask
 
 from cds_service import fhir_routes
+from cds_service.auth import install_client_authentication
 from cds_service.config import load_settings
+from cds_service.cors import install_cors
 from cds_service.routes import blueprint
 from coverage_policy.loader import load_policy
 from hooks.questionnaire import documentation_questionnaire
@@ -48,6 +50,8 @@ def create_app(
     app.json.compact = True  # type: ignore[attr-defined]
     app.register_blueprint(blueprint)
     app.register_blueprint(fhir_routes.blueprint)
+    install_client_authentication(app)
+    install_cors(app)
     if app.config["CDS"]["AUTH"] == "optional":
         logger.warning("CDS_AUTH=optional: unsigned service calls are accepted")
     return app

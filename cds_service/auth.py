@@ -1,24 +1,368 @@
-"""Client authentication (CDS Hooks "Trusting CDS Clients")."""
+"""Client authentication (CDS Hooks "Trusting CDS Clients") and whom a client may send us to.
+
+Every service call (and feedback call) carries ``Authorization: Bearer <JWT>`` signed by
+the EHR. ``authenticate_client`` accepts it only when all of these hold:
+
+- header: ``alg`` is ES384 or RS384, or ES256 or RS256 (see ``ALLOWED_ALGORITHMS``);
+  ``typ`` is ``JWT``; ``kid`` names a key of the issuer's JWK Set;
+- ``iss`` is a trusted issuer (``CDS_TRUSTED_ISSUERS``); its keys come inline (``jwks``),
+  from its ``jwks_url`` (fetched with a timeout, cached, re-fetched on an unknown ``kid``
+  at most once per ``CDS_JWKS_REFRESH_INTERVAL_S``), or from the token's ``jku`` header
+  only when that exact URL is on the issuer's ``jku`` list;
+- the signature verifies with that key; ``aud`` is the URL of the endpoint called;
+  ``exp`` and ``iat`` are present and right within 60 s of clock skew, and the token
+  lives at most ``MAX_TOKEN_LIFETIME_S``;
+- ``jti`` has not been seen before from that issuer (``ReplayCache``).
+
+Any failure is the same bare 401 for the client; the specific reason is logged at info,
+with the issuer and ``jti`` but never the token.
+
+``CDS_AUTH=optional`` (demos, the CDS Hooks sandbox) accepts unsigned calls. A token is
+still verified when it names a trusted issuer (an invalid one is refused, so a
+misconfigured EHR finds out, and a valid one gets its issuer's ``fhir_servers`` list);
+a token from an issuer we do not know, or one that cannot be decoded at all, is ignored
+and the call is treated as unsigned (the sandbox signs with its own key).
+"""
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Mapping
-from typing import Any
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+from urllib.parse import urlsplit
 
-from flask import request
+import jwt
+import requests
+import urllib3.exceptions
+from flask import current_app, request
 
-from cds_service.errors import Unauthorized
+from cds_service.errors import ClientAuthenticationFailed, Unauthorized
+from cds_service.fhir_client import is_loopback_host, shared_session
 
 logger = logging.getLogger(__name__)
 
+# ES384 and RS384 are what CDS Hooks recommends. ES256 and RS256 are accepted too: they
+# are strong (128-bit security), are what many EHR key stores and SMART backend clients
+# use, and nothing in CDS Hooks forbids them; only "none" and symmetric (HMAC) algorithms
+# are, and those never get here.
+ALLOWED_ALGORITHMS = ("ES384", "RS384", "ES256", "RS256")
+# The key type (and curve) each algorithm must be verified with.
+_KEY_TYPES = {
+    "ES384": ("EC", "P-384"),
+    "ES256": ("EC", "P-256"),
+    "RS384": ("RSA", None),
+    "RS256": ("RSA", None),
+}
+CLOCK_SKEW_S = 60
+# Replay protection remembers a jti until its token expires; this bounds that memory.
+MAX_TOKEN_LIFETIME_S = 3600
+JWKS_TIMEOUT_S = 2.0
+JWKS_MAX_BYTES = 256 * 1024
+JWKS_CACHE_TTL_S = 3600.0
+FAILURE_MESSAGE = "Client authentication failed"
 
-def authenticate_client(settings: Mapping[str, Any], *, endpoint_url: str) -> str | None:
-    """Return the calling client's ``iss``, or None for an accepted unsigned call.
 
-    With ``CDS_AUTH=required`` a call without a verifiable bearer JWT is refused.
-    """
-    header = request.headers.get("Authorization", "")
-    if settings["AUTH"] == "optional" and not header:
+@dataclass(frozen=True, slots=True)
+class ClientIdentity:
+    """A client whose JWT verified: its issuer, the token's id and optional tenant."""
+
+    issuer: str
+    jti: str
+    tenant: str | None = None
+
+
+class ReplayCache(Protocol):
+    """Remembers each (issuer, jti) until the token expires, across whatever it spans."""
+
+    def remember(self, jti: str, iss: str, expires_at: float) -> bool:
+        """Record the pair; True when it is new, False when it was seen (a replay)."""
+        ...
+
+
+class InProcessReplayCache:
+    """A ``ReplayCache`` for one process (one worker); expired entries are dropped."""
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._seen: dict[tuple[str, str], float] = {}
+        self._lock = threading.Lock()
+        self._clock = clock
+        self._next_purge = 0.0
+
+    def remember(self, jti: str, iss: str, expires_at: float) -> bool:
+        now = self._clock()
+        with self._lock:
+            if now >= self._next_purge:
+                self._seen = {k: t for k, t in self._seen.items() if t > now}
+                self._next_purge = now + 60
+            key = (iss, jti)
+            if key in self._seen and self._seen[key] > now:
+                return False
+            # Kept past exp by the clock skew tolerated when checking exp.
+            self._seen[key] = expires_at + CLOCK_SKEW_S
+            return True
+
+
+class JwksCache:
+    """JWK Sets by URL: fetched with a timeout, cached, re-fetched at a limited rate."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._sets: dict[str, tuple[float, dict[str, Any]]] = {}  # url -> (fetched at, jwks)
+        self._failed_at: dict[str, float] = {}  # url -> when its last fetch failed
+        self._lock = threading.Lock()
+        self._clock = clock
+
+    def keys(self, url: str, *, refresh: bool, refresh_interval_s: float) -> dict[str, Any]:
+        """The JWK Set at ``url``; ``refresh`` re-fetches unless done too recently.
+
+        A failed fetch is not retried within ``refresh_interval_s`` either (the cached set,
+        if any, keeps serving), so forged tokens cannot make us hammer an issuer.
+        """
+        now = self._clock()
+        with self._lock:
+            cached = self._sets.get(url)
+            failed_at = self._failed_at.get(url)
+        if cached is not None:
+            age = now - cached[0]
+            if age < JWKS_CACHE_TTL_S and not (refresh and age >= refresh_interval_s):
+                return cached[1]
+        if failed_at is not None and now - failed_at < refresh_interval_s:
+            if cached is not None:
+                return cached[1]
+            raise ClientAuthenticationFailed("JWKS fetch failed recently; not retried yet")
+        try:
+            jwks = self._fetch(url)
+        except ClientAuthenticationFailed:
+            with self._lock:
+                self._failed_at[url] = now
+            if cached is not None and now - cached[0] < JWKS_CACHE_TTL_S:
+                return cached[1]
+            raise
+        with self._lock:
+            self._sets[url] = (now, jwks)
+            self._failed_at.pop(url, None)
+        return jwks
+
+    def _fetch(self, url: str) -> dict[str, Any]:
+        parts = urlsplit(url)
+        if parts.scheme != "https" and not (
+            parts.scheme == "http" and is_loopback_host(parts.hostname)
+        ):
+            raise ClientAuthenticationFailed("JWKS URL is neither https nor loopback")
+        deadline = time.monotonic() + JWKS_TIMEOUT_S
+        pieces: list[bytes] = []
+        try:
+            with shared_session().get(
+                url, timeout=JWKS_TIMEOUT_S, stream=True, allow_redirects=False
+            ) as response:
+                if response.status_code != 200:
+                    raise ClientAuthenticationFailed(f"JWKS fetch answered {response.status_code}")
+                while piece := response.raw.read1(64 * 1024, decode_content=True):
+                    pieces.append(piece)
+                    if sum(map(len, pieces)) > JWKS_MAX_BYTES:
+                        raise ClientAuthenticationFailed("JWKS too large")
+                    if time.monotonic() > deadline:
+                        raise ClientAuthenticationFailed("JWKS fetch too slow")
+        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
+            raise ClientAuthenticationFailed(f"JWKS fetch failed: {type(exc).__name__}") from None
+        body = b"".join(pieces)
+        if len(body) > JWKS_MAX_BYTES:
+            raise ClientAuthenticationFailed("JWKS too large")
+        try:
+            jwks = json.loads(body)
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise ClientAuthenticationFailed("JWKS is not JSON") from None
+        if not isinstance(jwks, dict) or not isinstance(jwks.get("keys"), list):
+            raise ClientAuthenticationFailed("JWKS has no keys")
+        return jwks
+
+
+def _trusted_issuers(settings: Mapping[str, Any]) -> Mapping[str, Any]:
+    issuers = settings.get("TRUSTED_ISSUERS") or {}
+    return issuers if isinstance(issuers, Mapping) else {}
+
+
+def allowed_fhir_servers(
+    settings: Mapping[str, Any], client: ClientIdentity | None
+) -> Sequence[str]:
+    """The base URL prefixes this client may point us at: its issuer's list, else the default."""
+    if client is not None:
+        entry = _trusted_issuers(settings).get(client.issuer) or {}
+        if isinstance(entry.get("fhir_servers"), list):
+            return [str(prefix) for prefix in entry["fhir_servers"]]
+    return [str(prefix) for prefix in settings.get("FHIR_SERVERS") or []]
+
+
+def _extension(name: str, factory: Callable[[], Any]) -> Any:
+    """The app's shared object ``name`` (see ``install_client_authentication``)."""
+    extensions = current_app.extensions
+    if name not in extensions:
+        extensions[name] = factory()
+    return extensions[name]
+
+
+def install_client_authentication(app: Any) -> None:
+    """Give ``app`` its replay cache and JWKS cache unless the caller injected its own
+    (``app.extensions["cds_replay_cache"]`` may be any ``ReplayCache``, e.g. a database's)."""
+    settings = app.config["CDS"]
+    if settings["AUTH"] == "required" and not settings["PUBLIC_URL"]:
+        logger.warning("CDS_PUBLIC_URL is not set: the JWT aud is checked against the "
+                       "request's Host header; set it in production")
+    app.extensions.setdefault("cds_replay_cache", InProcessReplayCache())
+    app.extensions.setdefault("cds_jwks_cache", JwksCache())
+
+
+def _bearer_token(header: str) -> str | None:
+    scheme, _, token = header.strip().partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
         return None
-    raise Unauthorized.single("Client authentication failed")
+    return token.strip()
+
+
+def authenticate_client(
+    settings: Mapping[str, Any], *, endpoint_url: str
+) -> ClientIdentity | None:
+    """The verified calling client, or None for an unsigned call ``CDS_AUTH=optional`` allows.
+
+    Raises ``Unauthorized`` (401, the same message for every failure) otherwise.
+    """
+    required = settings["AUTH"] != "optional"
+    token = _bearer_token(request.headers.get("Authorization", ""))
+    if token is None:
+        if required:
+            _refuse("no bearer token", None, None)
+        logger.warning("unsigned call to %s accepted (CDS_AUTH=optional)", endpoint_url)
+        return None
+    try:
+        claims = jwt.decode(token, options={"verify_signature": False})
+    except jwt.PyJWTError:
+        claims = None
+    issuer = claims.get("iss") if isinstance(claims, dict) else None
+    if not required and (not isinstance(issuer, str) or issuer not in _trusted_issuers(settings)):
+        logger.warning("call to %s from an untrusted or unreadable token treated as unsigned "
+                       "(CDS_AUTH=optional)", endpoint_url)
+        return None
+    try:
+        return verify_client_token(
+            token,
+            settings,
+            endpoint_url=endpoint_url,
+            replay_cache=_extension("cds_replay_cache", InProcessReplayCache),
+            jwks_cache=_extension("cds_jwks_cache", JwksCache),
+        )
+    except ClientAuthenticationFailed as failure:
+        _refuse(str(failure), issuer if isinstance(issuer, str) else None,
+                claims.get("jti") if isinstance(claims, dict) else None)
+    return None  # not reached: _refuse raises
+
+
+def _refuse(reason: str, issuer: str | None, jti: Any) -> None:
+    logger.info("client authentication failed: %s (iss=%r, jti=%r)", reason, issuer,
+                jti if isinstance(jti, str) else None)
+    raise Unauthorized.single(FAILURE_MESSAGE)
+
+
+def verify_client_token(
+    token: str,
+    settings: Mapping[str, Any],
+    *,
+    endpoint_url: str,
+    replay_cache: ReplayCache,
+    jwks_cache: JwksCache,
+    now: float | None = None,
+) -> ClientIdentity:
+    """Check every rule of the module docstring; raise ``ClientAuthenticationFailed``."""
+    try:
+        header = jwt.get_unverified_header(token)
+        unverified = jwt.decode(token, options={"verify_signature": False})
+    except jwt.PyJWTError as exc:
+        raise ClientAuthenticationFailed(f"malformed token: {type(exc).__name__}") from None
+    algorithm = header.get("alg")
+    if algorithm not in ALLOWED_ALGORITHMS:
+        raise ClientAuthenticationFailed(f"algorithm {algorithm!r} not accepted")
+    if str(header.get("typ", "")).upper() != "JWT":
+        raise ClientAuthenticationFailed("typ is not JWT")
+    kid = header.get("kid")
+    if not isinstance(kid, str) or not kid:
+        raise ClientAuthenticationFailed("no kid")
+    issuer = unverified.get("iss")
+    entry = _trusted_issuers(settings).get(issuer) if isinstance(issuer, str) else None
+    if not isinstance(entry, Mapping):
+        raise ClientAuthenticationFailed("issuer not trusted")
+
+    key = _signing_key(entry, header, kid, algorithm, settings, jwks_cache)
+    current = time.time() if now is None else now
+    try:
+        claims = jwt.decode(
+            token,
+            key=key.key,
+            algorithms=[algorithm],
+            audience=endpoint_url,
+            issuer=issuer,
+            leeway=CLOCK_SKEW_S,
+            options={"require": ["iss", "aud", "exp", "iat", "jti"]},
+        )
+    except jwt.PyJWTError as exc:
+        raise ClientAuthenticationFailed(f"token rejected: {type(exc).__name__}") from None
+    if claims["iat"] > current + CLOCK_SKEW_S:
+        raise ClientAuthenticationFailed("iat in the future")
+    if claims["exp"] - current > MAX_TOKEN_LIFETIME_S:
+        raise ClientAuthenticationFailed("token lives too long")
+    jti = claims["jti"]
+    if not isinstance(jti, str) or not jti:
+        raise ClientAuthenticationFailed("jti is not a string")
+    if not replay_cache.remember(jti, issuer, float(claims["exp"])):
+        raise ClientAuthenticationFailed("jti replayed")
+    tenant = claims.get("tenant")
+    return ClientIdentity(
+        issuer=issuer, jti=jti, tenant=tenant if isinstance(tenant, str) else None
+    )
+
+
+def _signing_key(
+    entry: Mapping[str, Any],
+    header: Mapping[str, Any],
+    kid: str,
+    algorithm: str,
+    settings: Mapping[str, Any],
+    jwks_cache: JwksCache,
+) -> jwt.PyJWK:
+    """The issuer's key named ``kid``, from inline keys, the ``jku`` or the ``jwks_url``."""
+    jku = header.get("jku")
+    if jku is not None:
+        if not isinstance(jku, str) or jku not in (entry.get("jku") or []):
+            raise ClientAuthenticationFailed("jku not on the issuer's allowlist")
+        url: str | None = jku
+    else:
+        url = entry.get("jwks_url")
+    interval = float(settings.get("JWKS_REFRESH_INTERVAL_S", 60.0))
+    if url is None:
+        jwks = entry.get("jwks")
+        if not isinstance(jwks, Mapping):
+            raise ClientAuthenticationFailed("issuer has no keys")
+    else:
+        jwks = jwks_cache.keys(str(url), refresh=False, refresh_interval_s=interval)
+        if _find_key(jwks, kid) is None:
+            jwks = jwks_cache.keys(str(url), refresh=True, refresh_interval_s=interval)
+    found = _find_key(jwks, kid)
+    if found is None:
+        raise ClientAuthenticationFailed("unknown kid")
+    if found.get("kty") == "oct" or "d" in found:
+        raise ClientAuthenticationFailed("JWKS holds a secret or private key")
+    if found.get("alg", algorithm) != algorithm or (
+        found.get("kty"), found.get("crv")) != _KEY_TYPES[algorithm]:
+        raise ClientAuthenticationFailed("key is not for the token's algorithm")
+    try:
+        return jwt.PyJWK(dict(found), algorithm=algorithm)
+    except jwt.PyJWTError as exc:
+        raise ClientAuthenticationFailed(f"unusable key: {type(exc).__name__}") from None
+
+
+def _find_key(jwks: Mapping[str, Any], kid: str) -> Mapping[str, Any] | None:
+    for key in jwks.get("keys") or []:
+        if isinstance(key, Mapping) and key.get("kid") == kid and key.get("use", "sig") == "sig":
+            return key
+    return None

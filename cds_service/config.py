@@ -29,6 +29,11 @@ DEFAULTS: dict[str, Any] = {
     # One deadline for all FHIR queries of a request, and the timeout of each call.
     "FHIR_DEADLINE_S": 3.0,
     "FHIR_CALL_TIMEOUT_S": 2.0,
+    # Limits on what one query may bring back: pages followed, bytes per response.
+    "FHIR_MAX_PAGES": 20,
+    "FHIR_MAX_RESPONSE_BYTES": 16 * 1024 * 1024,
+    # Fewest seconds between two fetches of an issuer's JWKS to look for an unknown kid.
+    "JWKS_REFRESH_INTERVAL_S": 60.0,
     # Origins allowed to call from a browser (e.g. the CDS Hooks sandbox).
     "CORS_ORIGINS": [],
 }
@@ -36,7 +41,8 @@ DEFAULTS: dict[str, Any] = {
 # Settings whose environment value is a list (comma-separated) or JSON (inline or a file path).
 _LIST_KEYS = {"FHIR_SERVERS", "CORS_ORIGINS"}
 _JSON_KEYS = {"TRUSTED_ISSUERS"}
-_FLOAT_KEYS = {"FHIR_DEADLINE_S", "FHIR_CALL_TIMEOUT_S"}
+_FLOAT_KEYS = {"FHIR_DEADLINE_S", "FHIR_CALL_TIMEOUT_S", "JWKS_REFRESH_INTERVAL_S"}
+_INT_KEYS = {"FHIR_MAX_PAGES", "FHIR_MAX_RESPONSE_BYTES"}
 
 
 class ConfigError(ValueError):
@@ -51,6 +57,11 @@ def _parse_env_value(key: str, raw: str) -> Any:
             return float(raw)
         except ValueError as exc:
             raise ConfigError(f"CDS_{key} must be a number of seconds") from exc
+    if key in _INT_KEYS:
+        try:
+            return int(raw)
+        except ValueError as exc:
+            raise ConfigError(f"CDS_{key} must be a whole number") from exc
     if key in _JSON_KEYS:
         text = raw
         if not raw.lstrip().startswith("{"):
@@ -81,6 +92,13 @@ def load_settings(
         raise ConfigError("CDS_AUTH must be 'required' or 'optional'")
     if not isinstance(settings["TRUSTED_ISSUERS"], dict):
         raise ConfigError("CDS_TRUSTED_ISSUERS must map each issuer to its keys")
+    for key in (*_FLOAT_KEYS, *_INT_KEYS):
+        if not isinstance(settings[key], int | float) or settings[key] <= 0:
+            raise ConfigError(f"CDS_{key} must be a positive number")
+    for issuer, entry in settings["TRUSTED_ISSUERS"].items():
+        if not isinstance(entry, dict) or not ({"jwks", "jwks_url", "jku"} & set(entry)):
+            raise ConfigError(
+                f"CDS_TRUSTED_ISSUERS: {issuer!r} needs 'jwks', 'jwks_url' or a 'jku' list")
     if "*" in settings["CORS_ORIGINS"]:
         raise ConfigError("CDS_CORS_ORIGINS must list origins; '*' is not allowed")
     return settings

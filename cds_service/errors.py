@@ -7,7 +7,14 @@
      +-- PreconditionFailed         412: data the decision needs could not be had at all
 
 Hook handlers raise ``hooks.request.RequestNotAnswerable`` subclasses, answered as
-``CoverageProblem`` → 400 and ``OrdersUnavailable`` → 412.
+``CoverageProblem`` → 400 and ``DataUnavailable`` → 412.
+
+Failures the service absorbs, never answered as such:
+
+    FhirQueryFailed                 a prefetch query to ``fhirServer`` failed; its key becomes
+                                    unavailable with ``reason`` (shown to clinicians)
+    ClientAuthenticationFailed      why a client JWT was refused (logged; the client gets a
+                                    bare ``Unauthorized``)
 
 The policy package has its own ``PolicyLoadError`` (start-up only); missing clinical data
 is never an error, it is an ``unknown`` criterion and a conditional decision.
@@ -77,6 +84,23 @@ class UnknownService(CdsServiceError):
 class PreconditionFailed(CdsServiceError):
     status = 412
     default_code = "incomplete"
+
+
+class FhirQueryFailed(Exception):
+    """A query to the EHR's FHIR server gave nothing usable.
+
+    ``reason`` is short and clinician-readable (it ends up in cards and in the CRD
+    ``reason``); ``detail`` is for the log and never holds a token.
+    """
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.detail = detail or reason
+
+
+class ClientAuthenticationFailed(Exception):
+    """Why a client's JWT was refused; logged at info, never shown to the client."""
 
 
 def operation_outcome(diagnostics: str, code: str = "exception") -> dict[str, Any]:

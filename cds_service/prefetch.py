@@ -1,29 +1,209 @@
-"""Resolve a request's prefetch: what the client sent, and what it did not."""
+"""Resolve a request's prefetch: what the client sent, and what we fetch ourselves.
+
+For each prefetch key of the service the client did not satisfy (absent, or an
+OperationOutcome), the template is rendered from the request context and queried on
+``fhirServer`` with the client's access token, all keys in parallel under one deadline
+(``cds_service.fhir_client``). A key that can be had neither way is listed in
+``ClinicalInput.unavailable`` with a short reason: ``hooks.request.NOT_SENT`` when there
+was nothing to fetch with (no ``fhirServer``/``fhirAuthorization``, or a template whose
+token the context cannot fill), any other reason for a technical failure.
+
+Rendering follows CDS Hooks 2.0: only ``{{context.<field>}}`` with a root-level primitive
+value and the ``{{userPractitionerId}}``-style tokens derived from ``context.userId``.
+A value that is not a plain FHIR id is never put into a URL. A paginated Bundle the client
+sent is completed by following its ``next`` links (it counts as unavailable, its first
+page kept, when that fails or cannot be done). Draft orders are never
+fetched; for order-dispatch the dispatched orders the prefetch lacks are read by
+reference and handed over under the ``dispatchedOrders`` key (a collection Bundle).
+
+A request with pump orders but no usable patient data at all is answered 412 by the hook
+(``hooks.request.DataUnavailable``): orders that need no decision need no data.
+"""
 
 from __future__ import annotations
 
+import logging
+import re
+import time
 from collections.abc import Mapping
 from typing import Any
 
+from cds_service.auth import ClientIdentity, allowed_fhir_servers
+from cds_service.errors import FhirQueryFailed
+from cds_service.fhir_client import (
+    NOT_ALLOWED,
+    FhirQueryLimits,
+    FhirReader,
+    fetch_all,
+    fhir_server_allowed,
+    next_link,
+)
+from hooks.order_dispatch import HOOK as ORDER_DISPATCH
+from hooks.order_dispatch import dispatched_references
 from hooks.request import NOT_SENT, ClinicalInput, HookRequest
 from hooks.service import ServiceDefinition
 
+logger = logging.getLogger(__name__)
+
+# The prefetch key under which fetched dispatched orders are handed to order-dispatch.
+DISPATCHED_ORDERS_KEY = "dispatchedOrders"
+EHR_REPORTED_ERROR = "the EHR reported an error for this query"
+ONLY_FIRST_PAGE = "the EHR sent only part of the results"
 
 _ABSENT = object()
+_TOKEN = re.compile(r"\{\{\s*([^{}]*?)\s*\}\}")
+_FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
+_REFERENCE = re.compile(r"^([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})$")
+_USER_TOKENS = {
+    "userPractitionerId": "Practitioner",
+    "userPractitionerRoleId": "PractitionerRole",
+    "userPatientId": "Patient",
+    "userRelatedPersonId": "RelatedPerson",
+}
+
+
+def render_template(template: str, context: Mapping[str, Any]) -> str | None:
+    """The query with every token filled from ``context``, or None if one cannot be."""
+    unrenderable = False
+
+    def fill(match: re.Match[str]) -> str:
+        nonlocal unrenderable
+        value = _token_value(match.group(1), context)
+        if value is None:
+            unrenderable = True
+            return ""
+        return value
+
+    rendered = _TOKEN.sub(fill, template)
+    return None if unrenderable else rendered
+
+
+def _token_value(token: str, context: Mapping[str, Any]) -> str | None:
+    if token.startswith("context."):
+        name = token.removeprefix("context.")
+        value = context.get(name) if "." not in name else None
+        if isinstance(value, bool) or not isinstance(value, str | int):
+            return None
+        text = str(value)
+    elif token in _USER_TOKENS:
+        match = _REFERENCE.match(str(context.get("userId") or ""))
+        if match is None or match.group(1) != _USER_TOKENS[token]:
+            return None
+        text = match.group(2)
+    else:
+        return None
+    return text if _FHIR_ID.match(text) else None
+
+
+def _usable(value: Any) -> bool:
+    return not (isinstance(value, dict) and value.get("resourceType") == "OperationOutcome")
+
+
+def _resources_in(values: Mapping[str, Any]) -> set[str]:
+    found = set()
+    for value in values.values():
+        items = (
+            [e.get("resource") for e in value.get("entry") or [] if isinstance(e, dict)]
+            if isinstance(value, dict) and value.get("resourceType") == "Bundle"
+            else [value]
+        )
+        for item in items:
+            if isinstance(item, dict) and item.get("id"):
+                found.add(f"{item.get('resourceType')}/{item['id']}")
+    return found
+
+
+def _dispatched_order_queries(hook_request: HookRequest, sent: Mapping[str, Any]) -> list[str]:
+    """The dispatched order references the prefetch does not hold, as read queries."""
+    if hook_request.hook != ORDER_DISPATCH:
+        return []
+    present = _resources_in(sent)
+    return [
+        reference
+        for reference in dispatched_references(hook_request.context)
+        if _REFERENCE.match(reference) and reference not in present
+    ]
 
 
 def resolve_prefetch(
-    service: ServiceDefinition, hook_request: HookRequest, settings: Mapping[str, Any]
+    service: ServiceDefinition,
+    hook_request: HookRequest,
+    settings: Mapping[str, Any],
+    client: ClientIdentity | None = None,
 ) -> ClinicalInput:
-    """Keep the prefetch the client satisfied; mark every other template key unavailable."""
+    """Keep the prefetch the client satisfied, fetch the rest, mark what is still missing."""
+    started = time.monotonic()
     data: dict[str, Any] = {}
     unavailable: dict[str, str] = {}
-    for key in service.prefetch:
+    wanted: dict[str, str] = {}
+    paginated: dict[str, Mapping[str, Any]] = {}
+    for key, template in service.prefetch.items():
         value = hook_request.prefetch.get(key, _ABSENT)
-        if value is _ABSENT:
-            unavailable[key] = NOT_SENT
-        elif isinstance(value, dict) and value.get("resourceType") == "OperationOutcome":
-            unavailable[key] = "the EHR reported an error for this query"
-        else:
+        if value is not _ABSENT and _usable(value):
             data[key] = value
+            if next_link(value) is not None:
+                # Kept, but incomplete until its other pages are fetched.
+                paginated[key] = value
+                unavailable[key] = ONLY_FIRST_PAGE
+            continue
+        unavailable[key] = NOT_SENT if value is _ABSENT else EHR_REPORTED_ERROR
+        query = render_template(template, hook_request.context)
+        if query is not None:
+            wanted[key] = query
+    order_reads = _dispatched_order_queries(hook_request, data)
+    queries: dict[str, str | Mapping[str, Any]] = {
+        **wanted, **paginated, **{f"{DISPATCHED_ORDERS_KEY}:{ref}": ref for ref in order_reads}}
+
+    if queries:
+        fetched = _fetch(hook_request, settings, client, queries, started)
+        if fetched is not None:
+            orders = []
+            for key, result in fetched.items():
+                if key.startswith(f"{DISPATCHED_ORDERS_KEY}:"):
+                    if not isinstance(result, FhirQueryFailed) and result is not None:
+                        orders.append({"resource": result})
+                elif isinstance(result, FhirQueryFailed):
+                    unavailable[key] = result.reason
+                else:
+                    data[key] = result
+                    unavailable.pop(key, None)
+            if orders:
+                data[DISPATCHED_ORDERS_KEY] = {
+                    "resourceType": "Bundle", "type": "collection", "entry": orders}
+
     return ClinicalInput(data=data, unavailable=unavailable)
+
+
+def _fetch(
+    hook_request: HookRequest,
+    settings: Mapping[str, Any],
+    client: ClientIdentity | None,
+    queries: Mapping[str, str | Mapping[str, Any]],
+    started: float,
+) -> dict[str, Any] | None:
+    """Run the queries on ``fhirServer``; None when there is nothing to fetch with."""
+    base_url = hook_request.fhir_server
+    authorization = hook_request.fhir_authorization
+    if not base_url or authorization is None:
+        return None
+    if not fhir_server_allowed(base_url, allowed_fhir_servers(settings, client)):
+        logger.warning(
+            "fhirServer not allowed for client %s; %d queries not made",
+            client.issuer if client else "(unsigned)", len(queries),
+        )
+        return {key: FhirQueryFailed(NOT_ALLOWED) for key in queries}
+    limits = FhirQueryLimits.from_settings(settings)
+    reader = FhirReader(
+        base_url=base_url,
+        access_token=authorization.access_token,
+        deadline=started + limits.deadline_s,
+        limits=limits,
+    )
+    results = fetch_all(reader, queries)
+    failures = {k: r.detail for k, r in results.items() if isinstance(r, FhirQueryFailed)}
+    logger.info(
+        "fetched %d of %d prefetch queries in %.0f ms%s",
+        len(results) - len(failures), len(results), (time.monotonic() - started) * 1000,
+        f"; failed: {failures}" if failures else "",
+    )
+    return results

@@ -19,7 +19,7 @@ from cds_service.errors import (
 )
 from cds_service.prefetch import resolve_prefetch
 from hooks import SERVICES, context_validator
-from hooks.request import CoverageProblem, OrdersUnavailable
+from hooks.request import CoverageProblem, DataUnavailable
 from hooks.service import HookEnvironment
 
 logger = logging.getLogger(__name__)
@@ -47,13 +47,15 @@ def call_service(service_id: str) -> Response:
     service = SERVICES.get(service_id)
     if service is None:
         raise UnknownService.single(f"No CDS service with id '{service_id}'", "id")
-    authenticate_client(_settings(), endpoint_url=f"{public_base_url()}/cds-services/{service_id}")
+    client = authenticate_client(
+        _settings(), endpoint_url=f"{public_base_url()}/cds-services/{service_id}"
+    )
     hook_request = parse_hook_request(
         parse_json_body(request.get_data()),
         expected_hook=service.hook,
         context_validator=context_validator(service),
     )
-    clinical = resolve_prefetch(service, hook_request, _settings())
+    clinical = resolve_prefetch(service, hook_request, _settings(), client)
     environment = HookEnvironment(
         now=current_app.extensions["cds_clock"](),
         new_uuid=current_app.extensions["cds_new_uuid"],
@@ -65,7 +67,7 @@ def call_service(service_id: str) -> Response:
         result = service.handler(hook_request, clinical, environment)
     except CoverageProblem as problem:
         raise BadRequest.single(problem.diagnostics, problem.expression) from problem
-    except OrdersUnavailable as problem:
+    except DataUnavailable as problem:
         raise PreconditionFailed.single(problem.diagnostics, problem.expression) from problem
     logger.info(
         "answered %s hookInstance=%s decisions=%s",

@@ -14,7 +14,7 @@ from fhir_mappings.episodes import DraftOrder, PumpEpisode, find_pump_episodes
 from fhir_mappings.facts import facts_for_episode
 from fhir_mappings.r4 import ResourceProblem
 from fhir_mappings.record import PatientRecord, build_record
-from hooks.request import ClinicalInput, CoverageProblem, HookRequest
+from hooks.request import ClinicalInput, CoverageProblem, DataUnavailable, HookRequest
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +98,12 @@ def deliberate(
     record = build_record(clinical.data, clinical.unavailable)
     draft_record = build_record({"draftOrders": draft_bundle or {}})
     episodes = find_pump_episodes(orders, record, draft_record)
+    if episodes and not clinical.data:
+        reasons = "; ".join(sorted(set(clinical.unavailable.values())))
+        raise DataUnavailable(
+            f"No patient data: the prefetch holds none and it could not be fetched ({reasons})",
+            "prefetch",
+        )
     coverage = select_coverage(record, hook_request) if episodes else None
     encounter_id = hook_request.context.get("encounterId")
     encounter_reference = f"Encounter/{encounter_id}" if isinstance(encounter_id, str) else None

@@ -13,7 +13,7 @@ from typing import Any
 
 from fhir_mappings.episodes import DraftOrder, parse_draft_orders
 from hooks.decide import deliberate
-from hooks.request import ClinicalInput, HookRequest, OrdersUnavailable
+from hooks.request import ClinicalInput, HookRequest, DataUnavailable
 from hooks.respond import CONFIGURATION_OPTIONS, build_response
 from hooks.service import PATIENT_PREFETCH, HookEnvironment, HookResult, ServiceDefinition
 
@@ -69,7 +69,7 @@ def handle(request: HookRequest, clinical: ClinicalInput, environment: HookEnvir
     if not bundle["entry"]:
         pump_related = [r for r in references if r.split("/")[0] in ("DeviceRequest", "MedicationRequest")]
         if pump_related:
-            raise OrdersUnavailable(
+            raise DataUnavailable(
                 f"The dispatched orders {', '.join(pump_related)} are neither in the prefetch nor "
                 "retrievable from fhirServer",
                 "context.dispatchedOrders",

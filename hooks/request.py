@@ -87,5 +87,6 @@ class CoverageProblem(RequestNotAnswerable):
     """A CRD request without exactly one usable Coverage (CRD hook-13: HTTP 400)."""
 
 
-class OrdersUnavailable(RequestNotAnswerable):
-    """The orders to decide on are neither in the request nor fetchable (HTTP 412)."""
+class DataUnavailable(RequestNotAnswerable):
+    """Data a decision needs (the orders, or any patient data at all) is neither in the
+    request nor fetchable (HTTP 412)."""

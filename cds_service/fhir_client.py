@@ -1,0 +1,360 @@
+"""Read-only queries to the EHR's FHIR server (``fhirServer``), for what prefetch lacked.
+
+Where the client's access token may go is decided here and nowhere else:
+
+- only to a base URL the calling client may point us at (``fhir_server_allowed``): a
+  prefix of the issuer's ``fhir_servers`` list, else of ``CDS_FHIR_SERVERS``, matched on
+  scheme, host, port and whole path segments (``https://ehr.example.org`` does not admit
+  ``https://ehr.example.org.evil.test``; a prefix that names no port admits any port of
+  its host);
+- over https, or plain http to a loopback host only (127.0.0.0/8, ::1, localhost);
+- never along a redirect (redirects are not followed: the query fails), and to a
+  ``next`` page link only when it lies under the same base URL.
+
+Every query of one request shares one deadline; each HTTP call also has its own timeout,
+and a response is read in small pieces so that neither a huge body nor a slow trickle
+holds the request past the deadline. A failure never escapes as an exception other than
+``FhirQueryFailed``, whose ``reason`` is short and fit to show a clinician.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ALL_COMPLETED, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from http.cookiejar import DefaultCookiePolicy
+from typing import Any
+from urllib.parse import unquote, urljoin, urlsplit
+
+import requests
+import urllib3.exceptions
+from requests.adapters import HTTPAdapter
+
+from cds_service.errors import FhirQueryFailed
+
+logger = logging.getLogger(__name__)
+
+# Reasons shown to clinicians (cards, CRD ``reason``); any of them means a technical failure.
+TIMED_OUT = "the EHR's FHIR server did not answer in time"
+REFUSED = "the EHR's FHIR server refused access"
+NOT_FOUND = "not found on the EHR's FHIR server"
+SERVER_ERROR = "the EHR's FHIR server reported an error"
+UNREADABLE = "the EHR's FHIR server sent an unreadable answer"
+TOO_LARGE = "the EHR's FHIR server's answer was too large"
+TOO_MANY_PAGES = "the EHR's FHIR server's answer had too many pages"
+REDIRECTED = "the EHR's FHIR server redirected the query elsewhere"
+UNREACHABLE = "the EHR's FHIR server could not be reached"
+NOT_ALLOWED = "the EHR's FHIR server is not one this service may query"
+
+_READ_PIECE = 64 * 1024
+_MAX_QUERIES_AT_ONCE = 16
+
+
+def is_loopback_host(host: str | None) -> bool:
+    """127.0.0.0/8, ::1 or ``localhost``: the only hosts plain http may reach."""
+    if not host:
+        return False
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True, slots=True)
+class _Origin:
+    scheme: str
+    host: str
+    port: int
+    path: str  # without trailing slash
+    explicit_port: bool
+
+
+def _parse_base(url: str) -> _Origin | None:
+    """A base URL split for comparison, or None when it is not one we could ever call."""
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port
+    except ValueError:
+        return None
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        return None
+    if parts.username is not None or parts.password is not None or parts.fragment:
+        return None
+    if parts.scheme == "http" and not is_loopback_host(parts.hostname):
+        return None
+    # Dot segments (plain or percent-encoded) could climb out of a base path once normalised.
+    if any(unquote(segment) in (".", "..") for segment in parts.path.split("/")):
+        return None
+    default_port = 443 if parts.scheme == "https" else 80
+    return _Origin(parts.scheme, parts.hostname.lower(), port or default_port,
+                   parts.path.rstrip("/"), port is not None)
+
+
+def same_origin(first: str, second: str) -> bool:
+    """Same scheme, host and port."""
+    a, b = _parse_base(first), _parse_base(second)
+    return a is not None and b is not None and (a.scheme, a.host, a.port) == (
+        b.scheme, b.host, b.port)
+
+
+def is_under(url: str, base: str, *, any_port_without_one: bool = False) -> bool:
+    """Whether ``url`` lies under ``base``: same scheme, host and port, whole path segments.
+
+    With ``any_port_without_one``, a ``base`` that names no port admits every port of its
+    host (an allowlist entry ``http://127.0.0.1`` covers local servers on any port).
+    """
+    target, prefix = _parse_base(url.split("?", 1)[0]), _parse_base(base)
+    if target is None or prefix is None:
+        return False
+    if (target.scheme, target.host) != (prefix.scheme, prefix.host):
+        return False
+    if target.port != prefix.port and (prefix.explicit_port or not any_port_without_one):
+        return False
+    return target.path == prefix.path or target.path.startswith(prefix.path + "/")
+
+
+def fhir_server_allowed(base_url: str, allowed_prefixes: Sequence[str]) -> bool:
+    """Whether the token may be sent to ``base_url``: https (or loopback http), under a prefix."""
+    if _parse_base(base_url) is None or "?" in base_url:
+        return False
+    return any(is_under(base_url, prefix, any_port_without_one=True)
+               for prefix in allowed_prefixes)
+
+
+# One pooled session per process (re-created after a fork), shared by all threads.
+_session_lock = threading.Lock()
+_session: requests.Session | None = None
+_session_pid = 0
+
+
+def _new_session() -> requests.Session:
+    session = requests.Session()
+    session.trust_env = False  # no proxies, no .netrc credentials added behind our back
+    # No cookie from one EHR is ever sent anywhere (nor back to it).
+    session.cookies.set_policy(DefaultCookiePolicy(allowed_domains=[]))
+    adapter = HTTPAdapter(pool_connections=16, pool_maxsize=32, max_retries=0)
+    session.mount("https://", adapter)
+    session.mount("http://", adapter)
+    return session
+
+
+def shared_session() -> requests.Session:
+    """The process's pooled HTTP session for FHIR queries."""
+    global _session, _session_pid
+    with _session_lock:
+        if _session is None or _session_pid != os.getpid():
+            _session, _session_pid = _new_session(), os.getpid()
+        return _session
+
+
+def close_shared_session() -> None:
+    """Close the pooled session (its sockets); the next query opens a new one."""
+    global _session
+    with _session_lock:
+        if _session is not None and _session_pid == os.getpid():
+            _session.close()
+        _session = None
+
+
+@dataclass(frozen=True, slots=True)
+class FhirQueryLimits:
+    """How long and how much one request's queries may take."""
+
+    deadline_s: float = 3.0
+    call_timeout_s: float = 2.0
+    max_pages: int = 20
+    max_response_bytes: int = 16 * 1024 * 1024
+
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, Any]) -> FhirQueryLimits:
+        return cls(
+            deadline_s=float(settings["FHIR_DEADLINE_S"]),
+            call_timeout_s=float(settings["FHIR_CALL_TIMEOUT_S"]),
+            max_pages=int(settings["FHIR_MAX_PAGES"]),
+            max_response_bytes=int(settings["FHIR_MAX_RESPONSE_BYTES"]),
+        )
+
+
+@dataclass
+class FhirReader:
+    """Queries one FHIR server with one access token until one deadline (monotonic)."""
+
+    base_url: str
+    access_token: str | None = field(repr=False)
+    deadline: float
+    limits: FhirQueryLimits
+    session: requests.Session = field(repr=False, default_factory=shared_session)
+    clock: Callable[[], float] = time.monotonic
+
+    def __post_init__(self) -> None:
+        self.base_url = self.base_url.rstrip("/")
+
+    def _remaining(self) -> float:
+        remaining = self.deadline - self.clock()
+        if remaining <= 0:
+            raise FhirQueryFailed(TIMED_OUT, "deadline passed")
+        return remaining
+
+    def _get_json(self, url: str) -> Any:
+        """GET one URL under the base and return its JSON, within every limit."""
+        if not is_under(url, self.base_url):
+            raise FhirQueryFailed(NOT_ALLOWED, "URL outside the FHIR base")
+        timeout = min(self.limits.call_timeout_s, self._remaining())
+        headers = {"Accept": "application/fhir+json, application/json"}
+        if self.access_token:
+            headers["Authorization"] = f"Bearer {self.access_token}"
+        try:
+            response = self.session.get(
+                url, headers=headers, timeout=(timeout, timeout), stream=True,
+                allow_redirects=False,
+            )
+        except requests.Timeout as exc:
+            raise FhirQueryFailed(TIMED_OUT, type(exc).__name__) from None
+        except requests.RequestException as exc:
+            raise FhirQueryFailed(UNREACHABLE, type(exc).__name__) from None
+        with response:
+            body = self._read_body(response)
+        return self._interpret(response.status_code, body)
+
+    def _read_body(self, response: requests.Response) -> bytes:
+        limit = self.limits.max_response_bytes
+        declared = response.headers.get("Content-Length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise FhirQueryFailed(TOO_LARGE, f"Content-Length {declared}")
+        if 300 <= response.status_code < 400:
+            return b""
+        pieces, size = [], 0
+        try:
+            while True:
+                self._remaining()
+                # read1: at most one socket read, so a trickling server cannot hold us.
+                piece = response.raw.read1(_READ_PIECE, decode_content=True)
+                if not piece:
+                    break
+                size += len(piece)
+                if size > limit:
+                    raise FhirQueryFailed(TOO_LARGE, f"more than {limit} bytes")
+                pieces.append(piece)
+        except (urllib3.exceptions.TimeoutError, TimeoutError) as exc:
+            raise FhirQueryFailed(TIMED_OUT, type(exc).__name__) from None
+        except (urllib3.exceptions.HTTPError, requests.RequestException, OSError) as exc:
+            raise FhirQueryFailed(UNREACHABLE, type(exc).__name__) from None
+        return b"".join(pieces)
+
+    @staticmethod
+    def _interpret(status: int, body: bytes) -> Any:
+        if 300 <= status < 400:
+            raise FhirQueryFailed(REDIRECTED, f"HTTP {status}")
+        if status in (401, 403):
+            raise FhirQueryFailed(REFUSED, f"HTTP {status}")
+        if status in (404, 410):
+            raise FhirQueryFailed(NOT_FOUND, f"HTTP {status}")
+        if status != 200:
+            raise FhirQueryFailed(SERVER_ERROR, f"HTTP {status}")
+        try:
+            value = json.loads(body)
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise FhirQueryFailed(UNREADABLE, "not JSON") from None
+        if value is None:
+            return None
+        if not isinstance(value, dict) or not isinstance(value.get("resourceType"), str):
+            raise FhirQueryFailed(UNREADABLE, "not a FHIR resource")
+        if value["resourceType"] == "OperationOutcome":
+            raise FhirQueryFailed(SERVER_ERROR, "OperationOutcome")
+        return value
+
+    def fetch(self, query: str) -> Any:
+        """Run a read (``Type/id``) or search (``Type?...``) relative to the base URL.
+
+        A search's pages are followed (``next`` links under the same base only, up to
+        ``max_pages``) and merged into one searchset Bundle.
+        """
+        url = f"{self.base_url}/{query.lstrip('/')}"
+        first = self._get_json(url)
+        if not isinstance(first, dict) or first.get("resourceType") != "Bundle":
+            return first
+        return self._merge_pages(first, url)
+
+    def fetch_remaining_pages(self, first: Mapping[str, Any]) -> dict[str, Any]:
+        """Complete a paginated Bundle the client sent: its ``next`` pages, merged."""
+        return self._merge_pages(first, f"{self.base_url}/")
+
+    def _merge_pages(self, first: Mapping[str, Any], url: str) -> dict[str, Any]:
+        entries = list(first.get("entry") or [])
+        page, pages = first, 1
+        while (next_url := next_link(page)) is not None:
+            if pages >= self.limits.max_pages:
+                raise FhirQueryFailed(TOO_MANY_PAGES, f"more than {self.limits.max_pages} pages")
+            next_url = urljoin(url, next_url)
+            if not is_under(next_url, self.base_url):
+                raise FhirQueryFailed(NOT_ALLOWED, "next link outside the FHIR base")
+            page = self._get_json(next_url)
+            if not isinstance(page, dict) or page.get("resourceType") != "Bundle":
+                raise FhirQueryFailed(UNREADABLE, "a next page is not a Bundle")
+            entries += page.get("entry") or []
+            pages += 1
+        merged: dict[str, Any] = {"resourceType": "Bundle", "type": first.get("type", "searchset")}
+        merged["total"] = first["total"] if isinstance(first.get("total"), int) else len(entries)
+        if entries:
+            merged["entry"] = entries
+        return merged
+
+    def run(self, job: str | Mapping[str, Any]) -> Any:
+        """A query (str) or the first page of a Bundle to complete (a mapping)."""
+        return self.fetch(job) if isinstance(job, str) else self.fetch_remaining_pages(job)
+
+
+def next_link(bundle: Any) -> str | None:
+    """The ``next`` link of a Bundle page, if it has one."""
+    if not isinstance(bundle, Mapping) or bundle.get("resourceType") != "Bundle":
+        return None
+    for link in bundle.get("link") or []:
+        if isinstance(link, dict) and link.get("relation") == "next":
+            url = link.get("url")
+            return url if isinstance(url, str) and url else None
+    return None
+
+
+def fetch_all(
+    reader: FhirReader, queries: Mapping[str, str | Mapping[str, Any]]
+) -> dict[str, Any]:
+    """Run every job in parallel (a query, or a Bundle whose next pages to fetch); each key
+    maps to its value or its ``FhirQueryFailed``.
+
+    Returns by the reader's deadline at the latest: a query still running then counts as
+    timed out (its thread stops by itself at its next read).
+    """
+    results: dict[str, Any] = {}
+    if not queries:
+        return results
+    executor = ThreadPoolExecutor(
+        max_workers=min(len(queries), _MAX_QUERIES_AT_ONCE), thread_name_prefix="fhir-query"
+    )
+    try:
+        futures = {executor.submit(reader.run, job): key for key, job in queries.items()}
+        remaining = max(0.0, reader.deadline - reader.clock())
+        done, _ = wait(futures, timeout=remaining, return_when=ALL_COMPLETED)
+        for future, key in futures.items():
+            if future not in done:
+                future.cancel()
+                results[key] = FhirQueryFailed(TIMED_OUT, "deadline passed")
+                continue
+            error = future.exception()
+            if error is None:
+                results[key] = future.result()
+            elif isinstance(error, FhirQueryFailed):
+                results[key] = error
+            else:
+                logger.error("FHIR query for %s failed unexpectedly", key, exc_info=error)
+                results[key] = FhirQueryFailed(UNREADABLE, type(error).__name__)
+    finally:
+        executor.shutdown(wait=False, cancel_futures=True)
+    return results

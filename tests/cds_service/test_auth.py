@@ -1,0 +1,516 @@
+"""Client authentication: the JWT rules, the JWKS sources, replay, optional mode, logging."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from flask import Flask
+from flask.testing import FlaskClient
+
+from cds_service.auth import (
+    FAILURE_MESSAGE,
+    ClientIdentity,
+    InProcessReplayCache,
+    allowed_fhir_servers,
+)
+from cds_service.config import ConfigError, load_settings
+from tests.conftest import ORDER_SIGN, make_app
+from tests.hook_requests import order_sign_request, patient_and_coverage_prefetch
+from tests.misbehaving_fhir_server import MisbehavingFhirServer
+
+ISSUER = "https://ehr.example.org"
+OTHER_ISSUER = "https://other-ehr.example.net"
+PUBLIC_URL = "https://cds.example.org"
+ENDPOINT = f"{PUBLIC_URL}{ORDER_SIGN}"
+
+
+@dataclass(frozen=True)
+class SigningKey:
+    """A client's private key with the kid and algorithm it signs with."""
+
+    kid: str
+    alg: str
+    private_key: Any
+
+    @property
+    def public_jwk(self) -> dict[str, Any]:
+        algorithm = jwt.get_algorithm_by_name(self.alg)
+        jwk = algorithm.to_jwk(self.private_key.public_key(), as_dict=True)
+        return {**jwk, "kid": self.kid, "alg": self.alg, "use": "sig"}
+
+    @property
+    def public_pem(self) -> bytes:
+        return self.private_key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+
+
+@dataclass(frozen=True)
+class Keys:
+    """The trusted client's ES384 and RS384 keys, and an attacker's."""
+
+    es384: SigningKey
+    rs384: SigningKey
+    attacker: SigningKey
+
+
+@pytest.fixture(scope="module")
+def keys() -> Keys:
+    """Keys generated once for the module (RSA generation is slow)."""
+    return Keys(
+        es384=SigningKey("ec-1", "ES384", ec.generate_private_key(ec.SECP384R1())),
+        rs384=SigningKey("rsa-1", "RS384", rsa.generate_private_key(65537, 2048)),
+        attacker=SigningKey("ec-1", "ES384", ec.generate_private_key(ec.SECP384R1())),
+    )
+
+
+def claims(**overrides: Any) -> dict[str, Any]:
+    now = int(time.time())
+    base = {"iss": ISSUER, "aud": ENDPOINT, "exp": now + 300, "iat": now,
+            "jti": str(uuid.uuid4())}
+    base.update(overrides)
+    return {k: v for k, v in base.items() if v is not None}
+
+
+def sign(key: SigningKey, payload: dict[str, Any] | None = None, **header: Any) -> str:
+    headers = {"kid": key.kid, "typ": "JWT", **header}
+    return jwt.encode(payload or claims(), key.private_key, algorithm=key.alg, headers=headers)
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def forge(header: dict[str, Any], payload: dict[str, Any], secret: bytes | None) -> str:
+    """A token PyJWT would refuse to make: alg none, or HMAC keyed with a public key."""
+    signing_input = f"{_b64(json.dumps(header).encode())}.{_b64(json.dumps(payload).encode())}"
+    if secret is None:
+        return signing_input + "."
+    mac = hmac.new(secret, signing_input.encode(), hashlib.sha256).digest()
+    return f"{signing_input}.{_b64(mac)}"
+
+
+@dataclass
+class JwksServer:
+    """A local HTTP server publishing JWK Sets at paths; counts fetches per path."""
+
+    sets: dict[str, dict[str, Any]] = field(default_factory=dict)
+    fetches: dict[str, int] = field(default_factory=dict)
+    server: ThreadingHTTPServer | None = None
+
+    def url(self, path: str) -> str:
+        if self.server is None:
+            raise RuntimeError("not started")
+        return f"http://127.0.0.1:{self.server.server_address[1]}{path}"
+
+
+@pytest.fixture
+def jwks_server() -> Iterator[JwksServer]:
+    """A JWKS host on loopback; tests put key sets at paths and count the fetches."""
+    state = JwksServer()
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+            """Quiet."""
+
+        def do_GET(self) -> None:  # noqa: N802
+            state.fetches[self.path] = state.fetches.get(self.path, 0) + 1
+            body = json.dumps(state.sets.get(self.path, {"keys": []})).encode()
+            self.send_response(200 if self.path in state.sets else 404)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    state.server = server
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    yield state
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=5)
+
+
+def auth_app(issuers: dict[str, Any], **settings: Any) -> Flask:
+    return make_app({"AUTH": "required", "PUBLIC_URL": PUBLIC_URL,
+                     "TRUSTED_ISSUERS": issuers, **settings})
+
+
+@pytest.fixture
+def app_with_inline_keys(keys: Keys, jwks_server: JwksServer) -> Flask:
+    """Auth required; the trusted issuer's keys inline, one jku allowlisted."""
+    jwks_server.sets["/allowed-jwks"] = {"keys": [keys.es384.public_jwk]}
+    jwks_server.sets["/attacker-jwks"] = {"keys": [keys.attacker.public_jwk]}
+    issuers = {
+        ISSUER: {
+            "jwks": {"keys": [keys.es384.public_jwk, keys.rs384.public_jwk]},
+            "jku": [jwks_server.url("/allowed-jwks")],
+        },
+        OTHER_ISSUER: {"jwks": {"keys": []}},
+    }
+    return auth_app(issuers)
+
+
+def call(client: FlaskClient, token: str | None, header: str | None = None) -> Any:
+    headers = {}
+    if header is not None:
+        headers["Authorization"] = header
+    elif token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    body = order_sign_request("p1", prefetch=patient_and_coverage_prefetch("p1"))
+    return client.post(ORDER_SIGN, json=body, headers=headers)
+
+
+# --- good tokens ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("which", ["es384", "rs384"])
+def test_good_token_is_accepted(app_with_inline_keys: Flask, keys: Keys, which: str) -> None:
+    response = call(app_with_inline_keys.test_client(), sign(getattr(keys, which)))
+    assert response.status_code == 200, response.json
+
+
+def test_aud_may_be_a_list_holding_the_endpoint(app_with_inline_keys: Flask, keys: Keys) -> None:
+    token = sign(keys.es384, claims(aud=[ENDPOINT]))
+    assert call(app_with_inline_keys.test_client(), token).status_code == 200
+
+
+def test_allowlisted_jku_supplies_the_key(
+    app_with_inline_keys: Flask, keys: Keys, jwks_server: JwksServer
+) -> None:
+    token = sign(keys.es384, jku=jwks_server.url("/allowed-jwks"))
+    assert call(app_with_inline_keys.test_client(), token).status_code == 200
+    assert jwks_server.fetches["/allowed-jwks"] == 1
+
+
+# --- attacks --------------------------------------------------------------------------
+
+Attack = Callable[[Keys, JwksServer], "str | tuple[None, str] | None"]
+
+
+def _other_service_aud(k: Keys, _: JwksServer) -> str:
+    other = f"{PUBLIC_URL}/cds-services/infusion-pump-coverage-order-select"
+    return sign(k.es384, claims(aud=other))
+
+
+# Each attack, and the reason the service must log for it (so each fails for its own cause).
+ATTACKS: dict[str, tuple[Attack, str]] = {
+    "no Authorization header": (lambda k, s: None, "no bearer token"),
+    "Basic instead of Bearer": (lambda k, s: (None, "Basic dXNlcjpwYXNz"), "no bearer token"),
+    "empty Bearer": (lambda k, s: (None, "Bearer "), "no bearer token"),
+    "malformed token": (lambda k, s: "not.a-jwt", "malformed token"),
+    "garbage base64": (lambda k, s: "eyJhbGciOi.eyJpc3Mi.c2ln", "malformed token"),
+    "alg none, unsigned": (lambda k, s: forge(
+        {"alg": "none", "typ": "JWT", "kid": k.es384.kid}, claims(), None),
+        "algorithm 'none' not accepted"),
+    "HS256 keyed with the public key": (lambda k, s: forge(
+        {"alg": "HS256", "typ": "JWT", "kid": k.rs384.kid}, claims(), k.rs384.public_pem),
+        "algorithm 'HS256' not accepted"),
+    "signed with another key, trusted kid": (lambda k, s: sign(k.attacker),
+                                             "InvalidSignatureError"),
+    "attacker key embedded in the jwk header": (lambda k, s: sign(
+        k.attacker, jwk=k.attacker.public_jwk), "InvalidSignatureError"),
+    "unknown kid": (lambda k, s: sign(SigningKey("nobody", "ES384", k.es384.private_key)),
+                    "unknown kid"),
+    "no kid": (lambda k, s: jwt.encode(claims(), k.es384.private_key, algorithm="ES384",
+                                       headers={"typ": "JWT"}), "no kid"),
+    "RS384 token naming the EC key": (lambda k, s: sign(
+        SigningKey(k.es384.kid, "RS384", k.rs384.private_key)),
+        "key is not for the token's algorithm"),
+    "ES256 token on a P-384 key": (lambda k, s: sign(
+        SigningKey(k.es384.kid, "ES256", ec.generate_private_key(ec.SECP256R1()))),
+        "key is not for the token's algorithm"),
+    "typ not JWT": (lambda k, s: sign(k.es384, typ="at+jwt"), "typ is not JWT"),
+    "expired": (lambda k, s: sign(k.es384, claims(exp=int(time.time()) - 120,
+                                                  iat=int(time.time()) - 400)),
+                "ExpiredSignatureError"),
+    "iat in the future": (lambda k, s: sign(k.es384, claims(iat=int(time.time()) + 600,
+                                                            exp=int(time.time()) + 900)),
+                          "ImmatureSignatureError"),
+    "lives too long": (lambda k, s: sign(k.es384, claims(exp=int(time.time()) + 7200)),
+                       "token lives too long"),
+    "aud of another service": (_other_service_aud, "InvalidAudienceError"),
+    "aud of discovery": (lambda k, s: sign(k.es384, claims(aud=f"{PUBLIC_URL}/cds-services")),
+                         "InvalidAudienceError"),
+    "aud on another host": (lambda k, s: sign(
+        k.es384, claims(aud=f"https://evil.example.com{ORDER_SIGN}")), "InvalidAudienceError"),
+    "unknown iss": (lambda k, s: sign(k.es384, claims(iss="https://evil.example.com")),
+                    "issuer not trusted"),
+    "trusted iss without that key": (lambda k, s: sign(k.es384, claims(iss=OTHER_ISSUER)),
+                                     "unknown kid"),
+    "jku not allowlisted": (lambda k, s: sign(k.attacker, jku=s.url("/attacker-jwks")),
+                            "jku not on the issuer's allowlist"),
+    "missing jti": (lambda k, s: sign(k.es384, claims(jti=None)), "MissingRequiredClaimError"),
+    "missing exp": (lambda k, s: sign(k.es384, claims(exp=None)), "MissingRequiredClaimError"),
+    "missing iat": (lambda k, s: sign(k.es384, claims(iat=None)), "MissingRequiredClaimError"),
+    "missing iss": (lambda k, s: sign(k.es384, claims(iss=None)), "issuer not trusted"),
+    "missing aud": (lambda k, s: sign(k.es384, claims(aud=None)), "MissingRequiredClaimError"),
+    "numeric jti": (lambda k, s: sign(k.es384, claims(jti=12345)), "InvalidJTIError"),
+}
+
+
+@pytest.mark.parametrize("attack", sorted(ATTACKS))
+def test_attack_is_refused_with_a_bare_401(
+    app_with_inline_keys: Flask,
+    keys: Keys,
+    jwks_server: JwksServer,
+    caplog: pytest.LogCaptureFixture,
+    attack: str,
+) -> None:
+    make_token, reason = ATTACKS[attack]
+    made = make_token(keys, jwks_server)
+    caplog.set_level(logging.INFO, logger="cds_service.auth")
+    client = app_with_inline_keys.test_client()
+    response = call(client, None, made[1]) if isinstance(made, tuple) else call(client, made)
+    assert response.status_code == 401
+    assert response.json == {
+        "resourceType": "OperationOutcome",
+        "issue": [{"severity": "error", "code": "security", "diagnostics": FAILURE_MESSAGE}],
+    }
+    assert jwks_server.fetches.get("/attacker-jwks") is None
+    logged = [r.getMessage() for r in caplog.records if r.name == "cds_service.auth"]
+    assert len(logged) == 1
+    assert logged[0].startswith("client authentication failed: ")
+    assert reason in logged[0]
+
+
+def test_replayed_jti_is_refused(app_with_inline_keys: Flask, keys: Keys) -> None:
+    client = app_with_inline_keys.test_client()
+    token = sign(keys.es384)
+    assert call(client, token).status_code == 200
+    assert call(client, token).status_code == 401
+    # The same jti from a fresh token is a replay too.
+    jti = jwt.decode(token, options={"verify_signature": False})["jti"]
+    assert call(client, sign(keys.es384, claims(jti=jti))).status_code == 401
+
+
+def test_replay_cache_is_injectable(app_with_inline_keys: Flask, keys: Keys) -> None:
+    remembered: list[tuple[str, str, float]] = []
+
+    class RefuseEverything:
+        def remember(self, jti: str, iss: str, expires_at: float) -> bool:
+            remembered.append((jti, iss, expires_at))
+            return False
+
+    app_with_inline_keys.extensions["cds_replay_cache"] = RefuseEverything()
+    token = sign(keys.es384)
+    assert call(app_with_inline_keys.test_client(), token).status_code == 401
+    payload = jwt.decode(token, options={"verify_signature": False})
+    assert remembered == [(payload["jti"], ISSUER, float(payload["exp"]))]
+
+
+def test_in_process_replay_cache_forgets_expired_jtis() -> None:
+    now = [1000.0]
+    cache = InProcessReplayCache(clock=lambda: now[0])
+    assert cache.remember("a", ISSUER, 1100.0)
+    assert not cache.remember("a", ISSUER, 1100.0)
+    assert cache.remember("a", OTHER_ISSUER, 1100.0)  # per issuer
+    now[0] = 1100.0 + 61 + 60
+    assert cache.remember("a", ISSUER, 1500.0)
+
+
+# --- JWKS from a URL --------------------------------------------------------------------
+
+
+def test_jwks_url_is_fetched_once_and_cached(keys: Keys, jwks_server: JwksServer) -> None:
+    jwks_server.sets["/jwks"] = {"keys": [keys.es384.public_jwk]}
+    app = auth_app({ISSUER: {"jwks_url": jwks_server.url("/jwks")}})
+    client = app.test_client()
+    for _ in range(3):
+        assert call(client, sign(keys.es384)).status_code == 200
+    assert jwks_server.fetches["/jwks"] == 1
+
+
+def test_unknown_kid_refreshes_the_jwks_at_a_limited_rate(
+    keys: Keys, jwks_server: JwksServer
+) -> None:
+    jwks_server.sets["/jwks"] = {"keys": [keys.es384.public_jwk]}
+    app = auth_app({ISSUER: {"jwks_url": jwks_server.url("/jwks")}},
+                   JWKS_REFRESH_INTERVAL_S=60.0)
+    client = app.test_client()
+    assert call(client, sign(keys.es384)).status_code == 200
+    jwks_server.sets["/jwks"] = {"keys": [keys.es384.public_jwk, keys.rs384.public_jwk]}
+    for _ in range(3):  # a flood of unknown kids does not hammer the issuer
+        assert call(client, sign(keys.rs384)).status_code == 401
+    assert jwks_server.fetches["/jwks"] == 1
+
+
+def test_rotated_key_is_found_by_refreshing(keys: Keys, jwks_server: JwksServer) -> None:
+    jwks_server.sets["/jwks"] = {"keys": [keys.es384.public_jwk]}
+    app = auth_app({ISSUER: {"jwks_url": jwks_server.url("/jwks")}},
+                   JWKS_REFRESH_INTERVAL_S=0.05)
+    client = app.test_client()
+    assert call(client, sign(keys.es384)).status_code == 200
+    jwks_server.sets["/jwks"] = {"keys": [keys.rs384.public_jwk]}
+    time.sleep(0.1)
+    assert call(client, sign(keys.rs384)).status_code == 200
+    assert jwks_server.fetches["/jwks"] == 2
+
+
+def test_unreachable_jwks_url_is_401_and_not_hammered(
+    keys: Keys, jwks_server: JwksServer
+) -> None:
+    app = auth_app({ISSUER: {"jwks_url": jwks_server.url("/missing")}})
+    client = app.test_client()
+    for _ in range(3):
+        assert call(client, sign(keys.es384)).status_code == 401
+    assert jwks_server.fetches["/missing"] == 1
+
+
+def test_plain_http_jwks_url_off_loopback_is_never_fetched(keys: Keys) -> None:
+    app = auth_app({ISSUER: {"jwks_url": "http://jwks.example.org/keys"}})
+    assert call(app.test_client(), sign(keys.es384)).status_code == 401
+
+
+# --- modes, discovery, the aud URL ----------------------------------------------------
+
+
+def test_discovery_needs_no_token(app_with_inline_keys: Flask) -> None:
+    assert app_with_inline_keys.test_client().get("/cds-services").status_code == 200
+
+
+def test_aud_follows_the_request_host_without_public_url(keys: Keys) -> None:
+    app = make_app({"AUTH": "required",
+                    "TRUSTED_ISSUERS": {ISSUER: {"jwks": {"keys": [keys.es384.public_jwk]}}}})
+    client = app.test_client()
+    token = sign(keys.es384, claims(aud=f"http://localhost{ORDER_SIGN}"))
+    assert call(client, token).status_code == 200
+    assert call(client, sign(keys.es384)).status_code == 401  # minted for PUBLIC_URL
+
+
+def test_optional_mode_accepts_unsigned_and_untrusted_tokens(keys: Keys) -> None:
+    app = make_app({"AUTH": "optional", "PUBLIC_URL": PUBLIC_URL,
+                    "TRUSTED_ISSUERS": {ISSUER: {"jwks": {"keys": [keys.es384.public_jwk]}}}})
+    client = app.test_client()
+    assert call(client, None).status_code == 200
+    assert call(client, "not.a-jwt").status_code == 200
+    sandbox = sign(keys.attacker, claims(iss="https://sandbox.cds-hooks.org"))
+    assert call(client, sandbox).status_code == 200
+
+
+def test_optional_mode_still_verifies_a_trusted_issuers_token(keys: Keys) -> None:
+    app = make_app({"AUTH": "optional", "PUBLIC_URL": PUBLIC_URL,
+                    "TRUSTED_ISSUERS": {ISSUER: {"jwks": {"keys": [keys.es384.public_jwk]}}}})
+    client = app.test_client()
+    assert call(client, sign(keys.es384)).status_code == 200
+    assert call(client, sign(keys.attacker)).status_code == 401
+    assert call(client, sign(keys.es384, claims(exp=int(time.time()) - 300))).status_code == 401
+
+
+def test_issuer_fhir_servers_list_replaces_the_default() -> None:
+    settings = {"FHIR_SERVERS": ["https://default.example.org"],
+                "TRUSTED_ISSUERS": {ISSUER: {"jwks": {}, "fhir_servers": ["https://ehr.example.org"]},
+                                    OTHER_ISSUER: {"jwks": {}}}}
+    assert allowed_fhir_servers(settings, ClientIdentity(ISSUER, "j")) == [
+        "https://ehr.example.org"]
+    assert allowed_fhir_servers(settings, ClientIdentity(OTHER_ISSUER, "j")) == [
+        "https://default.example.org"]
+    assert allowed_fhir_servers(settings, None) == ["https://default.example.org"]
+
+
+def test_issuer_may_only_send_us_to_its_own_fhir_servers(
+    keys: Keys, fhir_faults: MisbehavingFhirServer
+) -> None:
+    app = auth_app({ISSUER: {"jwks": {"keys": [keys.es384.public_jwk]},
+                             "fhir_servers": ["https://ehr.example.org/fhir"]}},
+                   FHIR_SERVERS=["http://127.0.0.1"])
+    body = order_sign_request("p1", fhir_server=fhir_faults.base("ok"),
+                              prefetch=patient_and_coverage_prefetch("p1"))
+    response = app.test_client().post(
+        ORDER_SIGN, json=body, headers={"Authorization": f"Bearer {sign(keys.es384)}"})
+    assert response.status_code == 200
+    assert fhir_faults.requests_seen == []
+
+
+# --- logs -----------------------------------------------------------------------------
+
+
+def test_tokens_never_reach_the_logs(
+    keys: Keys, fhir_faults: MisbehavingFhirServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    access_token = "ehr-access-token-" + uuid.uuid4().hex
+    app = auth_app({ISSUER: {"jwks": {"keys": [keys.es384.public_jwk]}}},
+                   FHIR_SERVERS=["http://127.0.0.1"], FHIR_DEADLINE_S=1.0,
+                   FHIR_CALL_TIMEOUT_S=0.5)
+    client = app.test_client()
+    good, bad = sign(keys.es384), sign(keys.attacker)
+    caplog.set_level(logging.DEBUG)
+    for behaviour in ("ok", "status-401", "status-500", "redirect", "slow"):
+        body = order_sign_request("p1", fhir_server=fhir_faults.base(behaviour),
+                                  access_token=access_token,
+                                  prefetch=patient_and_coverage_prefetch("p1"))
+        token = sign(keys.es384)
+        assert client.post(ORDER_SIGN, json=body,
+                           headers={"Authorization": f"Bearer {token}"}).status_code == 200
+        assert client.post(ORDER_SIGN, json=body,
+                           headers={"Authorization": f"Bearer {token}"}).status_code == 401
+        assert token not in caplog.text
+    for token in (good, bad, "not.a-jwt"):
+        client.post(ORDER_SIGN, json={}, headers={"Authorization": f"Bearer {token}"})
+    assert "client authentication failed" in caplog.text  # the reasons are logged ...
+    assert any(s.authorization == f"Bearer {access_token}" for s in fhir_faults.requests_seen)
+    for secret in (access_token, good, bad, good.split(".")[2], bad.split(".")[2]):
+        assert secret not in caplog.text  # ... the tokens are not
+
+
+def test_issuer_without_any_key_source_is_refused_at_start() -> None:
+    with pytest.raises(ConfigError):
+        load_settings({"TRUSTED_ISSUERS": {ISSUER: {"fhir_servers": []}}}, environ={})
+    assert load_settings({"TRUSTED_ISSUERS": {ISSUER: {"jku": ["https://ehr.example.org/k"]}}},
+                         environ={})["TRUSTED_ISSUERS"]
+
+
+def test_trusted_issuers_from_a_file(tmp_path: Any, keys: Keys) -> None:
+    path = tmp_path / "issuers.json"
+    path.write_text(json.dumps({ISSUER: {"jwks": {"keys": [keys.es384.public_jwk]}}}))
+    settings = load_settings(environ={"CDS_TRUSTED_ISSUERS": str(path)})
+    assert settings["TRUSTED_ISSUERS"][ISSUER]["jwks"]["keys"][0]["kid"] == "ec-1"
+
+
+@pytest.mark.parametrize("behaviour", ["garbage", "huge", "trickle", "redirect", "status-500",
+                                       "null", "slow"])
+def test_misbehaving_jwks_host_means_401_in_time(
+    keys: Keys, fhir_faults: MisbehavingFhirServer, behaviour: str
+) -> None:
+    fhir_faults.slow_s = 5
+    app = auth_app({ISSUER: {"jwks_url": fhir_faults.base(behaviour) + "/jwks"}})
+    started = time.monotonic()
+    assert call(app.test_client(), sign(keys.es384)).status_code == 401
+    assert time.monotonic() - started < 3.0
+
+
+def test_issuer_fhir_servers_admit_its_server_without_a_default_list(
+    keys: Keys, fhir_faults: MisbehavingFhirServer
+) -> None:
+    app = auth_app({ISSUER: {"jwks": {"keys": [keys.es384.public_jwk]},
+                             "fhir_servers": [fhir_faults.base("ok")]}})
+    body = order_sign_request("p1", fhir_server=fhir_faults.base("ok"), access_token="tok-9",
+                              prefetch=patient_and_coverage_prefetch("p1"))
+    response = app.test_client().post(
+        ORDER_SIGN, json=body, headers={"Authorization": f"Bearer {sign(keys.es384)}"})
+    assert response.status_code == 200
+    assert fhir_faults.requests_seen
+    assert {s.authorization for s in fhir_faults.requests_seen} == {"Bearer tok-9"}
+    # The same request unsigned falls back to CDS_FHIR_SERVERS, which is empty.
+    fhir_faults.requests_seen.clear()
+    optional = make_app({"AUTH": "optional", "TRUSTED_ISSUERS": app.config["CDS"][
+        "TRUSTED_ISSUERS"]})
+    assert optional.test_client().post(ORDER_SIGN, json=body).status_code == 200
+    assert fhir_faults.requests_seen == []

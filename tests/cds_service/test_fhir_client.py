@@ -1,0 +1,103 @@
+"""Where the access token may go, and how one query is read and its pages merged."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from cds_service.config import ConfigError, load_settings
+from cds_service.errors import FhirQueryFailed
+from cds_service.fhir_client import (
+    TIMED_OUT,
+    TOO_MANY_PAGES,
+    FhirQueryLimits,
+    FhirReader,
+    fetch_all,
+    fhir_server_allowed,
+    is_loopback_host,
+)
+from tests.misbehaving_fhir_server import MisbehavingFhirServer
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [("127.0.0.1", True), ("127.9.8.7", True), ("::1", True), ("[::1]", True),
+     ("localhost", True), ("LOCALHOST", True), ("128.0.0.1", False), ("10.0.0.1", False),
+     ("localhost.evil.com", False), ("ehr.example.org", False), ("", False), (None, False)],
+)
+def test_loopback_hosts(host: str | None, loopback: bool) -> None:
+    assert is_loopback_host(host) is loopback
+
+
+@pytest.mark.parametrize(
+    ("base_url", "prefixes", "allowed"),
+    [
+        ("https://ehr.example.org/fhir", ["https://ehr.example.org"], True),
+        ("https://ehr.example.org/fhir/r4", ["https://ehr.example.org/fhir"], True),
+        ("https://EHR.example.org/fhir", ["https://ehr.example.org/fhir/"], True),
+        ("https://ehr.example.org:8443/fhir", ["https://ehr.example.org"], True),
+        ("https://ehr.example.org.evil.com/fhir", ["https://ehr.example.org"], False),
+        ("https://ehr.example.org/fhir-evil", ["https://ehr.example.org/fhir"], False),
+        ("https://ehr.example.org/other", ["https://ehr.example.org/fhir"], False),
+        ("https://ehr.example.org:8443/fhir", ["https://ehr.example.org:443"], False),
+        ("http://ehr.example.org/fhir", ["http://ehr.example.org"], False),  # no TLS
+        ("http://ehr.example.org/fhir", ["https://ehr.example.org"], False),
+        ("https://user:pw@ehr.example.org/fhir", ["https://ehr.example.org"], False),
+        ("https://ehr.example.org/fhir?x=1", ["https://ehr.example.org"], False),
+        ("ftp://ehr.example.org/fhir", ["ftp://ehr.example.org"], False),
+        ("https://ehr.example.org/fhir", [], False),
+        ("http://127.0.0.1:8080/fhir", ["http://127.0.0.1"], True),
+        ("http://localhost:9/fhir", ["http://localhost"], True),
+        ("http://[::1]:9/fhir", ["http://[::1]"], True),
+        ("http://127.0.0.1:8080/fhir", ["http://localhost"], False),
+        ("not a url", ["https://ehr.example.org"], False),
+        ("https://ehr.example.org/fhir/../admin", ["https://ehr.example.org/fhir"], False),
+        ("https://ehr.example.org/fhir/%2e%2E/admin", ["https://ehr.example.org/fhir"], False),
+    ],
+)
+def test_fhir_server_allowlist(base_url: str, prefixes: list[str], allowed: bool) -> None:
+    assert fhir_server_allowed(base_url, prefixes) is allowed
+
+
+def _reader(base: str, **limits: float) -> FhirReader:
+    settings = FhirQueryLimits(**{"deadline_s": 2.0, "call_timeout_s": 1.0, **limits})
+    return FhirReader(base_url=base, access_token="tok", deadline=time.monotonic() + 2.0,
+                      limits=settings)
+
+
+def test_pages_are_merged_into_one_searchset(fhir_faults: MisbehavingFhirServer) -> None:
+    bundle = _reader(fhir_faults.base("paged")).fetch("Condition?patient=p1")
+    assert bundle == {
+        "resourceType": "Bundle", "type": "searchset", "total": 3,
+        "entry": [{"resource": {"resourceType": "Condition", "id": f"c{i}"}} for i in range(3)],
+    }
+    assert [s.authorization for s in fhir_faults.requests_seen] == ["Bearer tok"] * 3
+
+
+def test_page_cap_stops_an_endless_search(fhir_faults: MisbehavingFhirServer) -> None:
+    with pytest.raises(FhirQueryFailed) as failure:
+        _reader(fhir_faults.base("endless"), max_pages=4).fetch("Condition")
+    assert failure.value.reason == TOO_MANY_PAGES
+    assert len(fhir_faults.requests_seen) == 4
+
+
+def test_fetch_all_returns_by_the_deadline(fhir_faults: MisbehavingFhirServer) -> None:
+    reader = FhirReader(base_url=fhir_faults.base("slow"), access_token=None,
+                        deadline=time.monotonic() + 0.3,
+                        limits=FhirQueryLimits(deadline_s=0.3, call_timeout_s=5.0))
+    started = time.monotonic()
+    results = fetch_all(reader, {"a": "Condition", "b": "Observation"})
+    assert time.monotonic() - started < 0.6
+    assert {key: r.reason for key, r in results.items()} == {"a": TIMED_OUT, "b": TIMED_OUT}
+    assert all(s.authorization is None for s in fhir_faults.requests_seen)
+
+
+def test_fhir_limits_come_from_the_environment() -> None:
+    settings = load_settings(environ={"CDS_FHIR_DEADLINE_S": "1.5", "CDS_FHIR_MAX_PAGES": "3"})
+    limits = FhirQueryLimits.from_settings(settings)
+    assert (limits.deadline_s, limits.max_pages) == (1.5, 3)
+    with pytest.raises(ConfigError):
+        load_settings(environ={"CDS_FHIR_DEADLINE_S": "0"})
+    with pytest.raises(ConfigError):
+        load_settings(environ={"CDS_FHIR_MAX_PAGES": "many"})
