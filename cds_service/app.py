@@ -11,7 +11,9 @@ from typing import Any
 from flask import Flask
 
 from cds_service.config import load_settings
+from cds_service.replay import ReplayCache
 from cds_service.routes import blueprint
+from cds_service.store import open_store
 from coverage_policy.loader import load_policy
 
 logger = logging.getLogger(__name__)
@@ -39,6 +41,12 @@ def create_app(
     app.extensions["cds_new_uuid"] = new_uuid
     # A policy that fails its schema or semantic checks stops the service here.
     app.extensions["cds_policy"] = load_policy()
+    # The feedback/audit database, its schema brought up to date (several processes may
+    # start at once); the JWT replay cache lives in it too.
+    store = open_store(app.config["CDS"]["DATABASE_URL"], app.instance_path)
+    store.migrate_at_startup()
+    app.extensions["cds_store"] = store
+    app.extensions["cds_replay_cache"] = ReplayCache(store, clock)
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.json.compact = True  # type: ignore[attr-defined]
     app.register_blueprint(blueprint)

@@ -1,0 +1,49 @@
+"""JWT replay protection shared by every worker process and replica (CDS Hooks: ``jti``).
+
+The client authentication code asks ``remember(jti, iss, expires_at)`` once per verified
+JWT and refuses the call when it answers False. The ids live in the ``jwt_replay`` table
+until their token expires, so a replay is caught whichever worker or host receives it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+
+from cds_service.store import Store
+from cds_service.tables import jwt_replay
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class ReplayCache:
+    """The ``jti`` values seen per issuer, kept until the token they came in expires."""
+
+    def __init__(self, store: Store, clock: Callable[[], datetime] = _utc_now) -> None:
+        self.store = store
+        self.clock = clock
+
+    def remember(self, jti: str, iss: str, expires_at: datetime) -> bool:
+        """True if ``(iss, jti)`` is new (and is now remembered until ``expires_at``),
+        False if it was seen before and has not expired. Expired ids are purged.
+
+        Raises ``sqlalchemy.exc.SQLAlchemyError`` when the database cannot be used: the
+        caller must then refuse the call (it cannot tell a replay from a new token).
+        """
+        now = self.clock()
+        insert = (postgresql.insert if self.store.backend == "postgresql" else sqlite.insert)(
+            jwt_replay
+        )
+        with self.store.transaction() as connection:
+            connection.execute(sa.delete(jwt_replay).where(jwt_replay.c.expires_at <= now))
+            inserted = connection.execute(
+                insert.values(iss=iss, jti=jti, expires_at=expires_at).on_conflict_do_nothing(
+                    index_elements=[jwt_replay.c.iss, jwt_replay.c.jti]
+                )
+            )
+            return inserted.rowcount == 1
