@@ -160,10 +160,13 @@ def _card_record(card: Mapping[str, Any], decisions: tuple[DecisionRecord, ...])
         for entry in (extension or {}).get(ASSOCIATED_RESOURCE) or []
         if isinstance(entry, dict)
     }
-    position = next(
-        (i for i, d in enumerate(decisions) if associated and associated & set(d.order_references)),
-        None,
-    )
+    # A card names exactly the orders of its episode; an order may belong to two episodes
+    # (one drug order given by two pumps), so match the whole set before any overlap.
+    exact = [i for i, d in enumerate(decisions) if associated == set(d.order_references)]
+    overlapping = [
+        i for i, d in enumerate(decisions) if associated and associated & set(d.order_references)
+    ]
+    position = (exact or overlapping or [None])[0]
     topic = (card.get("source") or {}).get("topic") or {}
     return CardRecord(
         card_uuid=str(card.get("uuid")).lower(),
