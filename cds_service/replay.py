@@ -42,8 +42,9 @@ class ReplayCache:
         with self.store.transaction() as connection:
             connection.execute(sa.delete(jwt_replay).where(jwt_replay.c.expires_at <= now))
             inserted = connection.execute(
-                insert.values(iss=iss, jti=jti, expires_at=expires_at).on_conflict_do_nothing(
-                    index_elements=[jwt_replay.c.iss, jwt_replay.c.jti]
-                )
+                insert.values(iss=iss, jti=jti, expires_at=expires_at)
+                .on_conflict_do_nothing(index_elements=[jwt_replay.c.iss, jwt_replay.c.jti])
+                # RETURNING, not rowcount: the psycopg driver reports -1 for this statement.
+                .returning(jwt_replay.c.jti)
             )
-            return inserted.rowcount == 1
+            return inserted.first() is not None
