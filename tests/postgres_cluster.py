@@ -30,10 +30,11 @@ def find_postgres_bin() -> Path | None:
     on_path = shutil.which("initdb"), shutil.which("pg_ctl")
     if all(on_path):
         return Path(os.path.realpath(on_path[0] or "")).parent
-    candidates = sorted(
-        glob.glob("/usr/lib/postgresql/*/bin/initdb"),
-        key=lambda p: int(Path(p).parent.parent.name) if Path(p).parent.parent.name.isdigit() else 0,
-    )
+    def version(initdb: str) -> int:
+        name = Path(initdb).parent.parent.name
+        return int(name) if name.isdigit() else 0
+
+    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=version)
     return Path(candidates[-1]).parent if candidates else None
 
 

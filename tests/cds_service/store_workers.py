@@ -79,9 +79,8 @@ def write_records(url: str, tag: str, count: int, start: Any) -> list[tuple[int,
             record = synthetic_record(f"{tag}-{n}")
             with store.transaction() as connection:
                 call_id = write_audit_record(connection, record)
-            written.append(
-                (call_id, record.cards[0].card_uuid, record.decisions[0].coverage_assertion_id or "")
-            )
+            assertion = record.decisions[0].coverage_assertion_id or ""
+            written.append((call_id, record.cards[0].card_uuid, assertion))
     finally:
         store.dispose()
     return written
