@@ -77,7 +77,9 @@ class PostgresCluster:
                 ) from exc
         self._run("initdb", "-D", str(self.data), "-U", self.superuser, "--auth=trust",
                   "-E", "UTF8", "--no-sync")
-        options = f"-h 127.0.0.1 -p {self.port} -k {self.root} -c max_connections=200"
+        # fsync off: only test clients are ever killed, never this throwaway server.
+        options = (f"-h 127.0.0.1 -p {self.port} -k {self.root} -c max_connections=200 "
+                   "-c fsync=off -c full_page_writes=off")
         self._run("pg_ctl", "-D", str(self.data), "-l", str(self.root / "server.log"),
                   "-o", options, "-w", "-t", "60", "start")
 
