@@ -34,7 +34,7 @@ def _audit_and_feedback(connection: Connection) -> None:
         sa.Column("service_id", sa.String(100), nullable=False),
         sa.Column("hook", sa.String(50), nullable=False),
         sa.Column("hook_instance", sa.String(100), nullable=False),
-        sa.Column("client_iss", sa.String(500)),
+        sa.Column("client_iss", sa.Text),
         sa.Column("crd_version", sa.String(10), nullable=False),
         sa.Column("decision_count", sa.Integer, nullable=False),
         sa.Column("card_count", sa.Integer, nullable=False),
@@ -94,7 +94,7 @@ def _audit_and_feedback(connection: Connection) -> None:
         sa.Column("id", RowId, primary_key=True, autoincrement=True),
         sa.Column("received_at", UtcDateTime, nullable=False),
         sa.Column("service_id", sa.String(100), nullable=False),
-        sa.Column("client_iss", sa.String(500)),
+        sa.Column("client_iss", sa.Text),
         sa.Column("card_id", RowId, sa.ForeignKey("issued_card.id", ondelete="CASCADE"),
                   nullable=False),
         sa.Column("card_uuid", sa.String(36), nullable=False),
@@ -116,8 +116,8 @@ def _jwt_replay(connection: Connection) -> None:
     m = sa.MetaData()
     sa.Table(
         "jwt_replay", m,
-        sa.Column("iss", sa.String(500), primary_key=True),
-        sa.Column("jti", sa.String(500), primary_key=True),
+        sa.Column("iss", sa.Text, primary_key=True),
+        sa.Column("jti", sa.Text, primary_key=True),
         sa.Column("expires_at", UtcDateTime, nullable=False),
         sa.Index("ix_jwt_replay_expires_at", "expires_at"),
     )

@@ -45,6 +45,8 @@ SQLITE_BUSY_TIMEOUT_MS = 5000
 POSTGRESQL_CONNECT_TIMEOUT_S = 5
 # pg_advisory_xact_lock key serialising schema migrations across processes and hosts.
 MIGRATION_LOCK_KEY = 0x1CD5_5C4E_0001
+# Execution option marking a connection that only reads.
+READ_ONLY = "cds_read_only"
 
 
 def resolve_database_url(configured: str, instance_path: str) -> URL:
@@ -84,9 +86,11 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
 
 
 def _sqlite_on_begin(connection: Connection) -> None:
-    # Take the write lock up front: a deferred transaction that reads and then writes can
-    # fail at once with "database is locked" instead of waiting for busy_timeout.
-    connection.exec_driver_sql("BEGIN IMMEDIATE")
+    # Writers take the write lock up front: a deferred transaction that reads and then
+    # writes can fail at once with "database is locked" instead of waiting for busy_timeout.
+    # Readers (``Store.reading``) never block writers in WAL mode.
+    read_only = connection.get_execution_options().get(READ_ONLY, False)
+    connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
 
 def create_store_engine(url: URL) -> Engine:
@@ -208,7 +212,7 @@ class Store:
         """A connection for queries (commands, lookups)."""
         if not self._schema_ready:
             self.migrate()
-        with self.engine.connect() as connection:
+        with self.engine.connect().execution_options(**{READ_ONLY: True}) as connection:
             yield connection
 
     def dispose(self) -> None:

@@ -71,7 +71,7 @@ service_call = sa.Table(
     sa.Column("service_id", sa.String(100), nullable=False),
     sa.Column("hook", sa.String(50), nullable=False),
     sa.Column("hook_instance", sa.String(100), nullable=False),
-    sa.Column("client_iss", sa.String(500)),
+    sa.Column("client_iss", sa.Text),
     sa.Column("crd_version", sa.String(10), nullable=False),
     sa.Column("decision_count", sa.Integer, nullable=False),
     sa.Column("card_count", sa.Integer, nullable=False),
@@ -142,7 +142,7 @@ feedback = sa.Table(
     sa.Column("id", RowId, primary_key=True, autoincrement=True),
     sa.Column("received_at", UtcDateTime, nullable=False),
     sa.Column("service_id", sa.String(100), nullable=False),
-    sa.Column("client_iss", sa.String(500)),
+    sa.Column("client_iss", sa.Text),
     sa.Column(
         "card_id", RowId, sa.ForeignKey("issued_card.id", ondelete="CASCADE"), nullable=False
     ),
@@ -161,8 +161,8 @@ feedback = sa.Table(
 jwt_replay = sa.Table(
     "jwt_replay",
     metadata,
-    sa.Column("iss", sa.String(500), primary_key=True),
-    sa.Column("jti", sa.String(500), primary_key=True),
+    sa.Column("iss", sa.Text, primary_key=True),
+    sa.Column("jti", sa.Text, primary_key=True),
     sa.Column("expires_at", UtcDateTime, nullable=False),
     sa.Index("ix_jwt_replay_expires_at", "expires_at"),
 )

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import multiprocessing
+import time
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from flask import Flask
 
+from cds_service.audit import write_audit_record
 from cds_service.config import ConfigError
 from cds_service.migrations import MIGRATIONS
 from cds_service.store import SQLITE_FILE_NAME, Store, open_store, resolve_database_url
 from cds_service.tables import metadata, schema_version
-from tests.cds_service.store_workers import migrate_in_process
+from tests.cds_service.store_workers import migrate_in_process, synthetic_record
+from tests.conftest import make_app
 
 
 def test_default_database_is_a_sqlite_file_in_the_instance_folder(tmp_path: Path) -> None:
@@ -97,3 +101,28 @@ def test_processes_starting_together_apply_each_step_once(database_url: str) -> 
         assert sorted(applied) == [m.version for m in MIGRATIONS]
     finally:
         checked.dispose()
+
+
+def test_the_service_keeps_its_default_database_in_its_instance_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    instance = tmp_path / "instance"
+    monkeypatch.setattr(Flask, "auto_find_instance_path", lambda self: str(instance))
+    monkeypatch.delenv("CDS_DATABASE_URL", raising=False)
+    app = make_app({"DATABASE_URL": ""})
+    store = app.extensions["cds_store"]
+    assert app.instance_path == str(instance)
+    assert store.engine.url.database == str(instance / SQLITE_FILE_NAME)
+    assert (instance / SQLITE_FILE_NAME).is_file()
+    with store.reading() as connection:
+        assert connection.execute(sa.select(sa.func.max(schema_version.c.version))).scalar() == (
+            MIGRATIONS[-1].version)
+
+
+def test_a_reader_never_holds_up_a_writer(store: Store) -> None:
+    with store.reading() as reader:
+        assert reader.execute(sa.select(sa.func.count()).select_from(schema_version)).scalar()
+        started = time.perf_counter()
+        with store.transaction() as writer:
+            write_audit_record(writer, synthetic_record("while-reading"))
+        assert time.perf_counter() - started < 2.0
