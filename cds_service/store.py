@@ -179,7 +179,7 @@ class Store:
                     "database schema version %d is newer than this service knows (%d)",
                     current, self.latest_version(),
                 )
-            self._schema_ready = True
+        self._schema_ready = True  # only once the transaction has committed
         return current
 
     def migrate_at_startup(self) -> None:
@@ -192,6 +192,7 @@ class Store:
                 "feedback/audit database %s unavailable at start-up (%s); service calls are "
                 "answered but NOT AUDITED until it is reachable",
                 self.describe(), type(exc).__name__,
+                exc_info=exc,
             )
             return
         logger.info("feedback/audit database %s at schema version %d", self.describe(), version)
