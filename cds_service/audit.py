@@ -25,6 +25,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import SQLAlchemyError
 
 from cds_service.store import Store
 from cds_service.tables import criterion_result, decision, issued_card, service_call
@@ -289,11 +290,25 @@ def write_audit_record(connection: Connection, record: AuditRecord) -> int:
 
 def record_service_call(store: Store, record: AuditRecord) -> int | None:
     """Write ``record`` in its own transaction; the call id, or None when it could not be
-    written. Never raises: the clinical answer goes out whatever happens here."""
+    written. Never raises: the clinical answer goes out whatever happens here.
+
+    After a database failure, writes are not attempted for ``store.retry_after_s``
+    seconds (each call in that time is logged as not recorded), so a database that does
+    not answer cannot add its connection timeout to every clinical answer.
+    """
+    if store.writes_suspended():
+        logger.error(
+            "AUDIT NOT RECORDED for service %s hookInstance=%s (%d decisions, %d cards): "
+            "database unavailable, retrying shortly",
+            record.service_id, record.hook_instance, len(record.decisions), len(record.cards),
+        )
+        return None
     try:
         with store.transaction() as connection:
             return write_audit_record(connection, record)
     except Exception as exc:  # the answer must not depend on the audit trail
+        if isinstance(exc, SQLAlchemyError):
+            store.suspend_writes()
         logger.error(
             "AUDIT NOT RECORDED for service %s hookInstance=%s (%d decisions, %d cards): %s",
             record.service_id, record.hook_instance, len(record.decisions), len(record.cards),

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -42,7 +43,10 @@ SQLITE_FILE_NAME = "infusion-pump-cds.sqlite3"
 # How long a SQLite writer waits for another one before giving up.
 SQLITE_BUSY_TIMEOUT_MS = 5000
 # How long to wait for a PostgreSQL connection before the write is given up.
-POSTGRESQL_CONNECT_TIMEOUT_S = 5
+POSTGRESQL_CONNECT_TIMEOUT_S = 3
+# After a failed audit write, calls are answered without trying the database for this
+# long, so an unreachable server does not add its timeout to every clinical answer.
+AUDIT_RETRY_AFTER_S = 10.0
 # pg_advisory_xact_lock key serialising schema migrations across processes and hosts.
 MIGRATION_LOCK_KEY = 0x1CD5_5C4E_0001
 # Execution option marking a connection that only reads.
@@ -129,6 +133,8 @@ class Store:
         self.migrations = migrations
         self._schema_ready = False
         self._lock = threading.Lock()
+        self.retry_after_s = AUDIT_RETRY_AFTER_S
+        self._writes_resume_at = 0.0
         # A worker forked from the process that migrated must not reuse its connections.
         reference = weakref.ref(self)
         os.register_at_fork(after_in_child=lambda: _dispose_in_child(reference))
@@ -215,6 +221,14 @@ class Store:
             self.migrate()
         with self.engine.connect().execution_options(**{READ_ONLY: True}) as connection:
             yield connection
+
+    def writes_suspended(self) -> bool:
+        """Whether a recent write failed and the back-off has not yet passed."""
+        return time.monotonic() < self._writes_resume_at
+
+    def suspend_writes(self) -> None:
+        """After a failed write: leave the database alone for ``retry_after_s``."""
+        self._writes_resume_at = time.monotonic() + self.retry_after_s
 
     def dispose(self) -> None:
         """Close every pooled connection."""
