@@ -6,7 +6,8 @@ coverage decision (coverage-assertion-id, orders, policy and version, rule, outc
 each criterion's truth with the FHIR references of its evidence, and every card and
 suggestion uuid issued, linked to the decision it is about through the card's
 ``davinci-crd.associated-resource``. Calls without a decision are recorded too, so their
-cards can be found when feedback about them arrives.
+cards can be found when feedback about them arrives. Calls answered with an error (4xx,
+5xx) issued no guidance and are not recorded here; the application log has them.
 
 Only identifiers, codes and timings are kept: no names, free text (card text, evidence
 summaries), tokens or resource bodies.
