@@ -1,4 +1,5 @@
-"""The running service: Flask app factory, routes, configuration and command line."""
+"""The running service: Flask app factory, routes, configuration, the feedback/audit
+store and the command line."""
 
 from cds_service.app import create_app
 

@@ -14,7 +14,9 @@ from cds_service import fhir_routes
 from cds_service.auth import install_client_authentication
 from cds_service.config import load_settings
 from cds_service.cors import install_cors
+from cds_service.replay import ReplayCache
 from cds_service.routes import blueprint
+from cds_service.store import open_store
 from coverage_policy.loader import load_policy
 from hooks.questionnaire import documentation_questionnaire
 
@@ -46,6 +48,12 @@ def create_app(
     app.extensions["cds_questionnaire"] = documentation_questionnaire(
         app.extensions["cds_policy"], publisher=app.config["CDS"]["PAYER_NAME"]
     )
+    # The feedback/audit database, its schema brought up to date (several processes may
+    # start at once); the JWT replay cache lives in it too.
+    store = open_store(app.config["CDS"]["DATABASE_URL"], app.instance_path)
+    store.migrate_at_startup()
+    app.extensions["cds_store"] = store
+    app.extensions["cds_replay_cache"] = ReplayCache(store)  # JWT exp is wall-clock time
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.json.compact = True  # type: ignore[attr-defined]
     app.register_blueprint(blueprint)

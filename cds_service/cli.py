@@ -1,5 +1,14 @@
-"""Command line: ``infusion-pump-cds serve``, ``infusion-pump-cds evaluate REQUEST.json``
-and ``infusion-pump-cds policy show``."""
+"""Command line of the service.
+
+    infusion-pump-cds serve [--host H] [--port P] [--workers N]
+    infusion-pump-cds evaluate REQUEST.json
+    infusion-pump-cds policy show [--format text|markdown|json] [--width N]
+    infusion-pump-cds audit show COVERAGE-ASSERTION-ID [--json]
+    infusion-pump-cds feedback stats [--since DATE] [--json]
+
+``audit`` and ``feedback`` read the database ``CDS_DATABASE_URL`` names (default: the
+SQLite file in the instance folder), as the service does.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +17,13 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from cds_service.feedback import FeedbackStats
+    from cds_service.store import Store
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -39,13 +53,18 @@ def _evaluate(args: argparse.Namespace) -> int:
     from cds_service.app import create_app
 
     body = Path(args.request).read_bytes()
-    app = create_app({"AUTH": "optional"} if args.no_auth else None)
+    # A dry run: its decisions go to a throwaway in-memory audit trail, not the real one.
+    settings: dict[str, Any] = {"DATABASE_URL": "sqlite://"}
+    if args.no_auth:
+        settings["AUTH"] = "optional"
+    app = create_app(settings)
     service_id = args.service or _service_for(json.loads(body))
     client = app.test_client()
     response = client.post(
         f"/cds-services/{service_id}", data=body, content_type="application/json"
     )
     print(json.dumps(response.get_json(), indent=2))
+    app.extensions["cds_store"].dispose()
     return 0 if response.status_code == 200 else 1
 
 
@@ -64,6 +83,132 @@ def _width(value: str) -> int:
     if width < MIN_WIDTH:
         raise argparse.ArgumentTypeError(f"at least {MIN_WIDTH} columns")
     return width
+
+
+def _open_store() -> Store:
+    """The service's own store (same ``CDS_DATABASE_URL`` and instance folder), migrated."""
+    from cds_service.app import create_app
+
+    return create_app().extensions["cds_store"]  # type: ignore[no-any-return]
+
+
+def _audit_show(args: argparse.Namespace) -> int:
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from cds_service.audit import audit_for_assertion
+
+    store = _open_store()
+    try:
+        decisions = audit_for_assertion(store, args.assertion_id)
+    except SQLAlchemyError as exc:
+        print(f"database {store.describe()} unavailable: {type(exc).__name__}", file=sys.stderr)
+        return 2
+    finally:
+        store.dispose()
+    if not decisions:
+        print(f"no decision recorded with coverage-assertion-id {args.assertion_id}",
+              file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps({"coverage_assertion_id": args.assertion_id, "decisions": decisions},
+                         indent=2))
+        return 0
+    print(f"coverage-assertion-id {args.assertion_id}: {len(decisions)} decision(s)")
+    for item in decisions:
+        print(_format_decision(item))
+    return 0
+
+
+def _format_decision(item: dict[str, Any]) -> str:
+    timings = item["timings_ms"]
+    lines = [
+        "",
+        f"{item['recorded_at']}  {item['service_id']} ({item['hook']}, CRD {item['crd_version']})",
+        f"  hookInstance {item['hook_instance']}  client iss {item['client_iss'] or '(unsigned)'}",
+        f"  timings ms: prefetch {timings['prefetch']}, fetch {timings['fetch']}, "
+        f"decide {timings['decide']}, total {timings['total']}",
+        f"  orders: {', '.join(item['orders'])}",
+        f"  policy {item['policy']['id']} version {item['policy']['version']}, "
+        f"rule {item['rule_id']}: {item['outcome'].upper()} (as of {item['as_of']})",
+        "  criteria:",
+    ]
+    for c in item["criteria"]:
+        role = "deciding" if c["deciding"] else "advisory"
+        evidence = ", ".join(c["evidence"]) or "no evidence"
+        lines.append(f"    {c['rule_id']} ({c['rule_kind']}, {role}) {c['criterion_id']}: "
+                     f"{c['truth']}; evidence: {evidence}")
+    lines.append("  cards issued in the same response:")
+    for card in item["cards"]:
+        about = "about this decision" if card["about_this_decision"] else "other"
+        lines.append(f"    {card['uuid']}  {card['type']}  {card['indicator']}  ({about})")
+        lines += [f"      suggestion {s}" for s in card["suggestions"]]
+    return "\n".join(lines)
+
+
+def _since(text: str) -> datetime:
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {text!r}") from exc
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _rate(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
+
+
+def _feedback_stats(args: argparse.Namespace) -> int:
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from cds_service.feedback import feedback_stats
+
+    store = _open_store()
+    try:
+        stats = feedback_stats(store, args.since)
+    except SQLAlchemyError as exc:
+        print(f"database {store.describe()} unavailable: {type(exc).__name__}", file=sys.stderr)
+        return 2
+    finally:
+        store.dispose()
+    print(json.dumps(_stats_json(stats), indent=2) if args.json else _format_stats(stats))
+    return 0
+
+
+def _stats_json(stats: FeedbackStats) -> dict[str, Any]:
+    return {
+        "since": stats.since.isoformat() if stats.since else None,
+        "rules": [
+            {"rule": r.rule, "cards_issued": r.cards_issued, "feedback": r.feedback,
+             "accepted": r.accepted, "overridden": r.overridden,
+             "acceptance_rate": r.acceptance_rate, "override_rate": r.override_rate}
+            for r in stats.rules
+        ],
+        "override_reasons": [
+            {"system": r.system, "code": r.code, "display": r.display,
+             "overridden": r.overridden, "share": r.share}
+            for r in stats.reasons
+        ],
+    }
+
+
+def _format_stats(stats: FeedbackStats) -> str:
+    period = f"since {stats.since.isoformat()}" if stats.since else "all time"
+    rows = [("rule", "cards issued", "feedback", "accepted", "overridden", "acceptance",
+             "override")]
+    rows += [(r.rule, str(r.cards_issued), str(r.feedback), str(r.accepted), str(r.overridden),
+              _rate(r.acceptance_rate), _rate(r.override_rate)) for r in stats.rules]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = [f"Feedback per rule ({period}; rates are shares of feedback entries)"]
+    lines += ["  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+              for row in rows]
+    lines += ["", "Override reasons"]
+    if not stats.reasons:
+        lines.append("  (no overrides)")
+    for r in stats.reasons:
+        reason = (f"{r.code} ({r.display or 'no display'}) [{r.system}]" if r.code
+                  else "(comment only)")
+        lines.append(f"  {r.overridden:>6}  {r.share:6.1%}  {reason}")
+    return "\n".join(lines)
 
 
 def _service_for(body: Any) -> str:
@@ -100,6 +245,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     show.add_argument("--width", type=_width, default=100,
                       help="text width in columns (default 100)")
     show.set_defaults(run=_policy_show)
+    audit = commands.add_parser("audit", help="read the audit trail").add_subparsers(
+        dest="audit_command", required=True
+    )
+    audit_show = audit.add_parser("show", help="what was decided for an order and why")
+    audit_show.add_argument("assertion_id", metavar="COVERAGE-ASSERTION-ID",
+                      help="the coverage-assertion-id of a coverage-information extension")
+    audit_show.add_argument("--json", action="store_true", help="print JSON")
+    audit_show.set_defaults(run=_audit_show)
+    feedback = commands.add_parser("feedback", help="what clinicians did with the cards")
+    stats = feedback.add_subparsers(dest="feedback_command", required=True).add_parser(
+        "stats", help="acceptance and override rates per rule and per override reason"
+    )
+    stats.add_argument("--since", type=_since, metavar="DATE",
+                       help="only feedback with outcomeTimestamp on or after DATE (YYYY-MM-DD)")
+    stats.add_argument("--json", action="store_true", help="print JSON")
+    stats.set_defaults(run=_feedback_stats)
     args = parser.parse_args(argv)
     return int(args.run(args))
 

@@ -5,6 +5,7 @@
      +-- Unauthorized               401: client JWT missing or invalid (no details given)
      +-- UnknownService             404: no such service id
      +-- PreconditionFailed         412: data the decision needs could not be had at all
+     +-- ServiceUnavailable         503: the feedback/audit database cannot be used now
 
 Hook handlers raise ``hooks.request.RequestNotAnswerable`` subclasses, answered as
 ``CoverageProblem`` → 400 and ``DataUnavailable`` → 412.
@@ -84,6 +85,11 @@ class UnknownService(CdsServiceError):
 class PreconditionFailed(CdsServiceError):
     status = 412
     default_code = "incomplete"
+
+
+class ServiceUnavailable(CdsServiceError):
+    status = 503
+    default_code = "transient"
 
 
 class FhirQueryFailed(Exception):

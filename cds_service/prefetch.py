@@ -137,6 +137,7 @@ def resolve_prefetch(
     unavailable: dict[str, str] = {}
     wanted: dict[str, str] = {}
     paginated: dict[str, Mapping[str, Any]] = {}
+    fetch_seconds = 0.0
     for key, template in service.prefetch.items():
         value = hook_request.prefetch.get(key, _ABSENT)
         if value is not _ABSENT and _usable(value):
@@ -155,8 +156,10 @@ def resolve_prefetch(
         **wanted, **paginated, **{f"{DISPATCHED_ORDERS_KEY}:{ref}": ref for ref in order_reads}}
 
     if queries:
+        fetch_started = time.monotonic()
         fetched = _fetch(hook_request, settings, client, queries, started)
         if fetched is not None:
+            fetch_seconds = time.monotonic() - fetch_started
             orders = []
             for key, result in fetched.items():
                 if key.startswith(f"{DISPATCHED_ORDERS_KEY}:"):
@@ -171,7 +174,7 @@ def resolve_prefetch(
                 data[DISPATCHED_ORDERS_KEY] = {
                     "resourceType": "Bundle", "type": "collection", "entry": orders}
 
-    return ClinicalInput(data=data, unavailable=unavailable)
+    return ClinicalInput(data=data, unavailable=unavailable, fetch_seconds=fetch_seconds)
 
 
 def _fetch(

@@ -1,22 +1,27 @@
-"""HTTP routes: discovery and service calls. Thin: parse, hand over, answer."""
+"""HTTP routes: discovery, service calls and feedback. Thin: parse, hand over, answer."""
 
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request
+from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import HTTPException
 
+from cds_service.audit import CallTimings, build_audit_record, record_service_call
 from cds_service.auth import authenticate_client
 from cds_service.envelope import parse_hook_request, parse_json_body
 from cds_service.errors import (
     BadRequest,
     CdsServiceError,
     PreconditionFailed,
+    ServiceUnavailable,
     UnknownService,
     operation_outcome,
 )
+from cds_service.feedback import parse_feedback, store_feedback
 from cds_service.prefetch import resolve_prefetch
 from hooks import SERVICES, context_validator
 from hooks.request import CoverageProblem, DataUnavailable
@@ -44,6 +49,7 @@ def discovery() -> Response:
 
 @blueprint.post("/cds-services/<service_id>")
 def call_service(service_id: str) -> Response:
+    started = time.perf_counter()
     service = SERVICES.get(service_id)
     if service is None:
         raise UnknownService.single(f"No CDS service with id '{service_id}'", "id")
@@ -55,7 +61,9 @@ def call_service(service_id: str) -> Response:
         expected_hook=service.hook,
         context_validator=context_validator(service),
     )
+    prefetch_started = time.perf_counter()
     clinical = resolve_prefetch(service, hook_request, _settings(), client)
+    decide_started = time.perf_counter()
     environment = HookEnvironment(
         now=current_app.extensions["cds_clock"](),
         new_uuid=current_app.extensions["cds_new_uuid"],
@@ -69,6 +77,23 @@ def call_service(service_id: str) -> Response:
         raise BadRequest.single(problem.diagnostics, problem.expression) from problem
     except DataUnavailable as problem:
         raise PreconditionFailed.single(problem.diagnostics, problem.expression) from problem
+    finished = time.perf_counter()
+    record_service_call(
+        current_app.extensions["cds_store"],
+        build_audit_record(
+            service_id=service_id,
+            hook_request=hook_request,
+            client_iss=client.issuer if client else None,
+            result=result,
+            timings=CallTimings(
+                prefetch=decide_started - prefetch_started,
+                fetch=clinical.fetch_seconds,
+                decide=finished - decide_started,
+                total=finished - started,
+            ),
+            recorded_at=environment.now,
+        ),
+    )
     logger.info(
         "answered %s hookInstance=%s decisions=%s",
         service_id,
@@ -76,6 +101,32 @@ def call_service(service_id: str) -> Response:
         [(d.rule_id, d.outcome.value) for d in result.decisions],
     )
     return jsonify(result.response)
+
+
+@blueprint.post("/cds-services/<service_id>/feedback")
+def receive_feedback(service_id: str) -> Response:
+    """CDS Hooks feedback about cards this service issued: stored, answered ``{}``."""
+    if service_id not in SERVICES:
+        raise UnknownService.single(f"No CDS service with id '{service_id}'", "id")
+    client = authenticate_client(
+        _settings(), endpoint_url=f"{public_base_url()}/cds-services/{service_id}/feedback"
+    )
+    entries = parse_feedback(parse_json_body(request.get_data()))
+    try:
+        store_feedback(
+            current_app.extensions["cds_store"],
+            service_id=service_id,
+            client_iss=client.issuer if client else None,
+            entries=entries,
+            received_at=current_app.extensions["cds_clock"](),
+        )
+    except SQLAlchemyError as exc:
+        logger.error("feedback for %s NOT STORED: database unavailable (%s)",
+                     service_id, type(exc).__name__, exc_info=exc)
+        raise ServiceUnavailable.single(
+            "Feedback cannot be stored right now; send it again later"
+        ) from exc
+    return jsonify({})
 
 
 @blueprint.app_errorhandler(CdsServiceError)

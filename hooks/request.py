@@ -68,6 +68,7 @@ class ClinicalInput:
 
     data: Mapping[str, Any]
     unavailable: Mapping[str, str] = field(default_factory=dict)
+    fetch_seconds: float = 0.0  # time spent querying fhirServer for what was not sent
 
 
 # Why a prefetch key could not be had; any other reason is a technical failure.

@@ -30,10 +30,32 @@ def sequential_uuids() -> Callable[[], str]:
     return lambda: f"00000000-0000-4000-8000-{next(counter):012d}"
 
 
+_APPS: list[Flask] = []
+
+
 def make_app(config: dict[str, Any] | None = None) -> Flask:
-    """The service with development auth, a fixed clock and sequential uuids."""
-    settings = {"AUTH": "optional", "PAYER_NAME": "Example Medicare Advantage Plan", **(config or {})}
-    return create_app(settings, clock=lambda: FIXED_NOW, new_uuid=sequential_uuids())
+    """The service with development auth, a fixed clock and sequential uuids.
+
+    Its feedback/audit store is an in-memory SQLite database unless ``config`` names one
+    (``DATABASE_URL``); stores are closed after each test.
+    """
+    settings = {
+        "AUTH": "optional",
+        "PAYER_NAME": "Example Medicare Advantage Plan",
+        "DATABASE_URL": "sqlite://",
+        **(config or {}),
+    }
+    app = create_app(settings, clock=lambda: FIXED_NOW, new_uuid=sequential_uuids())
+    _APPS.append(app)
+    return app
+
+
+@pytest.fixture(autouse=True)
+def _close_app_stores() -> Iterator[None]:
+    """Close the database connections of every app ``make_app`` built during the test."""
+    yield
+    while _APPS:
+        _APPS.pop().extensions["cds_store"].dispose()
 
 
 @pytest.fixture

@@ -1,0 +1,390 @@
+"""The audit trail: what the service told a clinician about an order, and why.
+
+Every answered service call is recorded (CRD found-37, found-11): one ``service_call``
+row (time, service, hookInstance, client ``iss``, timings), one ``decision`` row per
+coverage decision (coverage-assertion-id, orders, policy and version, rule, outcome),
+each criterion's truth with the FHIR references of its evidence, and every card and
+suggestion uuid issued, linked to the decision it is about through the card's
+``davinci-crd.associated-resource``. Calls without a decision are recorded too, so their
+cards can be found when feedback about them arrives. Calls answered with an error (4xx,
+5xx) issued no guidance and are not recorded here; the application log has them.
+
+Only identifiers, codes and timings are kept: no names, free text (card text, evidence
+summaries), tokens or resource bodies.
+
+Recording never fails the clinical answer: when the database cannot be written, the call
+is answered and the failure is logged as an error.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import SQLAlchemyError
+
+from cds_service.store import Store
+from cds_service.tables import criterion_result, decision, issued_card, service_call
+from coverage_policy.model import RuleResult
+from hooks.coverage_information import EXTENSION_URL
+from hooks.decide import EpisodeDecision
+from hooks.request import HookRequest
+from hooks.service import HookResult
+
+logger = logging.getLogger(__name__)
+
+ASSOCIATED_RESOURCE = "davinci-crd.associated-resource"
+ASSERTION_ID = "coverage-assertion-id"
+
+
+@dataclass(frozen=True, slots=True)
+class CallTimings:
+    """Seconds spent on one call, measured with ``time.perf_counter``.
+
+    ``prefetch`` is resolving the prefetch (``fetch`` is the part of it spent querying
+    the FHIR server), ``decide`` is the hook handler, ``total`` the whole call before
+    the audit write.
+    """
+
+    prefetch: float
+    fetch: float
+    decide: float
+    total: float
+
+
+@dataclass(frozen=True, slots=True)
+class CriterionRecord:
+    rule_id: str
+    rule_kind: str
+    criterion_id: str
+    truth: str
+    deciding: bool
+    evidence_references: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionRecord:
+    coverage_assertion_id: str | None
+    order_references: tuple[str, ...]
+    policy_id: str
+    policy_version: str
+    rule_id: str
+    outcome: str
+    as_of: date
+    criteria: tuple[CriterionRecord, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class CardRecord:
+    card_uuid: str
+    card_type: str | None
+    indicator: str
+    suggestion_uuids: tuple[str, ...]
+    decision_position: int | None  # index into AuditRecord.decisions
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRecord:
+    """Everything recorded about one answered service call."""
+
+    recorded_at: datetime
+    service_id: str
+    hook: str
+    hook_instance: str
+    client_iss: str | None
+    crd_version: str
+    timings: CallTimings
+    decisions: tuple[DecisionRecord, ...] = ()
+    cards: tuple[CardRecord, ...] = field(default_factory=tuple)
+
+
+def _assertion_ids(response: Mapping[str, Any]) -> dict[str, str]:
+    """Order reference → the coverage-assertion-id its coverage-information carries."""
+    found: dict[str, str] = {}
+    for action in response.get("systemActions") or []:
+        resource = action.get("resource") if isinstance(action, dict) else None
+        if not isinstance(resource, dict):
+            continue
+        reference = f"{resource.get('resourceType')}/{resource.get('id')}"
+        for extension in resource.get("extension") or []:
+            if not isinstance(extension, dict) or extension.get("url") != EXTENSION_URL:
+                continue
+            for part in extension.get("extension") or []:
+                if isinstance(part, dict) and part.get("url") == ASSERTION_ID:
+                    found.setdefault(reference, str(part.get("valueString")))
+    return found
+
+
+def _criteria(item: EpisodeDecision) -> tuple[CriterionRecord, ...]:
+    decided = item.decision
+    rule_results: tuple[RuleResult, ...] = (
+        decided.indication, *decided.requirements, *decided.guidance
+    )
+    return tuple(
+        CriterionRecord(
+            rule_id=rule_result.rule.id,
+            rule_kind=rule_result.rule.kind.value,
+            criterion_id=result.criterion.id,
+            truth=result.truth.value,
+            deciding=result.deciding,
+            evidence_references=tuple(dict.fromkeys(e.reference for e in result.evidence)),
+        )
+        for rule_result in rule_results
+        for result in rule_result.results
+    )
+
+
+def _decision_record(item: EpisodeDecision, assertion_ids: Mapping[str, str]) -> DecisionRecord:
+    references = tuple(order.reference for order in item.episode.orders)
+    assertion = next((assertion_ids[r] for r in references if r in assertion_ids), None)
+    decided = item.decision
+    return DecisionRecord(
+        coverage_assertion_id=assertion,
+        order_references=references,
+        policy_id=decided.policy_id,
+        policy_version=decided.policy_version,
+        rule_id=decided.rule_id,
+        outcome=decided.outcome.value,
+        as_of=decided.as_of,
+        criteria=_criteria(item),
+    )
+
+
+def _card_record(card: Mapping[str, Any], decisions: tuple[DecisionRecord, ...]) -> CardRecord:
+    extension = card.get("extension") if isinstance(card.get("extension"), dict) else {}
+    associated = {
+        entry.get("reference")
+        for entry in (extension or {}).get(ASSOCIATED_RESOURCE) or []
+        if isinstance(entry, dict)
+    }
+    # A card names exactly the orders of its episode; an order may belong to two episodes
+    # (one drug order given by two pumps), so match the whole set before any overlap.
+    exact = [i for i, d in enumerate(decisions) if associated == set(d.order_references)]
+    overlapping = [
+        i for i, d in enumerate(decisions) if associated and associated & set(d.order_references)
+    ]
+    position = (exact or overlapping or [None])[0]
+    topic = (card.get("source") or {}).get("topic") or {}
+    return CardRecord(
+        card_uuid=str(card.get("uuid")).lower(),
+        card_type=topic.get("code"),
+        indicator=str(card.get("indicator")),
+        suggestion_uuids=tuple(
+            str(s["uuid"]).lower()
+            for s in card.get("suggestions") or []
+            if isinstance(s, dict) and s.get("uuid")
+        ),
+        decision_position=position,
+    )
+
+
+def build_audit_record(
+    *,
+    service_id: str,
+    hook_request: HookRequest,
+    client_iss: str | None,
+    result: HookResult,
+    timings: CallTimings,
+    recorded_at: datetime,
+) -> AuditRecord:
+    """The audit record of one answered call, from the response and the decisions behind it."""
+    assertion_ids = _assertion_ids(result.response)
+    decisions = tuple(_decision_record(item, assertion_ids) for item in result.decisions)
+    cards = tuple(
+        _card_record(card, decisions)
+        for card in result.response.get("cards") or []
+        if isinstance(card, dict) and card.get("uuid")
+    )
+    return AuditRecord(
+        recorded_at=recorded_at,
+        service_id=service_id,
+        hook=hook_request.hook,
+        hook_instance=hook_request.hook_instance,
+        client_iss=client_iss,
+        crd_version=hook_request.crd_version,
+        timings=timings,
+        decisions=decisions,
+        cards=cards,
+    )
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000.0, 3)
+
+
+def write_audit_record(connection: Connection, record: AuditRecord) -> int:
+    """Insert ``record`` on ``connection`` (the caller's transaction); return the call id."""
+    call_id = connection.execute(
+        service_call.insert().values(
+            recorded_at=record.recorded_at,
+            service_id=record.service_id,
+            hook=record.hook,
+            hook_instance=record.hook_instance,
+            client_iss=record.client_iss,
+            crd_version=record.crd_version,
+            decision_count=len(record.decisions),
+            card_count=len(record.cards),
+            prefetch_ms=_ms(record.timings.prefetch),
+            fetch_ms=_ms(record.timings.fetch),
+            decide_ms=_ms(record.timings.decide),
+            total_ms=_ms(record.timings.total),
+        ).returning(service_call.c.id)
+    ).scalar_one()
+    decision_ids: list[int] = []
+    for position, item in enumerate(record.decisions):
+        decision_id = connection.execute(
+            decision.insert().values(
+                call_id=call_id,
+                position=position,
+                coverage_assertion_id=item.coverage_assertion_id,
+                order_references=list(item.order_references),
+                policy_id=item.policy_id,
+                policy_version=item.policy_version,
+                rule_id=item.rule_id,
+                outcome=item.outcome,
+                as_of=item.as_of,
+            ).returning(decision.c.id)
+        ).scalar_one()
+        decision_ids.append(decision_id)
+        if item.criteria:
+            connection.execute(
+                criterion_result.insert(),
+                [
+                    {
+                        "decision_id": decision_id,
+                        "position": index,
+                        "rule_id": c.rule_id,
+                        "rule_kind": c.rule_kind,
+                        "criterion_id": c.criterion_id,
+                        "truth": c.truth,
+                        "deciding": c.deciding,
+                        "evidence_references": list(c.evidence_references),
+                    }
+                    for index, c in enumerate(item.criteria)
+                ],
+            )
+    if record.cards:
+        connection.execute(
+            issued_card.insert(),
+            [
+                {
+                    "call_id": call_id,
+                    "decision_id": None
+                    if card.decision_position is None
+                    else decision_ids[card.decision_position],
+                    "service_id": record.service_id,
+                    "card_uuid": card.card_uuid,
+                    "card_type": card.card_type,
+                    "indicator": card.indicator,
+                    "suggestion_uuids": list(card.suggestion_uuids),
+                }
+                for card in record.cards
+            ],
+        )
+    return int(call_id)
+
+
+def record_service_call(store: Store, record: AuditRecord) -> int | None:
+    """Write ``record`` in its own transaction; the call id, or None when it could not be
+    written. Never raises: the clinical answer goes out whatever happens here.
+
+    After a database failure, writes are not attempted for ``store.retry_after_s``
+    seconds (each call in that time is logged as not recorded), so a database that does
+    not answer cannot add its connection timeout to every clinical answer.
+    """
+    if store.writes_suspended():
+        logger.error(
+            "AUDIT NOT RECORDED for service %s hookInstance=%s (%d decisions, %d cards): "
+            "database unavailable, retrying shortly",
+            record.service_id, record.hook_instance, len(record.decisions), len(record.cards),
+        )
+        return None
+    try:
+        with store.transaction() as connection:
+            return write_audit_record(connection, record)
+    except Exception as exc:  # the answer must not depend on the audit trail
+        if isinstance(exc, SQLAlchemyError):
+            store.suspend_writes()
+        logger.error(
+            "AUDIT NOT RECORDED for service %s hookInstance=%s (%d decisions, %d cards): %s",
+            record.service_id, record.hook_instance, len(record.decisions), len(record.cards),
+            type(exc).__name__,
+            exc_info=exc,
+        )
+        return None
+
+
+def audit_for_assertion(store: Store, assertion_id: str) -> list[dict[str, Any]]:
+    """Every decision recorded with ``assertion_id``, oldest first, each with its call,
+    criteria and cards (plain data for the command line)."""
+    with store.reading() as connection:
+        rows = connection.execute(
+            sa.select(
+                decision.c.id.label("decision_id"),
+                *(c for c in decision.c if c.name != "id"),
+                *(c for c in service_call.c if c.name != "id"),
+            )
+            .join(service_call, service_call.c.id == decision.c.call_id)
+            .where(decision.c.coverage_assertion_id == assertion_id)
+            .order_by(service_call.c.recorded_at, decision.c.id)
+        ).mappings().all()
+        return [_decision_report(connection, row) for row in rows]
+
+
+def _decision_report(connection: Connection, row: Mapping[str, Any]) -> dict[str, Any]:
+    decision_id = row["decision_id"]
+    call_id = row["call_id"]
+    criteria = connection.execute(
+        sa.select(criterion_result)
+        .where(criterion_result.c.decision_id == decision_id)
+        .order_by(criterion_result.c.position)
+    ).mappings().all()
+    cards = connection.execute(
+        sa.select(issued_card).where(issued_card.c.call_id == call_id).order_by(issued_card.c.id)
+    ).mappings().all()
+    return {
+        "recorded_at": row["recorded_at"].isoformat(),
+        "service_id": row["service_id"],
+        "hook": row["hook"],
+        "hook_instance": row["hook_instance"],
+        "client_iss": row["client_iss"],
+        "crd_version": row["crd_version"],
+        "timings_ms": {
+            "prefetch": row["prefetch_ms"],
+            "fetch": row["fetch_ms"],
+            "decide": row["decide_ms"],
+            "total": row["total_ms"],
+        },
+        "coverage_assertion_id": row["coverage_assertion_id"],
+        "orders": list(row["order_references"]),
+        "policy": {"id": row["policy_id"], "version": row["policy_version"]},
+        "rule_id": row["rule_id"],
+        "outcome": row["outcome"],
+        "as_of": row["as_of"].isoformat(),
+        "criteria": [
+            {
+                "rule_id": c["rule_id"],
+                "rule_kind": c["rule_kind"],
+                "criterion_id": c["criterion_id"],
+                "truth": c["truth"],
+                "deciding": c["deciding"],
+                "evidence": list(c["evidence_references"]),
+            }
+            for c in criteria
+        ],
+        "cards": [
+            {
+                "uuid": card["card_uuid"],
+                "type": card["card_type"],
+                "indicator": card["indicator"],
+                "suggestions": list(card["suggestion_uuids"]),
+                "about_this_decision": card["decision_id"] == decision_id,
+            }
+            for card in cards
+        ],
+    }

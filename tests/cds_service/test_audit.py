@@ -1,0 +1,265 @@
+"""The audit trail: every answered call recorded, identifiers only, never failing the answer."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from flask import Flask
+from flask.testing import FlaskClient
+
+from cds_service import routes
+from cds_service.auth import ClientIdentity
+from cds_service.audit import CallTimings, audit_for_assertion, build_audit_record
+from cds_service.store import Store
+from cds_service.tables import criterion_result, decision, issued_card, metadata, service_call
+from hooks.coverage_information import EXTENSION_URL
+from hooks.request import HookRequest
+from hooks.service import HookResult
+from tests.cds_service.hook_requests import (
+    CONDITION_NOTE,
+    INSULIN_PUMP,
+    NO_PUMP,
+    PATIENT_NAME,
+    VANCOMYCIN_PUMP,
+    order_sign_request,
+)
+from tests.conftest import FIXED_NOW, ORDER_SIGN
+
+ISSUER = "https://ehr.example.org/cds-client"
+
+
+@pytest.fixture
+def signed_by_issuer(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Client authentication that accepts every call as coming from ``ISSUER``; the
+    endpoint URLs it was asked about."""
+    endpoints: list[str] = []
+
+    def authenticate(settings: Any, *, endpoint_url: str) -> ClientIdentity:
+        endpoints.append(endpoint_url)
+        return ClientIdentity(issuer=ISSUER, jti=f"jti-{len(endpoints)}")
+
+    monkeypatch.setattr(routes, "authenticate_client", authenticate)
+    return endpoints
+
+
+def _rows(store: Store, table: sa.Table) -> list[dict[str, Any]]:
+    with store.reading() as connection:
+        ordered = sa.select(table).order_by(*table.primary_key.columns)
+        return [dict(r) for r in connection.execute(ordered).mappings()]
+
+
+def _assertion_ids(response: dict[str, Any]) -> dict[str, str]:
+    found = {}
+    for action in response["systemActions"]:
+        resource = action["resource"]
+        for extension in resource["extension"]:
+            if extension["url"] == EXTENSION_URL:
+                for part in extension["extension"]:
+                    if part["url"] == "coverage-assertion-id":
+                        found[f"{resource['resourceType']}/{resource['id']}"] = part["valueString"]
+    return found
+
+
+def test_a_call_is_recorded_decision_by_decision(
+    service: Flask, service_client: FlaskClient, signed_by_issuer: list[str]
+) -> None:
+    body = order_sign_request(INSULIN_PUMP + VANCOMYCIN_PUMP)
+    response = service_client.post(ORDER_SIGN, json=body)
+    assert response.status_code == 200
+    store: Store = service.extensions["cds_store"]
+    answer = response.json
+    assert signed_by_issuer == [f"http://localhost{ORDER_SIGN}"]
+
+    (call,) = _rows(store, service_call)
+    assert call["recorded_at"] == FIXED_NOW
+    assert (call["service_id"], call["hook"], call["hook_instance"]) == (
+        "infusion-pump-coverage-order-sign", "order-sign", body["hookInstance"])
+    assert call["client_iss"] == ISSUER
+    assert call["crd_version"] == "2.0"
+    assert call["card_count"] == len(answer["cards"])
+    assert call["fetch_ms"] == 0.0
+    assert 0 <= call["prefetch_ms"] <= call["total_ms"]
+    assert 0 < call["decide_ms"] <= call["total_ms"]
+
+    decisions = _rows(store, decision)
+    assert call["decision_count"] == len(decisions) == 2
+    assertion_ids = _assertion_ids(answer)
+    for row in decisions:
+        assert row["call_id"] == call["id"]
+        assert row["coverage_assertion_id"] == assertion_ids[row["order_references"][0]]
+        assert (row["policy_id"], row["policy_version"]) == (
+            service.extensions["cds_policy"].id, service.extensions["cds_policy"].version)
+    assert {r["order_references"][0] for r in decisions} == {
+        "DeviceRequest/dr-insulin", "DeviceRequest/dr-vanco"}
+    assert all(r["outcome"] == "not-covered" for r in decisions)
+    assert all(r["rule_id"] == "EIP-VANCO" for r in decisions)
+
+    cards = _rows(store, issued_card)
+    assert [c["card_uuid"] for c in cards] == [c["uuid"] for c in answer["cards"]]
+    by_id = {r["id"]: r for r in decisions}
+    for row, card in zip(cards, answer["cards"], strict=True):
+        assert row["suggestion_uuids"] == [s["uuid"] for s in card.get("suggestions", [])]
+        assert row["card_type"] == card["source"]["topic"]["code"]
+        associated = [a["reference"] for a in card["extension"]["davinci-crd.associated-resource"]]
+        assert by_id[row["decision_id"]]["order_references"] == associated
+    assert sum(len(c["suggestion_uuids"]) for c in cards) == 4
+
+
+def test_criteria_keep_their_truth_and_evidence_references(
+    service: Flask, service_client: FlaskClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[Any] = []
+    original = routes.build_audit_record
+
+    def spy(**kwargs: Any) -> Any:
+        seen.append(kwargs["result"])
+        return original(**kwargs)
+
+    monkeypatch.setattr(routes, "build_audit_record", spy)
+    response = service_client.post(ORDER_SIGN, json=order_sign_request(INSULIN_PUMP))
+    assert response.status_code == 200
+    (result,) = seen
+    (item,) = result.decisions
+    decided = item.decision
+    expected = [
+        (rr.rule.id, rr.rule.kind.value, cr.criterion.id, cr.truth.value, cr.deciding,
+         [e.reference for e in cr.evidence])
+        for rr in (decided.indication, *decided.requirements, *decided.guidance)
+        for cr in rr.results
+    ]
+    rows = _rows(service.extensions["cds_store"], criterion_result)
+    assert [(r["rule_id"], r["rule_kind"], r["criterion_id"], r["truth"], r["deciding"],
+             r["evidence_references"]) for r in rows] == expected
+    diabetes = next(r for r in rows if r["criterion_id"] == "EIP-CSII-DIABETES")
+    assert diabetes["truth"] == "met"
+    assert diabetes["evidence_references"] == ["Condition/cond-diabetes"]
+    assert any(r["truth"] == "unknown" for r in rows)
+
+
+def test_nothing_but_identifiers_codes_and_timings_is_stored(
+    service: Flask, service_client: FlaskClient
+) -> None:
+    body = order_sign_request(INSULIN_PUMP + VANCOMYCIN_PUMP)
+    answer = service_client.post(ORDER_SIGN, json=body).json
+    dump = json.dumps(
+        {name: _rows(service.extensions["cds_store"], table)
+         for name, table in metadata.tables.items()},
+        default=str,
+    )
+    assert PATIENT_NAME.split()[1] not in dump
+    assert CONDITION_NOTE not in dump
+    for card in answer["cards"]:
+        assert card["summary"] not in dump
+        assert card["detail"][:40] not in dump
+    assert "C-peptide" not in dump  # criterion and evidence wording stays out
+    assert '"resourceType"' not in dump
+
+
+def test_a_call_without_decisions_still_records_its_cards(
+    service: Flask, service_client: FlaskClient
+) -> None:
+    response = service_client.post(ORDER_SIGN, json=order_sign_request(NO_PUMP))
+    assert response.status_code == 200
+    assert response.json["cards"] == []
+    store = service.extensions["cds_store"]
+    (call,) = _rows(store, service_call)
+    assert (call["decision_count"], call["card_count"]) == (0, 0)
+    assert _rows(store, decision) == []
+
+
+def test_rejected_calls_are_not_recorded(service: Flask, service_client: FlaskClient) -> None:
+    body = order_sign_request(INSULIN_PUMP)
+    body["prefetch"]["coverage"]["entry"] = []  # a CRD request without Coverage: 400
+    response = service_client.post(ORDER_SIGN, json=body)
+    assert response.status_code == 400
+    assert _rows(service.extensions["cds_store"], service_call) == []
+
+
+def test_audit_for_an_assertion_id(service: Flask, service_client: FlaskClient) -> None:
+    answer = service_client.post(ORDER_SIGN, json=order_sign_request(INSULIN_PUMP)).json
+    (assertion_id,) = set(_assertion_ids(answer).values())
+    (report,) = audit_for_assertion(service.extensions["cds_store"], assertion_id)
+    assert report["coverage_assertion_id"] == assertion_id
+    assert report["orders"] == ["DeviceRequest/dr-insulin"]
+    assert report["rule_id"] == "EIP-CSII"
+    assert report["outcome"] == "conditional"
+    assert [c["uuid"] for c in report["cards"]] == [c["uuid"] for c in answer["cards"]]
+    assert {"criterion_id": "EIP-CSII-DIABETES", "truth": "met",
+            "evidence": ["Condition/cond-diabetes"]}.items() <= next(
+        c for c in report["criteria"] if c["criterion_id"] == "EIP-CSII-DIABETES").items()
+    assert audit_for_assertion(service.extensions["cds_store"], "no-such-id") == []
+
+
+def _unreachable(database_url: str, tmp_path: Path) -> str:
+    """A URL of the same backend that cannot be opened (yet): a SQLite file in a missing
+    folder, a PostgreSQL database not created."""
+    if database_url.startswith("sqlite"):
+        return f"sqlite:///{tmp_path / 'not-yet' / 'audit.sqlite3'}"
+    return f"{database_url}_later"
+
+
+def test_the_answer_goes_out_when_the_database_is_down(
+    database_url: str, tmp_path: Path, make_service: Callable[..., Flask],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+    app = make_service(DATABASE_URL=_unreachable(database_url, tmp_path))
+    assert any("NOT AUDITED" in r.getMessage() for r in caplog.records)
+    attempts: list[object] = []
+    sa.event.listen(app.extensions["cds_store"].engine, "do_connect",
+                    lambda *args: attempts.append(args))
+    client = app.test_client()
+    for _ in range(3):
+        response = client.post(ORDER_SIGN, json=order_sign_request(INSULIN_PUMP))
+        assert response.status_code == 200
+        assert response.json["cards"]
+    failures = [r for r in caplog.records if "AUDIT NOT RECORDED" in r.getMessage()]
+    assert len(failures) == 3
+    assert all(r.levelno == logging.ERROR for r in failures)
+    # Only the first call tried the database; the next ones were answered without waiting.
+    assert len(attempts) == 1
+    logged = "\n".join(caplog.text.splitlines())
+    assert PATIENT_NAME.split()[1] not in logged
+    assert CONDITION_NOTE not in logged
+
+
+def test_recording_resumes_when_the_database_comes_back(
+    database_url: str, tmp_path: Path, make_service: Callable[..., Flask],
+    request: pytest.FixtureRequest,
+) -> None:
+    url = _unreachable(database_url, tmp_path)
+    app = make_service(DATABASE_URL=url)
+    app.extensions["cds_store"].retry_after_s = 0.0  # try again at the next call
+    client = app.test_client()
+    assert client.post(ORDER_SIGN, json=order_sign_request(INSULIN_PUMP)).status_code == 200
+    server = None
+    if url.startswith("sqlite"):
+        (tmp_path / "not-yet").mkdir()
+    else:
+        server = request.getfixturevalue("postgres_server")
+        server.create_database(url.rsplit("/", 1)[1])
+    try:
+        second = order_sign_request(INSULIN_PUMP)
+        assert client.post(ORDER_SIGN, json=second).status_code == 200
+        (call,) = _rows(app.extensions["cds_store"], service_call)
+        assert call["hook_instance"] == second["hookInstance"]
+    finally:
+        app.extensions["cds_store"].dispose()
+        if server is not None:
+            server.drop_database(url)
+
+
+def test_cards_without_uuid_cannot_get_feedback_and_are_not_recorded() -> None:
+    request = HookRequest(hook="order-sign", hook_instance="h", context={}, prefetch={})
+    result = HookResult({"cards": [{"summary": "no uuid", "indicator": "info"}]}, ())
+    record = build_audit_record(
+        service_id="s", hook_request=request, client_iss=None, result=result,
+        timings=CallTimings(0, 0, 0, 0), recorded_at=FIXED_NOW,
+    )
+    assert record.cards == ()
