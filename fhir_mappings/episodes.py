@@ -150,18 +150,29 @@ def find_pump_episodes(
     named_drugs = [(o, d) for o, d in drugs if d is not None]
     paired: set[str] = set()
     episodes = []
+    # Linked orders pair first; a drug linked to one pump is never another pump's.
+    links = {
+        device.reference: [(o, d) for o, d in named_drugs if _references_between(device, o)]
+        for device, _ in pumps_found
+    }
+    linked_anywhere = {o.reference for pairs in links.values() for o, _ in pairs}
     for device, (hcpcs, kind) in pumps_found:
-        linked = [(o, d) for o, d in named_drugs if _references_between(device, o)]
-        unpaired = [(o, d) for o, d in named_drugs if o.reference not in paired]
-        candidates = linked or unpaired
+        implied = binding("pumps")["hcpcs"][hcpcs].get("drug_family")
+        unpaired = [
+            (o, d) for o, d in named_drugs
+            if o.reference not in paired and o.reference not in linked_anywhere
+        ]
+        # A pump made for one drug (E0784: insulin) pairs with that drug first.
+        unpaired.sort(key=lambda pair: pair[1].family != implied)
+        candidates = links[device.reference] or unpaired
         drug_order, drug = candidates[0] if candidates else (None, None)
         drug_source: str | None = drug_order.reference if drug_order else None
         if drug_order is not None:
             paired.add(drug_order.reference)
         elif (active := _active_infusion_drug(record)) is not None:
             drug, drug_source, _ = active
-        elif family := binding("pumps")["hcpcs"][hcpcs].get("drug_family"):
-            drug = DrugIdentity(family, family, f"pump code {hcpcs}")
+        elif implied:
+            drug = DrugIdentity(implied, implied, f"pump code {hcpcs}")
         episodes.append(
             PumpEpisode(
                 orders=(device, drug_order) if drug_order else (device,),

@@ -61,6 +61,21 @@ def test_linked_drug_is_paired_with_its_pump() -> None:
     assert first.drug_order.reference == "MedicationRequest/m1"
 
 
+def test_drug_linked_to_another_pump_is_not_paired_with_an_unlinked_one() -> None:
+    vanco = drug("m-vanco", "Vancomycin 1000 MG Injection", basedOn=[{"reference": "DeviceRequest/d2"}])
+    insulin_pump, vanco_pump = episodes_of(device("d1", "E0784"), device("d2", "E0781"), vanco)
+    assert vanco_pump.drug_order is not None and vanco_pump.drug_order.reference == "MedicationRequest/m-vanco"
+    assert insulin_pump.drug_order is None
+    assert insulin_pump.drug is not None and insulin_pump.drug.family == "insulin"
+
+
+def test_pump_made_for_a_drug_pairs_with_that_drug_first() -> None:
+    heparin, insulin = drug("m1", "Heparin sodium 100 UNT/ML"), drug("m2", "insulin aspart 100 UNT/ML")
+    insulin_pump, other_pump = episodes_of(device("d1", "E0784"), device("d2", "E0781"), heparin, insulin)
+    assert insulin_pump.drug_order.reference == "MedicationRequest/m2"
+    assert other_pump.drug_order.reference == "MedicationRequest/m1"
+
+
 def test_pump_alone_takes_the_drug_from_active_infusions() -> None:
     active = drug("hist-1", "Morphine Sulfate 1 MG/ML", text="continuous infusion via pump",
                   status="active")
