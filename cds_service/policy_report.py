@@ -15,6 +15,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from coverage_policy.loader import logic_nodes
 from coverage_policy.model import Period, Policy, Rule
 
 FORMATS = ("text", "markdown", "json")
@@ -140,25 +141,16 @@ def _is_compound(node: Mapping[str, Any]) -> bool:
     return any(len(node.get(key, ())) > 1 for key in ("all", "any"))
 
 
-def _logic_nodes(node: Mapping[str, Any]) -> Iterator[Mapping[str, Any]]:
-    yield node
-    for key in ("all", "any"):
-        for child in node.get(key, ()):
-            yield from _logic_nodes(child)
-    if "not" in node:
-        yield from _logic_nodes(node["not"])
-
-
 def _criterion_entry(policy: Policy, rule: Rule, criterion_id: str) -> CriterionEntry:
     criterion = policy.criteria[criterion_id]
-    deciding = {n["criterion"] for n in _logic_nodes(rule.decides) if "criterion" in n}
+    deciding = {n["criterion"] for n in logic_nodes(rule.decides) if "criterion" in n}
     facts = tuple(
         Named(name, str(policy.facts.get(name, {}).get("description", "")))
         for name in criterion.facts
         if not name.startswith("doc.")
     )
     valueset_ids = dict.fromkeys(
-        n["valueset"] for n in _logic_nodes(criterion.logic) if n.get("op") == "has_code"
+        n["valueset"] for n in logic_nodes(criterion.logic) if n.get("op") == "has_code"
     )
     valuesets = tuple(
         Named(v, str(policy.valuesets.get(v, {}).get("title", ""))) for v in valueset_ids

@@ -71,13 +71,14 @@ def load_valuesets() -> dict[str, dict[str, Any]]:
     return valuesets
 
 
-def _logic_nodes(node: Mapping[str, Any]) -> Iterator[Mapping[str, Any]]:
+def logic_nodes(node: Mapping[str, Any]) -> Iterator[Mapping[str, Any]]:
+    """Every node of a logic tree, depth first."""
     yield node
     for key in ("all", "any"):
         for child in node.get(key, ()):
-            yield from _logic_nodes(child)
+            yield from logic_nodes(child)
     if "not" in node:
-        yield from _logic_nodes(node["not"])
+        yield from logic_nodes(node["not"])
 
 
 def _period(raw: Mapping[str, str] | None) -> Period:
@@ -123,7 +124,7 @@ class _Checker:
 
     def facts_read(self, owner: str, logic: Mapping[str, Any]) -> set[str]:
         read: set[str] = set()
-        for node in _logic_nodes(logic):
+        for node in logic_nodes(logic):
             if "fact" not in node:
                 continue
             name, op = node["fact"], node["op"]
@@ -147,7 +148,7 @@ class _Checker:
         for criterion in self.raw["criteria"]:
             owner = f"criterion {criterion['id']}"
             self.check_citations(owner, criterion["citations"])
-            if any("criterion" in n for n in _logic_nodes(criterion["logic"])):
+            if any("criterion" in n for n in logic_nodes(criterion["logic"])):
                 self.problem(f"{owner}: a criterion's logic reads facts, not other criteria")
             read = self.facts_read(owner, criterion["logic"])
             if read != set(criterion["facts"]):
@@ -164,11 +165,11 @@ class _Checker:
             self.check_citations(owner, rule["citations"])
             self.check_period(owner, rule.get("effective"))
             self.facts_read(owner, rule["applies_when"])
-            if any("criterion" in n for n in _logic_nodes(rule["applies_when"])):
+            if any("criterion" in n for n in logic_nodes(rule["applies_when"])):
                 self.problem(f"{owner}: applies_when reads facts, not criteria")
-            if any("fact" in n for n in _logic_nodes(rule["decides"])):
+            if any("fact" in n for n in logic_nodes(rule["decides"])):
                 self.problem(f"{owner}: decides combines criteria, it reads no facts")
-            deciding = {n["criterion"] for n in _logic_nodes(rule["decides"]) if "criterion" in n}
+            deciding = {n["criterion"] for n in logic_nodes(rule["decides"]) if "criterion" in n}
             for cid in sorted((deciding | set(rule["criteria"])) - criteria):
                 self.problem(f"{owner}: unknown criterion {cid}")
             if not deciding <= set(rule["criteria"]):

@@ -66,24 +66,6 @@ def order_setting(
     return FactValue(None)
 
 
-def last_visit_date(record: PatientRecord, as_of: date) -> FactValue:
-    """The most recent finished ambulatory, home-health or virtual encounter up to the order."""
-    best: tuple[date, str] | None = None
-    for entry in record.of_type("Encounter"):
-        encounter = entry.resource
-        if encounter.status != "finished":
-            continue
-        if getattr(encounter.class_fhir, "code", None) not in _VISIT_CLASSES:
-            continue
-        period = encounter.period
-        on = as_date(getattr(period, "end", None) or getattr(period, "start", None))
-        if on is not None and on <= as_of and (best is None or on > best[0]):
-            best = (on, entry.reference)
-    if best is None:
-        return FactValue(None)
-    return FactValue(best[0], (Evidence(best[1], f"visit on {best[0].isoformat()}"),))
-
-
 def _same_party(a: str | None, b: str | None) -> bool:
     """Whether two references name the same resource: ``Type/id``, absolute URL or urn."""
     if not a or not b:
@@ -102,11 +84,15 @@ def _type_and_id(reference: str) -> list[str]:
     return parts[-2:]
 
 
-def face_to_face_date(record: PatientRecord, as_of: date, practitioner: str | None) -> FactValue:
-    """The most recent finished ambulatory, virtual or home encounter with ``practitioner``
-    (an ``Encounter.participant.individual``) on or before the order date (DME F2F)."""
-    if not practitioner:
-        return FactValue(None)
+
+
+
+def _latest_visit(
+    record: PatientRecord, as_of: date, with_practitioner: str | None = None
+) -> tuple[date, str] | None:
+    """(date, reference) of the most recent finished ambulatory, home-health or virtual
+    encounter on or before ``as_of``, with ``with_practitioner`` among its participants
+    when given."""
     best: tuple[date, str] | None = None
     for entry in record.of_type("Encounter"):
         encounter = entry.resource
@@ -114,14 +100,29 @@ def face_to_face_date(record: PatientRecord, as_of: date, practitioner: str | No
             continue
         if getattr(encounter.class_fhir, "code", None) not in _VISIT_CLASSES:
             continue
-        participants = encounter.participant or []
-        individuals = [getattr(p.individual, "reference", None) for p in participants]
-        if not any(_same_party(ref, practitioner) for ref in individuals):
-            continue
+        if with_practitioner is not None:
+            individuals = [getattr(p.individual, "reference", None) for p in encounter.participant or []]
+            if not any(_same_party(ref, with_practitioner) for ref in individuals):
+                continue
         period = encounter.period
         on = as_date(getattr(period, "start", None) or getattr(period, "end", None))
         if on is not None and on <= as_of and (best is None or on > best[0]):
             best = (on, entry.reference)
+    return best
+
+
+def last_visit_date(record: PatientRecord, as_of: date) -> FactValue:
+    """The most recent finished ambulatory, home-health or virtual encounter up to the order."""
+    best = _latest_visit(record, as_of)
+    if best is None:
+        return FactValue(None)
+    return FactValue(best[0], (Evidence(best[1], f"visit on {best[0].isoformat()}"),))
+
+
+def face_to_face_date(record: PatientRecord, as_of: date, practitioner: str | None) -> FactValue:
+    """The most recent finished ambulatory, virtual or home encounter with ``practitioner``
+    (an ``Encounter.participant.individual``) on or before the order date (DME F2F)."""
+    best = _latest_visit(record, as_of, practitioner) if practitioner else None
     if best is None:
         return FactValue(None)
     summary = f"face-to-face encounter with the ordering practitioner on {best[0].isoformat()}"
