@@ -50,7 +50,8 @@ def report(name: str, body: bytes, runs: int) -> None:
 
     for label, call in (("order-sign", service_call), ("json parse+dump", json_floor)):
         median, p99 = measure(call, runs)
-        print(f"{name:<48} {label:<16} {len(body) / 1e6:6.2f} MB  median {median:8.2f} ms  p99 {p99:8.2f} ms")
+        size = f"{len(body) / 1e6:6.2f} MB"
+        print(f"{name:<48} {label:<16} {size}  median {median:8.2f} ms  p99 {p99:8.2f} ms")
 
 
 def main() -> int:
@@ -65,8 +66,14 @@ def main() -> int:
         patient_id, prefetch = record_prefetch(load_json(largest))
         insulin_pump = next(o for o in PUMP_ORDERS if o.label == "E0784+insulin")
         orders = pump_order_resources(insulin_pump, patient_id)
-        body = order_sign_request(patient_id, orders, prefetch, "5f0e7a3c-1d2b-4c3d-9e4f-5a6b7c8d9e0f")
-        report(f"synthea {largest.stem.split('__')[1]} (largest)", json.dumps(body).encode(), max(5, args.runs // 5))
+        body = order_sign_request(
+            patient_id, orders, prefetch, "5f0e7a3c-1d2b-4c3d-9e4f-5a6b7c8d9e0f"
+        )
+        report(
+            f"synthea {largest.stem.split('__')[1]} (largest)",
+            json.dumps(body).encode(),
+            max(5, args.runs // 5),
+        )
     else:
         print("../shared/synthea-r4 not present: record benchmark skipped")
     return 0

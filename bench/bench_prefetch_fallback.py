@@ -50,10 +50,22 @@ def start_delayed_fhir_server(delay_s: float) -> tuple[ThreadingHTTPServer, thre
                 if resource_type == "Patient":
                     body.update(gender="female", birthDate="1950-01-01")
             elif resource_type == "Coverage":
-                body = {"resourceType": "Bundle", "type": "searchset", "total": 1, "entry": [
-                    {"resource": {"resourceType": "Coverage", "id": "cov-1", "status": "active",
-                                  "beneficiary": {"reference": f"Patient/{PATIENT_ID}"},
-                                  "payor": [{"display": "Example Medicare Advantage Plan"}]}}]}
+                body = {
+                    "resourceType": "Bundle",
+                    "type": "searchset",
+                    "total": 1,
+                    "entry": [
+                        {
+                            "resource": {
+                                "resourceType": "Coverage",
+                                "id": "cov-1",
+                                "status": "active",
+                                "beneficiary": {"reference": f"Patient/{PATIENT_ID}"},
+                                "payor": [{"display": "Example Medicare Advantage Plan"}],
+                            }
+                        }
+                    ],
+                }
             else:
                 body = {"resourceType": "Bundle", "type": "searchset", "total": 0}
             data = json.dumps(body).encode()
@@ -79,17 +91,41 @@ def order_sign_body(fhir_server: str, missing: int) -> dict[str, Any]:
         "hook": "order-sign",
         "hookInstance": str(uuid.uuid4()),
         "fhirServer": fhir_server,
-        "fhirAuthorization": {"access_token": "bench-token", "token_type": "Bearer",
-                              "expires_in": 30, "scope": "patient/*.read", "subject": "bench"},
+        "fhirAuthorization": {
+            "access_token": "bench-token",
+            "token_type": "Bearer",
+            "expires_in": 30,
+            "scope": "patient/*.read",
+            "subject": "bench",
+        },
         "context": {
-            "userId": "Practitioner/pract-1", "patientId": PATIENT_ID, "encounterId": "enc-1",
-            "draftOrders": {"resourceType": "Bundle", "type": "collection", "entry": [
-                {"resource": {
-                    "resourceType": "DeviceRequest", "id": "devreq-1", "status": "draft",
-                    "intent": "original-order", "subject": subject, "authoredOn": "2026-11-28",
-                    "codeCodeableConcept": {"coding": [{
-                        "system": "http://www.cms.gov/Medicare/Coding/HCPCSReleaseCodeSets",
-                        "code": "E0784"}]}}}]},
+            "userId": "Practitioner/pract-1",
+            "patientId": PATIENT_ID,
+            "encounterId": "enc-1",
+            "draftOrders": {
+                "resourceType": "Bundle",
+                "type": "collection",
+                "entry": [
+                    {
+                        "resource": {
+                            "resourceType": "DeviceRequest",
+                            "id": "devreq-1",
+                            "status": "draft",
+                            "intent": "original-order",
+                            "subject": subject,
+                            "authoredOn": "2026-11-28",
+                            "codeCodeableConcept": {
+                                "coding": [
+                                    {
+                                        "system": "http://www.cms.gov/Medicare/Coding/HCPCSReleaseCodeSets",
+                                        "code": "E0784",
+                                    }
+                                ]
+                            },
+                        }
+                    }
+                ],
+            },
         },
         "prefetch": sent,
     }
@@ -108,10 +144,14 @@ def main() -> int:
     client = app.test_client()
     path = f"/cds-services/{SERVICE.id}"
     total_keys = len(SERVICE.prefetch)
-    print(f"FHIR server answers every query after {args.delay_ms:.0f} ms; "
-          f"{args.runs} calls per row; order-sign has {total_keys} prefetch keys")
-    print(f"{'missing keys':>12} {'median ms':>10} {'p90 ms':>8} {'max ms':>8} "
-          f"{'one after another':>18}")
+    print(
+        f"FHIR server answers every query after {args.delay_ms:.0f} ms; "
+        f"{args.runs} calls per row; order-sign has {total_keys} prefetch keys"
+    )
+    print(
+        f"{'missing keys':>12} {'median ms':>10} {'p90 ms':>8} {'max ms':>8} "
+        f"{'one after another':>18}"
+    )
     try:
         for missing in sorted({1, 4, total_keys}):
             client.post(path, json=order_sign_body(base, missing))  # warm the pool
@@ -125,8 +165,10 @@ def main() -> int:
                     return 1
             timings.sort()
             p90 = timings[max(0, int(len(timings) * 0.9) - 1)]
-            print(f"{missing:>12} {statistics.median(timings):>10.0f} {p90:>8.0f} "
-                  f"{timings[-1]:>8.0f} {missing * args.delay_ms:>15.0f} ms")
+            print(
+                f"{missing:>12} {statistics.median(timings):>10.0f} {p90:>8.0f} "
+                f"{timings[-1]:>8.0f} {missing * args.delay_ms:>15.0f} ms"
+            )
     finally:
         server.shutdown()
         server.server_close()

@@ -123,7 +123,9 @@ def _assertion_ids(response: Mapping[str, Any]) -> dict[str, str]:
 def _criteria(item: EpisodeDecision) -> tuple[CriterionRecord, ...]:
     decided = item.decision
     rule_results: tuple[RuleResult, ...] = (
-        decided.indication, *decided.requirements, *decided.guidance
+        decided.indication,
+        *decided.requirements,
+        *decided.guidance,
     )
     return tuple(
         CriterionRecord(
@@ -168,7 +170,8 @@ def _card_record(card: Mapping[str, Any], decisions: tuple[DecisionRecord, ...])
     overlapping = [
         i for i, d in enumerate(decisions) if associated and associated & set(d.order_references)
     ]
-    position = (exact or overlapping or [None])[0]
+    candidates: list[int] = exact or overlapping
+    position = candidates[0] if candidates else None
     topic = (card.get("source") or {}).get("topic") or {}
     return CardRecord(
         card_uuid=str(card.get("uuid")).lower(),
@@ -220,7 +223,8 @@ def _ms(seconds: float) -> float:
 def write_audit_record(connection: Connection, record: AuditRecord) -> int:
     """Insert ``record`` on ``connection`` (the caller's transaction); return the call id."""
     call_id = connection.execute(
-        service_call.insert().values(
+        service_call.insert()
+        .values(
             recorded_at=record.recorded_at,
             service_id=record.service_id,
             hook=record.hook,
@@ -233,12 +237,14 @@ def write_audit_record(connection: Connection, record: AuditRecord) -> int:
             fetch_ms=_ms(record.timings.fetch),
             decide_ms=_ms(record.timings.decide),
             total_ms=_ms(record.timings.total),
-        ).returning(service_call.c.id)
+        )
+        .returning(service_call.c.id)
     ).scalar_one()
     decision_ids: list[int] = []
     for position, item in enumerate(record.decisions):
         decision_id = connection.execute(
-            decision.insert().values(
+            decision.insert()
+            .values(
                 call_id=call_id,
                 position=position,
                 coverage_assertion_id=item.coverage_assertion_id,
@@ -248,7 +254,8 @@ def write_audit_record(connection: Connection, record: AuditRecord) -> int:
                 rule_id=item.rule_id,
                 outcome=item.outcome,
                 as_of=item.as_of,
-            ).returning(decision.c.id)
+            )
+            .returning(decision.c.id)
         ).scalar_one()
         decision_ids.append(decision_id)
         if item.criteria:
@@ -301,7 +308,10 @@ def record_service_call(store: Store, record: AuditRecord) -> int | None:
         logger.error(
             "AUDIT NOT RECORDED for service %s hookInstance=%s (%d decisions, %d cards): "
             "database unavailable, retrying shortly",
-            record.service_id, record.hook_instance, len(record.decisions), len(record.cards),
+            record.service_id,
+            record.hook_instance,
+            len(record.decisions),
+            len(record.cards),
         )
         return None
     try:
@@ -312,7 +322,10 @@ def record_service_call(store: Store, record: AuditRecord) -> int | None:
             store.suspend_writes()
         logger.error(
             "AUDIT NOT RECORDED for service %s hookInstance=%s (%d decisions, %d cards): %s",
-            record.service_id, record.hook_instance, len(record.decisions), len(record.cards),
+            record.service_id,
+            record.hook_instance,
+            len(record.decisions),
+            len(record.cards),
             type(exc).__name__,
             exc_info=exc,
         )
@@ -323,30 +336,44 @@ def audit_for_assertion(store: Store, assertion_id: str) -> list[dict[str, Any]]
     """Every decision recorded with ``assertion_id``, oldest first, each with its call,
     criteria and cards (plain data for the command line)."""
     with store.reading() as connection:
-        rows = connection.execute(
-            sa.select(
-                decision.c.id.label("decision_id"),
-                *(c for c in decision.c if c.name != "id"),
-                *(c for c in service_call.c if c.name != "id"),
+        rows = (
+            connection.execute(
+                sa.select(
+                    decision.c.id.label("decision_id"),
+                    *(c for c in decision.c if c.name != "id"),
+                    *(c for c in service_call.c if c.name != "id"),
+                )
+                .join(service_call, service_call.c.id == decision.c.call_id)
+                .where(decision.c.coverage_assertion_id == assertion_id)
+                .order_by(service_call.c.recorded_at, decision.c.id)
             )
-            .join(service_call, service_call.c.id == decision.c.call_id)
-            .where(decision.c.coverage_assertion_id == assertion_id)
-            .order_by(service_call.c.recorded_at, decision.c.id)
-        ).mappings().all()
+            .mappings()
+            .all()
+        )
         return [_decision_report(connection, row) for row in rows]
 
 
-def _decision_report(connection: Connection, row: Mapping[str, Any]) -> dict[str, Any]:
+def _decision_report(connection: Connection, row: sa.RowMapping) -> dict[str, Any]:
     decision_id = row["decision_id"]
     call_id = row["call_id"]
-    criteria = connection.execute(
-        sa.select(criterion_result)
-        .where(criterion_result.c.decision_id == decision_id)
-        .order_by(criterion_result.c.position)
-    ).mappings().all()
-    cards = connection.execute(
-        sa.select(issued_card).where(issued_card.c.call_id == call_id).order_by(issued_card.c.id)
-    ).mappings().all()
+    criteria = (
+        connection.execute(
+            sa.select(criterion_result)
+            .where(criterion_result.c.decision_id == decision_id)
+            .order_by(criterion_result.c.position)
+        )
+        .mappings()
+        .all()
+    )
+    cards = (
+        connection.execute(
+            sa.select(issued_card)
+            .where(issued_card.c.call_id == call_id)
+            .order_by(issued_card.c.id)
+        )
+        .mappings()
+        .all()
+    )
     return {
         "recorded_at": row["recorded_at"].isoformat(),
         "service_id": row["service_id"],

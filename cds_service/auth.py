@@ -209,8 +209,10 @@ def install_client_authentication(app: Any) -> None:
     (``app.extensions["cds_replay_cache"]`` may be any ``ReplayCache``, e.g. a database's)."""
     settings = app.config["CDS"]
     if settings["AUTH"] == "required" and not settings["PUBLIC_URL"]:
-        logger.warning("CDS_PUBLIC_URL is not set: the JWT aud is checked against the "
-                       "request's Host header; set it in production")
+        logger.warning(
+            "CDS_PUBLIC_URL is not set: the JWT aud is checked against the "
+            "request's Host header; set it in production"
+        )
     app.extensions.setdefault("cds_replay_cache", InProcessReplayCache())
     app.extensions.setdefault("cds_jwks_cache", JwksCache())
 
@@ -222,9 +224,7 @@ def _bearer_token(header: str) -> str | None:
     return token.strip()
 
 
-def authenticate_client(
-    settings: Mapping[str, Any], *, endpoint_url: str
-) -> ClientIdentity | None:
+def authenticate_client(settings: Mapping[str, Any], *, endpoint_url: str) -> ClientIdentity | None:
     """The verified calling client, or None for an unsigned call ``CDS_AUTH=optional`` allows.
 
     Raises ``Unauthorized`` (401, the same message for every failure) otherwise.
@@ -242,8 +242,11 @@ def authenticate_client(
         claims = None
     issuer = claims.get("iss") if isinstance(claims, dict) else None
     if not required and (not isinstance(issuer, str) or issuer not in _trusted_issuers(settings)):
-        logger.warning("call to %s from an untrusted or unreadable token treated as unsigned "
-                       "(CDS_AUTH=optional)", endpoint_url)
+        logger.warning(
+            "call to %s from an untrusted or unreadable token treated as unsigned "
+            "(CDS_AUTH=optional)",
+            endpoint_url,
+        )
         return None
     try:
         return verify_client_token(
@@ -254,14 +257,21 @@ def authenticate_client(
             jwks_cache=_extension("cds_jwks_cache", JwksCache),
         )
     except ClientAuthenticationFailed as failure:
-        _refuse(str(failure), issuer if isinstance(issuer, str) else None,
-                claims.get("jti") if isinstance(claims, dict) else None)
+        _refuse(
+            str(failure),
+            issuer if isinstance(issuer, str) else None,
+            claims.get("jti") if isinstance(claims, dict) else None,
+        )
     return None  # not reached: _refuse raises
 
 
 def _refuse(reason: str, issuer: str | None, jti: Any) -> None:
-    logger.info("client authentication failed: %s (iss=%r, jti=%r)", reason, issuer,
-                jti if isinstance(jti, str) else None)
+    logger.info(
+        "client authentication failed: %s (iss=%r, jti=%r)",
+        reason,
+        issuer,
+        jti if isinstance(jti, str) else None,
+    )
     raise Unauthorized.single(FAILURE_MESSAGE)
 
 
@@ -289,7 +299,9 @@ def verify_client_token(
     if not isinstance(kid, str) or not kid:
         raise ClientAuthenticationFailed("no kid")
     issuer = unverified.get("iss")
-    entry = _trusted_issuers(settings).get(issuer) if isinstance(issuer, str) else None
+    if not isinstance(issuer, str):
+        raise ClientAuthenticationFailed("no iss")
+    entry = _trusted_issuers(settings).get(issuer)
     if not isinstance(entry, Mapping):
         raise ClientAuthenticationFailed("issuer not trusted")
 
@@ -352,8 +364,10 @@ def _signing_key(
         raise ClientAuthenticationFailed("unknown kid")
     if found.get("kty") == "oct" or "d" in found:
         raise ClientAuthenticationFailed("JWKS holds a secret or private key")
-    if found.get("alg", algorithm) != algorithm or (
-        found.get("kty"), found.get("crv")) != _KEY_TYPES[algorithm]:
+    if (
+        found.get("alg", algorithm) != algorithm
+        or (found.get("kty"), found.get("crv")) != _KEY_TYPES[algorithm]
+    ):
         raise ClientAuthenticationFailed("key is not for the token's algorithm")
     try:
         return jwt.PyJWK(dict(found), algorithm=algorithm)

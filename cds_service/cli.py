@@ -29,7 +29,9 @@ if TYPE_CHECKING:
 def _serve(args: argparse.Namespace) -> int:
     from gunicorn.app.base import BaseApplication
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
 
     from cds_service.app import create_app
 
@@ -106,12 +108,16 @@ def _audit_show(args: argparse.Namespace) -> int:
     finally:
         store.dispose()
     if not decisions:
-        print(f"no decision recorded with coverage-assertion-id {args.assertion_id}",
-              file=sys.stderr)
+        print(
+            f"no decision recorded with coverage-assertion-id {args.assertion_id}", file=sys.stderr
+        )
         return 1
     if args.json:
-        print(json.dumps({"coverage_assertion_id": args.assertion_id, "decisions": decisions},
-                         indent=2))
+        print(
+            json.dumps(
+                {"coverage_assertion_id": args.assertion_id, "decisions": decisions}, indent=2
+            )
+        )
         return 0
     print(f"coverage-assertion-id {args.assertion_id}: {len(decisions)} decision(s)")
     for item in decisions:
@@ -135,8 +141,10 @@ def _format_decision(item: dict[str, Any]) -> str:
     for c in item["criteria"]:
         role = "deciding" if c["deciding"] else "advisory"
         evidence = ", ".join(c["evidence"]) or "no evidence"
-        lines.append(f"    {c['rule_id']} ({c['rule_kind']}, {role}) {c['criterion_id']}: "
-                     f"{c['truth']}; evidence: {evidence}")
+        lines.append(
+            f"    {c['rule_id']} ({c['rule_kind']}, {role}) {c['criterion_id']}: "
+            f"{c['truth']}; evidence: {evidence}"
+        )
     lines.append("  cards issued in the same response:")
     for card in item["cards"]:
         about = "about this decision" if card["about_this_decision"] else "other"
@@ -178,14 +186,25 @@ def _stats_json(stats: FeedbackStats) -> dict[str, Any]:
     return {
         "since": stats.since.isoformat() if stats.since else None,
         "rules": [
-            {"rule": r.rule, "cards_issued": r.cards_issued, "feedback": r.feedback,
-             "accepted": r.accepted, "overridden": r.overridden,
-             "acceptance_rate": r.acceptance_rate, "override_rate": r.override_rate}
+            {
+                "rule": r.rule,
+                "cards_issued": r.cards_issued,
+                "feedback": r.feedback,
+                "accepted": r.accepted,
+                "overridden": r.overridden,
+                "acceptance_rate": r.acceptance_rate,
+                "override_rate": r.override_rate,
+            }
             for r in stats.rules
         ],
         "override_reasons": [
-            {"system": r.system, "code": r.code, "display": r.display,
-             "overridden": r.overridden, "share": r.share}
+            {
+                "system": r.system,
+                "code": r.code,
+                "display": r.display,
+                "overridden": r.overridden,
+                "share": r.share,
+            }
             for r in stats.reasons
         ],
     }
@@ -193,20 +212,34 @@ def _stats_json(stats: FeedbackStats) -> dict[str, Any]:
 
 def _format_stats(stats: FeedbackStats) -> str:
     period = f"since {stats.since.isoformat()}" if stats.since else "all time"
-    rows = [("rule", "cards issued", "feedback", "accepted", "overridden", "acceptance",
-             "override")]
-    rows += [(r.rule, str(r.cards_issued), str(r.feedback), str(r.accepted), str(r.overridden),
-              _rate(r.acceptance_rate), _rate(r.override_rate)) for r in stats.rules]
+    rows = [
+        ("rule", "cards issued", "feedback", "accepted", "overridden", "acceptance", "override")
+    ]
+    rows += [
+        (
+            r.rule,
+            str(r.cards_issued),
+            str(r.feedback),
+            str(r.accepted),
+            str(r.overridden),
+            _rate(r.acceptance_rate),
+            _rate(r.override_rate),
+        )
+        for r in stats.rules
+    ]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = [f"Feedback per rule ({period}; rates are shares of feedback entries)"]
-    lines += ["  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
-              for row in rows]
+    lines += [
+        "  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    ]
     lines += ["", "Override reasons"]
     if not stats.reasons:
         lines.append("  (no overrides)")
     for r in stats.reasons:
-        reason = (f"{r.code} ({r.display or 'no display'}) [{r.system}]" if r.code
-                  else "(comment only)")
+        reason = (
+            f"{r.code} ({r.display or 'no display'}) [{r.system}]" if r.code else "(comment only)"
+        )
         lines.append(f"  {r.overridden:>6}  {r.share:6.1%}  {reason}")
     return "\n".join(lines)
 
@@ -240,25 +273,37 @@ def main(argv: Sequence[str] | None = None) -> int:
         "show",
         help="print every rule and criterion with its citation, evidence and documentation",
     )
-    show.add_argument("--format", choices=("text", "markdown", "json"), default="text",
-                      help="text: a table wrapped to --width; markdown: a GitHub table; json")
-    show.add_argument("--width", type=_width, default=100,
-                      help="text width in columns (default 100)")
+    show.add_argument(
+        "--format",
+        choices=("text", "markdown", "json"),
+        default="text",
+        help="text: a table wrapped to --width; markdown: a GitHub table; json",
+    )
+    show.add_argument(
+        "--width", type=_width, default=100, help="text width in columns (default 100)"
+    )
     show.set_defaults(run=_policy_show)
     audit = commands.add_parser("audit", help="read the audit trail").add_subparsers(
         dest="audit_command", required=True
     )
     audit_show = audit.add_parser("show", help="what was decided for an order and why")
-    audit_show.add_argument("assertion_id", metavar="COVERAGE-ASSERTION-ID",
-                      help="the coverage-assertion-id of a coverage-information extension")
+    audit_show.add_argument(
+        "assertion_id",
+        metavar="COVERAGE-ASSERTION-ID",
+        help="the coverage-assertion-id of a coverage-information extension",
+    )
     audit_show.add_argument("--json", action="store_true", help="print JSON")
     audit_show.set_defaults(run=_audit_show)
     feedback = commands.add_parser("feedback", help="what clinicians did with the cards")
     stats = feedback.add_subparsers(dest="feedback_command", required=True).add_parser(
         "stats", help="acceptance and override rates per rule and per override reason"
     )
-    stats.add_argument("--since", type=_since, metavar="DATE",
-                       help="only feedback with outcomeTimestamp on or after DATE (YYYY-MM-DD)")
+    stats.add_argument(
+        "--since",
+        type=_since,
+        metavar="DATE",
+        help="only feedback with outcomeTimestamp on or after DATE (YYYY-MM-DD)",
+    )
     stats.add_argument("--json", action="store_true", help="print JSON")
     stats.set_defaults(run=_feedback_stats)
     args = parser.parse_args(argv)

@@ -98,7 +98,8 @@ def load_settings(
     for issuer, entry in settings["TRUSTED_ISSUERS"].items():
         if not isinstance(entry, dict) or not ({"jwks", "jwks_url", "jku"} & set(entry)):
             raise ConfigError(
-                f"CDS_TRUSTED_ISSUERS: {issuer!r} needs 'jwks', 'jwks_url' or a 'jku' list")
+                f"CDS_TRUSTED_ISSUERS: {issuer!r} needs 'jwks', 'jwks_url' or a 'jku' list"
+            )
     if "*" in settings["CORS_ORIGINS"]:
         raise ConfigError("CDS_CORS_ORIGINS must list origins; '*' is not allowed")
     return settings

@@ -21,6 +21,7 @@ from jsonschema.exceptions import ValidationError
 from cds_service.errors import BadRequest, Issue
 from hooks.request import FhirAuthorization, HookRequest
 
+
 @cache
 def _envelope_validator() -> Draft202012Validator:
     text = resources.files("cds_service").joinpath("schemas/hook_request.schema.json").read_text()
@@ -34,9 +35,7 @@ def _json_path(parts: Iterable[Any]) -> str:
     return path
 
 
-def schema_issues(
-    validator: Draft202012Validator, document: Any, prefix: str = ""
-) -> list[Issue]:
+def schema_issues(validator: Draft202012Validator, document: Any, prefix: str = "") -> list[Issue]:
     """Every schema violation as an issue whose expression points at the offending member."""
     issues = []
     errors: list[ValidationError] = sorted(

@@ -83,8 +83,9 @@ def _schema_issues(body: Any) -> list[Issue]:
         if error.validator == "required" and "acceptedSuggestions" in error.message:
             message = "an accepted outcome needs acceptedSuggestions (cds-fb-2)"
         elif error.validator == "pattern" and where.endswith("outcomeTimestamp"):
-            message = ("outcomeTimestamp must be an RFC 3339 date-time in UTC, "
-                       "e.g. 2026-11-28T15:04:05Z")
+            message = (
+                "outcomeTimestamp must be an RFC 3339 date-time in UTC, e.g. 2026-11-28T15:04:05Z"
+            )
         elif error.validator == "pattern":
             message = "must be a uuid"
         issues.append(Issue(f"{where}: {message}", where))
@@ -138,22 +139,32 @@ def _issued_cards(connection: Connection, card_uuids: set[str]) -> dict[str, lis
     return found
 
 
-def _card_for(entry: FeedbackEntry, index: int, service_id: str,
-              issued: dict[str, list[Any]]) -> tuple[Any | None, list[Issue]]:
+def _card_for(
+    entry: FeedbackEntry, index: int, service_id: str, issued: dict[str, list[Any]]
+) -> tuple[Any | None, list[Issue]]:
     where = f"feedback[{index}]"
     candidates = issued.get(entry.card_uuid, [])
     card = next((c for c in candidates if c["service_id"] == service_id), None)
     if card is None:
         elsewhere = "" if not candidates else f" (it was issued by {candidates[0]['service_id']})"
-        return None, [Issue(
-            f"{where}.card: card {entry.card_uuid} was not issued by service {service_id}"
-            f"{elsewhere}", f"{where}.card", code="not-found")]
+        return None, [
+            Issue(
+                f"{where}.card: card {entry.card_uuid} was not issued by service {service_id}"
+                f"{elsewhere}",
+                f"{where}.card",
+                code="not-found",
+            )
+        ]
     known = set(card["suggestion_uuids"])
     issues = [
-        Issue(f"{where}.acceptedSuggestions[{i}].id: suggestion {s} is not one of card "
-              f"{entry.card_uuid}'s suggestions", f"{where}.acceptedSuggestions[{i}].id",
-              code="not-found")
-        for i, s in enumerate(entry.accepted_suggestions) if s not in known
+        Issue(
+            f"{where}.acceptedSuggestions[{i}].id: suggestion {s} is not one of card "
+            f"{entry.card_uuid}'s suggestions",
+            f"{where}.acceptedSuggestions[{i}].id",
+            code="not-found",
+        )
+        for i, s in enumerate(entry.accepted_suggestions)
+        if s not in known
     ]
     return card, issues
 
@@ -175,20 +186,22 @@ def store_feedback(
             card, problems = _card_for(entry, index, service_id, issued)
             issues += problems
             if card is not None and not problems:
-                rows.append({
-                    "received_at": received_at,
-                    "service_id": service_id,
-                    "client_iss": client_iss,
-                    "card_id": card["id"],
-                    "card_uuid": entry.card_uuid,
-                    "outcome": entry.outcome,
-                    "accepted_suggestions": list(entry.accepted_suggestions),
-                    "override_system": entry.override_system,
-                    "override_code": entry.override_code,
-                    "override_display": entry.override_display,
-                    "has_user_comment": entry.has_user_comment,
-                    "outcome_timestamp": entry.outcome_timestamp,
-                })
+                rows.append(
+                    {
+                        "received_at": received_at,
+                        "service_id": service_id,
+                        "client_iss": client_iss,
+                        "card_id": card["id"],
+                        "card_uuid": entry.card_uuid,
+                        "outcome": entry.outcome,
+                        "accepted_suggestions": list(entry.accepted_suggestions),
+                        "override_system": entry.override_system,
+                        "override_code": entry.override_code,
+                        "override_display": entry.override_display,
+                        "has_user_comment": entry.has_user_comment,
+                        "outcome_timestamp": entry.outcome_timestamp,
+                    }
+                )
         if issues:
             raise BadRequest(issues)
         if rows:
@@ -241,12 +254,16 @@ def feedback_stats(store: Store, since: datetime | None = None) -> FeedbackStats
     nobody gave feedback on show up as the difference. ``since`` filters feedback by
     ``outcomeTimestamp`` and cards by the time of the call that issued them.
     """
-    card_rule = sa.select(
-        issued_card.c.id.label("card_id"),
-        issued_card.c.card_type,
-        issued_card.c.call_id,
-        decision.c.rule_id,
-    ).outerjoin(decision, decision.c.id == issued_card.c.decision_id).subquery()
+    card_rule = (
+        sa.select(
+            issued_card.c.id.label("card_id"),
+            issued_card.c.card_type,
+            issued_card.c.call_id,
+            decision.c.rule_id,
+        )
+        .outerjoin(decision, decision.c.id == issued_card.c.decision_id)
+        .subquery()
+    )
     issued_query = (
         sa.select(card_rule.c.rule_id, card_rule.c.card_type, sa.func.count())
         .select_from(card_rule.join(service_call, service_call.c.id == card_rule.c.call_id))
@@ -258,8 +275,12 @@ def feedback_stats(store: Store, since: datetime | None = None) -> FeedbackStats
         .group_by(card_rule.c.rule_id, card_rule.c.card_type, feedback.c.outcome)
     )
     reason_query = (
-        sa.select(feedback.c.override_system, feedback.c.override_code,
-                  sa.func.max(feedback.c.override_display), sa.func.count())
+        sa.select(
+            feedback.c.override_system,
+            feedback.c.override_code,
+            sa.func.max(feedback.c.override_display),
+            sa.func.count(),
+        )
         .where(feedback.c.outcome == "overridden")
         .group_by(feedback.c.override_system, feedback.c.override_code)
     )
@@ -275,19 +296,29 @@ def feedback_stats(store: Store, since: datetime | None = None) -> FeedbackStats
             counts[_rule_label(rule_id, card_type)][outcome] += count
         reasons = connection.execute(reason_query).all()
     rules = tuple(
-        RuleStats(rule=label, cards_issued=c["issued"], feedback=c["accepted"] + c["overridden"],
-                  accepted=c["accepted"], overridden=c["overridden"])
+        RuleStats(
+            rule=label,
+            cards_issued=c["issued"],
+            feedback=c["accepted"] + c["overridden"],
+            accepted=c["accepted"],
+            overridden=c["overridden"],
+        )
         for label, c in sorted(counts.items())
     )
     total_overrides = sum(count for *_, count in reasons)
     reason_stats = tuple(
         sorted(
-            (ReasonStats(system=system, code=code, display=display, overridden=count,
-                         share=count / total_overrides)
-             for system, code, display, count in reasons),
+            (
+                ReasonStats(
+                    system=system,
+                    code=code,
+                    display=display,
+                    overridden=count,
+                    share=count / total_overrides,
+                )
+                for system, code, display, count in reasons
+            ),
             key=lambda r: (-r.overridden, r.code or ""),
         )
     )
-    return FeedbackStats(
-        since=since.date() if since else None, rules=rules, reasons=reason_stats
-    )
+    return FeedbackStats(since=since.date() if since else None, rules=rules, reasons=reason_stats)

@@ -94,15 +94,21 @@ def _parse_base(url: str) -> _Origin | None:
     if any(unquote(segment) in (".", "..") for segment in parts.path.split("/")):
         return None
     default_port = 443 if parts.scheme == "https" else 80
-    return _Origin(parts.scheme, parts.hostname.lower(), port or default_port,
-                   parts.path.rstrip("/"), port is not None)
+    return _Origin(
+        parts.scheme,
+        parts.hostname.lower(),
+        port or default_port,
+        parts.path.rstrip("/"),
+        port is not None,
+    )
 
 
 def same_origin(first: str, second: str) -> bool:
     """Same scheme, host and port."""
     a, b = _parse_base(first), _parse_base(second)
-    return a is not None and b is not None and (a.scheme, a.host, a.port) == (
-        b.scheme, b.host, b.port)
+    return (
+        a is not None and b is not None and (a.scheme, a.host, a.port) == (b.scheme, b.host, b.port)
+    )
 
 
 def is_under(url: str, base: str, *, any_port_without_one: bool = False) -> bool:
@@ -125,8 +131,7 @@ def fhir_server_allowed(base_url: str, allowed_prefixes: Sequence[str]) -> bool:
     """Whether the token may be sent to ``base_url``: https (or loopback http), under a prefix."""
     if _parse_base(base_url) is None or "?" in base_url:
         return False
-    return any(is_under(base_url, prefix, any_port_without_one=True)
-               for prefix in allowed_prefixes)
+    return any(is_under(base_url, prefix, any_port_without_one=True) for prefix in allowed_prefixes)
 
 
 # One pooled session per process (re-created after a fork), shared by all threads.
@@ -213,7 +218,10 @@ class FhirReader:
             headers["Authorization"] = f"Bearer {self.access_token}"
         try:
             response = self.session.get(
-                url, headers=headers, timeout=(timeout, timeout), stream=True,
+                url,
+                headers=headers,
+                timeout=(timeout, timeout),
+                stream=True,
                 allow_redirects=False,
             )
         except requests.Timeout as exc:
@@ -323,9 +331,7 @@ def next_link(bundle: Any) -> str | None:
     return None
 
 
-def fetch_all(
-    reader: FhirReader, queries: Mapping[str, str | Mapping[str, Any]]
-) -> dict[str, Any]:
+def fetch_all(reader: FhirReader, queries: Mapping[str, str | Mapping[str, Any]]) -> dict[str, Any]:
     """Run every job in parallel (a query, or a Bundle whose next pages to fetch); each key
     maps to its value or its ``FhirQueryFailed``.
 

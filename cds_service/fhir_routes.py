@@ -10,7 +10,7 @@ that matches nothing an empty ``searchset`` Bundle.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlencode
 
 from flask import Blueprint, Response, current_app, request
@@ -25,7 +25,7 @@ blueprint = Blueprint("fhir", __name__, url_prefix="/fhir")
 
 
 def _fhir_response(body: Mapping[str, Any], status: int = 200) -> Response:
-    response: Response = current_app.json.response(body)
+    response = cast(Response, current_app.json.response(body))
     response.status_code = status
     response.mimetype = FHIR_JSON
     return response

@@ -28,7 +28,8 @@ def _audit_and_feedback(connection: Connection) -> None:
     """Version 1: service calls, decisions with their criteria, issued cards, feedback."""
     m = sa.MetaData()
     sa.Table(
-        "service_call", m,
+        "service_call",
+        m,
         sa.Column("id", RowId, primary_key=True, autoincrement=True),
         sa.Column("recorded_at", UtcDateTime, nullable=False),
         sa.Column("service_id", sa.String(100), nullable=False),
@@ -46,10 +47,12 @@ def _audit_and_feedback(connection: Connection) -> None:
         sa.Index("ix_service_call_recorded_at", "recorded_at"),
     )
     sa.Table(
-        "decision", m,
+        "decision",
+        m,
         sa.Column("id", RowId, primary_key=True, autoincrement=True),
-        sa.Column("call_id", RowId, sa.ForeignKey("service_call.id", ondelete="CASCADE"),
-                  nullable=False),
+        sa.Column(
+            "call_id", RowId, sa.ForeignKey("service_call.id", ondelete="CASCADE"), nullable=False
+        ),
         sa.Column("position", sa.Integer, nullable=False),
         sa.Column("coverage_assertion_id", sa.String(100)),
         sa.Column("order_references", sa.JSON, nullable=False),
@@ -62,10 +65,12 @@ def _audit_and_feedback(connection: Connection) -> None:
         sa.Index("ix_decision_coverage_assertion_id", "coverage_assertion_id"),
     )
     sa.Table(
-        "criterion_result", m,
+        "criterion_result",
+        m,
         sa.Column("id", RowId, primary_key=True, autoincrement=True),
-        sa.Column("decision_id", RowId, sa.ForeignKey("decision.id", ondelete="CASCADE"),
-                  nullable=False),
+        sa.Column(
+            "decision_id", RowId, sa.ForeignKey("decision.id", ondelete="CASCADE"), nullable=False
+        ),
         sa.Column("position", sa.Integer, nullable=False),
         sa.Column("rule_id", sa.String(100), nullable=False),
         sa.Column("rule_kind", sa.String(20), nullable=False),
@@ -76,10 +81,12 @@ def _audit_and_feedback(connection: Connection) -> None:
         sa.Index("ix_criterion_result_decision_id", "decision_id"),
     )
     sa.Table(
-        "issued_card", m,
+        "issued_card",
+        m,
         sa.Column("id", RowId, primary_key=True, autoincrement=True),
-        sa.Column("call_id", RowId, sa.ForeignKey("service_call.id", ondelete="CASCADE"),
-                  nullable=False),
+        sa.Column(
+            "call_id", RowId, sa.ForeignKey("service_call.id", ondelete="CASCADE"), nullable=False
+        ),
         sa.Column("decision_id", RowId, sa.ForeignKey("decision.id", ondelete="SET NULL")),
         sa.Column("service_id", sa.String(100), nullable=False),
         sa.Column("card_uuid", sa.String(36), nullable=False),
@@ -90,13 +97,15 @@ def _audit_and_feedback(connection: Connection) -> None:
         sa.Index("ix_issued_card_call_id", "call_id"),
     )
     sa.Table(
-        "feedback", m,
+        "feedback",
+        m,
         sa.Column("id", RowId, primary_key=True, autoincrement=True),
         sa.Column("received_at", UtcDateTime, nullable=False),
         sa.Column("service_id", sa.String(100), nullable=False),
         sa.Column("client_iss", sa.Text),
-        sa.Column("card_id", RowId, sa.ForeignKey("issued_card.id", ondelete="CASCADE"),
-                  nullable=False),
+        sa.Column(
+            "card_id", RowId, sa.ForeignKey("issued_card.id", ondelete="CASCADE"), nullable=False
+        ),
         sa.Column("card_uuid", sa.String(36), nullable=False),
         sa.Column("outcome", sa.String(20), nullable=False),
         sa.Column("accepted_suggestions", sa.JSON, nullable=False),
@@ -115,7 +124,8 @@ def _jwt_replay(connection: Connection) -> None:
     """Version 2: client JWT ids seen, shared by every worker process and replica."""
     m = sa.MetaData()
     sa.Table(
-        "jwt_replay", m,
+        "jwt_replay",
+        m,
         sa.Column("iss", sa.Text, primary_key=True),
         sa.Column("jti", sa.Text, primary_key=True),
         sa.Column("expires_at", UtcDateTime, nullable=False),

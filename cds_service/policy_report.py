@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 import textwrap
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -123,8 +123,7 @@ def describe_logic(node: Mapping[str, Any], policy: Policy) -> str:
             if len(parts) == 1:
                 return parts[0]
             wrapped = [
-                f"({p})" if _is_compound(c) else p
-                for p, c in zip(parts, node[key], strict=True)
+                f"({p})" if _is_compound(c) else p for p, c in zip(parts, node[key], strict=True)
             ]
             return word.join(wrapped)
     if "not" in node:
@@ -198,6 +197,7 @@ def policy_report(policy: Policy) -> PolicyReport:
 
 
 # -- cells shared by the text and markdown tables ------------------------------------------
+
 
 def criterion_cell(entry: CriterionEntry) -> list[str]:
     lines = [entry.id, entry.text]
@@ -322,8 +322,12 @@ def render_text(report: PolicyReport, width: int = 100) -> str:
         lines += [rule_line, *_wrap(_rule_lines(rule), width, "  ")]
         for entry in rule.criteria:
             lines.append(row_line)
-            cells = [criterion_cell(entry), _bullets(entry.citations),
-                     _bullets(evidence_cell(entry)), _bullets(documentation_cell(entry))]
+            cells = [
+                criterion_cell(entry),
+                _bullets(entry.citations),
+                _bullets(evidence_cell(entry)),
+                _bullets(documentation_cell(entry)),
+            ]
             lines += _text_row(cells, widths)
     lines.append(rule_line)
     return "\n".join(lines) + "\n"
@@ -349,21 +353,31 @@ def render_markdown(report: PolicyReport) -> str:
         rule_lines = [f"**{rule.id}** {rule.title}"]
         if rule.effective != Effective(None, None):
             rule_lines.append(f"Effective: {rule.effective.describe()}")
-        rule_lines += [f"Cited: {'; '.join(rule.citations)}",
-                       f"Applies when: {rule.applies_when}", f"Decides: {rule.decides}"]
+        rule_lines += [
+            f"Cited: {'; '.join(rule.citations)}",
+            f"Applies when: {rule.applies_when}",
+            f"Decides: {rule.decides}",
+        ]
         for index, entry in enumerate(rule.criteria or (None,)):
             rule_cell = rule_lines if index == 0 else [f"**{rule.id}**"]
             if entry is None:
                 cells = [rule_cell, [rule.kind], [], [], [], []]
             else:
                 criterion = [f"**{entry.id}**", *criterion_cell(entry)[1:]]
-                cells = [rule_cell, [rule.kind], criterion, list(entry.citations),
-                         evidence_cell(entry), documentation_cell(entry)]
+                cells = [
+                    rule_cell,
+                    [rule.kind],
+                    criterion,
+                    list(entry.citations),
+                    evidence_cell(entry),
+                    documentation_cell(entry),
+                ]
             lines.append("| " + " | ".join(_md(cell) for cell in cells) + " |")
     return "\n".join(lines) + "\n"
 
 
 # -- json -------------------------------------------------------------------------------
+
 
 def render_json(report: PolicyReport) -> str:
     """The report as JSON: the policy, its rules, each rule's criteria."""

@@ -153,7 +153,10 @@ def resolve_prefetch(
             wanted[key] = query
     order_reads = _dispatched_order_queries(hook_request, data)
     queries: dict[str, str | Mapping[str, Any]] = {
-        **wanted, **paginated, **{f"{DISPATCHED_ORDERS_KEY}:{ref}": ref for ref in order_reads}}
+        **wanted,
+        **paginated,
+        **{f"{DISPATCHED_ORDERS_KEY}:{ref}": ref for ref in order_reads},
+    }
 
     if queries:
         fetch_started = time.monotonic()
@@ -172,7 +175,10 @@ def resolve_prefetch(
                     unavailable.pop(key, None)
             if orders:
                 data[DISPATCHED_ORDERS_KEY] = {
-                    "resourceType": "Bundle", "type": "collection", "entry": orders}
+                    "resourceType": "Bundle",
+                    "type": "collection",
+                    "entry": orders,
+                }
 
     return ClinicalInput(data=data, unavailable=unavailable, fetch_seconds=fetch_seconds)
 
@@ -192,7 +198,8 @@ def _fetch(
     if not fhir_server_allowed(base_url, allowed_fhir_servers(settings, client)):
         logger.warning(
             "fhirServer not allowed for client %s; %d queries not made",
-            client.issuer if client else "(unsigned)", len(queries),
+            client.issuer if client else "(unsigned)",
+            len(queries),
         )
         return {key: FhirQueryFailed(NOT_ALLOWED) for key in queries}
     limits = FhirQueryLimits.from_settings(settings)
@@ -206,7 +213,9 @@ def _fetch(
     failures = {k: r.detail for k, r in results.items() if isinstance(r, FhirQueryFailed)}
     logger.info(
         "fetched %d of %d prefetch queries in %.0f ms%s",
-        len(results) - len(failures), len(results), (time.monotonic() - started) * 1000,
+        len(results) - len(failures),
+        len(results),
+        (time.monotonic() - started) * 1000,
         f"; failed: {failures}" if failures else "",
     )
     return results

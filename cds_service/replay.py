@@ -19,7 +19,6 @@ from cds_service.errors import ServiceUnavailable
 from cds_service.store import Store
 from cds_service.tables import jwt_replay
 
-
 logger = logging.getLogger(__name__)
 
 

@@ -121,8 +121,12 @@ def receive_feedback(service_id: str) -> Response:
             received_at=current_app.extensions["cds_clock"](),
         )
     except SQLAlchemyError as exc:
-        logger.error("feedback for %s NOT STORED: database unavailable (%s)",
-                     service_id, type(exc).__name__, exc_info=exc)
+        logger.error(
+            "feedback for %s NOT STORED: database unavailable (%s)",
+            service_id,
+            type(exc).__name__,
+            exc_info=exc,
+        )
         raise ServiceUnavailable.single(
             "Feedback cannot be stored right now; send it again later"
         ) from exc

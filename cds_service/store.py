@@ -177,13 +177,17 @@ class Store:
                         applied_at=applied_at,
                     )
                 )
-                logger.info("database schema upgraded to version %d (%s)",
-                            migration.version, migration.description)
+                logger.info(
+                    "database schema upgraded to version %d (%s)",
+                    migration.version,
+                    migration.description,
+                )
                 current = migration.version
             if current > self.latest_version():
                 logger.warning(
                     "database schema version %d is newer than this service knows (%d)",
-                    current, self.latest_version(),
+                    current,
+                    self.latest_version(),
                 )
         self._schema_ready = True  # only once the transaction has committed
         return current
@@ -197,7 +201,8 @@ class Store:
             logger.error(
                 "feedback/audit database %s unavailable at start-up (%s); service calls are "
                 "answered but NOT AUDITED until it is reachable",
-                self.describe(), type(exc).__name__,
+                self.describe(),
+                type(exc).__name__,
                 exc_info=exc,
             )
             return

@@ -31,18 +31,22 @@ from coverage_policy.model import (
 Facts = Mapping[str, FactValue]
 _MET, _UNMET, _UNKNOWN = Truth.MET, Truth.UNMET, Truth.UNKNOWN
 
+
 def truth_all(truths: list[Truth]) -> Truth:
     if _UNMET in truths:
         return _UNMET
     return _UNKNOWN if _UNKNOWN in truths else _MET
+
 
 def truth_any(truths: list[Truth]) -> Truth:
     if _MET in truths:
         return _MET
     return _UNKNOWN if _UNKNOWN in truths else _UNMET
 
+
 def truth_not(truth: Truth) -> Truth:
     return {_MET: _UNMET, _UNMET: _MET, _UNKNOWN: _UNKNOWN}[truth]
+
 
 def code_in_valueset(valueset: Mapping[str, Any], system: str, code: str) -> bool:
     """Exact codes per system, and prefixes per system (ICD-10-CM categories)."""
@@ -53,6 +57,7 @@ def code_in_valueset(valueset: Mapping[str, Any], system: str, code: str) -> boo
         normalized.startswith(prefix.replace(".", "").upper())
         for prefix in valueset.get("prefixes", {}).get(system, ())
     )
+
 
 def _compare(op: str, actual: Any, expected: Any) -> bool:
     if op == "eq":
@@ -67,6 +72,7 @@ def _compare(op: str, actual: Any, expected: Any) -> bool:
         "lt": actual < expected,
         "lte": actual <= expected,
     }[op] is True
+
 
 class _Evaluator:
     """One evaluation: caches criterion results so shared criteria are decided once."""
@@ -170,14 +176,17 @@ class _Evaluator:
         # an earlier rule that asks for the missing fact (e.g. the pump kind).
         return rule.effective.contains(self.as_of) and self.logic(rule.applies_when, []) is _MET
 
+
 _OUTCOME_OF = {_MET: Outcome.COVERED, _UNMET: Outcome.NOT_COVERED, _UNKNOWN: Outcome.CONDITIONAL}
 _SEVERITY = {Outcome.COVERED: 0, Outcome.CONDITIONAL: 1, Outcome.NOT_COVERED: 2}
+
 
 def _criteria_in(node: Mapping[str, Any]) -> set[str]:
     if "criterion" in node:
         return {node["criterion"]}
     children = node.get("all") or node.get("any") or ([node["not"]] if "not" in node else [])
     return set().union(*(_criteria_in(child) for child in children)) if children else set()
+
 
 def evaluate_policy(policy: Policy, facts: Facts, as_of: date) -> Decision | None:
     """Decide one pump episode. None when no indication rule of the policy applies."""
@@ -187,13 +196,9 @@ def evaluate_policy(policy: Policy, facts: Facts, as_of: date) -> Decision | Non
     if indication is None or not policy.effective.contains(as_of):
         return None
     decided = evaluator.rule(indication)
-    requirements = tuple(
-        evaluator.rule(r) for r in applicable if r.kind is RuleKind.REQUIREMENT
-    )
+    requirements = tuple(evaluator.rule(r) for r in applicable if r.kind is RuleKind.REQUIREMENT)
     guidance = tuple(evaluator.rule(r) for r in applicable if r.kind is RuleKind.GUIDANCE)
-    outcome = max(
-        (decided.outcome, *(r.outcome for r in requirements)), key=_SEVERITY.__getitem__
-    )
+    outcome = max((decided.outcome, *(r.outcome for r in requirements)), key=_SEVERITY.__getitem__)
     return Decision(
         policy_id=policy.id,
         policy_version=policy.version,
@@ -203,4 +208,3 @@ def evaluate_policy(policy: Policy, facts: Facts, as_of: date) -> Decision | Non
         guidance=guidance,
         as_of=as_of,
     )
-

@@ -90,7 +90,9 @@ def _period(raw: Mapping[str, str] | None) -> Period:
 
 
 class _Checker:
-    def __init__(self, raw: Mapping[str, Any], catalog: Mapping[str, Any], valuesets: Mapping[str, Any]):
+    def __init__(
+        self, raw: Mapping[str, Any], catalog: Mapping[str, Any], valuesets: Mapping[str, Any]
+    ):
         self.raw = raw
         self.catalog = dict(catalog)
         for item in raw["documentation"]:
@@ -173,7 +175,9 @@ class _Checker:
             for cid in sorted((deciding | set(rule["criteria"])) - criteria):
                 self.problem(f"{owner}: unknown criterion {cid}")
             if not deciding <= set(rule["criteria"]):
-                self.problem(f"{owner}: lists criteria that omit {sorted(deciding - set(rule['criteria']))}")
+                self.problem(
+                    f"{owner}: lists criteria that omit {sorted(deciding - set(rule['criteria']))}"
+                )
             used |= set(rule["criteria"])
             needed = _TRUTH_MESSAGES if rule["kind"] == "guidance" else _OUTCOME_MESSAGES
             if set(rule["messages"]) != needed:
@@ -225,7 +229,12 @@ def _build(raw: Mapping[str, Any], catalog: dict[str, Any], valuesets: Mapping[s
     for c in raw["criteria"]:
         docs = sorted({f[4:] for f in c["facts"] if f.startswith("doc.")})
         criteria[c["id"]] = Criterion(
-            c["id"], c["text"], _citations(c["citations"]), tuple(c["facts"]), c["logic"], tuple(docs)
+            c["id"],
+            c["text"],
+            _citations(c["citations"]),
+            tuple(c["facts"]),
+            c["logic"],
+            tuple(docs),
         )
     rules = tuple(
         Rule(

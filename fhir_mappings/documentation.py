@@ -67,6 +67,11 @@ def documentation_facts(
             if known is None or authored >= known[0]:
                 shown = value.isoformat() if isinstance(value, date) else value
                 summary = f"answered '{spec.id}': {shown} on {authored.isoformat()}"
-                latest[spec.id] = (authored, FactValue(value, (Evidence(entry.reference, summary),)))
-    return {f"doc.{item_id}": latest[item_id][1] if item_id in latest else FactValue(None)
-            for item_id in items}
+                latest[spec.id] = (
+                    authored,
+                    FactValue(value, (Evidence(entry.reference, summary),)),
+                )
+    return {
+        f"doc.{item_id}": latest[item_id][1] if item_id in latest else FactValue(None)
+        for item_id in items
+    }

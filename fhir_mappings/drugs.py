@@ -30,7 +30,9 @@ def _families() -> tuple[tuple[str, frozenset[str], tuple[re.Pattern[str], ...]]
     )
 
 
-def medication_concept(order: Any, record: PatientRecord | None, draft: PatientRecord | None) -> Any:
+def medication_concept(
+    order: Any, record: PatientRecord | None, draft: PatientRecord | None
+) -> Any:
     """The CodeableConcept naming the drug: inline, or from the referenced Medication."""
     if getattr(order, "medicationCodeableConcept", None) is not None:
         return order.medicationCodeableConcept
@@ -50,7 +52,9 @@ def identify_drug(concept: Any) -> DrugIdentity | None:
     """The drug family of a medication concept: by RxNorm code list, then by name."""
     if concept is None:
         return None
-    rxnorm_codes = [(code, display) for system, code, display in codings(concept) if system == RXNORM]
+    rxnorm_codes = [
+        (code, display) for system, code, display in codings(concept) if system == RXNORM
+    ]
     for family, codes, _ in _families():
         for code, display in rxnorm_codes:
             if code in codes:
@@ -60,7 +64,9 @@ def identify_drug(concept: Any) -> DrugIdentity | None:
         for pattern in patterns:
             match = pattern.search(text)
             if match:
-                return DrugIdentity(family, match.group(0).lower(), f"ingredient name '{match.group(0).lower()}'")
+                return DrugIdentity(
+                    family, match.group(0).lower(), f"ingredient name '{match.group(0).lower()}'"
+                )
     return None
 
 

@@ -84,9 +84,6 @@ def _type_and_id(reference: str) -> list[str]:
     return parts[-2:]
 
 
-
-
-
 def _latest_visit(
     record: PatientRecord, as_of: date, with_practitioner: str | None = None
 ) -> tuple[date, str] | None:
@@ -101,7 +98,9 @@ def _latest_visit(
         if getattr(encounter.class_fhir, "code", None) not in _VISIT_CLASSES:
             continue
         if with_practitioner is not None:
-            individuals = [getattr(p.individual, "reference", None) for p in encounter.participant or []]
+            individuals = [
+                getattr(p.individual, "reference", None) for p in encounter.participant or []
+            ]
             if not any(_same_party(ref, with_practitioner) for ref in individuals):
                 continue
         period = encounter.period

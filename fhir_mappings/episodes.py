@@ -27,8 +27,14 @@ from fhir_mappings.r4 import FhirModel, InvalidResource, ResourceProblem, parse_
 from fhir_mappings.record import PatientRecord, binding, codings
 
 ORDER_TYPES = frozenset(
-    {"DeviceRequest", "MedicationRequest", "ServiceRequest", "NutritionOrder",
-     "VisionPrescription", "CommunicationRequest"}
+    {
+        "DeviceRequest",
+        "MedicationRequest",
+        "ServiceRequest",
+        "NutritionOrder",
+        "VisionPrescription",
+        "CommunicationRequest",
+    }
 )
 
 
@@ -159,7 +165,8 @@ def find_pump_episodes(
     for device, (hcpcs, kind) in pumps_found:
         implied = binding("pumps")["hcpcs"][hcpcs].get("drug_family")
         unpaired = [
-            (o, d) for o, d in named_drugs
+            (o, d)
+            for o, d in named_drugs
             if o.reference not in paired and o.reference not in linked_anywhere
         ]
         # A pump made for one drug (E0784: insulin) pairs with that drug first.

@@ -39,16 +39,26 @@ FACT_SOURCES = {
 
 def _episode_facts(episode: PumpEpisode) -> dict[str, FactValue]:
     facts: dict[str, FactValue] = {}
-    kind_source = episode.device.reference if episode.device else (
-        episode.drug_order.reference if episode.drug_order else "")
+    kind_source = (
+        episode.device.reference
+        if episode.device
+        else (episode.drug_order.reference if episode.drug_order else "")
+    )
     facts["episode.pump_kind"] = FactValue(
         episode.pump_kind,
-        (Evidence(kind_source, f"pump kind from {episode.pump_kind_source}"),) if episode.pump_kind else (),
+        (Evidence(kind_source, f"pump kind from {episode.pump_kind_source}"),)
+        if episode.pump_kind
+        else (),
     )
     drug = episode.drug
     facts["episode.drug_family"] = FactValue(
         drug.family if drug else None,
-        (Evidence(episode.drug_source or kind_source, f"{drug.name}, identified by {drug.identified_by}"),)
+        (
+            Evidence(
+                episode.drug_source or kind_source,
+                f"{drug.name}, identified by {drug.identified_by}",
+            ),
+        )
         if drug
         else (),
     )
@@ -104,7 +114,11 @@ def facts_for_episode(
     """Every fact of the catalog this record can speak to, for one episode."""
     facts = _episode_facts(episode)
     order_encounter = next(
-        (getattr(o.resource, "encounter", None) for o in episode.orders if getattr(o.resource, "encounter", None)),
+        (
+            getattr(o.resource, "encounter", None)
+            for o in episode.orders
+            if getattr(o.resource, "encounter", None)
+        ),
         None,
     )
     facts["order.setting"] = order_setting(
@@ -139,7 +153,9 @@ def facts_for_episode(
         record, as_of, _requester(episode, user_reference)
     )
     facts["coverage.part_a_status"] = part_a_status(record, as_of)
-    documentation = documentation_facts(record, policy.documentation, policy.questionnaire_url, as_of)
+    documentation = documentation_facts(
+        record, policy.documentation, policy.questionnaire_url, as_of
+    )
     facts.update(documentation)
     stated_kind = documentation.get("doc.pump-kind")
     if facts["episode.pump_kind"].value is None and stated_kind and stated_kind.value:
@@ -147,5 +163,9 @@ def facts_for_episode(
     return {
         name: value
         for name, value in facts.items()
-        if all(record.has_data(*keys) for prefix, keys in FACT_SOURCES.items() if name.startswith(prefix))
+        if all(
+            record.has_data(*keys)
+            for prefix, keys in FACT_SOURCES.items()
+            if name.startswith(prefix)
+        )
     }

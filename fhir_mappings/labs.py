@@ -57,7 +57,9 @@ def lab_results(record: PatientRecord, kind: str, as_of: date) -> list[LabResult
         if not any(s == LOINC and c in codes for s, c, _ in codings(obs.code)):
             continue
         value = _normalise(obs.valueQuantity, unit)
-        on = as_date(obs.effectiveDateTime or getattr(obs.effectivePeriod, "start", None) or obs.issued)
+        on = as_date(
+            obs.effectiveDateTime or getattr(obs.effectivePeriod, "start", None) or obs.issued
+        )
         if value is None or (on is not None and on > as_of):
             continue
         low = None

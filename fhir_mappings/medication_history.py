@@ -15,7 +15,15 @@ from fhir_mappings.drugs import (
 )
 from fhir_mappings.record import PatientRecord
 
-_PER_DAY = {"s": 86400.0, "min": 1440.0, "h": 24.0, "d": 1.0, "wk": 1 / 7, "mo": 1 / 30, "a": 1 / 365}
+_PER_DAY = {
+    "s": 86400.0,
+    "min": 1440.0,
+    "h": 24.0,
+    "d": 1.0,
+    "wk": 1 / 7,
+    "mo": 1 / 30,
+    "a": 1 / 365,
+}
 
 
 def doses_per_day(order: Any) -> float | None:

@@ -21,7 +21,9 @@ class ResourceProblem:
 
     resource_type: str
     resource_id: str
-    path: str  # where it was found: "prefetch.conditions.entry[3]" or "context.draftOrders.entry[0]"
+    path: (
+        str  # where it was found: "prefetch.conditions.entry[3]" or "context.draftOrders.entry[0]"
+    )
     message: str
 
 

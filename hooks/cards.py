@@ -72,7 +72,11 @@ class CardContext:
 
     def override_reasons(self) -> list[dict[str, str]]:
         return [
-            {"system": card_text()["override_reason_system"], "code": r["code"], "display": r["display"]}
+            {
+                "system": card_text()["override_reason_system"],
+                "code": r["code"],
+                "display": r["display"],
+            }
             for r in card_text()["override_reasons"]
         ]
 
@@ -117,7 +121,9 @@ def _rule_section(result: RuleResult, policy: Policy) -> list[str]:
     return lines
 
 
-def coverage_card(item: EpisodeDecision, deliberation: Deliberation, ctx: CardContext) -> dict[str, Any]:
+def coverage_card(
+    item: EpisodeDecision, deliberation: Deliberation, ctx: CardContext
+) -> dict[str, Any]:
     decision = item.decision
     words = card_text()["detail"]
     indication = decision.indication
@@ -127,23 +133,37 @@ def coverage_card(item: EpisodeDecision, deliberation: Deliberation, ctx: CardCo
         lines += [f"**{words['order']}**: {_evidence_text(indication.scope_evidence)}", ""]
     lines += _rule_section(indication, ctx.policy)
     for requirement in decision.requirements:
-        lines += [f"**{words['requirements']}: {requirement.rule.title}** ({requirement.rule.id}): "
-                  f"{requirement.rule.messages[requirement.outcome.value]}", ""]
+        lines += [
+            f"**{words['requirements']}: {requirement.rule.title}** ({requirement.rule.id}): "
+            f"{requirement.rule.messages[requirement.outcome.value]}",
+            "",
+        ]
         lines += _rule_section(requirement, ctx.policy)
     if decision.guidance:
         lines.append(f"**{words['guidance']}**")
         lines += [f"- {g.rule.title}: {g.rule.messages[g.truth.value]}" for g in decision.guidance]
         lines.append("")
     if deliberation.record.unavailable:
-        lines.append(f"**{words['unavailable']}**: " + "; ".join(
-            f"{key} ({reason})" for key, reason in sorted(deliberation.record.unavailable.items())))
+        lines.append(
+            f"**{words['unavailable']}**: "
+            + "; ".join(
+                f"{key} ({reason})"
+                for key, reason in sorted(deliberation.record.unavailable.items())
+            )
+        )
         lines.append("")
     if deliberation.problems:
-        lines.append(f"**{words['left_out']}**: " + "; ".join(
-            f"{p.resource_type}/{p.resource_id} at {p.path}" for p in deliberation.problems))
+        lines.append(
+            f"**{words['left_out']}**: "
+            + "; ".join(
+                f"{p.resource_type}/{p.resource_id} at {p.path}" for p in deliberation.problems
+            )
+        )
     card: dict[str, Any] = {
         "uuid": ctx.new_uuid(),
-        "summary": summary(decision.outcome.value, label=item.episode.label, policy=decision.policy_id),
+        "summary": summary(
+            decision.outcome.value, label=item.episode.label, policy=decision.policy_id
+        ),
         "detail": "\n".join(lines).strip(),
         "indicator": "info" if decision.outcome is Outcome.COVERED else "warning",
         "source": ctx.source("guideline"),
@@ -167,8 +187,14 @@ def _needs_lines(needs: Needs | str, policy: Policy, depth: int = 0) -> list[str
     indent = "  " * depth
     if isinstance(needs, str):
         criterion = policy.criteria[needs]
-        form = (f" (form item{'s' if len(criterion.documentation) > 1 else ''} "
-                f"{', '.join(f'`{d}`' for d in criterion.documentation)})") if criterion.documentation else ""
+        form = (
+            (
+                f" (form item{'s' if len(criterion.documentation) > 1 else ''} "
+                f"{', '.join(f'`{d}`' for d in criterion.documentation)})"
+            )
+            if criterion.documentation
+            else ""
+        )
         return [f"{indent}- {criterion.text}{form}"]
     lines = [f"{indent}- {words['all_of' if needs.mode == 'all' else 'one_of']}:"]
     for item in needs.items:
@@ -210,8 +236,13 @@ def _device_resource(episode: PumpEpisode, hcpcs: str, display: str) -> dict[str
         resource["codeCodeableConcept"] = code
         return resource
     order = episode.drug_order.raw if episode.drug_order else {}
-    resource = {"resourceType": "DeviceRequest", "status": "draft", "intent": "original-order",
-                "codeCodeableConcept": code, "subject": order.get("subject")}
+    resource = {
+        "resourceType": "DeviceRequest",
+        "status": "draft",
+        "intent": "original-order",
+        "codeCodeableConcept": code,
+        "subject": order.get("subject"),
+    }
     for key in ("encounter", "requester", "authoredOn"):
         if key in order:
             resource[key] = order[key]
@@ -225,18 +256,29 @@ def _suggestion(alternative: Any, episode: PumpEpisode, ctx: CardContext) -> dic
     if alternative.action == "remove-device":
         if episode.device is None:
             return None
-        action = {"type": "delete", "description": actions["remove-device"],
-                  "resourceId": episode.device.reference}
+        action = {
+            "type": "delete",
+            "description": actions["remove-device"],
+            "resourceId": episode.device.reference,
+        }
     elif episode.device is not None:
-        action = {"type": "update",
-                  "description": actions["replace-device"].format(
-                      display=alternative.display, hcpcs=alternative.hcpcs,
-                      ordered=episode.hcpcs or "the ordered pump"),
-                  "resource": _device_resource(episode, alternative.hcpcs, alternative.display)}
+        action = {
+            "type": "update",
+            "description": actions["replace-device"].format(
+                display=alternative.display,
+                hcpcs=alternative.hcpcs,
+                ordered=episode.hcpcs or "the ordered pump",
+            ),
+            "resource": _device_resource(episode, alternative.hcpcs, alternative.display),
+        }
     else:
-        action = {"type": "create",
-                  "description": actions["create-device"].format(display=alternative.display, hcpcs=alternative.hcpcs),
-                  "resource": _device_resource(episode, alternative.hcpcs, alternative.display)}
+        action = {
+            "type": "create",
+            "description": actions["create-device"].format(
+                display=alternative.display, hcpcs=alternative.hcpcs
+            ),
+            "resource": _device_resource(episode, alternative.hcpcs, alternative.display),
+        }
     return {"label": alternative.label, "uuid": ctx.new_uuid(), "actions": [action]}
 
 
@@ -245,7 +287,11 @@ def alternatives_card(item: EpisodeDecision, ctx: CardContext) -> dict[str, Any]
     if not rule.alternatives or item.decision.outcome is Outcome.COVERED:
         return None
     suggestions = [
-        s for s in (_suggestion(ctx.policy.alternatives[a], item.episode, ctx) for a in rule.alternatives) if s
+        s
+        for s in (
+            _suggestion(ctx.policy.alternatives[a], item.episode, ctx) for a in rule.alternatives
+        )
+        if s
     ]
     if not suggestions:
         return None
@@ -254,7 +300,9 @@ def alternatives_card(item: EpisodeDecision, ctx: CardContext) -> dict[str, Any]
     reason = rule.messages[item.decision.indication.outcome.value]
     card = {
         "uuid": ctx.new_uuid(),
-        "summary": summary("alternatives-req" if required else "alternatives-opt", label=item.episode.label),
+        "summary": summary(
+            "alternatives-req" if required else "alternatives-opt", label=item.episode.label
+        ),
         "detail": card_text()["detail"]["alternatives"].format(reason=reason),
         "indicator": "warning" if required else "info",
         "source": ctx.source(card_type),

@@ -20,7 +20,6 @@ documentation is asked for (CRD hook-19).
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
 from typing import Any
@@ -32,8 +31,11 @@ from hooks.request import NOT_SENT
 
 EXTENSION_URL = "http://hl7.org/fhir/us/davinci-crd/StructureDefinition/ext-coverage-information"
 TEMP_SYSTEM = "http://hl7.org/fhir/us/davinci-crd/CodeSystem/temp"
-DETAIL_SYSTEMS = {"2.0": TEMP_SYSTEM, "2.1": TEMP_SYSTEM,
-                  "2.2": "http://terminology.hl7.org/CodeSystem/crd-coverage-detail"}
+DETAIL_SYSTEMS = {
+    "2.0": TEMP_SYSTEM,
+    "2.1": TEMP_SYSTEM,
+    "2.2": "http://terminology.hl7.org/CodeSystem/crd-coverage-detail",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,12 +54,19 @@ def _sub(url: str, kind: str, value: Any) -> dict[str, Any]:
     return {"url": url, kind: value}
 
 
-def _detail(ctx: AssertionContext, code: str, category: str, kind: str, value: Any) -> dict[str, Any]:
+def _detail(
+    ctx: AssertionContext, code: str, category: str, kind: str, value: Any
+) -> dict[str, Any]:
     parts = []
     if ctx.crd_version == "2.2":
         parts.append(_sub("category", "valueCode", category))
-    parts.append(_sub("code", "valueCodeableConcept",
-                      {"coding": [{"system": DETAIL_SYSTEMS[ctx.crd_version], "code": code}]}))
+    parts.append(
+        _sub(
+            "code",
+            "valueCodeableConcept",
+            {"coding": [{"system": DETAIL_SYSTEMS[ctx.crd_version], "code": code}]},
+        )
+    )
     parts.append(_sub("value", kind, value))
     return {"url": "detail", "extension": parts}
 
@@ -82,7 +91,11 @@ def _instructions(criterion_ids: list[str], policy: Policy) -> str:
     lines = []
     for criterion_id in criterion_ids:
         criterion = policy.criteria[criterion_id]
-        form = f" (form items: {', '.join(criterion.documentation)})" if criterion.documentation else ""
+        form = (
+            f" (form items: {', '.join(criterion.documentation)})"
+            if criterion.documentation
+            else ""
+        )
         lines.append(f"{criterion.text}{form}")
     return "; ".join(lines)
 
@@ -105,8 +118,10 @@ def coverage_information(item: EpisodeDecision, ctx: AssertionContext) -> dict[s
     covered = decision.outcome.value
     if covered == Outcome.CONDITIONAL and technical and ctx.crd_version == "2.2":
         covered = Outcome.INDETERMINATE.value
-    parts = [_sub("coverage", "valueReference", {"reference": ctx.coverage.reference}),
-             _sub("covered", "valueCode", covered)]
+    parts = [
+        _sub("coverage", "valueReference", {"reference": ctx.coverage.reference}),
+        _sub("covered", "valueCode", covered),
+    ]
     if covered != Outcome.NOT_COVERED:
         parts.append(_sub("pa-needed", "valueCode", "no-auth"))
     missing = _missing_criteria(item) if covered != Outcome.NOT_COVERED else []
@@ -114,7 +129,9 @@ def coverage_information(item: EpisodeDecision, ctx: AssertionContext) -> dict[s
     asks_documentation = bool(missing) and not ctx.secondary_hook
     if asks_documentation:
         if ctx.crd_version == "2.0":
-            parts.append(_sub("doc-needed", "valueCode", "both" if len(doc_types) > 1 else doc_types[0]))
+            parts.append(
+                _sub("doc-needed", "valueCode", "both" if len(doc_types) > 1 else doc_types[0])
+            )
         else:
             parts += [_sub("doc-needed", "valueCode", t) for t in doc_types]
         parts.append(_sub("doc-purpose", "valueCode", "withclaim"))
@@ -128,9 +145,16 @@ def coverage_information(item: EpisodeDecision, ctx: AssertionContext) -> dict[s
         else None
     )
     if covered == Outcome.INDETERMINATE:
-        parts.append(_sub("reason", "valueCodeableConcept", {
-            "coding": [{"system": TEMP_SYSTEM, "code": "technical"}],
-            "text": reasons["technical"].format(keys=", ".join(sorted(technical)))}))
+        parts.append(
+            _sub(
+                "reason",
+                "valueCodeableConcept",
+                {
+                    "coding": [{"system": TEMP_SYSTEM, "code": "technical"}],
+                    "text": reasons["technical"].format(keys=", ".join(sorted(technical))),
+                },
+            )
+        )
     elif reason_text:
         parts.append(_sub("reason", "valueCodeableConcept", {"text": reason_text[:1000]}))
     # CRD 2.0.1's detail.value has no url type: the link goes as a string there.
@@ -160,5 +184,3 @@ def coverage_system_actions(
             resource["extension"] = [*kept, extension]
             actions.append({"type": "update", "description": description, "resource": resource})
     return actions
-
-

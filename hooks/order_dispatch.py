@@ -13,7 +13,7 @@ from typing import Any
 
 from fhir_mappings.episodes import DraftOrder, parse_draft_orders
 from hooks.decide import deliberate
-from hooks.request import ClinicalInput, HookRequest, DataUnavailable
+from hooks.request import ClinicalInput, DataUnavailable, HookRequest
 from hooks.respond import CONFIGURATION_OPTIONS, build_response
 from hooks.service import PATIENT_PREFETCH, HookEnvironment, HookResult, ServiceDefinition
 
@@ -57,17 +57,24 @@ def _find_orders(references: list[str], clinical: ClinicalInput) -> dict[str, An
                 reference = f"{resource.get('resourceType')}/{resource.get('id')}"
                 if reference in wanted:
                     found[reference] = resource
-    return {"resourceType": "Bundle", "type": "collection",
-            "entry": [{"resource": found[r]} for r in references if r in found]}
+    return {
+        "resourceType": "Bundle",
+        "type": "collection",
+        "entry": [{"resource": found[r]} for r in references if r in found],
+    }
 
 
-def handle(request: HookRequest, clinical: ClinicalInput, environment: HookEnvironment) -> HookResult:
+def handle(
+    request: HookRequest, clinical: ClinicalInput, environment: HookEnvironment
+) -> HookResult:
     references = dispatched_references(request.context)
     bundle = _find_orders(references, clinical)
     orders: list[DraftOrder]
     orders, problems = parse_draft_orders(bundle, "dispatchedOrders")
     if not bundle["entry"]:
-        pump_related = [r for r in references if r.split("/")[0] in ("DeviceRequest", "MedicationRequest")]
+        pump_related = [
+            r for r in references if r.split("/")[0] in ("DeviceRequest", "MedicationRequest")
+        ]
         if pump_related:
             raise DataUnavailable(
                 f"The dispatched orders {', '.join(pump_related)} are neither in the prefetch nor "

@@ -34,7 +34,9 @@ CONTEXT_SCHEMA: dict[str, Any] = {
 }
 
 
-def handle(request: HookRequest, clinical: ClinicalInput, environment: HookEnvironment) -> HookResult:
+def handle(
+    request: HookRequest, clinical: ClinicalInput, environment: HookEnvironment
+) -> HookResult:
     bundle = request.context["draftOrders"]
     orders, problems = parse_draft_orders(bundle, "context.draftOrders")
     deliberation = deliberate(
@@ -44,10 +46,14 @@ def handle(request: HookRequest, clinical: ClinicalInput, environment: HookEnvir
     focused = replace(
         deliberation,
         decisions=tuple(
-            d for d in deliberation.decisions if any(o.reference in selected for o in d.episode.orders)
+            d
+            for d in deliberation.decisions
+            if any(o.reference in selected for o in d.episode.orders)
         ),
         deceased=tuple(
-            (e, died) for e, died in deliberation.deceased if any(o.reference in selected for o in e.orders)
+            (e, died)
+            for e, died in deliberation.deceased
+            if any(o.reference in selected for o in e.orders)
         ),
     )
     return build_response(request, focused, environment, secondary_hook=True)

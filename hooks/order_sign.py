@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from fhir_mappings.episodes import parse_draft_orders
 from hooks.decide import deliberate
 from hooks.request import ClinicalInput, HookRequest
 from hooks.respond import CONFIGURATION_OPTIONS, build_response
@@ -14,7 +15,6 @@ from hooks.service import (
     HookResult,
     ServiceDefinition,
 )
-from fhir_mappings.episodes import parse_draft_orders
 
 HOOK = "order-sign"
 
@@ -34,7 +34,9 @@ CONTEXT_SCHEMA: dict[str, Any] = {
 }
 
 
-def handle(request: HookRequest, clinical: ClinicalInput, environment: HookEnvironment) -> HookResult:
+def handle(
+    request: HookRequest, clinical: ClinicalInput, environment: HookEnvironment
+) -> HookResult:
     bundle = request.context["draftOrders"]
     orders, problems = parse_draft_orders(bundle, "context.draftOrders")
     deliberation = deliberate(

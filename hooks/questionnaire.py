@@ -26,9 +26,11 @@ from coverage_policy.model import DocumentationItem, Policy
 
 ITEM_CONTROL = "http://hl7.org/fhir/StructureDefinition/questionnaire-itemControl"
 ITEM_CONTROL_SYSTEM = "http://hl7.org/fhir/questionnaire-item-control"
-US = {"coding": [
-    {"system": "urn:iso:std:iso:3166", "code": "US", "display": "United States of America"}
-]}
+US = {
+    "coding": [
+        {"system": "urn:iso:std:iso:3166", "code": "US", "display": "United States of America"}
+    ]
+}
 _ITEM_TYPES = {"boolean": "boolean", "choice": "choice", "date": "date"}
 
 
@@ -68,14 +70,16 @@ def _criteria_settled_by(policy: Policy, item_id: str) -> list[str]:
 
 def _help_item(item: DocumentationItem, settles: list[str]) -> dict[str, Any]:
     return {
-        "extension": [{
-            "url": ITEM_CONTROL,
-            "valueCodeableConcept": {
-                "coding": [
-                    {"system": ITEM_CONTROL_SYSTEM, "code": "help", "display": "Help-Button"}
-                ]
-            },
-        }],
+        "extension": [
+            {
+                "url": ITEM_CONTROL,
+                "valueCodeableConcept": {
+                    "coding": [
+                        {"system": ITEM_CONTROL_SYSTEM, "code": "help", "display": "Help-Button"}
+                    ]
+                },
+            }
+        ],
         "linkId": f"{item.id}.help",
         "text": "Settles: " + " | ".join(settles),
         "type": "display",
@@ -90,10 +94,12 @@ def questionnaire_item(policy: Policy, item: DocumentationItem) -> dict[str, Any
         )
     base = terminology_base(policy)
     entry: dict[str, Any] = {
-        "extension": [{
-            "url": f"{base}/StructureDefinition/documentation-type",
-            "valueCode": item.doc_type,
-        }],
+        "extension": [
+            {
+                "url": f"{base}/StructureDefinition/documentation-type",
+                "valueCode": item.doc_type,
+            }
+        ],
         "linkId": item.id,
         "code": [{"system": f"{base}/CodeSystem/documentation-item", "code": item.id}],
         "text": item.text,

@@ -5,27 +5,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from hooks.cards import CardContext, build_cards
+from hooks.cards import CardContext, build_cards, card_text
 from hooks.coverage_information import AssertionContext, coverage_system_actions
 from hooks.decide import Deliberation
 from hooks.request import HookRequest
 from hooks.service import ConfigurationOption, HookEnvironment, HookResult
 
-CONFIGURATION_OPTIONS = (
-    ConfigurationOption("coverage-info", "boolean", "Coverage Information",
-                        "Record the coverage decision on each infusion pump order (CRD coverage-information system action)", True),
-    ConfigurationOption("guideline", "boolean", "Coverage guidance",
-                        "A card per pump order with the decision, each criterion's result, its citation and the evidence, and links to MCS051.01, NCD 280.14 and LCD L33794", True),
-    ConfigurationOption("claim", "boolean", "Documentation needed",
-                        "A card listing exactly what to document when coverage depends on documentation", True),
-    ConfigurationOption("therapy-alternatives-req", "boolean", "Covered alternatives",
-                        "Suggestions replacing a non-covered pump with a covered alternative (e.g. an elastomeric pump for vancomycin)", True),
-    ConfigurationOption("therapy-alternatives-opt", "boolean", "Optional alternatives",
-                        "Suggestions of alternatives when coverage is conditional", True),
-    ConfigurationOption("insurance", "boolean", "Coverage not confirmed",
-                        "A card saying so when the request carries no Coverage for the patient", True),
-    ConfigurationOption("max-cards", "integer", "Maximum cards",
-                        "The most cards returned, most important first", 10),
+# One boolean per card type the service emits, plus max-cards (CRD dev-4/5); wording is data.
+CONFIGURATION_OPTIONS = tuple(
+    ConfigurationOption(o["code"], o["type"], o["name"], o["description"], o["default"])
+    for o in card_text()["configuration_options"]
 )
 _DEFAULTS = {option.code: option.default for option in CONFIGURATION_OPTIONS}
 
@@ -37,10 +26,16 @@ def effective_configuration(requested: Mapping[str, Any]) -> dict[str, Any]:
     configuration = dict(_DEFAULTS)
     for code, default in _DEFAULTS.items():
         value = requested.get(code)
-        if isinstance(default, bool) and isinstance(value, bool):
-            configuration[code] = value
-        elif (not isinstance(default, bool) and isinstance(value, int)
-              and not isinstance(value, bool) and value >= 0):
+        if (
+            isinstance(default, bool)
+            and isinstance(value, bool)
+            or (
+                not isinstance(default, bool)
+                and isinstance(value, int)
+                and not isinstance(value, bool)
+                and value >= 0
+            )
+        ):
             configuration[code] = value
     return configuration
 

@@ -75,8 +75,8 @@ def load_json(path: Path) -> Any:
 
 
 @pytest.fixture
-def shared_dir() -> Iterator[Path]:
+def shared_dir() -> Path:
     """``../shared`` beside the checkout; tests that need it skip cleanly without it."""
     if not SHARED.is_dir():
         pytest.skip("../shared (Synthea records, CRD examples) is not present")
-    yield SHARED
+    return SHARED

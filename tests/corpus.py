@@ -41,7 +41,6 @@ from flask.testing import FlaskClient
 from hooks.coverage_information import EXTENSION_URL
 from hooks.service import PATIENT_PREFETCH
 from tests.conftest import ORDER_SIGN, SHARED, make_app
-from tests.response_validation import validate_cds_response
 from tests.order_requests import (
     PUMP_ORDERS,
     PumpOrder,
@@ -50,6 +49,7 @@ from tests.order_requests import (
     pump_order_resources,
     searchset,
 )
+from tests.response_validation import validate_cds_response
 
 SYNTHEA = SHARED / "synthea-r4"
 SUMMARY = Path(__file__).resolve().parent / "corpus_summary.tsv"
@@ -147,8 +147,11 @@ def _cards_about(response: Mapping[str, Any], reference: str) -> Iterator[Mappin
 
 
 def summarize_response(
-    patient_file: str, order: PumpOrder, device: Mapping[str, Any],
-    medication: Mapping[str, Any], response: Mapping[str, Any],
+    patient_file: str,
+    order: PumpOrder,
+    device: Mapping[str, Any],
+    medication: Mapping[str, Any],
+    response: Mapping[str, Any],
 ) -> SummaryRow:
     """The rule and outcome the response gives the pump order (and its drug order)."""
     outcomes = []
@@ -156,7 +159,8 @@ def summarize_response(
         for action in response.get("systemActions", []):
             target = action.get("resource", {})
             if (target.get("resourceType"), target.get("id")) == (
-                resource["resourceType"], resource["id"]
+                resource["resourceType"],
+                resource["id"],
             ):
                 outcomes.append(_covered(action) or "none")
     device_reference = f"DeviceRequest/{device['id']}"
@@ -219,15 +223,20 @@ def summary_diff(expected: str, actual: str) -> str:
     """A unified diff of the committed summary against the outcomes now."""
     return "".join(
         difflib.unified_diff(
-            expected.splitlines(keepends=True), actual.splitlines(keepends=True),
-            fromfile="tests/corpus_summary.tsv (committed)", tofile="outcomes now",
+            expected.splitlines(keepends=True),
+            actual.splitlines(keepends=True),
+            fromfile="tests/corpus_summary.tsv (committed)",
+            tofile="outcomes now",
         )
     )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.corpus", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.corpus",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--write", action="store_true", help=f"rewrite {SUMMARY.name}")
     args = parser.parse_args(argv)
     if not SYNTHEA.is_dir():

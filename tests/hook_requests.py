@@ -21,30 +21,61 @@ def insulin_pump_orders(patient_id: str, authored_on: str = "2026-11-28") -> dic
         "resourceType": "Bundle",
         "type": "collection",
         "entry": [
-            {"resource": {
-                "resourceType": "DeviceRequest", "id": "devreq-e0784", "status": "draft",
-                "intent": "original-order",
-                "codeCodeableConcept": {"coding": [{
-                    "system": HCPCS, "code": "E0784",
-                    "display": "External ambulatory infusion pump, insulin"}]},
-                "subject": subject, "authoredOn": authored_on,
-                "requester": {"reference": "Practitioner/pract-1"},
-            }},
-            {"resource": {
-                "resourceType": "MedicationRequest", "id": "medreq-lispro-pump",
-                "status": "draft", "intent": "order",
-                "medicationCodeableConcept": {"coding": [{
-                    "system": "http://www.nlm.nih.gov/research/umls/rxnorm", "code": "1652639",
-                    "display": "insulin lispro 100 UNT/ML Injectable Solution"}]},
-                "subject": subject, "authoredOn": authored_on,
-                "requester": {"reference": "Practitioner/pract-1"},
-                "dosageInstruction": [{
-                    "text": "Continuous subcutaneous insulin infusion by insulin pump",
-                    "route": {"coding": [{"system": "http://snomed.info/sct",
-                                          "code": "34206005",
-                                          "display": "Subcutaneous route"}]}}],
-                "basedOn": [{"reference": "DeviceRequest/devreq-e0784"}],
-            }},
+            {
+                "resource": {
+                    "resourceType": "DeviceRequest",
+                    "id": "devreq-e0784",
+                    "status": "draft",
+                    "intent": "original-order",
+                    "codeCodeableConcept": {
+                        "coding": [
+                            {
+                                "system": HCPCS,
+                                "code": "E0784",
+                                "display": "External ambulatory infusion pump, insulin",
+                            }
+                        ]
+                    },
+                    "subject": subject,
+                    "authoredOn": authored_on,
+                    "requester": {"reference": "Practitioner/pract-1"},
+                }
+            },
+            {
+                "resource": {
+                    "resourceType": "MedicationRequest",
+                    "id": "medreq-lispro-pump",
+                    "status": "draft",
+                    "intent": "order",
+                    "medicationCodeableConcept": {
+                        "coding": [
+                            {
+                                "system": "http://www.nlm.nih.gov/research/umls/rxnorm",
+                                "code": "1652639",
+                                "display": "insulin lispro 100 UNT/ML Injectable Solution",
+                            }
+                        ]
+                    },
+                    "subject": subject,
+                    "authoredOn": authored_on,
+                    "requester": {"reference": "Practitioner/pract-1"},
+                    "dosageInstruction": [
+                        {
+                            "text": "Continuous subcutaneous insulin infusion by insulin pump",
+                            "route": {
+                                "coding": [
+                                    {
+                                        "system": "http://snomed.info/sct",
+                                        "code": "34206005",
+                                        "display": "Subcutaneous route",
+                                    }
+                                ]
+                            },
+                        }
+                    ],
+                    "basedOn": [{"reference": "DeviceRequest/devreq-e0784"}],
+                }
+            },
         ],
     }
 
@@ -74,8 +105,12 @@ def order_sign_request(
     if fhir_server:
         body["fhirServer"] = fhir_server
         body["fhirAuthorization"] = {
-            "access_token": access_token, "token_type": "Bearer", "expires_in": 30,
-            "scope": "patient/*.read", "subject": "infusion-pump-cds", "patient": patient_id,
+            "access_token": access_token,
+            "token_type": "Bearer",
+            "expires_in": 30,
+            "scope": "patient/*.read",
+            "subject": "infusion-pump-cds",
+            "patient": patient_id,
         }
     if prefetch is not None:
         body["prefetch"] = prefetch
@@ -107,22 +142,34 @@ def covered_codes(response_json: dict[str, Any]) -> list[str]:
 def coverage_resource(patient_id: str, coverage_id: str = "cov-ma-1") -> dict[str, Any]:
     """An active Medicare Advantage Coverage of the patient."""
     return {
-        "resourceType": "Coverage", "id": coverage_id, "status": "active",
-        "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode",
-                             "code": "SUBSIDIZ"}], "text": "Medicare Advantage"},
+        "resourceType": "Coverage",
+        "id": coverage_id,
+        "status": "active",
+        "type": {
+            "coding": [
+                {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "SUBSIDIZ"}
+            ],
+            "text": "Medicare Advantage",
+        },
         "subscriberId": "1EG4TE5MK72",
         "beneficiary": {"reference": f"Patient/{patient_id}"},
         "period": {"start": "2020-01-01"},
-        "payor": [{"identifier": {"system": "http://hl7.org/fhir/sid/us-npi",
-                                  "value": "1234567893"},
-                   "display": "Example Medicare Advantage Plan"}],
+        "payor": [
+            {
+                "identifier": {"system": "http://hl7.org/fhir/sid/us-npi", "value": "1234567893"},
+                "display": "Example Medicare Advantage Plan",
+            }
+        ],
     }
 
 
 def searchset(*resources: dict[str, Any]) -> dict[str, Any]:
     """A searchset Bundle of these resources, as a prefetch value."""
-    bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset",
-                              "total": len(resources)}
+    bundle: dict[str, Any] = {
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "total": len(resources),
+    }
     if resources:
         bundle["entry"] = [{"resource": r} for r in resources]
     return bundle
@@ -131,7 +178,11 @@ def searchset(*resources: dict[str, Any]) -> dict[str, Any]:
 def patient_and_coverage_prefetch(patient_id: str) -> dict[str, Any]:
     """The two keys an EHR is most likely to send: the Patient and the Coverage."""
     return {
-        "patient": {"resourceType": "Patient", "id": patient_id, "gender": "female",
-                    "birthDate": "1950-01-01"},
+        "patient": {
+            "resourceType": "Patient",
+            "id": patient_id,
+            "gender": "female",
+            "birthDate": "1950-01-01",
+        },
         "coverage": searchset(coverage_resource(patient_id)),
     }

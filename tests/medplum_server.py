@@ -21,10 +21,20 @@ START_TIMEOUT_S = 60
 
 # What a Synthea bundle holds that the service reads (the rest, Claims and
 # ExplanationOfBenefits mostly, is left out to keep loading quick).
-LOADED_TYPES = frozenset({
-    "Patient", "Condition", "MedicationRequest", "Medication", "Observation",
-    "AllergyIntolerance", "Device", "Encounter", "Procedure", "QuestionnaireResponse",
-})
+LOADED_TYPES = frozenset(
+    {
+        "Patient",
+        "Condition",
+        "MedicationRequest",
+        "Medication",
+        "Observation",
+        "AllergyIntolerance",
+        "Device",
+        "Encounter",
+        "Procedure",
+        "QuestionnaireResponse",
+    }
+)
 
 
 LAB_CODES = frozenset(code for lab in binding("labs")["labs"].values() for code in lab["codes"])
@@ -49,8 +59,10 @@ def node_or_skip() -> str:
             pytest.fail("node is required in CI for the FHIR server tests")
         pytest.skip("node is not installed")
     if not (SERVER_DIR / "node_modules" / "@medplum" / "fhir-router").is_dir():
-        pytest.fail("tests/fhir_server/node_modules is missing: run `make test` "
-                    "(it runs `npm ci --prefix tests/fhir_server`)")
+        pytest.fail(
+            "tests/fhir_server/node_modules is missing: run `make test` "
+            "(it runs `npm ci --prefix tests/fhir_server`)"
+        )
     return node
 
 
@@ -68,8 +80,9 @@ class MedplumServer:
         return {"Authorization": f"Bearer {self.token}", "Content-Type": "application/fhir+json"}
 
     def post(self, path: str, resource: dict[str, Any]) -> dict[str, Any]:
-        response = self.session.post(f"{self.base}/{path}", json=resource,
-                                     headers=self._headers(), timeout=30)
+        response = self.session.post(
+            f"{self.base}/{path}", json=resource, headers=self._headers(), timeout=30
+        )
         response.raise_for_status()
         return response.json()  # type: ignore[no-any-return]
 
@@ -85,8 +98,9 @@ class MedplumServer:
         if first.get("resourceType") != "Bundle":
             return first
         entries, page = list(first.get("entry") or []), first
-        while next_url := next((link["url"] for link in page.get("link") or []
-                                if link["relation"] == "next"), None):
+        while next_url := next(
+            (link["url"] for link in page.get("link") or [] if link["relation"] == "next"), None
+        ):
             page = self.get(next_url)
             entries += page.get("entry") or []
         bundle = {"resourceType": "Bundle", "type": "searchset", "total": len(entries)}
@@ -128,9 +142,20 @@ def start_medplum(token: str, page_size: int = 20) -> MedplumServer:
     """Start the server on a free loopback port; return once it says it is listening."""
     node = node_or_skip()
     process = subprocess.Popen(
-        [node, str(SERVER_DIR / "server.mjs"), "--port", "0", "--token", token,
-         "--page-size", str(page_size)],
-        cwd=SERVER_DIR, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+        [
+            node,
+            str(SERVER_DIR / "server.mjs"),
+            "--port",
+            "0",
+            "--token",
+            token,
+            "--page-size",
+            str(page_size),
+        ],
+        cwd=SERVER_DIR,
+        stdout=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
     )
     ready: dict[str, Any] = {}
     started = threading.Event()
@@ -155,5 +180,6 @@ def start_medplum(token: str, page_size: int = 20) -> MedplumServer:
         if process.stdout is not None:
             process.stdout.close()
         raise RuntimeError("the Medplum FHIR server did not start")
-    return MedplumServer(base=ready["base"], token=token, process=process,
-                         output_reader=output_reader)
+    return MedplumServer(
+        base=ready["base"], token=token, process=process, output_reader=output_reader
+    )

@@ -83,13 +83,19 @@ class MisbehavingFhirServer:
 
 
 def _patient(resource_id: str) -> dict[str, Any]:
-    return {"resourceType": "Patient", "id": resource_id, "gender": "female",
-            "birthDate": "1950-01-01"}
+    return {
+        "resourceType": "Patient",
+        "id": resource_id,
+        "gender": "female",
+        "birthDate": "1950-01-01",
+    }
 
 
 def _outcome(text: str) -> dict[str, Any]:
-    return {"resourceType": "OperationOutcome",
-            "issue": [{"severity": "error", "code": "exception", "diagnostics": text}]}
+    return {
+        "resourceType": "OperationOutcome",
+        "issue": [{"severity": "error", "code": "exception", "diagnostics": text}],
+    }
 
 
 def _handler_for(owner: MisbehavingFhirServer) -> type[BaseHTTPRequestHandler]:
@@ -125,11 +131,16 @@ def _handler_for(owner: MisbehavingFhirServer) -> type[BaseHTTPRequestHandler]:
             is_read = len(rest) == 2
             if behaviour == "ok":
                 if is_read:
-                    self._send_json(200, _patient(rest[1]) if rest[0] == "Patient" else
-                                    {"resourceType": rest[0], "id": rest[1]})
+                    self._send_json(
+                        200,
+                        _patient(rest[1])
+                        if rest[0] == "Patient"
+                        else {"resourceType": rest[0], "id": rest[1]},
+                    )
                 else:
-                    self._send_json(200, {"resourceType": "Bundle", "type": "searchset",
-                                          "total": 0})
+                    self._send_json(
+                        200, {"resourceType": "Bundle", "type": "searchset", "total": 0}
+                    )
             elif behaviour == "slow":
                 owner.stopping.wait(owner.slow_s)
                 self._send_json(200, {"resourceType": "Bundle", "type": "searchset", "total": 0})
@@ -153,19 +164,32 @@ def _handler_for(owner: MisbehavingFhirServer) -> type[BaseHTTPRequestHandler]:
                     links = [{"relation": "next", "url": f"{base}/Condition?page=1"}]
                 elif page == 1:
                     links = [{"relation": "next", "url": "Condition?page=2"}]
-                self._send_json(200, {
-                    "resourceType": "Bundle", "type": "searchset", "total": 3, "link": links,
-                    "entry": [{"resource": {"resourceType": "Condition", "id": f"c{page}"}}],
-                })
+                self._send_json(
+                    200,
+                    {
+                        "resourceType": "Bundle",
+                        "type": "searchset",
+                        "total": 3,
+                        "link": links,
+                        "entry": [{"resource": {"resourceType": "Condition", "id": f"c{page}"}}],
+                    },
+                )
             elif behaviour in ("endless", "offsite"):
                 page = int(query.get("page", ["0"])[0])
-                next_url = (f"{base}/{'/'.join(rest) or 'Condition'}?page={page + 1}"
-                            if behaviour == "endless" else "http://127.0.0.2:9/fhir/Condition?p=2")
-                self._send_json(200, {
-                    "resourceType": "Bundle", "type": "searchset",
-                    "link": [{"relation": "next", "url": next_url}],
-                    "entry": [{"resource": {"resourceType": "Condition", "id": f"c{page}"}}],
-                })
+                next_url = (
+                    f"{base}/{'/'.join(rest) or 'Condition'}?page={page + 1}"
+                    if behaviour == "endless"
+                    else "http://127.0.0.2:9/fhir/Condition?p=2"
+                )
+                self._send_json(
+                    200,
+                    {
+                        "resourceType": "Bundle",
+                        "type": "searchset",
+                        "link": [{"relation": "next", "url": next_url}],
+                        "entry": [{"resource": {"resourceType": "Condition", "id": f"c{page}"}}],
+                    },
+                )
             elif behaviour == "redirect":
                 self.send_response(302)
                 self.send_header("Location", owner.redirect_to + "/".join(rest))

@@ -100,18 +100,25 @@ def pump_order_resources(
         },
         "subject": subject,
         "authoredOn": AUTHORED_ON,
-        "dosageInstruction": [{
-            "text": f"Continuous infusion by pump, {route_display.lower()}",
-            "route": {"coding": [{"system": SNOMED, "code": route_code, "display": route_display}]},
-        }],
+        "dosageInstruction": [
+            {
+                "text": f"Continuous infusion by pump, {route_display.lower()}",
+                "route": {
+                    "coding": [{"system": SNOMED, "code": route_code, "display": route_display}]
+                },
+            }
+        ],
     }
     return device, medication
 
 
 def collection(resources: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     """A ``collection`` Bundle (the shape of ``context.draftOrders``)."""
-    return {"resourceType": "Bundle", "type": "collection",
-            "entry": [{"resource": dict(r)} for r in resources]}
+    return {
+        "resourceType": "Bundle",
+        "type": "collection",
+        "entry": [{"resource": dict(r)} for r in resources],
+    }
 
 
 def searchset(entries: Iterable[tuple[str | None, Mapping[str, Any]]]) -> dict[str, Any]:

@@ -30,6 +30,7 @@ def find_postgres_bin() -> Path | None:
     on_path = shutil.which("initdb"), shutil.which("pg_ctl")
     if all(on_path):
         return Path(os.path.realpath(on_path[0] or "")).parent
+
     def version(initdb: str) -> int:
         name = Path(initdb).parent.parent.name
         return int(name) if name.isdigit() else 0
@@ -75,13 +76,35 @@ class PostgresCluster:
                 raise PostgresUnavailable(
                     "running as root and there is no 'postgres' user to run the server"
                 ) from exc
-        self._run("initdb", "-D", str(self.data), "-U", self.superuser, "--auth=trust",
-                  "-E", "UTF8", "--no-sync")
+        self._run(
+            "initdb",
+            "-D",
+            str(self.data),
+            "-U",
+            self.superuser,
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--no-sync",
+        )
         # fsync off: only test clients are ever killed, never this throwaway server.
-        options = (f"-h 127.0.0.1 -p {self.port} -k {self.root} -c max_connections=200 "
-                   "-c fsync=off -c full_page_writes=off")
-        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.root / "server.log"),
-                  "-o", options, "-w", "-t", "60", "start")
+        options = (
+            f"-h 127.0.0.1 -p {self.port} -k {self.root} -c max_connections=200 "
+            "-c fsync=off -c full_page_writes=off"
+        )
+        self._run(
+            "pg_ctl",
+            "-D",
+            str(self.data),
+            "-l",
+            str(self.root / "server.log"),
+            "-o",
+            options,
+            "-w",
+            "-t",
+            "60",
+            "start",
+        )
 
     def stop(self) -> None:
         try:

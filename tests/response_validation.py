@@ -51,31 +51,70 @@ CARD_TYPE_SYSTEMS = {
     "2.2": "http://terminology.hl7.org/CodeSystem/cdshooks-card-type",
 }
 # The CRD Response Types value set (CRD 2.2.1 CRDTempCodes.fsh, "Card types").
-CRD_RESPONSE_TYPES = frozenset({
-    "coverage-info", "unsolicited-determ", "claim", "insurance", "limits", "network",
-    "appropriate-use", "cost", "therapy-alternatives-opt", "therapy-alternatives-req",
-    "clinical-reminder", "duplicate-therapy", "contraindication", "guideline", "off-guideline",
-})
-CRD_HOOKS = frozenset({
-    "order-sign", "order-select", "order-dispatch",
-    "appointment-book", "encounter-start", "encounter-discharge",
-})
+CRD_RESPONSE_TYPES = frozenset(
+    {
+        "coverage-info",
+        "unsolicited-determ",
+        "claim",
+        "insurance",
+        "limits",
+        "network",
+        "appropriate-use",
+        "cost",
+        "therapy-alternatives-opt",
+        "therapy-alternatives-req",
+        "clinical-reminder",
+        "duplicate-therapy",
+        "contraindication",
+        "guideline",
+        "off-guideline",
+    }
+)
+CRD_HOOKS = frozenset(
+    {
+        "order-sign",
+        "order-select",
+        "order-dispatch",
+        "appointment-book",
+        "encounter-start",
+        "encounter-discharge",
+    }
+)
 # CRD hook-17/19: on these, coverage information SHALL NOT ask for clinical or admin documents.
 SECONDARY_HOOKS = frozenset({"order-select", "encounter-start", "encounter-discharge"})
 CLINICAL_OR_ADMIN_DOCUMENTATION = frozenset({"clinical", "admin", "both"})
 # Resources the coverage-information extension may sit on (its FHIR contexts).
-COVERAGE_INFORMATION_CONTEXTS = frozenset({
-    "Appointment", "CommunicationRequest", "DeviceRequest", "Encounter", "MedicationRequest",
-    "NutritionOrder", "QuestionnaireResponse", "ServiceRequest", "VisionPrescription",
-})
+COVERAGE_INFORMATION_CONTEXTS = frozenset(
+    {
+        "Appointment",
+        "CommunicationRequest",
+        "DeviceRequest",
+        "Encounter",
+        "MedicationRequest",
+        "NutritionOrder",
+        "QuestionnaireResponse",
+        "ServiceRequest",
+        "VisionPrescription",
+    }
+)
 # crd-ci-q7: a reason needs text unless it carries a code of the coverage-assertion reasons.
-COVERAGE_ASSERTION_REASON_SYSTEMS = frozenset({
-    CRD_TEMP_SYSTEM, "http://terminology.hl7.org/CodeSystem/v3-ActReason",
-})
-COVERAGE_ASSERTION_REASONS = frozenset({
-    "gold-card", "detail-code", "no-member-found", "no-active-coverage", "coverage-not-found",
-    "auth-out-network", "technical",
-})
+COVERAGE_ASSERTION_REASON_SYSTEMS = frozenset(
+    {
+        CRD_TEMP_SYSTEM,
+        "http://terminology.hl7.org/CodeSystem/v3-ActReason",
+    }
+)
+COVERAGE_ASSERTION_REASONS = frozenset(
+    {
+        "gold-card",
+        "detail-code",
+        "no-member-found",
+        "no-active-coverage",
+        "coverage-not-found",
+        "auth-out-network",
+        "technical",
+    }
+)
 
 _PLAIN_PROPERTY = re.compile(r"^[a-zA-Z][a-zA-Z0-9_]*$")
 _COVERAGE_REFERENCE = re.compile(r"(^|/)Coverage/[A-Za-z0-9\-.]{1,64}$")
@@ -88,9 +127,7 @@ class ResponseInvalid(ValueError):
     def __init__(self, problems: Sequence[str]) -> None:
         self.problems = tuple(problems)
         listing = "\n".join(f"- {problem}" for problem in self.problems)
-        super().__init__(
-            f"{len(self.problems)} problem(s) in the CDS Hooks response:\n{listing}"
-        )
+        super().__init__(f"{len(self.problems)} problem(s) in the CDS Hooks response:\n{listing}")
 
 
 def validate_cds_response(
@@ -282,8 +319,14 @@ def _actions(body: Mapping[str, Any]) -> Iterator[_Action]:
     for card_index, card in _dicts(body.get("cards")):
         for suggestion_index, suggestion in _dicts(card.get("suggestions")):
             for action_index, action in _dicts(suggestion.get("actions")):
-                parts = ("cards", card_index, "suggestions", suggestion_index,
-                         "actions", action_index)
+                parts = (
+                    "cards",
+                    card_index,
+                    "suggestions",
+                    suggestion_index,
+                    "actions",
+                    action_index,
+                )
                 yield _Action(parts, action, is_system_action=False)
     for action_index, action in _dicts(body.get("systemActions")):
         yield _Action(("systemActions", action_index), action, is_system_action=True)
@@ -534,8 +577,10 @@ def _sub_extension_problems(
         other_keys = sorted(set(child) - {"url", *value_keys})
         if rule.value_types:
             if other_keys:
-                problems.append(f"{where}: {url} has a value only, not {', '.join(other_keys)} "
-                                "[coverage-information]")
+                problems.append(
+                    f"{where}: {url} has a value only, not {', '.join(other_keys)} "
+                    "[coverage-information]"
+                )
             if len(value_keys) != 1 or value_keys[0] not in rule.value_types:
                 problems.append(
                     f"{where}: {url} needs exactly one of {', '.join(sorted(rule.value_types))}, "
@@ -551,8 +596,9 @@ def _sub_extension_problems(
                 )
                 continue
         elif value_keys or other_keys != ["extension"]:
-            problems.append(f"{where}: {url} is complex: url and extension only "
-                            "[coverage-information]")
+            problems.append(
+                f"{where}: {url} is complex: url and extension only [coverage-information]"
+            )
             continue
         by_url[url].append((index, child))
     for url, rule in rules.items():
@@ -580,12 +626,17 @@ def _coverage_information_problems(
     children = extension.get("extension")
     present = {c.get("url") for _, c in _dicts(children)}
     problems += _invariant_problems(found, present, json_path(parts), crd_version, hook)
-    coverage = [c["valueReference"].get("reference") for _, c in found.get("coverage", [])
-                if isinstance(c["valueReference"], dict)]
+    coverage = [
+        c["valueReference"].get("reference")
+        for _, c in found.get("coverage", [])
+        if isinstance(c["valueReference"], dict)
+    ]
     for reference in coverage:
         if not isinstance(reference, str) or not _COVERAGE_REFERENCE.search(reference):
-            problems.append(f"{json_path(parts)}: coverage must reference a Coverage, not "
-                            f"{reference!r} [coverage-information]")
+            problems.append(
+                f"{json_path(parts)}: coverage must reference a Coverage, not "
+                f"{reference!r} [coverage-information]"
+            )
     ids = [c["valueString"] for _, c in found.get("coverage-assertion-id", [])]
     assertion = None
     if len(coverage) == 1 and len(ids) == 1 and isinstance(coverage[0], str):
@@ -660,7 +711,8 @@ def _reason_problems(reason: Any, where: str) -> list[str]:
         return []
     codings = reason.get("coding") if isinstance(reason.get("coding"), list) else []
     known = [
-        c for c in codings
+        c
+        for c in codings
         if isinstance(c, dict)
         and c.get("system") in COVERAGE_ASSERTION_REASON_SYSTEMS
         and c.get("code") in COVERAGE_ASSERTION_REASONS

@@ -83,25 +83,45 @@ def test_outcomes_match_the_committed_summary(
 
 # -- the summary machinery, on made-up data (runs without ../shared) ----------------------
 
+
 def _entry(resource: dict[str, Any]) -> dict[str, Any]:
-    return {"fullUrl": f"urn:uuid:{resource['id']}", "resource": resource,
-            "request": {"method": "POST", "url": resource["resourceType"]}}
+    return {
+        "fullUrl": f"urn:uuid:{resource['id']}",
+        "resource": resource,
+        "request": {"method": "POST", "url": resource["resourceType"]},
+    }
 
 
 def test_record_prefetch_fills_every_template_key() -> None:
     """Resources by prefetch key with their urn:uuid full URLs; only the LOINC codes the
     template asks for; the 100 most recent encounters; one synthesized Coverage."""
     patient = {"resourceType": "Patient", "id": "p1"}
-    hba1c = {"resourceType": "Observation", "id": "o1", "status": "final",
-             "code": {"coding": [{"system": "http://loinc.org", "code": "4548-4"}]},
-             "subject": {"reference": "urn:uuid:p1"}}
-    heart_rate = {**hba1c, "id": "o2",
-                  "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]}}
-    encounters = [{"resourceType": "Encounter", "id": f"e{i:03d}",
-                   "period": {"start": f"{1900 + i}-01-01T08:00:00Z"}} for i in range(105)]
+    hba1c = {
+        "resourceType": "Observation",
+        "id": "o1",
+        "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "4548-4"}]},
+        "subject": {"reference": "urn:uuid:p1"},
+    }
+    heart_rate = {
+        **hba1c,
+        "id": "o2",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
+    }
+    encounters = [
+        {
+            "resourceType": "Encounter",
+            "id": f"e{i:03d}",
+            "period": {"start": f"{1900 + i}-01-01T08:00:00Z"},
+        }
+        for i in range(105)
+    ]
     claim = {"resourceType": "Claim", "id": "c1"}
-    bundle = {"resourceType": "Bundle", "type": "transaction",
-              "entry": [_entry(r) for r in (patient, hba1c, heart_rate, *encounters, claim)]}
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [_entry(r) for r in (patient, hba1c, heart_rate, *encounters, claim)],
+    }
     patient_id, prefetch = record_prefetch(bundle)
     assert patient_id == "p1"
     assert set(prefetch) == set(PATIENT_PREFETCH)
@@ -114,16 +134,21 @@ def test_record_prefetch_fills_every_template_key() -> None:
     assert prefetch["questionnaireResponses"]["entry"] == []
 
 
-def _response(device: dict[str, Any], medication: dict[str, Any], covered: str,
-              detail: str) -> dict[str, Any]:
+def _response(
+    device: dict[str, Any], medication: dict[str, Any], covered: str, detail: str
+) -> dict[str, Any]:
     def action(resource: dict[str, Any]) -> dict[str, Any]:
-        extension = {"url": EXTENSION_URL,
-                     "extension": [{"url": "covered", "valueCode": covered}]}
+        extension = {"url": EXTENSION_URL, "extension": [{"url": "covered", "valueCode": covered}]}
         return {"type": "update", "resource": {**resource, "extension": [extension]}}
 
-    card = {"summary": "...", "detail": detail, "source": {"topic": {"code": "guideline"}},
-            "extension": {"davinci-crd.associated-resource": [
-                {"reference": f"DeviceRequest/{device['id']}"}]}}
+    card = {
+        "summary": "...",
+        "detail": detail,
+        "source": {"topic": {"code": "guideline"}},
+        "extension": {
+            "davinci-crd.associated-resource": [{"reference": f"DeviceRequest/{device['id']}"}]
+        },
+    }
     return {"cards": [card], "systemActions": [action(device), action(medication)]}
 
 
@@ -131,10 +156,13 @@ def test_summarize_response_reads_rules_and_outcome() -> None:
     """The outcome from coverage-information; the indication then each requirement rule."""
     order = PUMP_ORDERS[0]
     device, medication = pump_order_resources(order, "p1")
-    detail = ("**External insulin pump** (EIP-CSII): text\n\n**Not met**\n- x\n\n"
-              "**Also required: Face to face** (DME-F2F): text")
-    row = summarize_response("a.json", order, device, medication,
-                             _response(device, medication, "conditional", detail))
+    detail = (
+        "**External insulin pump** (EIP-CSII): text\n\n**Not met**\n- x\n\n"
+        "**Also required: Face to face** (DME-F2F): text"
+    )
+    row = summarize_response(
+        "a.json", order, device, medication, _response(device, medication, "conditional", detail)
+    )
     assert row == SummaryRow("a.json", order.label, "EIP-CSII+DME-F2F", "conditional")
 
 
@@ -142,10 +170,14 @@ def test_summarize_response_without_decision() -> None:
     """No system action: deceased when a card says so, else none."""
     order = PUMP_ORDERS[1]
     device, medication = pump_order_resources(order, "p1")
-    card = {"summary": f"{order.label}: the patient is recorded as deceased", "detail": "",
-            "source": {"topic": {"code": "guideline"}},
-            "extension": {"davinci-crd.associated-resource": [
-                {"reference": f"DeviceRequest/{device['id']}"}]}}
+    card = {
+        "summary": f"{order.label}: the patient is recorded as deceased",
+        "detail": "",
+        "source": {"topic": {"code": "guideline"}},
+        "extension": {
+            "davinci-crd.associated-resource": [{"reference": f"DeviceRequest/{device['id']}"}]
+        },
+    }
     deceased = summarize_response("a.json", order, device, medication, {"cards": [card]})
     assert (deceased.rule, deceased.outcome) == ("-", "deceased")
     nothing = summarize_response("a.json", order, device, medication, {"cards": []})
@@ -153,16 +185,19 @@ def test_summarize_response_without_decision() -> None:
 
 
 def test_summary_totals_and_diff() -> None:
-    rows = [SummaryRow("a.json", "E0784+insulin", "EIP-CSII", "conditional"),
-            SummaryRow("a.json", "E0781+vancomycin", "EIP-VANCO", "not-covered"),
-            SummaryRow("b.json", "E0784+insulin", "EIP-CSII", "conditional")]
+    rows = [
+        SummaryRow("a.json", "E0784+insulin", "EIP-CSII", "conditional"),
+        SummaryRow("a.json", "E0781+vancomycin", "EIP-VANCO", "not-covered"),
+        SummaryRow("b.json", "E0784+insulin", "EIP-CSII", "conditional"),
+    ]
     text = render_summary(rows)
     assert text.splitlines()[0] == "patient\torder\trule\toutcome"
     assert text.splitlines()[2] == "a.json\tE0781+vancomycin\tEIP-VANCO\tnot-covered"
     assert totals(rows) == "conditional: 2, not-covered: 1 (3 orders)"
     assert summary_diff(text, text) == ""
-    changed = render_summary([*rows[:2], SummaryRow("b.json", "E0784+insulin", "EIP-CSII",
-                                                    "covered")])
+    changed = render_summary(
+        [*rows[:2], SummaryRow("b.json", "E0784+insulin", "EIP-CSII", "covered")]
+    )
     diff = summary_diff(text, changed)
     assert "-b.json\tE0784+insulin\tEIP-CSII\tconditional" in diff
     assert "+b.json\tE0784+insulin\tEIP-CSII\tcovered" in diff

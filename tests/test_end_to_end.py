@@ -59,10 +59,13 @@ def test_fixture_names_follow_the_convention() -> None:
 @pytest.mark.parametrize("request_file", REQUESTS, ids=lambda p: p.stem)
 def test_request_gets_its_golden_response(request_file: Path) -> None:
     client = make_app().test_client()
-    response = client.post(service_path(request_file), data=request_file.read_bytes(),
-                           content_type="application/json")
+    response = client.post(
+        service_path(request_file), data=request_file.read_bytes(), content_type="application/json"
+    )
     outcome = expected_outcome(request_file)
-    assert response.status_code == STATUS_BY_OUTCOME.get(outcome, 200), response.get_data(as_text=True)
+    assert response.status_code == STATUS_BY_OUTCOME.get(outcome, 200), response.get_data(
+        as_text=True
+    )
     body = response.get_json()
     if response.status_code == 200:
         request_body = load_json(request_file)
@@ -77,6 +80,7 @@ def test_request_gets_its_golden_response(request_file: Path) -> None:
         if "no-coverage" in request_file.stem:
             assert outcomes == []  # no Coverage to record a decision against
         else:
-            assert outcomes and set(outcomes) == {outcome}
+            assert outcomes
+            assert set(outcomes) == {outcome}
     elif outcome == "out-of-scope":
         assert body == {"cards": []}

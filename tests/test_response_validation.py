@@ -42,8 +42,10 @@ def detail(code: str, category: str | None = None, **value: Any) -> dict[str, An
     """A coverage-information ``detail``; a category only where the CRD version has one."""
     parts = [sub("category", valueCode=category)] if category else []
     system = DETAIL_2_2 if category else TEMP
-    parts += [sub("code", valueCodeableConcept={"coding": [{"system": system, "code": code}]}),
-              sub("value", **value)]
+    parts += [
+        sub("code", valueCodeableConcept={"coding": [{"system": system, "code": code}]}),
+        sub("value", **value),
+    ]
     return {"url": "detail", "extension": parts}
 
 
@@ -139,10 +141,16 @@ def external_reference_card(crd_version: str, new_uuid: Any) -> dict[str, Any]:
         "summary": "Infusion pump covered under MCS051.01",
         "indicator": "info",
         "source": source(crd_version, "guideline"),
-        "links": [{"label": "MCS051.01 Infusion Pump Therapy", "url": POLICY_URL,
-                   "type": "absolute"}],
-        "overrideReasons": [{"system": "https://payer.example.org/override", "code": "disagree",
-                             "display": "Clinician disagrees"}],
+        "links": [
+            {"label": "MCS051.01 Infusion Pump Therapy", "url": POLICY_URL, "type": "absolute"}
+        ],
+        "overrideReasons": [
+            {
+                "system": "https://payer.example.org/override",
+                "code": "disagree",
+                "display": "Clinician disagrees",
+            }
+        ],
     }
 
 
@@ -152,9 +160,15 @@ def smart_app_card(crd_version: str, new_uuid: Any) -> dict[str, Any]:
         "summary": "Open the infusion pump documentation app",
         "indicator": "info",
         "source": source(crd_version, "coverage-info"),
-        "links": [{"label": "Documentation app", "url": "https://payer.example.org/launch",
-                   "type": "smart", "appContext": "{\"order\":\"DeviceRequest/devreq-1\"}",
-                   "autolaunchable": False}],
+        "links": [
+            {
+                "label": "Documentation app",
+                "url": "https://payer.example.org/launch",
+                "type": "smart",
+                "appContext": '{"order":"DeviceRequest/devreq-1"}',
+                "autolaunchable": False,
+            }
+        ],
     }
 
 
@@ -169,16 +183,37 @@ def alternatives_card(crd_version: str, new_uuid: Any) -> dict[str, Any]:
         "source": source(crd_version, "therapy-alternatives-req"),
         "selectionBehavior": "at-most-one",
         "suggestions": [
-            {"label": "Order an ambulatory pump (E0781) instead", "uuid": new_uuid(),
-             "isRecommended": True,
-             "actions": [{"type": "update", "description": "Change the pump to E0781",
-                          "resource": replacement}]},
-            {"label": "Remove the pump order", "uuid": new_uuid(),
-             "actions": [{"type": "delete", "description": "Remove the pump order",
-                          "resourceId": "DeviceRequest/devreq-1"}]},
+            {
+                "label": "Order an ambulatory pump (E0781) instead",
+                "uuid": new_uuid(),
+                "isRecommended": True,
+                "actions": [
+                    {
+                        "type": "update",
+                        "description": "Change the pump to E0781",
+                        "resource": replacement,
+                    }
+                ],
+            },
+            {
+                "label": "Remove the pump order",
+                "uuid": new_uuid(),
+                "actions": [
+                    {
+                        "type": "delete",
+                        "description": "Remove the pump order",
+                        "resourceId": "DeviceRequest/devreq-1",
+                    }
+                ],
+            },
         ],
-        "overrideReasons": [{"system": "https://payer.example.org/override", "code": "disagree",
-                             "display": "Clinician disagrees"}],
+        "overrideReasons": [
+            {
+                "system": "https://payer.example.org/override",
+                "code": "disagree",
+                "display": "Clinician disagrees",
+            }
+        ],
     }
 
 
@@ -288,8 +323,11 @@ def test_accepts_an_indeterminate_2_2_assertion_with_a_technical_reason() -> Non
         sub("date", valueDate="2026-11-28"),
         sub("coverage-assertion-id", valueString="CA-2026-11-28-0003"),
     )
-    validate_cds_response({"cards": [], "systemActions": [coverage_action(extension)]},
-                          crd_version="2.2", hook="order-dispatch")
+    validate_cds_response(
+        {"cards": [], "systemActions": [coverage_action(extension)]},
+        crd_version="2.2",
+        hook="order-dispatch",
+    )
 
 
 def test_accepts_not_covered_without_pa_needed() -> None:
@@ -322,16 +360,22 @@ def test_accepts_a_summary_of_139_characters(
 
 
 def test_assertions_for_one_coverage_may_share_their_id() -> None:
-    body = {"cards": [], "systemActions": [coverage_action(conditional_2_0(), "devreq-1"),
-                                           coverage_action(conditional_2_0(), "devreq-2")]}
+    body = {
+        "cards": [],
+        "systemActions": [
+            coverage_action(conditional_2_0(), "devreq-1"),
+            coverage_action(conditional_2_0(), "devreq-2"),
+        ],
+    }
     validate_cds_response(body)
 
 
 # --- general CDS Hooks rules -----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("empty", [None, "", " ", [], {}], ids=["null", "empty-string",
-                                                                  "blank", "list", "object"])
+@pytest.mark.parametrize(
+    "empty", [None, "", " ", [], {}], ids=["null", "empty-string", "blank", "list", "object"]
+)
 def test_rejects_a_null_or_empty_card_field(
     response_2_0: dict[str, Any], first_card: dict[str, Any], empty: Any
 ) -> None:
@@ -373,8 +417,14 @@ def test_rejects_a_card_without_uuid(
     assert problem.startswith("$.cards[0]:")
 
 
-@pytest.mark.parametrize("bad_uuid", ["urn:uuid:00000000-0000-4000-8000-000000000001",
-                                      "00000000-0000-4000-8000-00000000000A", "card-1"])
+@pytest.mark.parametrize(
+    "bad_uuid",
+    [
+        "urn:uuid:00000000-0000-4000-8000-000000000001",
+        "00000000-0000-4000-8000-00000000000A",
+        "card-1",
+    ],
+)
 def test_rejects_a_card_uuid_that_is_not_a_bare_lower_case_uuid(
     response_2_0: dict[str, Any], first_card: dict[str, Any], bad_uuid: str
 ) -> None:
@@ -419,7 +469,7 @@ def test_rejects_an_override_reason_without_display(
 
 
 def test_rejects_app_context_on_an_absolute_link(response_2_0: dict[str, Any]) -> None:
-    response_2_0["cards"][1]["links"][0]["appContext"] = "{\"order\":\"DeviceRequest/devreq-1\"}"
+    response_2_0["cards"][1]["links"][0]["appContext"] = '{"order":"DeviceRequest/devreq-1"}'
     problem = rejected_only_for(response_2_0, "cds-resp-3")
     assert problem.startswith("$.cards[1].links[0].type:")
 
@@ -472,7 +522,9 @@ def test_rejects_an_invalid_fhir_resource(response_2_0: dict[str, Any]) -> None:
     del resource["subject"]
     problems = problems_of(response_2_0)
     assert {p.split(":")[0] for p in problems} == {
-        "$.systemActions[0].resource.authoredOn", "$.systemActions[0].resource.subject"}
+        "$.systemActions[0].resource.authoredOn",
+        "$.systemActions[0].resource.subject",
+    }
     assert all(p.endswith("[fhir]") for p in problems), problems
 
 
@@ -549,8 +601,9 @@ def test_rejects_a_detail_category_in_2_0(response_2_0: dict[str, Any]) -> None:
 
 def test_rejects_a_detail_without_category_in_2_2(response_2_2: dict[str, Any]) -> None:
     subs_of(response_2_2).append(detail("instructions", valueString="Call us"))
-    rejected_only_for(response_2_2, "category appears 0 time(s); CRD 2.2 allows 1..1",
-                      crd_version="2.2")
+    rejected_only_for(
+        response_2_2, "category appears 0 time(s); CRD 2.2 allows 1..1", crd_version="2.2"
+    )
 
 
 def test_rejects_a_sub_extension_crd_does_not_define(response_2_0: dict[str, Any]) -> None:
@@ -581,8 +634,9 @@ def test_q1_rejects_a_questionnaire_without_doc_needed(response_2_0: dict[str, A
 
 
 @pytest.mark.parametrize(
-    ("covered", "with_pa_needed"), [("conditional", False), ("covered", False),
-                                    ("not-covered", True)])
+    ("covered", "with_pa_needed"),
+    [("conditional", False), ("covered", False), ("not-covered", True)],
+)
 def test_q2_pa_needed_is_present_exactly_when_not_not_covered(
     covered: str, with_pa_needed: bool
 ) -> None:
@@ -632,8 +686,9 @@ def test_q7_rejects_a_reason_with_neither_text_nor_a_crd_code(
 ) -> None:
     for s in subs_of(response_2_0):
         if s["url"] == "reason":
-            s["valueCodeableConcept"] = {"coding": [{"system": "https://payer.example.org/r",
-                                                     "code": "R17"}]}
+            s["valueCodeableConcept"] = {
+                "coding": [{"system": "https://payer.example.org/r", "code": "R17"}]
+            }
     rejected_only_for(response_2_0, "[crd-ci-q7]")
 
 
@@ -658,8 +713,13 @@ def test_q9_rejects_indeterminate_without_reason() -> None:
 def test_rejects_two_assertion_ids_for_one_coverage() -> None:
     second = conditional_2_0()
     second["extension"][-1]["valueString"] = "CA-2026-11-28-0099"
-    body = {"cards": [], "systemActions": [coverage_action(conditional_2_0(), "devreq-1"),
-                                           coverage_action(second, "devreq-2")]}
+    body = {
+        "cards": [],
+        "systemActions": [
+            coverage_action(conditional_2_0(), "devreq-1"),
+            coverage_action(second, "devreq-2"),
+        ],
+    }
     problem = rejected_only_for(body, "[crd-resp-33]")
     assert f"coverage {COVERAGE} has 2 coverage-assertion-ids" in problem
 
@@ -667,8 +727,13 @@ def test_rejects_two_assertion_ids_for_one_coverage() -> None:
 def test_rejects_one_assertion_id_for_two_coverages() -> None:
     second = conditional_2_0()
     second["extension"][0]["valueReference"] = {"reference": OTHER_COVERAGE}
-    body = {"cards": [], "systemActions": [coverage_action(conditional_2_0(), "devreq-1"),
-                                           coverage_action(second, "devreq-2")]}
+    body = {
+        "cards": [],
+        "systemActions": [
+            coverage_action(conditional_2_0(), "devreq-1"),
+            coverage_action(second, "devreq-2"),
+        ],
+    }
     rejected_only_for(body, "[crd-resp-32]")
 
 
@@ -717,32 +782,64 @@ def _valid_cards_findings() -> set[tuple[str, str]]:
 EXAMPLES: dict[str, tuple[str, str, set[tuple[str, str]]]] = {
     # file: (how it is wrapped, hook, findings)
     "card_responses/companions_prerequisites.json": (
-        "card", "order-sign", {(CARD, "[schema]"), (SUGGESTION, "[schema]")}),
+        "card",
+        "order-sign",
+        {(CARD, "[schema]"), (SUGGESTION, "[schema]")},
+    ),
     "card_responses/create_update_coverage_information.json": (
-        "card", "order-sign", {(CARD, "[schema]"), (SUGGESTION, "[schema]")}),
+        "card",
+        "order-sign",
+        {(CARD, "[schema]"), (SUGGESTION, "[schema]")},
+    ),
     "card_responses/external_reference.json": ("card", "order-sign", {(CARD, "[schema]")}),
     "card_responses/instructions.json": ("card", "order-sign", {(CARD, "[schema]")}),
     "card_responses/launch_smart_app.json": (
-        "card", "order-sign", {(CARD, "[schema]"), ("$.cards[0].links[0].url", "[schema]")}),
+        "card",
+        "order-sign",
+        {(CARD, "[schema]"), ("$.cards[0].links[0].url", "[schema]")},
+    ),
     "card_responses/propose_alternate_request.json": (
-        "card", "order-sign", {(CARD, "[schema]"), (SUGGESTION, "[schema]"),
-                               ("$.cards[0].suggestions[0].actions", "[no-empty]")}),
+        "card",
+        "order-sign",
+        {
+            (CARD, "[schema]"),
+            (SUGGESTION, "[schema]"),
+            ("$.cards[0].suggestions[0].actions", "[no-empty]"),
+        },
+    ),
     "card_responses/request_form_completion.json": (
-        "card", "order-sign", {(CARD, "[schema]"), (SUGGESTION, "[schema]"),
-                               ("$.cards[0].suggestions[0].actions[0].resource.version",
-                                "[fhir]")}),
+        "card",
+        "order-sign",
+        {
+            (CARD, "[schema]"),
+            (SUGGESTION, "[schema]"),
+            ("$.cards[0].suggestions[0].actions[0].resource.version", "[fhir]"),
+        },
+    ),
     "spec-fixtures/valid_cards.json": ("cards", "order-select", _valid_cards_findings()),
     "spec-fixtures/crd_authorization_hook_response.json": (
-        "response", "appointment-book",
-        {("$.cards[0]", "[schema]"), ("$.cards[1]", "[schema]"),
-         ("$.cards[0].source.topic.code", "[crd-resp-5]"),
-         ("$.cards[1].source.topic.code", "[crd-resp-5]")}),
+        "response",
+        "appointment-book",
+        {
+            ("$.cards[0]", "[schema]"),
+            ("$.cards[1]", "[schema]"),
+            ("$.cards[0].source.topic.code", "[crd-resp-5]"),
+            ("$.cards[1].source.topic.code", "[crd-resp-5]"),
+        },
+    ),
     "spec-fixtures/coverage_info_system_action_conditional.json": (
-        "system-action", "order-sign",
-        {("$.systemActions[0].resource.extension[0]", "[crd-ci-q2]"),
-         ("$.systemActions[0].resource.extension[0]", "[crd-ci-q8]")}),
+        "system-action",
+        "order-sign",
+        {
+            ("$.systemActions[0].resource.extension[0]", "[crd-ci-q2]"),
+            ("$.systemActions[0].resource.extension[0]", "[crd-ci-q8]"),
+        },
+    ),
     "spec-fixtures/coverage_info_system_action_covered.json": (
-        "system-action", "order-sign", set()),
+        "system-action",
+        "order-sign",
+        set(),
+    ),
 }
 
 
@@ -780,6 +877,8 @@ def test_crd_examples_are_judged_as_documented(shared_dir: Path, example: str) -
 
 def test_every_crd_card_example_is_judged(shared_dir: Path) -> None:
     judged = {name for name in EXAMPLES if name.startswith("card_responses/")}
-    on_disk = {f"card_responses/{p.name}"
-               for p in (shared_dir / "crd-examples" / "card_responses").glob("*.json")}
+    on_disk = {
+        f"card_responses/{p.name}"
+        for p in (shared_dir / "crd-examples" / "card_responses").glob("*.json")
+    }
     assert judged == on_disk

@@ -46,8 +46,10 @@ def postgres_server() -> Iterator[PostgresServer]:
         return
     bin_dir = find_postgres_bin()
     if bin_dir is None:
-        reason = ("PostgreSQL binaries (initdb, pg_ctl) not found: install Debian package "
-                  "'postgresql' or set CDS_TEST_DATABASE_URL")
+        reason = (
+            "PostgreSQL binaries (initdb, pg_ctl) not found: install Debian package "
+            "'postgresql' or set CDS_TEST_DATABASE_URL"
+        )
         if _in_ci():
             pytest.fail(f"CI must test on PostgreSQL: {reason}")
         pytest.skip(reason)

@@ -16,22 +16,34 @@ CONDITION_NOTE = "Patient reports skipping injections when travelling"
 
 
 def _device(order_id: str, hcpcs: str, **extra: Any) -> dict[str, Any]:
-    return {"resource": {
-        "resourceType": "DeviceRequest", "id": order_id, "status": "draft",
-        "intent": "original-order",
-        "codeCodeableConcept": {"coding": [{"system": HCPCS, "code": hcpcs}]},
-        "subject": {"reference": "Patient/pat1"}, "authoredOn": "2026-11-20", **extra,
-    }}
+    return {
+        "resource": {
+            "resourceType": "DeviceRequest",
+            "id": order_id,
+            "status": "draft",
+            "intent": "original-order",
+            "codeCodeableConcept": {"coding": [{"system": HCPCS, "code": hcpcs}]},
+            "subject": {"reference": "Patient/pat1"},
+            "authoredOn": "2026-11-20",
+            **extra,
+        }
+    }
 
 
 def _vancomycin(order_id: str) -> dict[str, Any]:
-    return {"resource": {
-        "resourceType": "MedicationRequest", "id": order_id, "status": "draft", "intent": "order",
-        "medicationCodeableConcept": {
-            "coding": [{"system": RXNORM, "code": "11124", "display": "vancomycin"}]
-        },
-        "subject": {"reference": "Patient/pat1"}, "authoredOn": "2026-11-20",
-    }}
+    return {
+        "resource": {
+            "resourceType": "MedicationRequest",
+            "id": order_id,
+            "status": "draft",
+            "intent": "order",
+            "medicationCodeableConcept": {
+                "coding": [{"system": RXNORM, "code": "11124", "display": "vancomycin"}]
+            },
+            "subject": {"reference": "Patient/pat1"},
+            "authoredOn": "2026-11-20",
+        }
+    }
 
 
 INSULIN_PUMP = [_device("dr-insulin", "E0784")]
@@ -39,10 +51,18 @@ VANCOMYCIN_PUMP = [
     _device("dr-vanco", "E0781", basedOn=[{"reference": "MedicationRequest/mr-vanco"}]),
     _vancomycin("mr-vanco"),
 ]
-NO_PUMP = [{"resource": {
-    "resourceType": "ServiceRequest", "id": "sr-xray", "status": "draft", "intent": "order",
-    "code": {"text": "Chest X-ray"}, "subject": {"reference": "Patient/pat1"},
-}}]
+NO_PUMP = [
+    {
+        "resource": {
+            "resourceType": "ServiceRequest",
+            "id": "sr-xray",
+            "status": "draft",
+            "intent": "order",
+            "code": {"text": "Chest X-ray"},
+            "subject": {"reference": "Patient/pat1"},
+        }
+    }
+]
 
 
 def order_sign_request(entries: list[dict[str, Any]]) -> dict[str, Any]:
@@ -59,25 +79,53 @@ def order_sign_request(entries: list[dict[str, Any]]) -> dict[str, Any]:
         },
         "prefetch": {
             "patient": {
-                "resourceType": "Patient", "id": "pat1", "birthDate": "1950-01-01",
+                "resourceType": "Patient",
+                "id": "pat1",
+                "birthDate": "1950-01-01",
                 "gender": "female",
                 "name": [{"family": PATIENT_NAME.split()[1], "given": [PATIENT_NAME.split()[0]]}],
             },
-            "coverage": {"resourceType": "Bundle", "type": "searchset", "entry": [{"resource": {
-                "resourceType": "Coverage", "id": "cov1", "status": "active",
-                "beneficiary": {"reference": "Patient/pat1"},
-                "payor": [{"reference": "Organization/o1"}],
-            }}]},
-            "conditions": {"resourceType": "Bundle", "type": "searchset", "entry": [{"resource": {
-                "resourceType": "Condition", "id": "cond-diabetes",
-                "subject": {"reference": "Patient/pat1"},
-                "clinicalStatus": {"coding": [{
-                    "system": "http://terminology.hl7.org/CodeSystem/condition-clinical",
-                    "code": "active",
-                }]},
-                "code": {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10-cm",
-                                     "code": "E10.9"}]},
-                "note": [{"text": CONDITION_NOTE}],
-            }}]},
+            "coverage": {
+                "resourceType": "Bundle",
+                "type": "searchset",
+                "entry": [
+                    {
+                        "resource": {
+                            "resourceType": "Coverage",
+                            "id": "cov1",
+                            "status": "active",
+                            "beneficiary": {"reference": "Patient/pat1"},
+                            "payor": [{"reference": "Organization/o1"}],
+                        }
+                    }
+                ],
+            },
+            "conditions": {
+                "resourceType": "Bundle",
+                "type": "searchset",
+                "entry": [
+                    {
+                        "resource": {
+                            "resourceType": "Condition",
+                            "id": "cond-diabetes",
+                            "subject": {"reference": "Patient/pat1"},
+                            "clinicalStatus": {
+                                "coding": [
+                                    {
+                                        "system": "http://terminology.hl7.org/CodeSystem/condition-clinical",
+                                        "code": "active",
+                                    }
+                                ]
+                            },
+                            "code": {
+                                "coding": [
+                                    {"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": "E10.9"}
+                                ]
+                            },
+                            "note": [{"text": CONDITION_NOTE}],
+                        }
+                    }
+                ],
+            },
         },
     }

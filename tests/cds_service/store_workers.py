@@ -45,16 +45,23 @@ def synthetic_record(tag: str) -> AuditRecord:
                 outcome="conditional",
                 as_of=date(2026, 11, 20),
                 criteria=(
-                    CriterionRecord("EIP-CSII", "indication", "EIP-CSII-DIABETES", "met", True,
-                                    (f"Condition/{tag}",)),
+                    CriterionRecord(
+                        "EIP-CSII",
+                        "indication",
+                        "EIP-CSII-DIABETES",
+                        "met",
+                        True,
+                        (f"Condition/{tag}",),
+                    ),
                     CriterionRecord("EIP-CSII", "indication", "EIP-CSII-HOME", "unknown", True, ()),
                 ),
             ),
         ),
         cards=(
             CardRecord(str(uuid.uuid4()), "guideline", "warning", (), 0),
-            CardRecord(str(uuid.uuid4()), "therapy-alternatives-opt", "info",
-                       (str(uuid.uuid4()),), 0),
+            CardRecord(
+                str(uuid.uuid4()), "therapy-alternatives-opt", "info", (str(uuid.uuid4()),), 0
+            ),
         ),
     )
 
@@ -91,8 +98,9 @@ def remember_in_process(url: str, jti: str, start: Any) -> bool:
     store = open_store(url, "/unused")
     try:
         start.wait()
-        return ReplayCache(store).remember(jti, "https://ehr.example.org",
-                                           datetime(2099, 1, 1, tzinfo=UTC).timestamp())
+        return ReplayCache(store).remember(
+            jti, "https://ehr.example.org", datetime(2099, 1, 1, tzinfo=UTC).timestamp()
+        )
     finally:
         store.dispose()
 

@@ -14,8 +14,8 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from cds_service import routes
-from cds_service.auth import ClientIdentity
 from cds_service.audit import CallTimings, audit_for_assertion, build_audit_record
+from cds_service.auth import ClientIdentity
 from cds_service.store import Store
 from cds_service.tables import criterion_result, decision, issued_card, metadata, service_call
 from hooks.coverage_information import EXTENSION_URL
@@ -79,7 +79,10 @@ def test_a_call_is_recorded_decision_by_decision(
     (call,) = _rows(store, service_call)
     assert call["recorded_at"] == FIXED_NOW
     assert (call["service_id"], call["hook"], call["hook_instance"]) == (
-        "infusion-pump-coverage-order-sign", "order-sign", body["hookInstance"])
+        "infusion-pump-coverage-order-sign",
+        "order-sign",
+        body["hookInstance"],
+    )
     assert call["client_iss"] == ISSUER
     assert call["crd_version"] == "2.0"
     assert call["card_count"] == len(answer["cards"])
@@ -94,12 +97,18 @@ def test_a_call_is_recorded_decision_by_decision(
         assert row["call_id"] == call["id"]
         assert row["coverage_assertion_id"] == assertion_ids[row["order_references"][0]]
         assert (row["policy_id"], row["policy_version"]) == (
-            service.extensions["cds_policy"].id, service.extensions["cds_policy"].version)
+            service.extensions["cds_policy"].id,
+            service.extensions["cds_policy"].version,
+        )
     assert {r["order_references"][0] for r in decisions} == {
-        "DeviceRequest/dr-insulin", "DeviceRequest/dr-vanco"}
+        "DeviceRequest/dr-insulin",
+        "DeviceRequest/dr-vanco",
+    }
     decided = {r["order_references"][0]: (r["rule_id"], r["outcome"]) for r in decisions}
-    assert decided == {"DeviceRequest/dr-insulin": ("EIP-CSII", "conditional"),
-                       "DeviceRequest/dr-vanco": ("EIP-VANCO", "not-covered")}
+    assert decided == {
+        "DeviceRequest/dr-insulin": ("EIP-CSII", "conditional"),
+        "DeviceRequest/dr-vanco": ("EIP-VANCO", "not-covered"),
+    }
 
     cards = _rows(store, issued_card)
     assert [c["card_uuid"] for c in cards] == [c["uuid"] for c in answer["cards"]]
@@ -129,14 +138,29 @@ def test_criteria_keep_their_truth_and_evidence_references(
     (item,) = result.decisions
     decided = item.decision
     expected = [
-        (rr.rule.id, rr.rule.kind.value, cr.criterion.id, cr.truth.value, cr.deciding,
-         [e.reference for e in cr.evidence])
+        (
+            rr.rule.id,
+            rr.rule.kind.value,
+            cr.criterion.id,
+            cr.truth.value,
+            cr.deciding,
+            [e.reference for e in cr.evidence],
+        )
         for rr in (decided.indication, *decided.requirements, *decided.guidance)
         for cr in rr.results
     ]
     rows = _rows(service.extensions["cds_store"], criterion_result)
-    assert [(r["rule_id"], r["rule_kind"], r["criterion_id"], r["truth"], r["deciding"],
-             r["evidence_references"]) for r in rows] == expected
+    assert [
+        (
+            r["rule_id"],
+            r["rule_kind"],
+            r["criterion_id"],
+            r["truth"],
+            r["deciding"],
+            r["evidence_references"],
+        )
+        for r in rows
+    ] == expected
     diabetes = next(r for r in rows if r["criterion_id"] == "EIP-CSII-DIABETES")
     assert diabetes["truth"] == "met"
     assert diabetes["evidence_references"] == ["Condition/cond-diabetes"]
@@ -149,8 +173,10 @@ def test_nothing_but_identifiers_codes_and_timings_is_stored(
     body = order_sign_request(INSULIN_PUMP + VANCOMYCIN_PUMP)
     answer = service_client.post(ORDER_SIGN, json=body).json
     dump = json.dumps(
-        {name: _rows(service.extensions["cds_store"], table)
-         for name, table in metadata.tables.items()},
+        {
+            name: _rows(service.extensions["cds_store"], table)
+            for name, table in metadata.tables.items()
+        },
         default=str,
     )
     assert PATIENT_NAME.split()[1] not in dump
@@ -191,9 +217,13 @@ def test_audit_for_an_assertion_id(service: Flask, service_client: FlaskClient) 
     assert report["rule_id"] == "EIP-CSII"
     assert report["outcome"] == "conditional"
     assert [c["uuid"] for c in report["cards"]] == [c["uuid"] for c in answer["cards"]]
-    assert {"criterion_id": "EIP-CSII-DIABETES", "truth": "met",
-            "evidence": ["Condition/cond-diabetes"]}.items() <= next(
-        c for c in report["criteria"] if c["criterion_id"] == "EIP-CSII-DIABETES").items()
+    assert {
+        "criterion_id": "EIP-CSII-DIABETES",
+        "truth": "met",
+        "evidence": ["Condition/cond-diabetes"],
+    }.items() <= next(
+        c for c in report["criteria"] if c["criterion_id"] == "EIP-CSII-DIABETES"
+    ).items()
     assert audit_for_assertion(service.extensions["cds_store"], "no-such-id") == []
 
 
@@ -206,15 +236,18 @@ def _unreachable(database_url: str, tmp_path: Path) -> str:
 
 
 def test_the_answer_goes_out_when_the_database_is_down(
-    database_url: str, tmp_path: Path, make_service: Callable[..., Flask],
+    database_url: str,
+    tmp_path: Path,
+    make_service: Callable[..., Flask],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO)
     app = make_service(DATABASE_URL=_unreachable(database_url, tmp_path))
     assert any("NOT AUDITED" in r.getMessage() for r in caplog.records)
     attempts: list[object] = []
-    sa.event.listen(app.extensions["cds_store"].engine, "do_connect",
-                    lambda *args: attempts.append(args))
+    sa.event.listen(
+        app.extensions["cds_store"].engine, "do_connect", lambda *args: attempts.append(args)
+    )
     client = app.test_client()
     for _ in range(3):
         response = client.post(ORDER_SIGN, json=order_sign_request(INSULIN_PUMP))
@@ -231,7 +264,9 @@ def test_the_answer_goes_out_when_the_database_is_down(
 
 
 def test_recording_resumes_when_the_database_comes_back(
-    database_url: str, tmp_path: Path, make_service: Callable[..., Flask],
+    database_url: str,
+    tmp_path: Path,
+    make_service: Callable[..., Flask],
     request: pytest.FixtureRequest,
 ) -> None:
     url = _unreachable(database_url, tmp_path)
@@ -260,7 +295,11 @@ def test_cards_without_uuid_cannot_get_feedback_and_are_not_recorded() -> None:
     request = HookRequest(hook="order-sign", hook_instance="h", context={}, prefetch={})
     result = HookResult({"cards": [{"summary": "no uuid", "indicator": "info"}]}, ())
     record = build_audit_record(
-        service_id="s", hook_request=request, client_iss=None, result=result,
-        timings=CallTimings(0, 0, 0, 0), recorded_at=FIXED_NOW,
+        service_id="s",
+        hook_request=request,
+        client_iss=None,
+        result=result,
+        timings=CallTimings(0, 0, 0, 0),
+        recorded_at=FIXED_NOW,
     )
     assert record.cards == ()

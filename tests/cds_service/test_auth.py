@@ -81,8 +81,7 @@ def keys() -> Keys:
 
 def claims(**overrides: Any) -> dict[str, Any]:
     now = int(time.time())
-    base = {"iss": ISSUER, "aud": ENDPOINT, "exp": now + 300, "iat": now,
-            "jti": str(uuid.uuid4())}
+    base = {"iss": ISSUER, "aud": ENDPOINT, "exp": now + 300, "iat": now, "jti": str(uuid.uuid4())}
     base.update(overrides)
     return {k: v for k, v in base.items() if v is not None}
 
@@ -149,8 +148,9 @@ def jwks_server() -> Iterator[JwksServer]:
 
 
 def auth_app(issuers: dict[str, Any], **settings: Any) -> Flask:
-    return make_app({"AUTH": "required", "PUBLIC_URL": PUBLIC_URL,
-                     "TRUSTED_ISSUERS": issuers, **settings})
+    return make_app(
+        {"AUTH": "required", "PUBLIC_URL": PUBLIC_URL, "TRUSTED_ISSUERS": issuers, **settings}
+    )
 
 
 @pytest.fixture
@@ -217,50 +217,82 @@ ATTACKS: dict[str, tuple[Attack, str]] = {
     "empty Bearer": (lambda k, s: (None, "Bearer "), "no bearer token"),
     "malformed token": (lambda k, s: "not.a-jwt", "malformed token"),
     "garbage base64": (lambda k, s: "eyJhbGciOi.eyJpc3Mi.c2ln", "malformed token"),
-    "alg none, unsigned": (lambda k, s: forge(
-        {"alg": "none", "typ": "JWT", "kid": k.es384.kid}, claims(), None),
-        "algorithm 'none' not accepted"),
-    "HS256 keyed with the public key": (lambda k, s: forge(
-        {"alg": "HS256", "typ": "JWT", "kid": k.rs384.kid}, claims(), k.rs384.public_pem),
-        "algorithm 'HS256' not accepted"),
-    "signed with another key, trusted kid": (lambda k, s: sign(k.attacker),
-                                             "InvalidSignatureError"),
-    "attacker key embedded in the jwk header": (lambda k, s: sign(
-        k.attacker, jwk=k.attacker.public_jwk), "InvalidSignatureError"),
-    "unknown kid": (lambda k, s: sign(SigningKey("nobody", "ES384", k.es384.private_key)),
-                    "unknown kid"),
-    "no kid": (lambda k, s: jwt.encode(claims(), k.es384.private_key, algorithm="ES384",
-                                       headers={"typ": "JWT"}), "no kid"),
-    "RS384 token naming the EC key": (lambda k, s: sign(
-        SigningKey(k.es384.kid, "RS384", k.rs384.private_key)),
-        "key is not for the token's algorithm"),
-    "ES256 token on a P-384 key": (lambda k, s: sign(
-        SigningKey(k.es384.kid, "ES256", ec.generate_private_key(ec.SECP256R1()))),
-        "key is not for the token's algorithm"),
+    "alg none, unsigned": (
+        lambda k, s: forge({"alg": "none", "typ": "JWT", "kid": k.es384.kid}, claims(), None),
+        "algorithm 'none' not accepted",
+    ),
+    "HS256 keyed with the public key": (
+        lambda k, s: forge(
+            {"alg": "HS256", "typ": "JWT", "kid": k.rs384.kid}, claims(), k.rs384.public_pem
+        ),
+        "algorithm 'HS256' not accepted",
+    ),
+    "signed with another key, trusted kid": (
+        lambda k, s: sign(k.attacker),
+        "InvalidSignatureError",
+    ),
+    "attacker key embedded in the jwk header": (
+        lambda k, s: sign(k.attacker, jwk=k.attacker.public_jwk),
+        "InvalidSignatureError",
+    ),
+    "unknown kid": (
+        lambda k, s: sign(SigningKey("nobody", "ES384", k.es384.private_key)),
+        "unknown kid",
+    ),
+    "no kid": (
+        lambda k, s: jwt.encode(
+            claims(), k.es384.private_key, algorithm="ES384", headers={"typ": "JWT"}
+        ),
+        "no kid",
+    ),
+    "RS384 token naming the EC key": (
+        lambda k, s: sign(SigningKey(k.es384.kid, "RS384", k.rs384.private_key)),
+        "key is not for the token's algorithm",
+    ),
+    "ES256 token on a P-384 key": (
+        lambda k, s: sign(
+            SigningKey(k.es384.kid, "ES256", ec.generate_private_key(ec.SECP256R1()))
+        ),
+        "key is not for the token's algorithm",
+    ),
     "typ not JWT": (lambda k, s: sign(k.es384, typ="at+jwt"), "typ is not JWT"),
-    "expired": (lambda k, s: sign(k.es384, claims(exp=int(time.time()) - 120,
-                                                  iat=int(time.time()) - 400)),
-                "ExpiredSignatureError"),
-    "iat in the future": (lambda k, s: sign(k.es384, claims(iat=int(time.time()) + 600,
-                                                            exp=int(time.time()) + 900)),
-                          "ImmatureSignatureError"),
-    "lives too long": (lambda k, s: sign(k.es384, claims(exp=int(time.time()) + 7200)),
-                       "token lives too long"),
+    "expired": (
+        lambda k, s: sign(k.es384, claims(exp=int(time.time()) - 120, iat=int(time.time()) - 400)),
+        "ExpiredSignatureError",
+    ),
+    "iat in the future": (
+        lambda k, s: sign(k.es384, claims(iat=int(time.time()) + 600, exp=int(time.time()) + 900)),
+        "ImmatureSignatureError",
+    ),
+    "lives too long": (
+        lambda k, s: sign(k.es384, claims(exp=int(time.time()) + 7200)),
+        "token lives too long",
+    ),
     "aud of another service": (_other_service_aud, "InvalidAudienceError"),
-    "aud of discovery": (lambda k, s: sign(k.es384, claims(aud=f"{PUBLIC_URL}/cds-services")),
-                         "InvalidAudienceError"),
-    "aud on another host": (lambda k, s: sign(
-        k.es384, claims(aud=f"https://evil.example.com{ORDER_SIGN}")), "InvalidAudienceError"),
-    "unknown iss": (lambda k, s: sign(k.es384, claims(iss="https://evil.example.com")),
-                    "issuer not trusted"),
-    "trusted iss without that key": (lambda k, s: sign(k.es384, claims(iss=OTHER_ISSUER)),
-                                     "unknown kid"),
-    "jku not allowlisted": (lambda k, s: sign(k.attacker, jku=s.url("/attacker-jwks")),
-                            "jku not on the issuer's allowlist"),
+    "aud of discovery": (
+        lambda k, s: sign(k.es384, claims(aud=f"{PUBLIC_URL}/cds-services")),
+        "InvalidAudienceError",
+    ),
+    "aud on another host": (
+        lambda k, s: sign(k.es384, claims(aud=f"https://evil.example.com{ORDER_SIGN}")),
+        "InvalidAudienceError",
+    ),
+    "unknown iss": (
+        lambda k, s: sign(k.es384, claims(iss="https://evil.example.com")),
+        "issuer not trusted",
+    ),
+    "trusted iss without that key": (
+        lambda k, s: sign(k.es384, claims(iss=OTHER_ISSUER)),
+        "unknown kid",
+    ),
+    "jku not allowlisted": (
+        lambda k, s: sign(k.attacker, jku=s.url("/attacker-jwks")),
+        "jku not on the issuer's allowlist",
+    ),
     "missing jti": (lambda k, s: sign(k.es384, claims(jti=None)), "MissingRequiredClaimError"),
     "missing exp": (lambda k, s: sign(k.es384, claims(exp=None)), "MissingRequiredClaimError"),
     "missing iat": (lambda k, s: sign(k.es384, claims(iat=None)), "MissingRequiredClaimError"),
-    "missing iss": (lambda k, s: sign(k.es384, claims(iss=None)), "issuer not trusted"),
+    "missing iss": (lambda k, s: sign(k.es384, claims(iss=None)), "no iss"),
     "missing aud": (lambda k, s: sign(k.es384, claims(aud=None)), "MissingRequiredClaimError"),
     "numeric jti": (lambda k, s: sign(k.es384, claims(jti=12345)), "InvalidJTIError"),
 }
@@ -342,8 +374,7 @@ def test_unknown_kid_refreshes_the_jwks_at_a_limited_rate(
     keys: Keys, jwks_server: JwksServer
 ) -> None:
     jwks_server.sets["/jwks"] = {"keys": [keys.es384.public_jwk]}
-    app = auth_app({ISSUER: {"jwks_url": jwks_server.url("/jwks")}},
-                   JWKS_REFRESH_INTERVAL_S=60.0)
+    app = auth_app({ISSUER: {"jwks_url": jwks_server.url("/jwks")}}, JWKS_REFRESH_INTERVAL_S=60.0)
     client = app.test_client()
     assert call(client, sign(keys.es384)).status_code == 200
     jwks_server.sets["/jwks"] = {"keys": [keys.es384.public_jwk, keys.rs384.public_jwk]}
@@ -354,8 +385,7 @@ def test_unknown_kid_refreshes_the_jwks_at_a_limited_rate(
 
 def test_rotated_key_is_found_by_refreshing(keys: Keys, jwks_server: JwksServer) -> None:
     jwks_server.sets["/jwks"] = {"keys": [keys.es384.public_jwk]}
-    app = auth_app({ISSUER: {"jwks_url": jwks_server.url("/jwks")}},
-                   JWKS_REFRESH_INTERVAL_S=0.05)
+    app = auth_app({ISSUER: {"jwks_url": jwks_server.url("/jwks")}}, JWKS_REFRESH_INTERVAL_S=0.05)
     client = app.test_client()
     assert call(client, sign(keys.es384)).status_code == 200
     jwks_server.sets["/jwks"] = {"keys": [keys.rs384.public_jwk]}
@@ -364,9 +394,7 @@ def test_rotated_key_is_found_by_refreshing(keys: Keys, jwks_server: JwksServer)
     assert jwks_server.fetches["/jwks"] == 2
 
 
-def test_unreachable_jwks_url_is_401_and_not_hammered(
-    keys: Keys, jwks_server: JwksServer
-) -> None:
+def test_unreachable_jwks_url_is_401_and_not_hammered(keys: Keys, jwks_server: JwksServer) -> None:
     app = auth_app({ISSUER: {"jwks_url": jwks_server.url("/missing")}})
     client = app.test_client()
     for _ in range(3):
@@ -387,8 +415,12 @@ def test_discovery_needs_no_token(app_with_inline_keys: Flask) -> None:
 
 
 def test_aud_follows_the_request_host_without_public_url(keys: Keys) -> None:
-    app = make_app({"AUTH": "required",
-                    "TRUSTED_ISSUERS": {ISSUER: {"jwks": {"keys": [keys.es384.public_jwk]}}}})
+    app = make_app(
+        {
+            "AUTH": "required",
+            "TRUSTED_ISSUERS": {ISSUER: {"jwks": {"keys": [keys.es384.public_jwk]}}},
+        }
+    )
     client = app.test_client()
     token = sign(keys.es384, claims(aud=f"http://localhost{ORDER_SIGN}"))
     assert call(client, token).status_code == 200
@@ -396,8 +428,13 @@ def test_aud_follows_the_request_host_without_public_url(keys: Keys) -> None:
 
 
 def test_optional_mode_accepts_unsigned_and_untrusted_tokens(keys: Keys) -> None:
-    app = make_app({"AUTH": "optional", "PUBLIC_URL": PUBLIC_URL,
-                    "TRUSTED_ISSUERS": {ISSUER: {"jwks": {"keys": [keys.es384.public_jwk]}}}})
+    app = make_app(
+        {
+            "AUTH": "optional",
+            "PUBLIC_URL": PUBLIC_URL,
+            "TRUSTED_ISSUERS": {ISSUER: {"jwks": {"keys": [keys.es384.public_jwk]}}},
+        }
+    )
     client = app.test_client()
     assert call(client, None).status_code == 200
     assert call(client, "not.a-jwt").status_code == 200
@@ -406,8 +443,13 @@ def test_optional_mode_accepts_unsigned_and_untrusted_tokens(keys: Keys) -> None
 
 
 def test_optional_mode_still_verifies_a_trusted_issuers_token(keys: Keys) -> None:
-    app = make_app({"AUTH": "optional", "PUBLIC_URL": PUBLIC_URL,
-                    "TRUSTED_ISSUERS": {ISSUER: {"jwks": {"keys": [keys.es384.public_jwk]}}}})
+    app = make_app(
+        {
+            "AUTH": "optional",
+            "PUBLIC_URL": PUBLIC_URL,
+            "TRUSTED_ISSUERS": {ISSUER: {"jwks": {"keys": [keys.es384.public_jwk]}}},
+        }
+    )
     client = app.test_client()
     assert call(client, sign(keys.es384)).status_code == 200
     assert call(client, sign(keys.attacker)).status_code == 401
@@ -415,26 +457,40 @@ def test_optional_mode_still_verifies_a_trusted_issuers_token(keys: Keys) -> Non
 
 
 def test_issuer_fhir_servers_list_replaces_the_default() -> None:
-    settings = {"FHIR_SERVERS": ["https://default.example.org"],
-                "TRUSTED_ISSUERS": {ISSUER: {"jwks": {}, "fhir_servers": ["https://ehr.example.org"]},
-                                    OTHER_ISSUER: {"jwks": {}}}}
+    settings = {
+        "FHIR_SERVERS": ["https://default.example.org"],
+        "TRUSTED_ISSUERS": {
+            ISSUER: {"jwks": {}, "fhir_servers": ["https://ehr.example.org"]},
+            OTHER_ISSUER: {"jwks": {}},
+        },
+    }
     assert allowed_fhir_servers(settings, ClientIdentity(ISSUER, "j")) == [
-        "https://ehr.example.org"]
+        "https://ehr.example.org"
+    ]
     assert allowed_fhir_servers(settings, ClientIdentity(OTHER_ISSUER, "j")) == [
-        "https://default.example.org"]
+        "https://default.example.org"
+    ]
     assert allowed_fhir_servers(settings, None) == ["https://default.example.org"]
 
 
 def test_issuer_may_only_send_us_to_its_own_fhir_servers(
     keys: Keys, fhir_faults: MisbehavingFhirServer
 ) -> None:
-    app = auth_app({ISSUER: {"jwks": {"keys": [keys.es384.public_jwk]},
-                             "fhir_servers": ["https://ehr.example.org/fhir"]}},
-                   FHIR_SERVERS=["http://127.0.0.1"])
-    body = order_sign_request("p1", fhir_server=fhir_faults.base("ok"),
-                              prefetch=patient_and_coverage_prefetch("p1"))
+    app = auth_app(
+        {
+            ISSUER: {
+                "jwks": {"keys": [keys.es384.public_jwk]},
+                "fhir_servers": ["https://ehr.example.org/fhir"],
+            }
+        },
+        FHIR_SERVERS=["http://127.0.0.1"],
+    )
+    body = order_sign_request(
+        "p1", fhir_server=fhir_faults.base("ok"), prefetch=patient_and_coverage_prefetch("p1")
+    )
     response = app.test_client().post(
-        ORDER_SIGN, json=body, headers={"Authorization": f"Bearer {sign(keys.es384)}"})
+        ORDER_SIGN, json=body, headers={"Authorization": f"Bearer {sign(keys.es384)}"}
+    )
     assert response.status_code == 200
     assert fhir_faults.requests_seen == []
 
@@ -446,21 +502,35 @@ def test_tokens_never_reach_the_logs(
     keys: Keys, fhir_faults: MisbehavingFhirServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     access_token = "ehr-access-token-" + uuid.uuid4().hex
-    app = auth_app({ISSUER: {"jwks": {"keys": [keys.es384.public_jwk]}}},
-                   FHIR_SERVERS=["http://127.0.0.1"], FHIR_DEADLINE_S=1.0,
-                   FHIR_CALL_TIMEOUT_S=0.5)
+    app = auth_app(
+        {ISSUER: {"jwks": {"keys": [keys.es384.public_jwk]}}},
+        FHIR_SERVERS=["http://127.0.0.1"],
+        FHIR_DEADLINE_S=1.0,
+        FHIR_CALL_TIMEOUT_S=0.5,
+    )
     client = app.test_client()
     good, bad = sign(keys.es384), sign(keys.attacker)
     caplog.set_level(logging.DEBUG)
     for behaviour in ("ok", "status-401", "status-500", "redirect", "slow"):
-        body = order_sign_request("p1", fhir_server=fhir_faults.base(behaviour),
-                                  access_token=access_token,
-                                  prefetch=patient_and_coverage_prefetch("p1"))
+        body = order_sign_request(
+            "p1",
+            fhir_server=fhir_faults.base(behaviour),
+            access_token=access_token,
+            prefetch=patient_and_coverage_prefetch("p1"),
+        )
         token = sign(keys.es384)
-        assert client.post(ORDER_SIGN, json=body,
-                           headers={"Authorization": f"Bearer {token}"}).status_code == 200
-        assert client.post(ORDER_SIGN, json=body,
-                           headers={"Authorization": f"Bearer {token}"}).status_code == 401
+        assert (
+            client.post(
+                ORDER_SIGN, json=body, headers={"Authorization": f"Bearer {token}"}
+            ).status_code
+            == 200
+        )
+        assert (
+            client.post(
+                ORDER_SIGN, json=body, headers={"Authorization": f"Bearer {token}"}
+            ).status_code
+            == 401
+        )
         assert token not in caplog.text
     for token in (good, bad, "not.a-jwt"):
         client.post(ORDER_SIGN, json={}, headers={"Authorization": f"Bearer {token}"})
@@ -473,8 +543,9 @@ def test_tokens_never_reach_the_logs(
 def test_issuer_without_any_key_source_is_refused_at_start() -> None:
     with pytest.raises(ConfigError):
         load_settings({"TRUSTED_ISSUERS": {ISSUER: {"fhir_servers": []}}}, environ={})
-    assert load_settings({"TRUSTED_ISSUERS": {ISSUER: {"jku": ["https://ehr.example.org/k"]}}},
-                         environ={})["TRUSTED_ISSUERS"]
+    assert load_settings(
+        {"TRUSTED_ISSUERS": {ISSUER: {"jku": ["https://ehr.example.org/k"]}}}, environ={}
+    )["TRUSTED_ISSUERS"]
 
 
 def test_trusted_issuers_from_a_file(tmp_path: Any, keys: Keys) -> None:
@@ -484,8 +555,9 @@ def test_trusted_issuers_from_a_file(tmp_path: Any, keys: Keys) -> None:
     assert settings["TRUSTED_ISSUERS"][ISSUER]["jwks"]["keys"][0]["kid"] == "ec-1"
 
 
-@pytest.mark.parametrize("behaviour", ["garbage", "huge", "trickle", "redirect", "status-500",
-                                       "null", "slow"])
+@pytest.mark.parametrize(
+    "behaviour", ["garbage", "huge", "trickle", "redirect", "status-500", "null", "slow"]
+)
 def test_misbehaving_jwks_host_means_401_in_time(
     keys: Keys, fhir_faults: MisbehavingFhirServer, behaviour: str
 ) -> None:
@@ -499,18 +571,30 @@ def test_misbehaving_jwks_host_means_401_in_time(
 def test_issuer_fhir_servers_admit_its_server_without_a_default_list(
     keys: Keys, fhir_faults: MisbehavingFhirServer
 ) -> None:
-    app = auth_app({ISSUER: {"jwks": {"keys": [keys.es384.public_jwk]},
-                             "fhir_servers": [fhir_faults.base("ok")]}})
-    body = order_sign_request("p1", fhir_server=fhir_faults.base("ok"), access_token="tok-9",
-                              prefetch=patient_and_coverage_prefetch("p1"))
+    app = auth_app(
+        {
+            ISSUER: {
+                "jwks": {"keys": [keys.es384.public_jwk]},
+                "fhir_servers": [fhir_faults.base("ok")],
+            }
+        }
+    )
+    body = order_sign_request(
+        "p1",
+        fhir_server=fhir_faults.base("ok"),
+        access_token="tok-9",
+        prefetch=patient_and_coverage_prefetch("p1"),
+    )
     response = app.test_client().post(
-        ORDER_SIGN, json=body, headers={"Authorization": f"Bearer {sign(keys.es384)}"})
+        ORDER_SIGN, json=body, headers={"Authorization": f"Bearer {sign(keys.es384)}"}
+    )
     assert response.status_code == 200
     assert fhir_faults.requests_seen
     assert {s.authorization for s in fhir_faults.requests_seen} == {"Bearer tok-9"}
     # The same request unsigned falls back to CDS_FHIR_SERVERS, which is empty.
     fhir_faults.requests_seen.clear()
-    optional = make_app({"AUTH": "optional", "TRUSTED_ISSUERS": app.config["CDS"][
-        "TRUSTED_ISSUERS"]})
+    optional = make_app(
+        {"AUTH": "optional", "TRUSTED_ISSUERS": app.config["CDS"]["TRUSTED_ISSUERS"]}
+    )
     assert optional.test_client().post(ORDER_SIGN, json=body).status_code == 200
     assert fhir_faults.requests_seen == []

@@ -20,7 +20,9 @@ WHEN = "2026-11-28T15:04:05Z"
 
 @pytest.fixture
 def answered(
-    service: Flask, service_client: FlaskClient, database_url: str,
+    service: Flask,
+    service_client: FlaskClient,
+    database_url: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> dict[str, Any]:
     """One recorded order-sign answer with feedback on it; CDS_DATABASE_URL names its database."""
@@ -28,18 +30,32 @@ def answered(
     alternatives = next(c for c in answer["cards"] if c.get("suggestions"))
     coverage = next(c for c in answer["cards"] if not c.get("suggestions"))
     feedback = [
-        {"card": alternatives["uuid"], "outcome": "accepted", "outcomeTimestamp": WHEN,
-         "acceptedSuggestions": [{"id": alternatives["suggestions"][0]["uuid"]}]},
-        {"card": coverage["uuid"], "outcome": "overridden", "outcomeTimestamp": WHEN,
-         "overrideReason": {"reason": {"system": "http://example.org/r", "code": "will-appeal",
-                                       "display": "Will appeal"}}},
+        {
+            "card": alternatives["uuid"],
+            "outcome": "accepted",
+            "outcomeTimestamp": WHEN,
+            "acceptedSuggestions": [{"id": alternatives["suggestions"][0]["uuid"]}],
+        },
+        {
+            "card": coverage["uuid"],
+            "outcome": "overridden",
+            "outcomeTimestamp": WHEN,
+            "overrideReason": {
+                "reason": {
+                    "system": "http://example.org/r",
+                    "code": "will-appeal",
+                    "display": "Will appeal",
+                }
+            },
+        },
     ]
     response = service_client.post(f"{ORDER_SIGN}/feedback", json={"feedback": feedback})
     assert response.status_code == 200
     monkeypatch.setenv("CDS_DATABASE_URL", database_url)
     extension = answer["systemActions"][0]["resource"]["extension"][-1]["extension"]
     answer["assertion_id"] = next(
-        e["valueString"] for e in extension if e["url"] == "coverage-assertion-id")
+        e["valueString"] for e in extension if e["url"] == "coverage-assertion-id"
+    )
     return answer
 
 
@@ -91,8 +107,15 @@ def test_feedback_stats(answered: dict[str, Any], capsys: pytest.CaptureFixture[
     assert main(["feedback", "stats"]) == 0
     out = capsys.readouterr().out
     line = next(x for x in out.splitlines() if x.strip().startswith("EIP-VANCO"))
-    assert line.split() == ["EIP-VANCO", str(len(answered["cards"])), "2", "1", "1", "50.0%",
-                            "50.0%"]
+    assert line.split() == [
+        "EIP-VANCO",
+        str(len(answered["cards"])),
+        "2",
+        "1",
+        "1",
+        "50.0%",
+        "50.0%",
+    ]
     assert "will-appeal (Will appeal)" in out
 
 
@@ -103,7 +126,8 @@ def test_feedback_stats_since_as_json(
     stats = json.loads(capsys.readouterr().out)
     assert stats["since"] == "2026-11-28"
     assert [(r["rule"], r["accepted"], r["overridden"]) for r in stats["rules"]] == [
-        ("EIP-VANCO", 1, 1)]
+        ("EIP-VANCO", 1, 1)
+    ]
     assert [(r["code"], r["share"]) for r in stats["override_reasons"]] == [("will-appeal", 1.0)]
     assert main(["feedback", "stats", "--since", "2026-11-29", "--json"]) == 0
     later = json.loads(capsys.readouterr().out)

@@ -18,19 +18,23 @@ def cors_client() -> FlaskClient:
 
 
 def _preflight(client: FlaskClient, origin: str, path: str = ORDER_SIGN):  # noqa: ANN202
-    return client.options(path, headers={
-        "Origin": origin,
-        "Access-Control-Request-Method": "POST",
-        "Access-Control-Request-Headers": "authorization, content-type",
-    })
+    return client.options(
+        path,
+        headers={
+            "Origin": origin,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization, content-type",
+        },
+    )
 
 
 def test_preflight_from_an_allowed_origin_is_answered(cors_client: FlaskClient) -> None:
     response = _preflight(cors_client, SANDBOX)
     assert response.status_code == 200  # before (and without) authentication
     assert response.headers["Access-Control-Allow-Origin"] == SANDBOX
-    allowed_headers = {h.strip().lower() for h in
-                       response.headers["Access-Control-Allow-Headers"].split(",")}
+    allowed_headers = {
+        h.strip().lower() for h in response.headers["Access-Control-Allow-Headers"].split(",")
+    }
     assert {"authorization", "content-type"} <= allowed_headers
     assert "POST" in response.headers["Access-Control-Allow-Methods"]
     assert "Origin" in response.headers["Vary"]
@@ -50,20 +54,29 @@ def test_actual_responses_carry_the_origin_even_when_refused(cors_client: FlaskC
 
 
 @pytest.mark.parametrize(
-    "origin", ["https://evil.example.com", "http://sandbox.cds-hooks.org",
-               "https://sandbox.cds-hooks.org.evil.com", "null"]
+    "origin",
+    [
+        "https://evil.example.com",
+        "http://sandbox.cds-hooks.org",
+        "https://sandbox.cds-hooks.org.evil.com",
+        "null",
+    ],
 )
 def test_other_origins_get_no_cors_headers(cors_client: FlaskClient, origin: str) -> None:
-    for response in (_preflight(cors_client, origin),
-                     cors_client.get("/cds-services", headers={"Origin": origin})):
+    for response in (
+        _preflight(cors_client, origin),
+        cors_client.get("/cds-services", headers={"Origin": origin}),
+    ):
         assert "Access-Control-Allow-Origin" not in response.headers
         assert "Access-Control-Allow-Headers" not in response.headers
         assert "Origin" in response.headers["Vary"]
 
 
 def test_never_a_wildcard_nor_credentials(cors_client: FlaskClient) -> None:
-    for response in (_preflight(cors_client, SANDBOX),
-                     cors_client.get("/cds-services", headers={"Origin": SANDBOX})):
+    for response in (
+        _preflight(cors_client, SANDBOX),
+        cors_client.get("/cds-services", headers={"Origin": SANDBOX}),
+    ):
         assert response.headers.get("Access-Control-Allow-Origin") != "*"
         assert "Access-Control-Allow-Credentials" not in response.headers
 

@@ -35,8 +35,10 @@ def _post(client: FlaskClient, body: Any, path: str = ORDER_SIGN) -> Any:
         (lambda b: b.pop("context"), None),
         (lambda b: b.update(context=[]), "context"),
         (lambda b: b["context"].pop("draftOrders"), "context"),
-        (lambda b: b["context"].update(draftOrders={"resourceType": "Patient"}),
-         "context.draftOrders.resourceType"),
+        (
+            lambda b: b["context"].update(draftOrders={"resourceType": "Patient"}),
+            "context.draftOrders.resourceType",
+        ),
         (lambda b: b["context"].update(patientId=7), "context.patientId"),
         (lambda b: b.pop("fhirServer"), None),  # fhirAuthorization without fhirServer
         (lambda b: b.update(fhirAuthorization={"access_token": "t"}), "fhirAuthorization"),
@@ -48,16 +50,21 @@ def _post(client: FlaskClient, body: Any, path: str = ORDER_SIGN) -> Any:
 def test_malformed_request_is_400_naming_what_and_where(
     client: FlaskClient, sign_body: dict[str, Any], mutate: Any, expression: str | None
 ) -> None:
-    sign_body["fhirAuthorization"] = {"access_token": "secret-token", "token_type": "Bearer",
-                                      "expires_in": 30, "scope": "user/Patient.read",
-                                      "subject": "payer-cds"}
+    sign_body["fhirAuthorization"] = {
+        "access_token": "secret-token",
+        "token_type": "Bearer",
+        "expires_in": 30,
+        "scope": "user/Patient.read",
+        "subject": "payer-cds",
+    }
     mutate(sign_body)
     response = _post(client, sign_body)
     assert response.status_code == 400
     outcome = response.json
     assert outcome["resourceType"] == "OperationOutcome"
     issue = outcome["issue"][0]
-    assert issue["severity"] == "error" and issue["diagnostics"]
+    assert issue["severity"] == "error"
+    assert issue["diagnostics"]
     if expression:
         assert any(expression in e for i in outcome["issue"] for e in i.get("expression", []))
     assert "secret-token" not in response.get_data(as_text=True)
@@ -77,8 +84,14 @@ def test_unknown_members_are_ignored(client: FlaskClient, sign_body: dict[str, A
     assert _post(client, sign_body).status_code == 200
 
 
-@pytest.mark.parametrize("value", [None, {"resourceType": "OperationOutcome", "issue": []},
-                                   {"resourceType": "Bundle", "type": "searchset"}])
+@pytest.mark.parametrize(
+    "value",
+    [
+        None,
+        {"resourceType": "OperationOutcome", "issue": []},
+        {"resourceType": "Bundle", "type": "searchset"},
+    ],
+)
 def test_prefetch_values_may_be_null_operation_outcome_or_empty_bundle(
     client: FlaskClient, sign_body: dict[str, Any], value: Any
 ) -> None:
@@ -96,11 +109,20 @@ def test_operation_outcome_prefetch_is_named_as_not_retrieved(
     assert "conditions (the EHR reported an error for this query)" in card["detail"]
 
 
-def test_invalid_resource_is_left_out_and_named(client: FlaskClient, sign_body: dict[str, Any]) -> None:
+def test_invalid_resource_is_left_out_and_named(
+    client: FlaskClient, sign_body: dict[str, Any]
+) -> None:
     entries = sign_body["prefetch"]["conditions"]["entry"]
-    entries.append({"resource": {"resourceType": "Condition", "id": "broken",
-                                 "subject": {"reference": "Patient/pat-csii"},
-                                 "onsetDateTime": "yesterday-ish"}})
+    entries.append(
+        {
+            "resource": {
+                "resourceType": "Condition",
+                "id": "broken",
+                "subject": {"reference": "Patient/pat-csii"},
+                "onsetDateTime": "yesterday-ish",
+            }
+        }
+    )
     response = _post(client, sign_body)
     assert response.status_code == 200
     detail = response.json["cards"][0]["detail"]
@@ -138,7 +160,9 @@ def test_dispatched_order_that_cannot_be_found_is_412(client: FlaskClient) -> No
     assert response.json["resourceType"] == "OperationOutcome"
 
 
-def test_crd_request_with_two_coverages_is_400(client: FlaskClient, sign_body: dict[str, Any]) -> None:
+def test_crd_request_with_two_coverages_is_400(
+    client: FlaskClient, sign_body: dict[str, Any]
+) -> None:
     entry = copy.deepcopy(sign_body["prefetch"]["coverage"]["entry"][0])
     entry["resource"]["id"] = "cov-second"
     sign_body["prefetch"]["coverage"]["entry"].append(entry)
@@ -150,11 +174,16 @@ def test_crd_request_with_two_coverages_is_400(client: FlaskClient, sign_body: d
 
 @pytest.mark.parametrize(
     "poison",
-    [{"resourceType": 5}, {"resourceType": "Bundle", "entry": "x"},
-     {"resourceType": "Bundle", "entry": [None, 3, {"resource": []}]},
-     {"resourceType": "Observation", "valueQuantity": {"value": "NaN"}}],
+    [
+        {"resourceType": 5},
+        {"resourceType": "Bundle", "entry": "x"},
+        {"resourceType": "Bundle", "entry": [None, 3, {"resource": []}]},
+        {"resourceType": "Observation", "valueQuantity": {"value": "NaN"}},
+    ],
 )
-def test_odd_prefetch_shapes_never_500(client: FlaskClient, sign_body: dict[str, Any], poison: Any) -> None:
+def test_odd_prefetch_shapes_never_500(
+    client: FlaskClient, sign_body: dict[str, Any], poison: Any
+) -> None:
     for key in list(sign_body["prefetch"]):
         sign_body["prefetch"][key] = poison
     response = _post(client, sign_body)

@@ -23,8 +23,11 @@ from tests.conftest import FIXED_NOW, ORDER_SELECT, ORDER_SIGN
 
 FEEDBACK = f"{ORDER_SIGN}/feedback"
 WHEN = "2026-11-28T15:04:05Z"
-REASON = {"system": "http://example.org/override-reasons", "code": "patient-declined",
-          "display": "Patient declined"}
+REASON = {
+    "system": "http://example.org/override-reasons",
+    "code": "patient-declined",
+    "display": "Patient declined",
+}
 
 
 @pytest.fixture
@@ -41,8 +44,10 @@ def issued(service_client: FlaskClient) -> dict[str, Any]:
 
 def _stored(service: Flask) -> list[dict[str, Any]]:
     with service.extensions["cds_store"].reading() as connection:
-        return [dict(r) for r in connection.execute(
-            sa.select(feedback).order_by(feedback.c.id)).mappings()]
+        return [
+            dict(r)
+            for r in connection.execute(sa.select(feedback).order_by(feedback.c.id)).mappings()
+        ]
 
 
 def _issues(response: Any) -> list[tuple[str, str]]:
@@ -56,10 +61,19 @@ def test_accepted_suggestion_is_stored_and_answered_with_an_empty_object(
 ) -> None:
     card = issued["alternatives"]
     suggestion = card["suggestions"][1]["uuid"]
-    response = service_client.post(FEEDBACK, json={"feedback": [{
-        "card": card["uuid"], "outcome": "accepted",
-        "acceptedSuggestions": [{"id": suggestion}], "outcomeTimestamp": WHEN,
-    }]})
+    response = service_client.post(
+        FEEDBACK,
+        json={
+            "feedback": [
+                {
+                    "card": card["uuid"],
+                    "outcome": "accepted",
+                    "acceptedSuggestions": [{"id": suggestion}],
+                    "outcomeTimestamp": WHEN,
+                }
+            ]
+        },
+    )
     assert response.status_code == 200
     assert response.json == {}
     (row,) = _stored(service)
@@ -76,16 +90,27 @@ def test_override_keeps_the_reason_code_but_never_the_comment(
     service: Flask, service_client: FlaskClient, issued: dict[str, Any]
 ) -> None:
     comment = "Mrs Example prefers her old pump"
-    response = service_client.post(FEEDBACK, json={"feedback": [{
-        "card": issued["coverage"]["uuid"].upper(), "outcome": "overridden",
-        "overrideReason": {"reason": REASON, "userComment": comment},
-        "outcomeTimestamp": "2026-11-28t15:04:05.250+00:00",
-    }]})
+    response = service_client.post(
+        FEEDBACK,
+        json={
+            "feedback": [
+                {
+                    "card": issued["coverage"]["uuid"].upper(),
+                    "outcome": "overridden",
+                    "overrideReason": {"reason": REASON, "userComment": comment},
+                    "outcomeTimestamp": "2026-11-28t15:04:05.250+00:00",
+                }
+            ]
+        },
+    )
     assert response.status_code == 200
     (row,) = _stored(service)
     assert row["card_uuid"] == issued["coverage"]["uuid"]
     assert (row["override_system"], row["override_code"], row["override_display"]) == (
-        REASON["system"], REASON["code"], REASON["display"])
+        REASON["system"],
+        REASON["code"],
+        REASON["display"],
+    )
     assert row["has_user_comment"] is True
     assert comment not in repr(row)
 
@@ -93,8 +118,12 @@ def test_override_keeps_the_reason_code_but_never_the_comment(
 def test_several_entries_and_repeated_feedback_are_all_stored(
     service: Flask, service_client: FlaskClient, issued: dict[str, Any]
 ) -> None:
-    entry = {"card": issued["coverage"]["uuid"], "outcome": "overridden",
-             "overrideReason": {"userComment": "x"}, "outcomeTimestamp": WHEN}
+    entry = {
+        "card": issued["coverage"]["uuid"],
+        "outcome": "overridden",
+        "overrideReason": {"userComment": "x"},
+        "outcomeTimestamp": WHEN,
+    }
     assert service_client.post(FEEDBACK, json={"feedback": [entry, entry]}).status_code == 200
     assert service_client.post(FEEDBACK, json={"feedback": [entry]}).status_code == 200
     assert len(_stored(service)) == 3
@@ -106,35 +135,90 @@ def test_several_entries_and_repeated_feedback_are_all_stored(
     ("entry", "expression", "says"),
     [
         ({"outcome": "overridden", "outcomeTimestamp": WHEN}, "feedback[0]", "'card'"),
-        ({"card": "not-a-uuid", "outcome": "overridden", "outcomeTimestamp": WHEN},
-         "feedback[0].card", "uuid"),
-        ({"card": "{card}", "outcome": "ignored", "outcomeTimestamp": WHEN},
-         "feedback[0].outcome", "cds-fb-1"),
-        ({"card": "{card}", "outcome": "accepted", "outcomeTimestamp": WHEN},
-         "feedback[0]", "cds-fb-2"),
-        ({"card": "{card}", "outcome": "accepted", "acceptedSuggestions": [],
-          "outcomeTimestamp": WHEN}, "feedback[0].acceptedSuggestions", "non-empty"),
-        ({"card": "{card}", "outcome": "accepted", "acceptedSuggestions": [{"uuid": "x"}],
-          "outcomeTimestamp": WHEN}, "feedback[0].acceptedSuggestions[0]", "'id'"),
-        ({"card": "{card}", "outcome": "overridden", "overrideReason": {},
-          "outcomeTimestamp": WHEN}, "feedback[0].overrideReason", "cds-fb-3"),
-        ({"card": "{card}", "outcome": "overridden",
-          "overrideReason": {"reason": {"code": "x"}}, "outcomeTimestamp": WHEN},
-         "feedback[0].overrideReason.reason", "'system'"),
+        (
+            {"card": "not-a-uuid", "outcome": "overridden", "outcomeTimestamp": WHEN},
+            "feedback[0].card",
+            "uuid",
+        ),
+        (
+            {"card": "{card}", "outcome": "ignored", "outcomeTimestamp": WHEN},
+            "feedback[0].outcome",
+            "cds-fb-1",
+        ),
+        (
+            {"card": "{card}", "outcome": "accepted", "outcomeTimestamp": WHEN},
+            "feedback[0]",
+            "cds-fb-2",
+        ),
+        (
+            {
+                "card": "{card}",
+                "outcome": "accepted",
+                "acceptedSuggestions": [],
+                "outcomeTimestamp": WHEN,
+            },
+            "feedback[0].acceptedSuggestions",
+            "non-empty",
+        ),
+        (
+            {
+                "card": "{card}",
+                "outcome": "accepted",
+                "acceptedSuggestions": [{"uuid": "x"}],
+                "outcomeTimestamp": WHEN,
+            },
+            "feedback[0].acceptedSuggestions[0]",
+            "'id'",
+        ),
+        (
+            {
+                "card": "{card}",
+                "outcome": "overridden",
+                "overrideReason": {},
+                "outcomeTimestamp": WHEN,
+            },
+            "feedback[0].overrideReason",
+            "cds-fb-3",
+        ),
+        (
+            {
+                "card": "{card}",
+                "outcome": "overridden",
+                "overrideReason": {"reason": {"code": "x"}},
+                "outcomeTimestamp": WHEN,
+            },
+            "feedback[0].overrideReason.reason",
+            "'system'",
+        ),
         ({"card": "{card}", "outcome": "overridden"}, "feedback[0]", "'outcomeTimestamp'"),
-        ({"card": "{card}", "outcome": "overridden",
-          "outcomeTimestamp": "2026-11-28T16:04:05+01:00"},
-         "feedback[0].outcomeTimestamp", "UTC"),
-        ({"card": "{card}", "outcome": "overridden", "outcomeTimestamp": "2026-11-28"},
-         "feedback[0].outcomeTimestamp", "RFC 3339"),
-        ({"card": "{card}", "outcome": "overridden",
-          "outcomeTimestamp": "2026-13-45T10:00:00Z"},
-         "feedback[0].outcomeTimestamp", "not a valid date-time"),
+        (
+            {
+                "card": "{card}",
+                "outcome": "overridden",
+                "outcomeTimestamp": "2026-11-28T16:04:05+01:00",
+            },
+            "feedback[0].outcomeTimestamp",
+            "UTC",
+        ),
+        (
+            {"card": "{card}", "outcome": "overridden", "outcomeTimestamp": "2026-11-28"},
+            "feedback[0].outcomeTimestamp",
+            "RFC 3339",
+        ),
+        (
+            {"card": "{card}", "outcome": "overridden", "outcomeTimestamp": "2026-13-45T10:00:00Z"},
+            "feedback[0].outcomeTimestamp",
+            "not a valid date-time",
+        ),
     ],
 )
 def test_malformed_feedback_is_400_saying_what_and_where(
-    service: Flask, service_client: FlaskClient, issued: dict[str, Any],
-    entry: dict[str, Any], expression: str, says: str,
+    service: Flask,
+    service_client: FlaskClient,
+    issued: dict[str, Any],
+    entry: dict[str, Any],
+    expression: str,
+    says: str,
 ) -> None:
     entry = {k: (issued["coverage"]["uuid"] if v == "{card}" else v) for k, v in entry.items()}
     issues = _issues(service_client.post(FEEDBACK, json={"feedback": [entry]}))
@@ -162,8 +246,12 @@ def test_a_card_this_service_never_issued_is_400_and_nothing_is_stored(
     service: Flask, service_client: FlaskClient, issued: dict[str, Any]
 ) -> None:
     unknown = "0f0f0f0f-0000-4000-8000-000000000000"
-    good = {"card": issued["coverage"]["uuid"], "outcome": "overridden",
-            "overrideReason": {"reason": REASON}, "outcomeTimestamp": WHEN}
+    good = {
+        "card": issued["coverage"]["uuid"],
+        "outcome": "overridden",
+        "overrideReason": {"reason": REASON},
+        "outcomeTimestamp": WHEN,
+    }
     bad = {**good, "card": unknown}
     response = service_client.post(FEEDBACK, json={"feedback": [good, bad]})
     (issue,) = response.json["issue"]
@@ -176,9 +264,19 @@ def test_a_card_this_service_never_issued_is_400_and_nothing_is_stored(
 def test_a_card_issued_by_another_service_is_400(
     service_client: FlaskClient, issued: dict[str, Any]
 ) -> None:
-    response = service_client.post(f"{ORDER_SELECT}/feedback", json={"feedback": [{
-        "card": issued["coverage"]["uuid"], "outcome": "overridden",
-        "overrideReason": {"reason": REASON}, "outcomeTimestamp": WHEN}]})
+    response = service_client.post(
+        f"{ORDER_SELECT}/feedback",
+        json={
+            "feedback": [
+                {
+                    "card": issued["coverage"]["uuid"],
+                    "outcome": "overridden",
+                    "overrideReason": {"reason": REASON},
+                    "outcomeTimestamp": WHEN,
+                }
+            ]
+        },
+    )
     ((where, text),) = _issues(response)
     assert where == "feedback[0].card"
     assert "infusion-pump-coverage-order-sign" in text
@@ -189,9 +287,19 @@ def test_an_accepted_suggestion_must_be_one_of_the_cards(
 ) -> None:
     other_card = issued["coverage"]
     suggestion = issued["alternatives"]["suggestions"][0]["uuid"]
-    response = service_client.post(FEEDBACK, json={"feedback": [{
-        "card": other_card["uuid"], "outcome": "accepted",
-        "acceptedSuggestions": [{"id": suggestion}], "outcomeTimestamp": WHEN}]})
+    response = service_client.post(
+        FEEDBACK,
+        json={
+            "feedback": [
+                {
+                    "card": other_card["uuid"],
+                    "outcome": "accepted",
+                    "acceptedSuggestions": [{"id": suggestion}],
+                    "outcomeTimestamp": WHEN,
+                }
+            ]
+        },
+    )
     ((where, text),) = _issues(response)
     assert where == "feedback[0].acceptedSuggestions[0].id"
     assert suggestion in text
@@ -204,7 +312,9 @@ def test_feedback_to_an_unknown_service_is_404(service_client: FlaskClient) -> N
 
 
 def test_feedback_is_authenticated_like_service_calls(
-    service: Flask, service_client: FlaskClient, issued: dict[str, Any],
+    service: Flask,
+    service_client: FlaskClient,
+    issued: dict[str, Any],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     asked: list[str] = []
@@ -214,8 +324,12 @@ def test_feedback_is_authenticated_like_service_calls(
         return ClientIdentity(issuer="https://ehr.example.org", jti=f"jti-{len(asked)}")
 
     monkeypatch.setattr(routes, "authenticate_client", authenticate)
-    entry = {"card": issued["coverage"]["uuid"], "outcome": "overridden",
-             "overrideReason": {"reason": REASON}, "outcomeTimestamp": WHEN}
+    entry = {
+        "card": issued["coverage"]["uuid"],
+        "outcome": "overridden",
+        "overrideReason": {"reason": REASON},
+        "outcomeTimestamp": WHEN,
+    }
     assert service_client.post(FEEDBACK, json={"feedback": [entry]}).status_code == 200
     assert asked == [f"http://localhost{FEEDBACK}"]
     assert _stored(service)[0]["client_iss"] == "https://ehr.example.org"
@@ -237,19 +351,35 @@ def test_unsigned_feedback_is_refused_when_authentication_is_required(
 
 
 def test_feedback_is_503_when_the_database_is_down(
-    database_url: str, tmp_path: Path, make_service: Callable[..., Flask],
+    database_url: str,
+    tmp_path: Path,
+    make_service: Callable[..., Flask],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    down = (f"sqlite:///{tmp_path / 'missing' / 'db.sqlite3'}"
-            if database_url.startswith("sqlite") else f"{database_url}_missing")
+    down = (
+        f"sqlite:///{tmp_path / 'missing' / 'db.sqlite3'}"
+        if database_url.startswith("sqlite")
+        else f"{database_url}_missing"
+    )
     client = make_service(DATABASE_URL=down).test_client()
-    response = client.post(FEEDBACK, json={"feedback": [{
-        "card": "0f0f0f0f-0000-4000-8000-000000000000", "outcome": "overridden",
-        "overrideReason": {"userComment": "c"}, "outcomeTimestamp": WHEN}]})
+    response = client.post(
+        FEEDBACK,
+        json={
+            "feedback": [
+                {
+                    "card": "0f0f0f0f-0000-4000-8000-000000000000",
+                    "outcome": "overridden",
+                    "overrideReason": {"userComment": "c"},
+                    "outcomeTimestamp": WHEN,
+                }
+            ]
+        },
+    )
     assert response.status_code == 503
     assert response.json["issue"][0]["code"] == "transient"
-    assert any(r.levelno == logging.ERROR and "NOT STORED" in r.getMessage()
-               for r in caplog.records)
+    assert any(
+        r.levelno == logging.ERROR and "NOT STORED" in r.getMessage() for r in caplog.records
+    )
 
 
 def test_statistics_per_rule_and_per_override_reason(
@@ -260,19 +390,42 @@ def test_statistics_per_rule_and_per_override_reason(
     alternatives = next(c for c in vanco["cards"] if c.get("suggestions"))
     vanco_coverage = next(c for c in vanco["cards"] if not c.get("suggestions"))
     insulin_coverage = insulin["cards"][0]
-    other = {"system": "http://example.org/override-reasons", "code": "will-appeal",
-             "display": "Will appeal"}
+    other = {
+        "system": "http://example.org/override-reasons",
+        "code": "will-appeal",
+        "display": "Will appeal",
+    }
     entries = [
-        {"card": alternatives["uuid"], "outcome": "accepted", "outcomeTimestamp": WHEN,
-         "acceptedSuggestions": [{"id": alternatives["suggestions"][0]["uuid"]}]},
-        {"card": vanco_coverage["uuid"], "outcome": "overridden", "outcomeTimestamp": WHEN,
-         "overrideReason": {"reason": REASON}},
-        {"card": insulin_coverage["uuid"], "outcome": "overridden", "outcomeTimestamp": WHEN,
-         "overrideReason": {"reason": REASON}},
-        {"card": insulin_coverage["uuid"], "outcome": "overridden", "outcomeTimestamp": WHEN,
-         "overrideReason": {"reason": other, "userComment": "c"}},
-        {"card": insulin_coverage["uuid"], "outcome": "overridden",
-         "outcomeTimestamp": "2026-10-01T00:00:00Z", "overrideReason": {"userComment": "old"}},
+        {
+            "card": alternatives["uuid"],
+            "outcome": "accepted",
+            "outcomeTimestamp": WHEN,
+            "acceptedSuggestions": [{"id": alternatives["suggestions"][0]["uuid"]}],
+        },
+        {
+            "card": vanco_coverage["uuid"],
+            "outcome": "overridden",
+            "outcomeTimestamp": WHEN,
+            "overrideReason": {"reason": REASON},
+        },
+        {
+            "card": insulin_coverage["uuid"],
+            "outcome": "overridden",
+            "outcomeTimestamp": WHEN,
+            "overrideReason": {"reason": REASON},
+        },
+        {
+            "card": insulin_coverage["uuid"],
+            "outcome": "overridden",
+            "outcomeTimestamp": WHEN,
+            "overrideReason": {"reason": other, "userComment": "c"},
+        },
+        {
+            "card": insulin_coverage["uuid"],
+            "outcome": "overridden",
+            "outcomeTimestamp": "2026-10-01T00:00:00Z",
+            "overrideReason": {"userComment": "old"},
+        },
     ]
     assert service_client.post(FEEDBACK, json={"feedback": entries}).status_code == 200
     store = service.extensions["cds_store"]
@@ -280,14 +433,20 @@ def test_statistics_per_rule_and_per_override_reason(
     everything = {r.rule: r for r in feedback_stats(store).rules}
     assert set(everything) == {"EIP-VANCO", "EIP-CSII"}
     vanco_stats, csii = everything["EIP-VANCO"], everything["EIP-CSII"]
-    assert (vanco_stats.cards_issued, vanco_stats.feedback, vanco_stats.accepted,
-            vanco_stats.overridden) == (len(vanco["cards"]), 2, 1, 1)
+    assert (
+        vanco_stats.cards_issued,
+        vanco_stats.feedback,
+        vanco_stats.accepted,
+        vanco_stats.overridden,
+    ) == (len(vanco["cards"]), 2, 1, 1)
     assert (vanco_stats.acceptance_rate, vanco_stats.override_rate) == (0.5, 0.5)
     assert (csii.feedback, csii.accepted, csii.overridden, csii.acceptance_rate) == (3, 0, 3, 0.0)
 
     recent = feedback_stats(store, datetime(2026, 11, 1, tzinfo=UTC))
     assert {r.rule: r.overridden for r in recent.rules} == {"EIP-VANCO": 1, "EIP-CSII": 2}
     assert [(r.code, r.overridden, round(r.share, 3)) for r in recent.reasons] == [
-        ("patient-declined", 2, 0.667), ("will-appeal", 1, 0.333)]
+        ("patient-declined", 2, 0.667),
+        ("will-appeal", 1, 0.333),
+    ]
     all_reasons = {r.code: r.overridden for r in feedback_stats(store).reasons}
     assert all_reasons == {"patient-declined": 2, "will-appeal": 1, None: 1}

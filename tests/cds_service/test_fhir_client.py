@@ -22,9 +22,20 @@ from tests.misbehaving_fhir_server import MisbehavingFhirServer
 
 @pytest.mark.parametrize(
     ("host", "loopback"),
-    [("127.0.0.1", True), ("127.9.8.7", True), ("::1", True), ("[::1]", True),
-     ("localhost", True), ("LOCALHOST", True), ("128.0.0.1", False), ("10.0.0.1", False),
-     ("localhost.evil.com", False), ("ehr.example.org", False), ("", False), (None, False)],
+    [
+        ("127.0.0.1", True),
+        ("127.9.8.7", True),
+        ("::1", True),
+        ("[::1]", True),
+        ("localhost", True),
+        ("LOCALHOST", True),
+        ("128.0.0.1", False),
+        ("10.0.0.1", False),
+        ("localhost.evil.com", False),
+        ("ehr.example.org", False),
+        ("", False),
+        (None, False),
+    ],
 )
 def test_loopback_hosts(host: str | None, loopback: bool) -> None:
     assert is_loopback_host(host) is loopback
@@ -62,14 +73,17 @@ def test_fhir_server_allowlist(base_url: str, prefixes: list[str], allowed: bool
 
 def _reader(base: str, **limits: float) -> FhirReader:
     settings = FhirQueryLimits(**{"deadline_s": 2.0, "call_timeout_s": 1.0, **limits})
-    return FhirReader(base_url=base, access_token="tok", deadline=time.monotonic() + 2.0,
-                      limits=settings)
+    return FhirReader(
+        base_url=base, access_token="tok", deadline=time.monotonic() + 2.0, limits=settings
+    )
 
 
 def test_pages_are_merged_into_one_searchset(fhir_faults: MisbehavingFhirServer) -> None:
     bundle = _reader(fhir_faults.base("paged")).fetch("Condition?patient=p1")
     assert bundle == {
-        "resourceType": "Bundle", "type": "searchset", "total": 3,
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "total": 3,
         "entry": [{"resource": {"resourceType": "Condition", "id": f"c{i}"}} for i in range(3)],
     }
     assert [s.authorization for s in fhir_faults.requests_seen] == ["Bearer tok"] * 3
@@ -83,9 +97,12 @@ def test_page_cap_stops_an_endless_search(fhir_faults: MisbehavingFhirServer) ->
 
 
 def test_fetch_all_returns_by_the_deadline(fhir_faults: MisbehavingFhirServer) -> None:
-    reader = FhirReader(base_url=fhir_faults.base("slow"), access_token=None,
-                        deadline=time.monotonic() + 0.3,
-                        limits=FhirQueryLimits(deadline_s=0.3, call_timeout_s=5.0))
+    reader = FhirReader(
+        base_url=fhir_faults.base("slow"),
+        access_token=None,
+        deadline=time.monotonic() + 0.3,
+        limits=FhirQueryLimits(deadline_s=0.3, call_timeout_s=5.0),
+    )
     started = time.monotonic()
     results = fetch_all(reader, {"a": "Condition", "b": "Observation"})
     assert time.monotonic() - started < 0.6

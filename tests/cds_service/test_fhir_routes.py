@@ -41,10 +41,21 @@ def conditional_response(client: FlaskClient) -> dict[str, Any]:
     empty: conditional on documentation, so it carries a documentation card and asks
     for the Questionnaire in the coverage-information extension."""
     patient = {"resourceType": "Patient", "id": "p1", "birthDate": "1950-01-01"}
-    empty_keys = ("conditions", "medicationRequests", "observations", "allergies", "devices",
-                  "encounters", "procedures", "questionnaireResponses")
-    prefetch = {"patient": patient, "coverage": searchset([(None, active_coverage("p1"))]),
-                **{key: searchset([]) for key in empty_keys}}
+    empty_keys = (
+        "conditions",
+        "medicationRequests",
+        "observations",
+        "allergies",
+        "devices",
+        "encounters",
+        "procedures",
+        "questionnaireResponses",
+    )
+    prefetch = {
+        "patient": patient,
+        "coverage": searchset([(None, active_coverage("p1"))]),
+        **{key: searchset([]) for key in empty_keys},
+    }
     orders = pump_order_resources(PUMP_ORDERS[0], "p1")
     body = order_sign_request("p1", orders, prefetch, "8c6f4b1e-52d4-4b6a-9a43-0d5e3c1b7f21")
     response = client.post(ORDER_SIGN, json=body)
@@ -93,9 +104,11 @@ def test_search_by_canonical_finds_it(
 
 @pytest.mark.parametrize(
     "params",
-    [{"url": "http://example.org/fhir/Questionnaire/other"},
-     {"url": "{url}|0.0.0"},
-     {"_id": "other"}],
+    [
+        {"url": "http://example.org/fhir/Questionnaire/other"},
+        {"url": "{url}|0.0.0"},
+        {"_id": "other"},
+    ],
 )
 def test_search_without_match_is_an_empty_bundle(
     client: FlaskClient, canonical: tuple[str, str], params: dict[str, str]
@@ -120,8 +133,11 @@ def test_crd_questionnaire_canonical_resolves(
     for action in conditional_response["systemActions"]:
         for extension in action["resource"]["extension"]:
             if extension["url"] == EXTENSION_URL:
-                canonicals |= {p["valueCanonical"] for p in extension["extension"]
-                               if p["url"] == "questionnaire"}
+                canonicals |= {
+                    p["valueCanonical"]
+                    for p in extension["extension"]
+                    if p["url"] == "questionnaire"
+                }
     (canonical,) = canonicals
     status, bundle = _fhir(client, QUESTIONNAIRE, url=canonical)
     assert (status, bundle["total"]) == (200, 1)
@@ -141,7 +157,10 @@ def test_documentation_card_link_resolves(
     status, questionnaire = _fhir(client, urlsplit(link).path)
     assert status == 200
     assert questionnaire["resourceType"] == "Questionnaire"
-    asked = {d.id for d in app.extensions["cds_policy"].documentation.values()
-             if f"`{d.id}`" in card["detail"]}
+    asked = {
+        d.id
+        for d in app.extensions["cds_policy"].documentation.values()
+        if f"`{d.id}`" in card["detail"]
+    }
     assert asked
     assert asked <= {item["linkId"] for item in questionnaire["item"]}

@@ -83,18 +83,28 @@ def test_deciding_means_named_in_the_rule_decision(report: PolicyReport) -> None
     [
         ({"const": "unmet"}, "never met"),
         ({"criterion": "A-1"}, "A-1"),
-        ({"all": [{"criterion": "A"}, {"any": [{"criterion": "B"}, {"criterion": "C"}]}]},
-         "A and (B or C)"),
+        (
+            {"all": [{"criterion": "A"}, {"any": [{"criterion": "B"}, {"criterion": "C"}]}]},
+            "A and (B or C)",
+        ),
         ({"any": [{"criterion": "A"}]}, "A"),
-        ({"not": {"fact": "episode.pump_kind", "op": "exists", "absent": "unmet"}},
-         "not episode.pump_kind is known [when not found: unmet]"),
+        (
+            {"not": {"fact": "episode.pump_kind", "op": "exists", "absent": "unmet"}},
+            "not episode.pump_kind is known [when not found: unmet]",
+        ),
         ({"fact": "lab.hba1c_percent", "op": "gt", "value": 7.0}, "lab.hba1c_percent > 7.0 %"),
-        ({"fact": "order.setting", "op": "in", "values": ["home", "institutional"]},
-         "order.setting in {home, institutional}"),
-        ({"fact": "patient.conditions", "op": "has_code", "valueset": "diabetes"},
-         "patient.conditions has a code in value set diabetes"),
-        ({"fact": "encounter.last_visit_date", "op": "within_days", "value": 92},
-         "encounter.last_visit_date within 92 days"),
+        (
+            {"fact": "order.setting", "op": "in", "values": ["home", "institutional"]},
+            "order.setting in {home, institutional}",
+        ),
+        (
+            {"fact": "patient.conditions", "op": "has_code", "valueset": "diabetes"},
+            "patient.conditions has a code in value set diabetes",
+        ),
+        (
+            {"fact": "encounter.last_visit_date", "op": "within_days", "value": 92},
+            "encounter.last_visit_date within 92 days",
+        ),
         ({"fact": "doc.x", "op": "is_true"}, "doc.x is true"),
     ],
 )
@@ -104,9 +114,12 @@ def test_describe_logic(policy: Policy, node: dict[str, object], words: str) -> 
 
 @pytest.mark.parametrize(
     ("period", "words"),
-    [(Period(), "always"), (Period(date(2021, 1, 19)), "from 2021-01-19"),
-     (Period(None, date(2023, 5, 11)), "until 2023-05-11 (exclusive)"),
-     (Period(date(2020, 3, 1), date(2023, 5, 11)), "2020-03-01 until 2023-05-11 (exclusive)")],
+    [
+        (Period(), "always"),
+        (Period(date(2021, 1, 19)), "from 2021-01-19"),
+        (Period(None, date(2023, 5, 11)), "until 2023-05-11 (exclusive)"),
+        (Period(date(2020, 3, 1), date(2023, 5, 11)), "2020-03-01 until 2023-05-11 (exclusive)"),
+    ],
 )
 def test_effective_describe(period: Period, words: str) -> None:
     assert Effective.of(period).describe() == words

@@ -55,18 +55,25 @@ def _settings(**overrides: Any) -> dict[str, Any]:
 
 
 def _hook_request(
-    prefetch: dict[str, Any], fhir_server: str | None = None, context: dict[str, Any] | None = None,
+    prefetch: dict[str, Any],
+    fhir_server: str | None = None,
+    context: dict[str, Any] | None = None,
     hook: str = "order-sign",
 ) -> HookRequest:
     return HookRequest(
         hook=hook,
         hook_instance="d1577c69-dfbe-44ad-ba6d-3e05e953b2ea",
-        context=context or {"userId": "Practitioner/pract-1", "patientId": "p1",
-                            "draftOrders": {"resourceType": "Bundle", "type": "collection"}},
+        context=context
+        or {
+            "userId": "Practitioner/pract-1",
+            "patientId": "p1",
+            "draftOrders": {"resourceType": "Bundle", "type": "collection"},
+        },
         prefetch=prefetch,
         fhir_server=fhir_server,
         fhir_authorization=FhirAuthorization("tok-123", "Bearer", "patient/*.read", "cds")
-        if fhir_server else None,
+        if fhir_server
+        else None,
     )
 
 
@@ -83,12 +90,21 @@ def fault_client() -> FlaskClient:
     ("template", "context", "expected"),
     [
         ("Patient/{{context.patientId}}", {"patientId": "p-1"}, "Patient/p-1"),
-        ("Coverage?patient={{context.patientId}}&status=active", {"patientId": "abc.9"},
-         "Coverage?patient=abc.9&status=active"),
-        ("Practitioner/{{userPractitionerId}}", {"userId": "Practitioner/dr-7"},
-         "Practitioner/dr-7"),
-        ("PractitionerRole/{{ userPractitionerRoleId }}", {"userId": "PractitionerRole/r1"},
-         "PractitionerRole/r1"),
+        (
+            "Coverage?patient={{context.patientId}}&status=active",
+            {"patientId": "abc.9"},
+            "Coverage?patient=abc.9&status=active",
+        ),
+        (
+            "Practitioner/{{userPractitionerId}}",
+            {"userId": "Practitioner/dr-7"},
+            "Practitioner/dr-7",
+        ),
+        (
+            "PractitionerRole/{{ userPractitionerRoleId }}",
+            {"userId": "PractitionerRole/r1"},
+            "PractitionerRole/r1",
+        ),
     ],
 )
 def test_template_is_rendered_from_root_primitive_context(
@@ -161,19 +177,29 @@ def test_no_prefetch_and_no_fhir_server_answers_412(client: FlaskClient) -> None
 
 def test_no_patient_data_is_fine_when_no_order_needs_a_decision(client: FlaskClient) -> None:
     body = order_sign_request("p1")
-    body["context"]["draftOrders"] = {"resourceType": "Bundle", "type": "collection", "entry": [
-        {"resource": {"resourceType": "ServiceRequest", "id": "sr-1", "status": "draft",
-                      "intent": "order", "code": {"text": "Chest X-ray"},
-                      "subject": {"reference": "Patient/p1"}}}]}
+    body["context"]["draftOrders"] = {
+        "resourceType": "Bundle",
+        "type": "collection",
+        "entry": [
+            {
+                "resource": {
+                    "resourceType": "ServiceRequest",
+                    "id": "sr-1",
+                    "status": "draft",
+                    "intent": "order",
+                    "code": {"text": "Chest X-ray"},
+                    "subject": {"reference": "Patient/p1"},
+                }
+            }
+        ],
+    }
     response = client.post(ORDER_SIGN, json=body)
     assert response.status_code == 200
     assert response.json == {"cards": []}
 
 
 def test_null_prefetch_values_are_data() -> None:
-    clinical = resolve_prefetch(
-        ORDER_SIGN_SERVICE, _hook_request({"patient": None}), _settings()
-    )
+    clinical = resolve_prefetch(ORDER_SIGN_SERVICE, _hook_request({"patient": None}), _settings())
     assert clinical.data == {"patient": None}
 
 
@@ -195,9 +221,18 @@ def test_missing_keys_are_fetched_with_the_bearer_token(
     assert clinical.data["conditions"]["resourceType"] == "Bundle"
     paths = sorted(seen.path.split("?")[0] for seen in fhir_faults.requests_seen)
     assert paths == sorted(
-        f"/ok/fhir/{t}" for t in ("AllergyIntolerance", "Condition", "Device", "Encounter",
-                                  "MedicationRequest", "Observation", "Procedure",
-                                  "QuestionnaireResponse"))
+        f"/ok/fhir/{t}"
+        for t in (
+            "AllergyIntolerance",
+            "Condition",
+            "Device",
+            "Encounter",
+            "MedicationRequest",
+            "Observation",
+            "Procedure",
+            "QuestionnaireResponse",
+        )
+    )
     assert {seen.authorization for seen in fhir_faults.requests_seen} == {"Bearer tok-123"}
 
 
@@ -228,7 +263,9 @@ def test_fhir_server_not_allowed_gets_no_query_and_no_token(
     assert clinical.unavailable["encounter"] == NOT_SENT
 
 
-def test_no_allowed_server_and_no_prefetch_leaves_nothing(fhir_faults: MisbehavingFhirServer) -> None:
+def test_no_allowed_server_and_no_prefetch_leaves_nothing(
+    fhir_faults: MisbehavingFhirServer,
+) -> None:
     clinical = resolve_prefetch(
         ORDER_SIGN_SERVICE,
         _hook_request({}, fhir_server=fhir_faults.base("ok")),
@@ -242,14 +279,23 @@ def test_no_allowed_server_and_no_prefetch_leaves_nothing(fhir_faults: Misbehavi
 def test_dispatched_orders_missing_from_prefetch_are_read_by_reference(
     fhir_faults: MisbehavingFhirServer,
 ) -> None:
-    context = {"patientId": "p1", "performer": "Organization/dme-1",
-               "dispatchedOrders": ["DeviceRequest/dr-1", "MedicationRequest/mr-1"]}
-    prefetch = {"medicationRequests": {"resourceType": "Bundle", "type": "searchset", "entry": [
-        {"resource": {"resourceType": "MedicationRequest", "id": "mr-1"}}]}}
+    context = {
+        "patientId": "p1",
+        "performer": "Organization/dme-1",
+        "dispatchedOrders": ["DeviceRequest/dr-1", "MedicationRequest/mr-1"],
+    }
+    prefetch = {
+        "medicationRequests": {
+            "resourceType": "Bundle",
+            "type": "searchset",
+            "entry": [{"resource": {"resourceType": "MedicationRequest", "id": "mr-1"}}],
+        }
+    }
     clinical = resolve_prefetch(
         DISPATCH_SERVICE,
-        _hook_request(prefetch, fhir_server=fhir_faults.base("ok"), context=context,
-                      hook="order-dispatch"),
+        _hook_request(
+            prefetch, fhir_server=fhir_faults.base("ok"), context=context, hook="order-dispatch"
+        ),
         _settings(),
     )
     orders = clinical.data["dispatchedOrders"]
@@ -287,8 +333,10 @@ def test_failing_fhir_server_leaves_keys_unavailable_in_time(
 ) -> None:
     fhir_faults.redirect_to = elsewhere.base("ok") + "/"
     body = order_sign_request(
-        "p1", fhir_server=fhir_faults.base(behaviour),
-        prefetch=patient_and_coverage_prefetch("p1"), crd_version="2.2",
+        "p1",
+        fhir_server=fhir_faults.base(behaviour),
+        prefetch=patient_and_coverage_prefetch("p1"),
+        crd_version="2.2",
     )
     started = time.monotonic()
     response = fault_client.post(ORDER_SIGN, json=body)
@@ -327,27 +375,32 @@ def test_null_answer_is_no_data(fhir_faults: MisbehavingFhirServer) -> None:
 
 
 def test_keys_merely_not_sent_leave_a_crd_22_answer_conditional(client: FlaskClient) -> None:
-    body = order_sign_request("p1", prefetch=patient_and_coverage_prefetch("p1"),
-                              crd_version="2.2")
+    body = order_sign_request("p1", prefetch=patient_and_coverage_prefetch("p1"), crd_version="2.2")
     response = client.post(ORDER_SIGN, json=body)
     assert response.status_code == 200
     assert set(covered_codes(response.json)) == {"conditional"}
 
 
 def _first_page(next_url: str) -> dict[str, Any]:
-    return {"resourceType": "Bundle", "type": "searchset", "total": 3,
-            "link": [{"relation": "next", "url": next_url}],
-            "entry": [{"resource": {"resourceType": "Condition", "id": "c0"}}]}
+    return {
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "total": 3,
+        "link": [{"relation": "next", "url": next_url}],
+        "entry": [{"resource": {"resourceType": "Condition", "id": "c0"}}],
+    }
 
 
 def test_paginated_prefetch_is_completed(fhir_faults: MisbehavingFhirServer) -> None:
     base = fhir_faults.base("paged")
-    prefetch = {**patient_and_coverage_prefetch("p1"),
-                "conditions": _first_page(f"{base}/Condition?page=1")}
-    clinical = resolve_prefetch(ORDER_SIGN_SERVICE, _hook_request(prefetch, fhir_server=base),
-                                _settings())
-    assert [e["resource"]["id"] for e in clinical.data["conditions"]["entry"]] == [
-        "c0", "c1", "c2"]
+    prefetch = {
+        **patient_and_coverage_prefetch("p1"),
+        "conditions": _first_page(f"{base}/Condition?page=1"),
+    }
+    clinical = resolve_prefetch(
+        ORDER_SIGN_SERVICE, _hook_request(prefetch, fhir_server=base), _settings()
+    )
+    assert [e["resource"]["id"] for e in clinical.data["conditions"]["entry"]] == ["c0", "c1", "c2"]
     assert "conditions" not in clinical.unavailable
     assert {s.authorization for s in fhir_faults.requests_seen} == {"Bearer tok-123"}
 
@@ -362,6 +415,6 @@ def test_paginated_prefetch_that_cannot_be_completed_is_unavailable(
     assert without_server.data["conditions"] == first  # what there is, still shown
     offsite = {**prefetch, "conditions": _first_page("https://elsewhere.example.org/Condition")}
     elsewhere = resolve_prefetch(
-        ORDER_SIGN_SERVICE, _hook_request(offsite, fhir_server=fhir_faults.base("ok")),
-        _settings())
+        ORDER_SIGN_SERVICE, _hook_request(offsite, fhir_server=fhir_faults.base("ok")), _settings()
+    )
     assert elsewhere.unavailable["conditions"] == NOT_ALLOWED

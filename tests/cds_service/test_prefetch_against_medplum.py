@@ -62,7 +62,8 @@ def medplum() -> Iterator[tuple[MedplumServer, dict[str, LoadedPatient]]]:
             patient_id = created["Patient"].split("/")[1]
             server.post("Coverage", {**coverage_resource(patient_id), "id": None})
             patients[filename] = LoadedPatient(
-                filename, patient_id, created["Encounter"].split("/")[1])
+                filename, patient_id, created["Encounter"].split("/")[1]
+            )
         yield server, patients
     finally:
         server.stop()
@@ -71,8 +72,9 @@ def medplum() -> Iterator[tuple[MedplumServer, dict[str, LoadedPatient]]]:
 @pytest.fixture
 def fallback_client() -> FlaskClient:
     """The service, allowed to query loopback FHIR servers."""
-    return make_app({"FHIR_SERVERS": ["http://127.0.0.1"], "FHIR_DEADLINE_S": 30.0,
-                     "FHIR_CALL_TIMEOUT_S": 20.0}).test_client()
+    return make_app(
+        {"FHIR_SERVERS": ["http://127.0.0.1"], "FHIR_DEADLINE_S": 30.0, "FHIR_CALL_TIMEOUT_S": 20.0}
+    ).test_client()
 
 
 def _render(template: str, patient: LoadedPatient) -> str:
@@ -90,14 +92,20 @@ def _without_ids(response: dict[str, Any]) -> list[dict[str, Any]]:
     extensions = copy.deepcopy(coverage_information(response))
     for extension in extensions:
         extension["extension"] = [
-            part for part in extension["extension"] if part["url"] != "coverage-assertion-id"]
+            part for part in extension["extension"] if part["url"] != "coverage-assertion-id"
+        ]
     return extensions
 
 
 def _request(patient: LoadedPatient, server: MedplumServer | None, **kwargs: Any) -> Any:
     return order_sign_request(
-        patient.patient_id, encounter_id=patient.encounter_id, crd_version="2.2",
-        fhir_server=server.base if server else None, access_token=TOKEN, **kwargs)
+        patient.patient_id,
+        encounter_id=patient.encounter_id,
+        crd_version="2.2",
+        fhir_server=server.base if server else None,
+        access_token=TOKEN,
+        **kwargs,
+    )
 
 
 @pytest.mark.parametrize("filename", PATIENT_FILES)
@@ -110,8 +118,9 @@ def test_fallback_decides_like_full_prefetch(
     patient = patients[filename]
     prefetch = full_prefetch(server, patient)
 
-    with_prefetch = fallback_client.post(ORDER_SIGN, json=_request(patient, None,
-                                                                   prefetch=prefetch))
+    with_prefetch = fallback_client.post(
+        ORDER_SIGN, json=_request(patient, None, prefetch=prefetch)
+    )
     before = len(server.requests_seen())
     fetched = fallback_client.post(ORDER_SIGN, json=_request(patient, server))
     seen = server.requests_seen()[before:]
@@ -147,8 +156,17 @@ def test_partial_prefetch_is_completed(
     first_pages = [r["url"] for r in seen if "_offset=" not in r["url"]]
     queried_types = sorted(re.match(r"/([A-Za-z]+)", url).group(1) for url in first_pages)
     assert queried_types == sorted(
-        ["MedicationRequest", "Observation", "AllergyIntolerance", "Device", "Encounter",
-         "Procedure", "QuestionnaireResponse", "Encounter"])
+        [
+            "MedicationRequest",
+            "Observation",
+            "AllergyIntolerance",
+            "Device",
+            "Encounter",
+            "Procedure",
+            "QuestionnaireResponse",
+            "Encounter",
+        ]
+    )
 
 
 def test_the_server_gets_the_token_and_refuses_a_wrong_one(
@@ -157,8 +175,13 @@ def test_the_server_gets_the_token_and_refuses_a_wrong_one(
     server, patients = medplum
     patient = patients[PATIENT_FILES[0]]
     sent = {"patient": server.get(f"Patient/{patient.patient_id}")}
-    body = order_sign_request(patient.patient_id, fhir_server=server.base,
-                              access_token="not-the-token", prefetch=sent, crd_version="2.2")
+    body = order_sign_request(
+        patient.patient_id,
+        fhir_server=server.base,
+        access_token="not-the-token",
+        prefetch=sent,
+        crd_version="2.2",
+    )
     before = len(server.requests_seen())
     response = fallback_client.post(ORDER_SIGN, json=body)
     seen = server.requests_seen()[before:]
@@ -166,8 +189,9 @@ def test_the_server_gets_the_token_and_refuses_a_wrong_one(
     assert not any(request["authorized"] for request in seen)
     # Without the Coverage a CRD request cannot be answered: hook-13 says 400.
     assert response.status_code == 400
-    no_prefetch = order_sign_request(patient.patient_id, fhir_server=server.base,
-                                     access_token="not-the-token")
+    no_prefetch = order_sign_request(
+        patient.patient_id, fhir_server=server.base, access_token="not-the-token"
+    )
     refused = fallback_client.post(ORDER_SIGN, json=no_prefetch)
     assert refused.status_code == 412
     assert REFUSED in refused.json["issue"][0]["diagnostics"]
@@ -178,21 +202,41 @@ def test_dispatched_orders_are_fetched_by_reference(
 ) -> None:
     server, patients = medplum
     patient = patients[PATIENT_FILES[0]]
-    order = server.post("DeviceRequest", {
-        "resourceType": "DeviceRequest", "status": "active", "intent": "order",
-        "codeCodeableConcept": {"coding": [{
-            "system": HCPCS, "code": "E0784",
-            "display": "External ambulatory infusion pump, insulin"}]},
-        "subject": {"reference": f"Patient/{patient.patient_id}"}, "authoredOn": "2026-11-20",
-    })
+    order = server.post(
+        "DeviceRequest",
+        {
+            "resourceType": "DeviceRequest",
+            "status": "active",
+            "intent": "order",
+            "codeCodeableConcept": {
+                "coding": [
+                    {
+                        "system": HCPCS,
+                        "code": "E0784",
+                        "display": "External ambulatory infusion pump, insulin",
+                    }
+                ]
+            },
+            "subject": {"reference": f"Patient/{patient.patient_id}"},
+            "authoredOn": "2026-11-20",
+        },
+    )
     body = {
         "hook": "order-dispatch",
         "hookInstance": "5d1f5a39-2c4b-4a5e-9a51-0c2d53d6b7a1",
         "fhirServer": server.base,
-        "fhirAuthorization": {"access_token": TOKEN, "token_type": "Bearer", "expires_in": 30,
-                              "scope": "patient/*.read", "subject": "infusion-pump-cds"},
-        "context": {"patientId": patient.patient_id, "performer": "Organization/dme-1",
-                    "dispatchedOrders": [f"DeviceRequest/{order['id']}"]},
+        "fhirAuthorization": {
+            "access_token": TOKEN,
+            "token_type": "Bearer",
+            "expires_in": 30,
+            "scope": "patient/*.read",
+            "subject": "infusion-pump-cds",
+        },
+        "context": {
+            "patientId": patient.patient_id,
+            "performer": "Organization/dme-1",
+            "dispatchedOrders": [f"DeviceRequest/{order['id']}"],
+        },
     }
     response = fallback_client.post(ORDER_DISPATCH, json=body)
     assert response.status_code == 200, response.json

@@ -28,8 +28,12 @@ class _Clock:
 
 def _kept(store: Store) -> list[tuple[str, str]]:
     with store.reading() as connection:
-        return [tuple(r) for r in connection.execute(  # type: ignore[misc]
-            sa.select(jwt_replay.c.iss, jwt_replay.c.jti).order_by(jwt_replay.c.jti))]
+        return [
+            tuple(r)
+            for r in connection.execute(  # type: ignore[misc]
+                sa.select(jwt_replay.c.iss, jwt_replay.c.jti).order_by(jwt_replay.c.jti)
+            )
+        ]
 
 
 def test_a_jti_is_new_once_per_issuer(store: Store) -> None:

@@ -39,7 +39,12 @@ TOKEN_FIELDS = {
     "order-select": {"userId", "patientId", "encounterId"},
     "order-dispatch": {"patientId", "performer"},
 }
-USER_TOKENS = {"userPractitionerId", "userPractitionerRoleId", "userPatientId", "userRelatedPersonId"}
+USER_TOKENS = {
+    "userPractitionerId",
+    "userPractitionerRoleId",
+    "userPatientId",
+    "userRelatedPersonId",
+}
 
 
 def test_prefetch_templates_are_valid_cds_hooks_2_0(client: FlaskClient) -> None:
@@ -52,12 +57,15 @@ def test_prefetch_templates_are_valid_cds_hooks_2_0(client: FlaskClient) -> None
             for token in tokens:
                 field = token.removeprefix("context.")
                 assert token in USER_TOKENS or field in TOKEN_FIELDS[service["hook"]], (key, token)
-            assert "_include" not in template and "{{" not in re.sub(r"{{[^}]*}}", "", template)
+            assert "_include" not in template
+            assert "{{" not in re.sub(r"{{[^}]*}}", "", template)
 
 
 def test_discovery_entries_are_complete(client: FlaskClient) -> None:
     for service in client.get("/cds-services").json["services"]:
-        assert service["title"] and service["description"] and service["usageRequirements"]
+        assert service["title"]
+        assert service["description"]
+        assert service["usageRequirements"]
         options = service["extension"]["davinci-crd.configuration-options"]
         codes = [o["code"] for o in options]
         assert len(codes) == len(set(codes))

@@ -69,8 +69,9 @@ def test_each_step_is_recorded_once_and_migrating_again_changes_nothing(store: S
     assert store.migrate() == MIGRATIONS[-1].version
     with store.reading() as connection:
         rows = connection.execute(
-            sa.select(schema_version.c.version, schema_version.c.description)
-            .order_by(schema_version.c.version)
+            sa.select(schema_version.c.version, schema_version.c.description).order_by(
+                schema_version.c.version
+            )
         ).all()
     assert rows == [(m.version, m.description) for m in MIGRATIONS]
 
@@ -116,7 +117,8 @@ def test_the_service_keeps_its_default_database_in_its_instance_folder(
     assert (instance / SQLITE_FILE_NAME).is_file()
     with store.reading() as connection:
         assert connection.execute(sa.select(sa.func.max(schema_version.c.version))).scalar() == (
-            MIGRATIONS[-1].version)
+            MIGRATIONS[-1].version
+        )
 
 
 def test_a_reader_never_holds_up_a_writer(store: Store) -> None:

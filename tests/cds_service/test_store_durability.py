@@ -58,7 +58,11 @@ def test_a_writer_killed_mid_load_leaves_every_acknowledged_row_and_a_usable_dat
     environment = {**os.environ, "PYTHONPATH": str(ROOT)}
     writer = subprocess.Popen(
         [sys.executable, "-m", "tests.cds_service.store_workers", "load", database_url],
-        cwd=ROOT, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=ROOT,
+        env=environment,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     acknowledged: list[tuple[int, str]] = []
     try:
@@ -86,12 +90,15 @@ def test_a_writer_killed_mid_load_leaves_every_acknowledged_row_and_a_usable_dat
     ids = [call_id for call_id, _ in acknowledged]
     with store.reading() as connection:
         calls = connection.execute(
-            sa.select(service_call.c.id, service_call.c.decision_count, service_call.c.card_count)
-            .where(service_call.c.id.in_(ids))
+            sa.select(
+                service_call.c.id, service_call.c.decision_count, service_call.c.card_count
+            ).where(service_call.c.id.in_(ids))
         ).all()
-        cards = set(connection.execute(
-            sa.select(issued_card.c.card_uuid).where(issued_card.c.call_id.in_(ids))
-        ).scalars())
+        cards = set(
+            connection.execute(
+                sa.select(issued_card.c.card_uuid).where(issued_card.c.call_id.in_(ids))
+            ).scalars()
+        )
         decisions = connection.execute(
             sa.select(sa.func.count()).select_from(decision).where(decision.c.call_id.in_(ids))
         ).scalar_one()
@@ -114,6 +121,9 @@ def test_a_writer_killed_mid_load_leaves_every_acknowledged_row_and_a_usable_dat
     with store.transaction() as connection:
         call_id = write_audit_record(connection, synthetic_record("after-kill"))
     with store.reading() as connection:
-        assert connection.execute(
-            sa.select(service_call.c.id).where(service_call.c.id == call_id)
-        ).scalar_one() == call_id
+        assert (
+            connection.execute(
+                sa.select(service_call.c.id).where(service_call.c.id == call_id)
+            ).scalar_one()
+            == call_id
+        )

@@ -47,17 +47,24 @@ def test_fact_whose_data_could_not_be_had_is_unknown() -> None:
 def test_fact_looked_for_and_not_found_takes_the_absent_truth() -> None:
     node = {"fact": "lab.hba1c_percent", "op": "gt", "value": 7.0}
     assert evaluate_leaf(node, {"lab.hba1c_percent": FactValue(None)}) is UNKNOWN
-    assert evaluate_leaf({**node, "absent": "unmet"}, {"lab.hba1c_percent": FactValue(None)}) is UNMET
+    assert (
+        evaluate_leaf({**node, "absent": "unmet"}, {"lab.hba1c_percent": FactValue(None)}) is UNMET
+    )
 
 
 @pytest.mark.parametrize(
     ("op", "value", "fact", "expected"),
     [
-        ("gt", 7.0, 7.1, MET), ("gt", 7.0, 7.0, UNMET),
-        ("gte", 4, 4, MET), ("gte", 4, 3.9, UNMET),
-        ("lt", 50, 49, MET), ("lt", 50, 50, UNMET),
-        ("lte", 110, 110, MET), ("lte", 110, 110.1, UNMET),
-        ("eq", "home", "home", MET), ("eq", "home", "institutional", UNMET),
+        ("gt", 7.0, 7.1, MET),
+        ("gt", 7.0, 7.0, UNMET),
+        ("gte", 4, 4, MET),
+        ("gte", 4, 3.9, UNMET),
+        ("lt", 50, 49, MET),
+        ("lt", 50, 50, UNMET),
+        ("lte", 110, 110, MET),
+        ("lte", 110, 110.1, UNMET),
+        ("eq", "home", "home", MET),
+        ("eq", "home", "institutional", UNMET),
     ],
 )
 def test_comparison_operators(op: str, value: Any, fact: Any, expected: Truth) -> None:
@@ -67,8 +74,13 @@ def test_comparison_operators(op: str, value: Any, fact: Any, expected: Truth) -
 
 
 def test_in_is_true_exists_and_within_days() -> None:
-    assert evaluate_leaf({"fact": "order.setting", "op": "in", "values": ["home"]},
-                         {"order.setting": FactValue("home")}) is MET
+    assert (
+        evaluate_leaf(
+            {"fact": "order.setting", "op": "in", "values": ["home"]},
+            {"order.setting": FactValue("home")},
+        )
+        is MET
+    )
     flag = "doc.csii-diabetes-education"
     assert evaluate_leaf({"fact": flag, "op": "is_true"}, {flag: FactValue(True)}) is MET
     assert evaluate_leaf({"fact": flag, "op": "is_true"}, {flag: FactValue(False)}) is UNMET
@@ -132,21 +144,30 @@ def test_unknown_pump_kind_asks_for_it() -> None:
 def test_needs_keep_the_shape_of_the_unknown_part() -> None:
     facts = {**_episode("external", "insulin"), "order.setting": FactValue("home")}
     decision = evaluate_policy(load_policy(), facts, AS_OF)
-    assert decision is not None and decision.outcome is Outcome.CONDITIONAL
+    assert decision is not None
+    assert decision.outcome is Outcome.CONDITIONAL
     needs = decision.indication.missing
-    assert needs is not None and needs.mode == "all"
+    assert needs is not None
+    assert needs.mode == "all"
     assert "EIP-CSII-HOME" not in needs.criterion_ids()  # met: nothing to document
     assert Needs("any", ("EIP-CSII-C-PEPTIDE", "EIP-CSII-AUTOANTIBODY")) in needs.items
 
 
 def _policy_with(rules: list[dict[str, Any]], criteria: list[dict[str, Any]], **extra: Any) -> Any:
     raw = {
-        "id": "P", "version": "1", "title": "t", "url": "https://example.org/p",
+        "id": "P",
+        "version": "1",
+        "title": "t",
+        "url": "https://example.org/p",
         "effective": {"from": "2020-01-01"},
         "sources": {"P": {"label": "P", "url": "https://example.org/p"}},
-        "links": [], "documentation": [], "alternatives": [],
+        "links": [],
+        "documentation": [],
+        "alternatives": [],
         "questionnaire": {"id": "q", "url": "https://example.org/q", "version": "1", "title": "q"},
-        "criteria": criteria, "rules": rules, **extra,
+        "criteria": criteria,
+        "rules": rules,
+        **extra,
     }
     return build_policy(raw)
 
@@ -156,22 +177,44 @@ _OUTCOME_MESSAGES = {"covered": "c", "not-covered": "n", "conditional": "u"}
 
 
 def _rule(rule_id: str, kind: str, criterion: str, **extra: Any) -> dict[str, Any]:
-    messages = {"met": "m", "unmet": "n", "unknown": "u"} if kind == "guidance" else _OUTCOME_MESSAGES
-    return {"id": rule_id, "kind": kind, "title": rule_id, "citations": _CITE,
-            "applies_when": {"const": "met"}, "decides": {"criterion": criterion},
-            "criteria": [criterion], "messages": messages, **extra}
+    messages = (
+        {"met": "m", "unmet": "n", "unknown": "u"} if kind == "guidance" else _OUTCOME_MESSAGES
+    )
+    return {
+        "id": rule_id,
+        "kind": kind,
+        "title": rule_id,
+        "citations": _CITE,
+        "applies_when": {"const": "met"},
+        "decides": {"criterion": criterion},
+        "criteria": [criterion],
+        "messages": messages,
+        **extra,
+    }
 
 
 def _criterion(criterion_id: str, truth: str) -> dict[str, Any]:
-    return {"id": criterion_id, "text": criterion_id, "citations": _CITE, "facts": [],
-            "logic": {"const": truth}}
+    return {
+        "id": criterion_id,
+        "text": criterion_id,
+        "citations": _CITE,
+        "facts": [],
+        "logic": {"const": truth},
+    }
 
 
 def test_requirement_rules_make_the_outcome_worse_never_better() -> None:
     policy = _policy_with(
-        [_rule("IND", "indication", "C-MET"), _rule("REQ", "requirement", "C-UNKNOWN"),
-         _rule("GUIDE", "guidance", "C-UNMET")],
-        [_criterion("C-MET", "met"), _criterion("C-UNKNOWN", "unknown"), _criterion("C-UNMET", "unmet")],
+        [
+            _rule("IND", "indication", "C-MET"),
+            _rule("REQ", "requirement", "C-UNKNOWN"),
+            _rule("GUIDE", "guidance", "C-UNMET"),
+        ],
+        [
+            _criterion("C-MET", "met"),
+            _criterion("C-UNKNOWN", "unknown"),
+            _criterion("C-UNMET", "unmet"),
+        ],
     )
     decision = evaluate_policy(policy, {}, AS_OF)
     assert decision is not None
@@ -182,8 +225,10 @@ def test_requirement_rules_make_the_outcome_worse_never_better() -> None:
 
 def test_rules_out_of_effect_are_skipped() -> None:
     policy = _policy_with(
-        [_rule("OLD", "indication", "C-UNMET", effective={"to": "2023-05-12"}),
-         _rule("NEW", "indication", "C-MET")],
+        [
+            _rule("OLD", "indication", "C-UNMET", effective={"to": "2023-05-12"}),
+            _rule("NEW", "indication", "C-MET"),
+        ],
         [_criterion("C-MET", "met"), _criterion("C-UNMET", "unmet")],
     )
     assert evaluate_policy(policy, {}, date(2023, 5, 11)).rule_id == "OLD"  # type: ignore[union-attr]

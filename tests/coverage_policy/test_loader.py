@@ -62,7 +62,11 @@ def test_unknown_value_set(raw_policy: dict[str, Any]) -> None:
 
 
 def test_operator_must_fit_the_fact_type(raw_policy: dict[str, Any]) -> None:
-    _criterion(raw_policy, "EIP-CSII-HOME")["logic"] = {"fact": "order.setting", "op": "gt", "value": 1}
+    _criterion(raw_policy, "EIP-CSII-HOME")["logic"] = {
+        "fact": "order.setting",
+        "op": "gt",
+        "value": 1,
+    }
     assert "operator gt does not apply" in _problems(raw_policy)
 
 

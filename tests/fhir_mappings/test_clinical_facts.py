@@ -17,9 +17,15 @@ from tests.fhir_mappings.helpers import record_of
 AS_OF = date(2026, 11, 28)
 
 
-def condition(clinical: str | None, verification: str | None = "confirmed", **extra: Any) -> dict[str, Any]:
-    resource: dict[str, Any] = {"resourceType": "Condition", "id": "c1", "subject": {"reference": "Patient/p"},
-                                "code": {"coding": [{"system": "http://snomed.info/sct", "code": "44054006"}]}}
+def condition(
+    clinical: str | None, verification: str | None = "confirmed", **extra: Any
+) -> dict[str, Any]:
+    resource: dict[str, Any] = {
+        "resourceType": "Condition",
+        "id": "c1",
+        "subject": {"reference": "Patient/p"},
+        "code": {"coding": [{"system": "http://snomed.info/sct", "code": "44054006"}]},
+    }
     if clinical:
         resource["clinicalStatus"] = {"coding": [{"code": clinical}]}
     if verification:
@@ -43,21 +49,35 @@ def test_condition_codes_carry_their_evidence() -> None:
     (entry,) = record_of(condition("active", onsetDateTime="2010-01-02")).of_type("Condition")
     (item,) = facts_from_condition(entry)
     assert (item.system, item.code, item.status) == ("http://snomed.info/sct", "44054006", "active")
-    assert item.evidence.reference == "Condition/c1" and "since 2010-01-02" in item.evidence.summary
+    assert item.evidence.reference == "Condition/c1"
+    assert "since 2010-01-02" in item.evidence.summary
 
 
 def _draft(category: str | None) -> DraftOrder:
-    raw = {"resourceType": "MedicationRequest", "id": "m1", "status": "draft", "intent": "order",
-           "medicationCodeableConcept": {"text": "heparin"}, "subject": {"reference": "Patient/p"}}
+    raw = {
+        "resourceType": "MedicationRequest",
+        "id": "m1",
+        "status": "draft",
+        "intent": "order",
+        "medicationCodeableConcept": {"text": "heparin"},
+        "subject": {"reference": "Patient/p"},
+    }
     if category:
         raw["category"] = [{"coding": [{"code": category}]}]
     return DraftOrder("MedicationRequest/m1", raw, parse_resource(raw, "x"))
 
 
-def encounter(eid: str, cls: str, status: str = "finished", end: str = "2026-10-01",
-              **extra: Any) -> dict[str, Any]:
-    return {"resourceType": "Encounter", "id": eid, "status": status, "class": {"code": cls},
-            "period": {"start": end, "end": end}, **extra}
+def encounter(
+    eid: str, cls: str, status: str = "finished", end: str = "2026-10-01", **extra: Any
+) -> dict[str, Any]:
+    return {
+        "resourceType": "Encounter",
+        "id": eid,
+        "status": status,
+        "class": {"code": cls},
+        "period": {"start": end, "end": end},
+        **extra,
+    }
 
 
 def test_setting_from_category_then_encounter_then_unknown() -> None:
@@ -70,27 +90,47 @@ def test_setting_from_category_then_encounter_then_unknown() -> None:
 
 
 def test_skilled_nursing_facility_location_is_institutional() -> None:
-    snf = {"resourceType": "Location", "id": "snf-1",
-           "type": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-RoleCode", "code": "SNF"}]}]}
+    snf = {
+        "resourceType": "Location",
+        "id": "snf-1",
+        "type": [
+            {
+                "coding": [
+                    {"system": "http://terminology.hl7.org/CodeSystem/v3-RoleCode", "code": "SNF"}
+                ]
+            }
+        ],
+    }
     stay = encounter("stay", "AMB", location=[{"location": {"reference": "Location/snf-1"}}])
     fact = order_setting(None, "Encounter/stay", record_of(snf, stay))
     assert fact.value == "institutional"
 
 
 def test_last_visit_is_the_latest_finished_ambulatory_encounter() -> None:
-    record = record_of(encounter("a", "AMB", end="2026-06-01"), encounter("b", "VR", end="2026-09-01"),
-                       encounter("c", "IMP", end="2026-11-01"),
-                       encounter("d", "AMB", status="planned", end="2026-11-20"))
+    record = record_of(
+        encounter("a", "AMB", end="2026-06-01"),
+        encounter("b", "VR", end="2026-09-01"),
+        encounter("c", "IMP", end="2026-11-01"),
+        encounter("d", "AMB", status="planned", end="2026-11-20"),
+    )
     fact = last_visit_date(record, AS_OF)
-    assert fact.value == date(2026, 9, 1) and fact.evidence[0].reference == "Encounter/b"
+    assert fact.value == date(2026, 9, 1)
+    assert fact.evidence[0].reference == "Encounter/b"
 
 
 def insulin(mid: str, authored: str, frequency: int, period_unit: str = "d") -> dict[str, Any]:
-    return {"resourceType": "MedicationRequest", "id": mid, "status": "completed", "intent": "order",
-            "medicationCodeableConcept": {"text": "insulin aspart 100 UNT/ML"},
-            "subject": {"reference": "Patient/p"}, "authoredOn": authored,
-            "dosageInstruction": [{"timing": {"repeat": {"frequency": frequency, "period": 1,
-                                                         "periodUnit": period_unit}}}]}
+    return {
+        "resourceType": "MedicationRequest",
+        "id": mid,
+        "status": "completed",
+        "intent": "order",
+        "medicationCodeableConcept": {"text": "insulin aspart 100 UNT/ML"},
+        "subject": {"reference": "Patient/p"},
+        "authoredOn": authored,
+        "dosageInstruction": [
+            {"timing": {"repeat": {"frequency": frequency, "period": 1, "periodUnit": period_unit}}}
+        ],
+    }
 
 
 def test_doses_per_day_from_timing() -> None:
@@ -107,24 +147,48 @@ def test_insulin_mdi_days_from_history() -> None:
     assert insulin_mdi_days(record_of(), AS_OF).value is None
 
 
-def response(rid: str, authored: str, answers: dict[str, Any], questionnaire: str | None = None,
-             status: str = "completed") -> dict[str, Any]:
+def response(
+    rid: str,
+    authored: str,
+    answers: dict[str, Any],
+    questionnaire: str | None = None,
+    status: str = "completed",
+) -> dict[str, Any]:
     policy = load_policy()
-    return {"resourceType": "QuestionnaireResponse", "id": rid, "status": status,
-            "questionnaire": questionnaire or policy.questionnaire_url, "authored": authored,
-            "item": [{"linkId": k, "answer": [v]} for k, v in answers.items()]}
+    return {
+        "resourceType": "QuestionnaireResponse",
+        "id": rid,
+        "status": status,
+        "questionnaire": questionnaire or policy.questionnaire_url,
+        "authored": authored,
+        "item": [{"linkId": k, "answer": [v]} for k, v in answers.items()],
+    }
 
 
 def test_documentation_answers_most_recent_wins_and_others_are_ignored() -> None:
     policy = load_policy()
     record = record_of(
         response("old", "2026-01-01", {"csii-diabetes-education": {"valueBoolean": False}}),
-        response("new", "2026-06-01", {"csii-diabetes-education": {"valueBoolean": True},
-                                       "csii-glycemic-problem": {"valueCoding": {"code": "dawn"}}}),
-        response("draft", "2026-07-01", {"csii-diabetes-education": {"valueBoolean": False}},
-                 status="in-progress"),
-        response("other-form", "2026-08-01", {"csii-diabetes-education": {"valueBoolean": False}},
-                 questionnaire="http://example.org/Questionnaire/other"),
+        response(
+            "new",
+            "2026-06-01",
+            {
+                "csii-diabetes-education": {"valueBoolean": True},
+                "csii-glycemic-problem": {"valueCoding": {"code": "dawn"}},
+            },
+        ),
+        response(
+            "draft",
+            "2026-07-01",
+            {"csii-diabetes-education": {"valueBoolean": False}},
+            status="in-progress",
+        ),
+        response(
+            "other-form",
+            "2026-08-01",
+            {"csii-diabetes-education": {"valueBoolean": False}},
+            questionnaire="http://example.org/Questionnaire/other",
+        ),
         response("future", "2027-01-01", {"csii-diabetes-education": {"valueBoolean": False}}),
     )
     facts = documentation_facts(record, policy.documentation, policy.questionnaire_url, AS_OF)

@@ -26,7 +26,9 @@ def test_units_are_normalised() -> None:
     record = record_of(
         observation("a1c-ifcc", "4548-4", 58, "mmol/mol", "2026-10-01"),
         observation("glucose-mmol", "1558-6", 10.0, "mmol/L", "2026-10-01"),
-        observation("cpep-nmol", "1986-9", 0.1, "nmol/L", "2026-10-01", low=0.26, low_unit="nmol/L"),
+        observation(
+            "cpep-nmol", "1986-9", 0.1, "nmol/L", "2026-10-01", low=0.26, low_unit="nmol/L"
+        ),
     )
     assert latest_value(lab_results(record, "hba1c", AS_OF), "x").value == 7.46
     assert latest_value(lab_results(record, "fasting_glucose", AS_OF), "x").value == 180.16
@@ -59,8 +61,10 @@ def test_c_peptide_without_reference_range_cannot_be_judged() -> None:
 
 
 def test_glucose_checks_per_day_over_60_days() -> None:
-    readings = [observation(f"g{i}", "41653-7", 120, "mg/dL", f"2026-10-{1 + i % 28:02d}T0{i % 4}:00:00Z")
-                for i in range(120)]
+    readings = [
+        observation(f"g{i}", "41653-7", 120, "mg/dL", f"2026-10-{1 + i % 28:02d}T0{i % 4}:00:00Z")
+        for i in range(120)
+    ]
     fact = glucose_checks_per_day(record_of(*readings), AS_OF)
     assert fact.value == 2.0
     assert glucose_checks_per_day(record_of(), AS_OF).value is None

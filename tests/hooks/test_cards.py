@@ -30,11 +30,16 @@ def topics(cards: list[dict[str, Any]]) -> list[str]:
 
 def test_covered_is_info_with_links_and_evidence(client: FlaskClient) -> None:
     (card,) = cards_for(client, fixture("order-sign__e0784-insulin__covered"))
-    assert card["indicator"] == "info" and "overrideReasons" not in card
+    assert card["indicator"] == "info"
+    assert "overrideReasons" not in card
     assert card["source"]["label"] == "Example Medicare Advantage Plan"
-    assert {link["label"] for link in card["links"]} >= {"NCD 280.14 Infusion Pumps",
-                                                           "LCD L33794 External Infusion Pumps"}
-    assert all(link["type"] == "absolute" and link["url"].startswith("https://") for link in card["links"])
+    assert {link["label"] for link in card["links"]} >= {
+        "NCD 280.14 Infusion Pumps",
+        "LCD L33794 External Infusion Pumps",
+    }
+    assert all(
+        link["type"] == "absolute" and link["url"].startswith("https://") for link in card["links"]
+    )
     assert "Observation/obs-cpeptide" in card["detail"] or "Met" in card["detail"]
     assert len(card["summary"]) < 140
 
@@ -55,18 +60,27 @@ def test_documentation_prompt_lists_exactly_what_to_document(client: FlaskClient
     assert "`csii-diabetes-education`" in prompt["detail"]
     assert "one of:" in prompt["detail"]
     assert "Insulin pump for use in the home setting" not in prompt["detail"]  # met already
-    assert "links" not in prompt and "suggestions" not in prompt
+    assert "links" not in prompt
+    assert "suggestions" not in prompt
 
 
 def test_alternatives_replace_or_remove_the_pump(client: FlaskClient) -> None:
     cards = cards_for(client, fixture("order-sign__e0781-vancomycin__not-covered"))
-    (alternatives,) = [c for c in cards if c["source"]["topic"]["code"] == "therapy-alternatives-req"]
+    (alternatives,) = [
+        c for c in cards if c["source"]["topic"]["code"] == "therapy-alternatives-req"
+    ]
     assert alternatives["selectionBehavior"] == "at-most-one"
     elastomeric, gravity = alternatives["suggestions"]
     (update,) = elastomeric["actions"]
-    assert update["type"] == "update" and update["resource"]["codeCodeableConcept"]["coding"][0]["code"] == "A4305"
-    assert gravity["actions"] == [{"type": "delete", "description": "Remove the infusion pump order",
-                                   "resourceId": "DeviceRequest/devreq-e0781"}]
+    assert update["type"] == "update"
+    assert update["resource"]["codeCodeableConcept"]["coding"][0]["code"] == "A4305"
+    assert gravity["actions"] == [
+        {
+            "type": "delete",
+            "description": "Remove the infusion pump order",
+            "resourceId": "DeviceRequest/devreq-e0781",
+        }
+    ]
     assert len({elastomeric["uuid"], gravity["uuid"], alternatives["uuid"]}) == 3
 
 
@@ -88,8 +102,11 @@ def test_drug_only_vancomycin_gets_a_new_elastomeric_pump_order(client: FlaskCli
 
 @pytest.mark.parametrize("disabled", ["guideline", "claim", "therapy-alternatives-req"])
 def test_each_card_type_can_be_switched_off(client: FlaskClient, disabled: str) -> None:
-    name = ("order-sign__e0784-insulin__conditional" if disabled == "claim"
-            else "order-sign__e0781-vancomycin__not-covered")
+    name = (
+        "order-sign__e0784-insulin__conditional"
+        if disabled == "claim"
+        else "order-sign__e0781-vancomycin__not-covered"
+    )
     body = fixture(name)
     assert disabled in topics(cards_for(client, copy.deepcopy(body)))
     body["extension"] = {"davinci-crd.configuration": {disabled: False}}
@@ -114,9 +131,12 @@ def test_max_cards_keeps_the_most_important(client: FlaskClient) -> None:
 
 def test_configuration_ignores_unknown_options_and_wrong_types() -> None:
     configuration = effective_configuration(
-        {"claim": "no", "max-cards": True, "guideline": False, "teleport": True, "insurance": 0})
-    assert configuration["claim"] is True and configuration["max-cards"] == 10
-    assert configuration["guideline"] is False and "teleport" not in configuration
+        {"claim": "no", "max-cards": True, "guideline": False, "teleport": True, "insurance": 0}
+    )
+    assert configuration["claim"] is True
+    assert configuration["max-cards"] == 10
+    assert configuration["guideline"] is False
+    assert "teleport" not in configuration
     assert configuration["insurance"] is True
 
 
@@ -131,6 +151,7 @@ def test_deceased_patient_gets_a_warning_not_a_decision(client: FlaskClient) -> 
     body["prefetch"]["patient"]["deceasedDateTime"] = "2026-01-05"
     response = client.post(ORDER_SIGN, json=body)
     (card,) = response.json["cards"]
-    assert card["indicator"] == "warning" and "deceased" in card["summary"]
+    assert card["indicator"] == "warning"
+    assert "deceased" in card["summary"]
     assert "2026-01-05" in card["detail"]
     assert "systemActions" not in response.json

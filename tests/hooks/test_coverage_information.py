@@ -18,8 +18,9 @@ def fixture(name: str) -> dict[str, Any]:
     return copy.deepcopy(load_json(FIXTURES / "requests" / f"{name}.json"))
 
 
-def sign(client: FlaskClient, body: dict[str, Any], version: str | None = None,
-         path: str = ORDER_SIGN) -> dict[str, Any]:
+def sign(
+    client: FlaskClient, body: dict[str, Any], version: str | None = None, path: str = ORDER_SIGN
+) -> dict[str, Any]:
     if version:
         body.setdefault("extension", {})["davinci-crd.requestedVersion"] = version
     response = client.post(path, json=body)
@@ -34,8 +35,11 @@ def coverage_parts(action: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def values(parts: list[dict[str, Any]], url: str) -> list[Any]:
-    return [next(v for k, v in p.items() if k.startswith("value")) for p in parts
-            if p["url"] == url and any(k.startswith("value") for k in p)]
+    return [
+        next(v for k, v in p.items() if k.startswith("value"))
+        for p in parts
+        if p["url"] == url and any(k.startswith("value") for k in p)
+    ]
 
 
 def test_update_changes_nothing_but_the_extension(client: FlaskClient) -> None:
@@ -45,10 +49,13 @@ def test_update_changes_nothing_but_the_extension(client: FlaskClient) -> None:
         {"url": EXTENSION, "extension": [{"url": "covered", "valueCode": "conditional"}]},
     ]
     answer = sign(client, body)
-    originals = {e["resource"]["id"]: e["resource"] for e in body["context"]["draftOrders"]["entry"]}
+    originals = {
+        e["resource"]["id"]: e["resource"] for e in body["context"]["draftOrders"]["entry"]
+    }
     assert len(answer["systemActions"]) == len(originals)  # one update per in-scope order
     for action in answer["systemActions"]:
-        assert action["type"] == "update" and action["description"]
+        assert action["type"] == "update"
+        assert action["description"]
         resource = copy.deepcopy(action["resource"])
         original = copy.deepcopy(originals[resource["id"]])
         ours = [e for e in resource.pop("extension") if e["url"] == EXTENSION]
@@ -60,14 +67,20 @@ def test_update_changes_nothing_but_the_extension(client: FlaskClient) -> None:
 
 def test_one_assertion_id_per_coverage_per_response(client: FlaskClient) -> None:
     answer = sign(client, fixture("order-sign__e0784-insulin__covered"))
-    ids = {tuple(values(coverage_parts(a), "coverage-assertion-id")) for a in answer["systemActions"]}
+    ids = {
+        tuple(values(coverage_parts(a), "coverage-assertion-id")) for a in answer["systemActions"]
+    }
     assert len(ids) == 1
-    assert values(coverage_parts(answer["systemActions"][0]), "coverage") == [{"reference": "Coverage/cov-ma-1"}]
+    assert values(coverage_parts(answer["systemActions"][0]), "coverage") == [
+        {"reference": "Coverage/cov-ma-1"}
+    ]
 
 
 @pytest.mark.parametrize("version", ["2.0", "2.1", "2.2"])
 def test_covered_answer_in_each_dialect(client: FlaskClient, version: str) -> None:
-    parts = coverage_parts(sign(client, fixture("order-sign__e0784-insulin__covered"), version)["systemActions"][0])
+    parts = coverage_parts(
+        sign(client, fixture("order-sign__e0784-insulin__covered"), version)["systemActions"][0]
+    )
     assert values(parts, "covered") == ["covered"]
     assert values(parts, "pa-needed") == ["no-auth"]
     assert values(parts, "doc-needed") == []
@@ -78,17 +91,24 @@ def test_covered_answer_in_each_dialect(client: FlaskClient, version: str) -> No
 
 
 def test_not_covered_has_no_pa_needed_and_gives_the_reason(client: FlaskClient) -> None:
-    parts = coverage_parts(sign(client, fixture("order-sign__e0781-vancomycin__not-covered"))["systemActions"][0])
+    parts = coverage_parts(
+        sign(client, fixture("order-sign__e0781-vancomycin__not-covered"))["systemActions"][0]
+    )
     assert values(parts, "covered") == ["not-covered"]
     assert values(parts, "pa-needed") == []
     (reason,) = values(parts, "reason")
     assert "vancomycin" in reason["text"]
 
 
-@pytest.mark.parametrize(("version", "doc_needed"), [("2.0", ["clinical"]), ("2.1", ["clinical"]),
-                                                     ("2.2", ["clinical"])])
-def test_conditional_asks_for_documentation(client: FlaskClient, version: str, doc_needed: list[str]) -> None:
-    parts = coverage_parts(sign(client, fixture("order-sign__e0784-insulin__conditional"), version)["systemActions"][0])
+@pytest.mark.parametrize(
+    ("version", "doc_needed"), [("2.0", ["clinical"]), ("2.1", ["clinical"]), ("2.2", ["clinical"])]
+)
+def test_conditional_asks_for_documentation(
+    client: FlaskClient, version: str, doc_needed: list[str]
+) -> None:
+    parts = coverage_parts(
+        sign(client, fixture("order-sign__e0784-insulin__conditional"), version)["systemActions"][0]
+    )
     assert values(parts, "covered") == ["conditional"]
     assert values(parts, "doc-needed") == doc_needed
     assert values(parts, "doc-purpose") == ["withclaim"]
@@ -100,10 +120,19 @@ def test_conditional_asks_for_documentation(client: FlaskClient, version: str, d
 
 def test_clinical_and_admin_needs_are_both_in_2_0_and_repeat_in_2_1(client: FlaskClient) -> None:
     body = fixture("order-sign__e0784-insulin__conditional")
-    body["context"]["draftOrders"]["entry"] = [{"resource": {
-        "resourceType": "MedicationRequest", "id": "m-kind", "status": "draft", "intent": "order",
-        "medicationCodeableConcept": {"text": "insulin lispro"}, "subject": {"reference": "Patient/pat-csii"},
-        "dosageInstruction": [{"text": "by pump"}]}}]
+    body["context"]["draftOrders"]["entry"] = [
+        {
+            "resource": {
+                "resourceType": "MedicationRequest",
+                "id": "m-kind",
+                "status": "draft",
+                "intent": "order",
+                "medicationCodeableConcept": {"text": "insulin lispro"},
+                "subject": {"reference": "Patient/pat-csii"},
+                "dosageInstruction": [{"text": "by pump"}],
+            }
+        }
+    ]
     parts_20 = coverage_parts(sign(client, copy.deepcopy(body), "2.0")["systemActions"][0])
     assert values(parts_20, "doc-needed") == ["admin"]  # the pump kind is an admin item
 
@@ -114,7 +143,8 @@ def test_order_select_never_asks_for_documentation(client: FlaskClient) -> None:
     answer = sign(client, body, path=ORDER_SELECT)
     parts = coverage_parts(answer["systemActions"][0])
     assert values(parts, "covered") == ["conditional"]
-    assert values(parts, "doc-needed") == [] and values(parts, "questionnaire") == []
+    assert values(parts, "doc-needed") == []
+    assert values(parts, "questionnaire") == []
     assert values(parts, "info-needed") == ["OTH"]
 
 
@@ -130,6 +160,7 @@ def test_technical_failure_is_indeterminate_in_2_2_only(client: FlaskClient) -> 
     parts_22 = coverage_parts(sign(client, copy.deepcopy(body), "2.2")["systemActions"][0])
     assert values(parts_22, "covered") == ["indeterminate"]
     (reason,) = values(parts_22, "reason")
-    assert reason["coding"][0]["code"] == "technical" and "observations" in reason["text"]
+    assert reason["coding"][0]["code"] == "technical"
+    assert "observations" in reason["text"]
     parts_20 = coverage_parts(sign(client, body, "2.0")["systemActions"][0])
     assert values(parts_20, "covered") == ["conditional"]

@@ -68,7 +68,9 @@ def rule_named_by(path: Path) -> str | None:
 RULE_FIXTURES = [path for path in REQUESTS if rule_named_by(path)]
 
 
-@pytest.mark.parametrize("path", RULE_FIXTURES, ids=[p.stem.split("__", 1)[1] for p in RULE_FIXTURES])
+@pytest.mark.parametrize(
+    "path", RULE_FIXTURES, ids=[p.stem.split("__", 1)[1] for p in RULE_FIXTURES]
+)
 def test_fixture_is_decided_by_the_rule_it_names(client: FlaskClient, path: Path) -> None:
     rule_id = rule_named_by(path)
     cards = post(client, path)["cards"]

@@ -127,8 +127,11 @@ def test_unknown_answer_type_is_refused(policy: Policy) -> None:
 
 @pytest.mark.parametrize(
     ("identifier", "name"),
-    [("mcs051-infusion-pump-documentation", "Mcs051InfusionPumpDocumentation"),
-     ("051-docs", "Q051Docs"), ("", "Documentation")],
+    [
+        ("mcs051-infusion-pump-documentation", "Mcs051InfusionPumpDocumentation"),
+        ("051-docs", "Q051Docs"),
+        ("", "Documentation"),
+    ],
 )
 def test_computable_name(identifier: str, name: str) -> None:
     assert computable_name(identifier) == name
@@ -145,7 +148,9 @@ def test_matches_canonical_with_and_without_version(policy: Policy) -> None:
 
 def test_searchset_bundle_is_valid_fhir_r4(policy: Policy) -> None:
     questionnaire = documentation_questionnaire(policy)
-    bundle = searchset_bundle([questionnaire], "https://cds.example", "https://cds.example/fhir/Questionnaire")
+    bundle = searchset_bundle(
+        [questionnaire], "https://cds.example", "https://cds.example/fhir/Questionnaire"
+    )
     _validate(bundle)
     assert bundle["total"] == 1
     assert bundle["entry"][0]["fullUrl"] == (
