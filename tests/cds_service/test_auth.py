@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import jwt
@@ -346,6 +347,29 @@ def test_replay_cache_is_injectable(app_with_inline_keys: Flask, keys: Keys) -> 
     assert call(app_with_inline_keys.test_client(), token).status_code == 401
     payload = jwt.decode(token, options={"verify_signature": False})
     assert remembered == [(payload["jti"], ISSUER, float(payload["exp"]))]
+
+
+def test_replay_is_caught_by_another_worker_sharing_the_database(
+    keys: Keys, tmp_path: Path
+) -> None:
+    """Two app instances (gunicorn workers, or replicas) on one database: a token
+    accepted by one is a replay for the other."""
+    issuers = {ISSUER: {"jwks": {"keys": [keys.es384.public_jwk]}}}
+    database = f"sqlite:///{tmp_path / 'shared.sqlite3'}"
+    first, second = (auth_app(issuers, DATABASE_URL=database) for _ in range(2))
+    token = sign(keys.es384)
+    assert call(first.test_client(), token).status_code == 200
+    assert call(second.test_client(), token).status_code == 401
+
+
+def test_replay_cache_database_down_refuses_with_503(keys: Keys, tmp_path: Path) -> None:
+    """Without its replay cache the service cannot tell a replay from a new token: it
+    refuses the call (503, try again), never lets it through and never answers 500."""
+    issuers = {ISSUER: {"jwks": {"keys": [keys.es384.public_jwk]}}}
+    app = auth_app(issuers, DATABASE_URL=f"sqlite:///{tmp_path / 'gone' / 'db.sqlite3'}")
+    response = call(app.test_client(), sign(keys.es384))
+    assert response.status_code == 503
+    assert response.json["resourceType"] == "OperationOutcome"
 
 
 def test_in_process_replay_cache_forgets_expired_jtis() -> None:
