@@ -47,5 +47,8 @@ bench: $(STAMP)
 bench-prefetch: $(STAMP)
 	$(BIN)/python bench/bench_prefetch_fallback.py
 
+bench-audit: $(STAMP)
+	$(BIN)/python bench/bench_audit_write.py
+
 clean:
 	rm -rf $(VENV) instance .pytest_cache $(FHIR_SERVER_DIR)/node_modules
