@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 FHIR_SERVER_DIR := tests/fhir_server
 NODE_STAMP := $(FHIR_SERVER_DIR)/node_modules/.installed
 
-.PHONY: serve test lint bench bench-prefetch clean
+.PHONY: serve test lint bench bench-prefetch bench-audit clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
