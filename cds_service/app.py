@@ -41,6 +41,7 @@ def create_app(
     ``new_uuid`` are injectable so tests can compare responses exactly."""
     app = Flask(__name__, instance_relative_config=True)
     app.config["CDS"] = load_settings(config)
+    app.config["MAX_CONTENT_LENGTH"] = app.config["CDS"]["MAX_REQUEST_BYTES"]
     app.extensions["cds_clock"] = clock
     app.extensions["cds_new_uuid"] = new_uuid
     # A policy that fails its schema or semantic checks stops the service here.

@@ -217,6 +217,11 @@ def install_client_authentication(app: Any) -> None:
     app.extensions.setdefault("cds_jwks_cache", JwksCache())
 
 
+def _is_number(value: Any) -> bool:
+    """A JSON number (RFC 7519 NumericDate); PyJWT also lets numeric strings through."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 def _bearer_token(header: str) -> str | None:
     scheme, _, token = header.strip().partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
@@ -319,6 +324,8 @@ def verify_client_token(
         )
     except jwt.PyJWTError as exc:
         raise ClientAuthenticationFailed(f"token rejected: {type(exc).__name__}") from None
+    if not all(_is_number(claims[name]) for name in ("iat", "exp")):
+        raise ClientAuthenticationFailed("iat or exp is not a number")
     if claims["iat"] > current + CLOCK_SKEW_S:
         raise ClientAuthenticationFailed("iat in the future")
     if claims["exp"] - current > MAX_TOKEN_LIFETIME_S:

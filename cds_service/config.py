@@ -34,6 +34,8 @@ DEFAULTS: dict[str, Any] = {
     "FHIR_MAX_RESPONSE_BYTES": 16 * 1024 * 1024,
     # Fewest seconds between two fetches of an issuer's JWKS to look for an unknown kid.
     "JWKS_REFRESH_INTERVAL_S": 60.0,
+    # Largest request body accepted (413 beyond): a whole patient record as prefetch fits.
+    "MAX_REQUEST_BYTES": 10 * 1024 * 1024,
     # Origins allowed to call from a browser (e.g. the CDS Hooks sandbox).
     "CORS_ORIGINS": [],
 }
@@ -42,7 +44,7 @@ DEFAULTS: dict[str, Any] = {
 _LIST_KEYS = {"FHIR_SERVERS", "CORS_ORIGINS"}
 _JSON_KEYS = {"TRUSTED_ISSUERS"}
 _FLOAT_KEYS = {"FHIR_DEADLINE_S", "FHIR_CALL_TIMEOUT_S", "JWKS_REFRESH_INTERVAL_S"}
-_INT_KEYS = {"FHIR_MAX_PAGES", "FHIR_MAX_RESPONSE_BYTES"}
+_INT_KEYS = {"FHIR_MAX_PAGES", "FHIR_MAX_RESPONSE_BYTES", "MAX_REQUEST_BYTES"}
 
 
 class ConfigError(ValueError):

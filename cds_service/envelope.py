@@ -56,6 +56,8 @@ def parse_json_body(raw: bytes) -> Any:
         return json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BadRequest.single(f"The request body is not valid JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise BadRequest.single("The request body nests JSON too deeply") from exc
 
 
 def parse_hook_request(

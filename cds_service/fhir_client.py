@@ -90,8 +90,11 @@ def _parse_base(url: str) -> _Origin | None:
         return None
     if parts.scheme == "http" and not is_loopback_host(parts.hostname):
         return None
-    # Dot segments (plain or percent-encoded) could climb out of a base path once normalised.
+    # Dot segments (plain or percent-encoded) could climb out of a base path once normalised,
+    # and so could encoded separators ("..%2f..%2fadmin") that a server decodes before routing.
     if any(unquote(segment) in (".", "..") for segment in parts.path.split("/")):
+        return None
+    if any(token in parts.path.lower() for token in ("%2f", "%5c", "\\", ";")):
         return None
     default_port = 443 if parts.scheme == "https" else 80
     return _Origin(

@@ -86,13 +86,13 @@ def _token_value(token: str, context: Mapping[str, Any]) -> str | None:
             return None
         text = str(value)
     elif token in _USER_TOKENS:
-        match = _REFERENCE.match(str(context.get("userId") or ""))
+        match = _REFERENCE.fullmatch(str(context.get("userId") or ""))
         if match is None or match.group(1) != _USER_TOKENS[token]:
             return None
         text = match.group(2)
     else:
         return None
-    return text if _FHIR_ID.match(text) else None
+    return text if _FHIR_ID.fullmatch(text) else None
 
 
 def _usable(value: Any) -> bool:
@@ -121,7 +121,7 @@ def _dispatched_order_queries(hook_request: HookRequest, sent: Mapping[str, Any]
     return [
         reference
         for reference in dispatched_references(hook_request.context)
-        if _REFERENCE.match(reference) and reference not in present
+        if _REFERENCE.fullmatch(reference) and reference not in present
     ]
 
 

@@ -18,6 +18,7 @@ from cds_service.errors import (
     CdsServiceError,
     PreconditionFailed,
     ServiceUnavailable,
+    Unauthorized,
     UnknownService,
     operation_outcome,
 )
@@ -135,7 +136,10 @@ def receive_feedback(service_id: str) -> Response:
 
 @blueprint.app_errorhandler(CdsServiceError)
 def answer_service_error(error: CdsServiceError) -> tuple[Response, int]:
-    return jsonify(error.operation_outcome()), error.status
+    response = jsonify(error.operation_outcome())
+    if isinstance(error, Unauthorized):
+        response.headers["WWW-Authenticate"] = "Bearer"  # RFC 6750 section 3
+    return response, error.status
 
 
 @blueprint.app_errorhandler(HTTPException)

@@ -55,3 +55,6 @@ def parse_resource(raw: Any, path: str) -> FhirModel:
         message = f"{where}: {first.get('msg', 'invalid')}" if where else str(first.get("msg"))
         problem = ResourceProblem(resource_type, resource_id, path, message[:300])
         raise InvalidResource(problem) from exc
+    except RecursionError as exc:  # valid JSON, but nested deeper than any real resource
+        problem = ResourceProblem(resource_type, resource_id, path, "nested too deeply")
+        raise InvalidResource(problem) from exc

@@ -180,7 +180,36 @@ def coverage_system_actions(
         extension = coverage_information(item, ctx)
         for order in item.episode.orders:
             resource = copy.deepcopy(dict(order.raw))
-            kept = [e for e in resource.get("extension", []) if e.get("url") != EXTENSION_URL]
+            existing = resource.get("extension") or []
+            ours = [e for e in existing if _for_coverage(e, ctx.coverage.reference)]
+            if any(_same_assertion(e, extension) for e in ours):
+                continue  # the order already carries this decision: nothing new (resp-29/35)
+            # Another payer's (another Coverage's) assertions stay on the order (resp-37/46).
+            kept = [e for e in existing if not _for_coverage(e, ctx.coverage.reference)]
             resource["extension"] = [*kept, extension]
             actions.append({"type": "update", "description": description, "resource": resource})
     return actions
+
+
+def _for_coverage(extension: Any, coverage_reference: str) -> bool:
+    """Whether ``extension`` is a coverage-information extension about this Coverage."""
+    if not isinstance(extension, dict) or extension.get("url") != EXTENSION_URL:
+        return False
+    return any(
+        isinstance(part, dict)
+        and part.get("url") == "coverage"
+        and (part.get("valueReference") or {}).get("reference") == coverage_reference
+        for part in extension.get("extension") or []
+    )
+
+
+_PER_ASSERTION = ("date", "coverage-assertion-id")
+
+
+def _same_assertion(previous: dict[str, Any], current: dict[str, Any]) -> bool:
+    """The same decision, whatever its date and assertion id."""
+
+    def essence(extension: dict[str, Any]) -> list[Any]:
+        return [p for p in extension.get("extension") or [] if p.get("url") not in _PER_ASSERTION]
+
+    return essence(previous) == essence(current)

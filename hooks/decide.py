@@ -57,14 +57,26 @@ def _as_of(orders: Iterable[DraftOrder], today: date) -> date:
 
 
 def select_coverage(record: PatientRecord, hook_request: HookRequest) -> CoverageRef | None:
-    """The one active Coverage the request carries; a CRD request must carry exactly one."""
-    active = [e for e in record.of_type("Coverage") if e.resource.status == "active"]
+    """The one active Coverage the request carries; a CRD request must carry exactly one.
+
+    A Coverage without an id cannot be referenced by the coverage-information extension,
+    so it does not count."""
+    active = [
+        e for e in record.of_type("Coverage") if e.resource.status == "active" and e.resource.id
+    ]
     if len(active) == 1:
         return CoverageRef(active[0].reference)
+    if hook_request.is_crd_request and not active and not record.has_data("coverage"):
+        raise DataUnavailable(
+            "The patient's Coverage is neither in prefetch 'coverage' nor retrievable "
+            f"({record.unavailable['coverage']})",
+            "prefetch.coverage",
+        )
     if hook_request.is_crd_request:
         if not active:
             raise CoverageProblem(
-                "No active Coverage for the patient in prefetch 'coverage' (CRD hook-13)",
+                "No active Coverage with an id for the patient in prefetch 'coverage' "
+                "(CRD hook-13)",
                 "prefetch.coverage",
             )
         raise CoverageProblem(

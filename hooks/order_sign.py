@@ -17,6 +17,7 @@ from hooks.service import (
 )
 
 HOOK = "order-sign"
+MAX_DRAFT_ORDERS = 100
 
 CONTEXT_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -28,7 +29,11 @@ CONTEXT_SCHEMA: dict[str, Any] = {
         "draftOrders": {
             "type": "object",
             "required": ["resourceType"],
-            "properties": {"resourceType": {"const": "Bundle"}, "entry": {"type": "array"}},
+            # Orders signed together are a handful; a cap keeps one request's work bounded.
+            "properties": {
+                "resourceType": {"const": "Bundle"},
+                "entry": {"type": "array", "maxItems": MAX_DRAFT_ORDERS},
+            },
         },
     },
 }

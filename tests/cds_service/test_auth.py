@@ -622,3 +622,10 @@ def test_issuer_fhir_servers_admit_its_server_without_a_default_list(
     )
     assert optional.test_client().post(ORDER_SIGN, json=body).status_code == 200
     assert fhir_faults.requests_seen == []
+
+
+def test_numeric_string_iat_is_refused_not_500(app_with_inline_keys: Flask, keys: Keys) -> None:
+    token = sign(keys.es384, claims(iat=str(int(time.time()))))
+    response = call(app_with_inline_keys.test_client(), token)
+    assert response.status_code == 401
+    assert response.headers["WWW-Authenticate"] == "Bearer"

@@ -189,3 +189,77 @@ def test_odd_prefetch_shapes_never_500(
     response = _post(client, sign_body)
     assert response.status_code in (200, 400)
     assert "Traceback" not in response.get_data(as_text=True)
+
+
+def test_deeply_nested_json_is_400_not_500(client: FlaskClient) -> None:
+    body = '{"hook": "order-sign", "x": ' + "[" * 5000 + "]" * 5000 + "}"
+    response = _post(client, body)
+    assert response.status_code == 400
+    assert "nests JSON too deeply" in response.json["issue"][0]["diagnostics"]
+
+
+def test_deeply_nested_resource_is_left_out_not_500(
+    client: FlaskClient, sign_body: dict[str, Any]
+) -> None:
+    nested: dict[str, Any] = {"url": "http://example.org/x", "valueString": "leaf"}
+    for _ in range(400):
+        nested = {"url": "http://example.org/x", "extension": [nested]}
+    sign_body["prefetch"]["conditions"]["entry"][0]["resource"]["extension"] = [nested]
+    response = _post(client, sign_body)
+    assert response.status_code == 200
+    assert "nested too deeply" not in response.get_data(as_text=True)  # named, not detailed
+    assert (
+        "Condition/cond-t1dm at prefetch.conditions.entry[0]" in response.json["cards"][0]["detail"]
+    )
+
+
+def test_null_extension_on_an_order_is_tolerated(
+    client: FlaskClient, sign_body: dict[str, Any]
+) -> None:
+    sign_body["context"]["draftOrders"]["entry"][0]["resource"]["extension"] = None
+    response = _post(client, sign_body)
+    assert response.status_code == 200
+    (update,) = [a for a in response.json["systemActions"] if a["resource"]["id"] == "devreq-e0784"]
+    assert [e["url"] for e in update["resource"]["extension"]] == [
+        "http://hl7.org/fhir/us/davinci-crd/StructureDefinition/ext-coverage-information"
+    ]
+
+
+def test_oversized_body_is_413(sign_body: dict[str, Any]) -> None:
+    from tests.conftest import make_app
+
+    client = make_app({"MAX_REQUEST_BYTES": 2048}).test_client()
+    response = _post(client, sign_body)
+    assert response.status_code == 413
+    assert response.json["resourceType"] == "OperationOutcome"
+
+
+def test_too_many_draft_orders_is_400(client: FlaskClient, sign_body: dict[str, Any]) -> None:
+    entry = sign_body["context"]["draftOrders"]["entry"][0]
+    sign_body["context"]["draftOrders"]["entry"] = [entry] * 101
+    response = _post(client, sign_body)
+    assert response.status_code == 400
+    assert "context.draftOrders.entry" in response.json["issue"][0]["expression"][0]
+
+
+def test_crd_request_whose_coverage_could_not_be_had_is_412(
+    client: FlaskClient, sign_body: dict[str, Any]
+) -> None:
+    sign_body["extension"] = {"davinci-crd.requestedVersion": "2.0"}
+    del sign_body["prefetch"]["coverage"]
+    response = _post(client, sign_body)
+    assert response.status_code == 412
+    assert response.json["issue"][0]["expression"] == ["prefetch.coverage"]
+
+
+def test_coverage_without_id_cannot_be_referenced(
+    client: FlaskClient, sign_body: dict[str, Any]
+) -> None:
+    coverage = sign_body["prefetch"]["coverage"]["entry"][0]
+    coverage["resource"].pop("id")
+    coverage.pop("fullUrl", None)
+    response = _post(client, sign_body)
+    assert response.status_code == 200
+    assert "systemActions" not in response.json  # no Coverage to record the decision against
+    sign_body["extension"] = {"davinci-crd.requestedVersion": "2.0"}
+    assert _post(client, sign_body).status_code == 400

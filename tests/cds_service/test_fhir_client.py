@@ -118,3 +118,14 @@ def test_fhir_limits_come_from_the_environment() -> None:
         load_settings(environ={"CDS_FHIR_DEADLINE_S": "0"})
     with pytest.raises(ConfigError):
         load_settings(environ={"CDS_FHIR_MAX_PAGES": "many"})
+
+
+def test_encoded_separators_cannot_climb_out_of_an_allowed_path() -> None:
+    allowed = ["https://ehr.example.org/fhir"]
+    assert fhir_server_allowed("https://ehr.example.org/fhir/r4", allowed)
+    for sneaky in (
+        "https://ehr.example.org/fhir/..%2f..%2fadmin",
+        "https://ehr.example.org/fhir/..%5Cadmin",
+        "https://ehr.example.org/fhir;jsessionid=x",
+    ):
+        assert not fhir_server_allowed(sneaky, allowed), sneaky

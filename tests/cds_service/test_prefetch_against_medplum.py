@@ -187,8 +187,10 @@ def test_the_server_gets_the_token_and_refuses_a_wrong_one(
     seen = server.requests_seen()[before:]
     assert seen
     assert not any(request["authorized"] for request in seen)
-    # Without the Coverage a CRD request cannot be answered: hook-13 says 400.
-    assert response.status_code == 400
+    # The Coverage could not be had (the server refused the token): a CRD request cannot
+    # be answered without it, and the data is unavailable rather than wrong: 412.
+    assert response.status_code == 412
+    assert REFUSED in response.json["issue"][0]["diagnostics"]
     no_prefetch = order_sign_request(
         patient.patient_id, fhir_server=server.base, access_token="not-the-token"
     )

@@ -42,11 +42,28 @@ def values(parts: list[dict[str, Any]], url: str) -> list[Any]:
     ]
 
 
-def test_update_changes_nothing_but_the_extension(client: FlaskClient) -> None:
+def _assertion_for(coverage: str, covered: str) -> dict[str, Any]:
+    return {
+        "url": EXTENSION,
+        "extension": [
+            {"url": "coverage", "valueReference": {"reference": coverage}},
+            {"url": "covered", "valueCode": covered},
+            {"url": "reason", "valueCodeableConcept": {"text": "earlier assertion"}},
+            {"url": "date", "valueDate": "2026-11-01"},
+            {"url": "coverage-assertion-id", "valueString": f"earlier-{coverage}"},
+        ],
+    }
+
+
+def test_update_changes_nothing_but_our_extension(client: FlaskClient) -> None:
+    """Our earlier assertion on the order is replaced; an EHR extension and another
+    payer's assertion (another Coverage) stay as they were (CRD resp-37, resp-46)."""
     body = fixture("order-sign__e0784-insulin__covered")
+    other_payer = _assertion_for("Coverage/secondary-payer", "not-covered")
     body["context"]["draftOrders"]["entry"][0]["resource"]["extension"] = [
         {"url": "http://example.org/ehr-local", "valueString": "kept"},
-        {"url": EXTENSION, "extension": [{"url": "covered", "valueCode": "conditional"}]},
+        _assertion_for("Coverage/cov-ma-1", "conditional"),
+        other_payer,
     ]
     answer = sign(client, body)
     originals = {
@@ -58,11 +75,27 @@ def test_update_changes_nothing_but_the_extension(client: FlaskClient) -> None:
         assert action["description"]
         resource = copy.deepcopy(action["resource"])
         original = copy.deepcopy(originals[resource["id"]])
-        ours = [e for e in resource.pop("extension") if e["url"] == EXTENSION]
-        kept = [e for e in original.pop("extension", []) if e["url"] != EXTENSION]
+        extensions = resource.pop("extension")
+        ours = [e for e in extensions if e["url"] == EXTENSION and e != other_payer]
         assert len(ours) == 1
+        assert values(ours[0]["extension"], "covered") == ["covered"]
+        ehr_and_other_payer = [
+            e for e in original.pop("extension", []) if e["url"] != EXTENSION or e == other_payer
+        ]
+        assert [e for e in extensions if e not in ours] == ehr_and_other_payer
         assert resource == original
-        assert [e for e in action["resource"]["extension"] if e["url"] != EXTENSION] == kept
+
+
+def test_an_order_already_carrying_the_decision_gets_no_update(client: FlaskClient) -> None:
+    """Sending our own answer back changes nothing, so no system action (resp-29/35)."""
+    body = fixture("order-sign__e0784-insulin__covered")
+    answer = sign(client, copy.deepcopy(body))
+    updated = {a["resource"]["id"]: a["resource"] for a in answer["systemActions"]}
+    for entry in body["context"]["draftOrders"]["entry"]:
+        entry["resource"] = updated[entry["resource"]["id"]]
+    again = client.post(ORDER_SIGN, json=body).json
+    assert "systemActions" not in again or again["systemActions"] == []
+    assert again["cards"]  # the guidance is still shown
 
 
 def test_one_assertion_id_per_coverage_per_response(client: FlaskClient) -> None:
