@@ -132,7 +132,9 @@ def _issued_cards(connection: Connection, card_uuids: set[str]) -> dict[str, lis
     found: dict[str, list[Any]] = defaultdict(list)
     if card_uuids:
         rows = connection.execute(
-            sa.select(issued_card).where(issued_card.c.card_uuid.in_(sorted(card_uuids)))
+            sa.select(issued_card, service_call.c.client_iss)
+            .join(service_call, service_call.c.id == issued_card.c.call_id)
+            .where(issued_card.c.card_uuid.in_(sorted(card_uuids)))
         ).mappings()
         for row in rows:
             found[row["card_uuid"]].append(row)
@@ -140,17 +142,30 @@ def _issued_cards(connection: Connection, card_uuids: set[str]) -> dict[str, lis
 
 
 def _card_for(
-    entry: FeedbackEntry, index: int, service_id: str, issued: dict[str, list[Any]]
+    entry: FeedbackEntry,
+    index: int,
+    service_id: str,
+    client_iss: str | None,
+    issued: dict[str, list[Any]],
 ) -> tuple[Any | None, list[Issue]]:
+    """The card this service issued to this client (cards issued to unsigned calls take
+    feedback from anyone, as those calls could come from anyone)."""
     where = f"feedback[{index}]"
     candidates = issued.get(entry.card_uuid, [])
-    card = next((c for c in candidates if c["service_id"] == service_id), None)
+    card = next(
+        (
+            c
+            for c in candidates
+            if c["service_id"] == service_id and c["client_iss"] in (None, client_iss)
+        ),
+        None,
+    )
     if card is None:
-        elsewhere = "" if not candidates else f" (it was issued by {candidates[0]['service_id']})"
+        # Which service or client did get the card is not said: it is not the caller's.
         return None, [
             Issue(
-                f"{where}.card: card {entry.card_uuid} was not issued by service {service_id}"
-                f"{elsewhere}",
+                f"{where}.card: card {entry.card_uuid} was not issued by service {service_id} "
+                "to this client",
                 f"{where}.card",
                 code="not-found",
             )
@@ -183,7 +198,7 @@ def store_feedback(
         issued = _issued_cards(connection, {e.card_uuid for e in entries})
         rows, issues = [], []
         for index, entry in enumerate(entries):
-            card, problems = _card_for(entry, index, service_id, issued)
+            card, problems = _card_for(entry, index, service_id, client_iss, issued)
             issues += problems
             if card is not None and not problems:
                 rows.append(

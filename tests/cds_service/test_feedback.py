@@ -279,7 +279,30 @@ def test_a_card_issued_by_another_service_is_400(
     )
     ((where, text),) = _issues(response)
     assert where == "feedback[0].card"
-    assert "infusion-pump-coverage-order-sign" in text
+    assert "not issued by service infusion-pump-coverage-order-select" in text
+    assert "infusion-pump-coverage-order-sign" not in text  # who did issue it is not said
+
+
+def test_feedback_on_a_card_issued_to_another_client_is_400(
+    service: Flask, service_client: FlaskClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A card issued to one signed client takes feedback from that client only."""
+
+    def signed_by(issuer: str) -> Any:
+        return lambda settings, *, endpoint_url: ClientIdentity(issuer=issuer, jti=endpoint_url)
+
+    monkeypatch.setattr(routes, "authenticate_client", signed_by("https://ehr-a.example.org"))
+    answer = service_client.post(ORDER_SIGN, json=order_sign_request(VANCOMYCIN_PUMP)).json
+    entry = {
+        "card": answer["cards"][0]["uuid"],
+        "outcome": "overridden",
+        "overrideReason": {"reason": REASON},
+        "outcomeTimestamp": WHEN,
+    }
+    monkeypatch.setattr(routes, "authenticate_client", signed_by("https://ehr-b.example.org"))
+    assert service_client.post(FEEDBACK, json={"feedback": [entry]}).status_code == 400
+    monkeypatch.setattr(routes, "authenticate_client", signed_by("https://ehr-a.example.org"))
+    assert service_client.post(FEEDBACK, json={"feedback": [entry]}).status_code == 200
 
 
 def test_an_accepted_suggestion_must_be_one_of_the_cards(
