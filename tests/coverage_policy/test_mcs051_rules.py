@@ -193,6 +193,11 @@ CASES: list[tuple[str, dict[str, Any], Truth]] = [
         {"lab.hba1c_percent": 6.4, "doc.csii-glycemic-problem": None},
         UNKNOWN,
     ),
+    ("EIP-CSII-INSULIN-PUMP-CODE", {"order.hcpcs": "E0784"}, MET),
+    ("EIP-CSII-INSULIN-PUMP-CODE", {"order.hcpcs": "E0787"}, MET),
+    ("EIP-CSII-INSULIN-PUMP-CODE", {"order.hcpcs": None}, MET),
+    ("EIP-CSII-INSULIN-PUMP-CODE", {"order.hcpcs": "E0781"}, UNMET),
+    ("EIP-CSII-INSULIN-PUMP-CODE", {}, UNKNOWN),
     ("EIP-CSII-CGM-PUMP", {"order.hcpcs": "E0784", "doc.csii-cgm-criteria-met": None}, MET),
     ("EIP-CSII-CGM-PUMP", {"order.hcpcs": "E0787", "doc.csii-cgm-criteria-met": True}, MET),
     ("EIP-CSII-CGM-PUMP", {"order.hcpcs": "E0787", "doc.csii-cgm-criteria-met": False}, UNMET),
@@ -871,3 +876,18 @@ def test_non_covered_implantables_offer_an_alternative(policy: Policy) -> None:
     assert rules["IIP-INSULIN"].alternatives == ("external-csii-pump",)
     assert rules["IIP-HEPARIN"].alternatives == ("institutional-external-heparin-pump",)
     assert rules["EIP-VANCO"].alternatives == ("elastomeric-pump", "gravity-drip")
+
+
+def test_insulin_on_a_pump_that_is_not_an_insulin_pump_is_not_csii(policy: Policy) -> None:
+    """Insulin ordered with an E0781 is not CSII: EIP-CSII is not covered, citing LCD L33794."""
+    decision = decide(
+        policy,
+        {"episode.pump_kind": "external", "episode.drug_family": "insulin", "order.hcpcs": "E0781"},
+    )
+    assert decision.indication.rule.id == "EIP-CSII"
+    assert decision.indication.outcome is Outcome.NOT_COVERED
+    code = next(
+        r for r in decision.indication.results if r.criterion.id == "EIP-CSII-INSULIN-PUMP-CODE"
+    )
+    assert code.truth is UNMET
+    assert "LCD-L33794" in {c.source for c in code.criterion.citations}
