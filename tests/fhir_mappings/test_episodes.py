@@ -267,3 +267,16 @@ def test_pump_alone_prefers_its_drug_family_and_a_route_of_its_kind() -> None:
     assert implant.drug_source == "MedicationRequest/hist-it"
     (external,) = episodes_of(device("d1", "E0779"), history=(it_morphine, iv_morphine))
     assert external.drug_source == "MedicationRequest/hist-iv"
+
+
+def test_elastomeric_pump_or_gravity_drip_is_not_an_infusion_pump() -> None:
+    for text in (
+        "Vancomycin 1 g IV every 12 hours via disposable elastomeric pump (A4305)",
+        "1 g intravenous q12h by gravity drip, continuous infusion over 2 hours",
+    ):
+        assert episodes_of(drug("m1", "Vancomycin 1000 MG Injection", text=text)) == []
+    active = drug(
+        "hist-1", "Vancomycin 1000 MG Injection", text="via elastomeric pump", status="active"
+    )
+    (episode,) = episodes_of(device("d1", "E0779"), history=(active,))
+    assert episode.drug is None
