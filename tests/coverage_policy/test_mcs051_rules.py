@@ -317,6 +317,13 @@ CASES: list[tuple[str, dict[str, Any], Truth]] = [
     ("EIP-OTHER-SCIG-PUMP-E0779", {"order.hcpcs": "E0781"}, UNMET),
     ("EIP-OTHER-SCIG-PUMP-E0779", {"order.hcpcs": None}, UNKNOWN),
     # IIP-LIVER
+    ("IIP-SPASTICITY-INTRATHECAL", {"episode.route": "intrathecal"}, MET),
+    ("IIP-SPASTICITY-INTRATHECAL", {"episode.route": "epidural"}, UNMET),
+    ("IIP-SPASTICITY-INTRATHECAL", {"episode.route": None}, UNKNOWN),
+    ("IIP-OPIOID-INTRASPINAL", {"episode.route": "intrathecal"}, MET),
+    ("IIP-OPIOID-INTRASPINAL", {"episode.route": "epidural"}, MET),
+    ("IIP-OPIOID-INTRASPINAL", {"episode.route": "intravenous"}, UNMET),
+    ("IIP-OPIOID-INTRASPINAL", {"episode.route": None}, UNKNOWN),
     ("IIP-LIVER-INTRA-ARTERIAL", {"episode.route": "intra-arterial"}, MET),
     ("IIP-LIVER-INTRA-ARTERIAL", {"episode.route": "intrathecal"}, UNMET),
     ("IIP-LIVER-INTRA-ARTERIAL", {"episode.route": None}, UNKNOWN),
@@ -730,6 +737,7 @@ def test_contraindication_requirement_worst_outcome_wins(
     spasticity = {
         "episode.pump_kind": "implantable",
         "episode.drug_family": "antispasmodic",
+        "episode.route": "intrathecal",
         "med.oral_antispasmodic_trial_days": 60,
         "doc.noninvasive-spasticity-therapy-failed-6-weeks": True,
         "doc.intrathecal-trial-dose-favorable": True,
@@ -896,3 +904,32 @@ def test_insulin_on_a_pump_that_is_not_an_insulin_pump_is_not_csii(policy: Polic
     )
     assert code.truth is UNMET
     assert "LCD-L33794" in {c.source for c in code.criterion.citations}
+
+
+@pytest.mark.parametrize(
+    ("family", "route", "outcome"),
+    [
+        ("antispasmodic", "intrathecal", Outcome.COVERED),
+        ("antispasmodic", "intravenous", Outcome.NOT_COVERED),
+        ("antispasmodic", None, Outcome.CONDITIONAL),
+        ("morphine", "epidural", Outcome.COVERED),
+        ("morphine", "intravenous", Outcome.NOT_COVERED),
+        ("morphine", None, Outcome.CONDITIONAL),
+    ],
+)
+def test_implanted_spasticity_and_opioid_pumps_need_their_route(
+    policy: Policy, family: str, route: str | None, outcome: Outcome
+) -> None:
+    """Antispasmodics intrathecally; opioids intrathecally or epidurally (NCD 280.14 B.3)."""
+    documented = {
+        "episode.pump_kind": "implantable",
+        "episode.drug_family": family,
+        "episode.route": route,
+        "med.oral_antispasmodic_trial_days": 60,
+        "doc.noninvasive-spasticity-therapy-failed-6-weeks": True,
+        "doc.intrathecal-trial-dose-favorable": True,
+        "doc.life-expectancy-at-least-3-months": True,
+        "doc.noninvasive-pain-control-failed": True,
+        "doc.intraspinal-opioid-trial-successful": True,
+    }
+    assert decide(policy, documented).indication.outcome is outcome
