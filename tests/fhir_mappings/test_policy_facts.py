@@ -115,6 +115,18 @@ def test_device_type_codes_and_kinds_with_status() -> None:
     assert not any(i.evidence.reference == "Device/oops" for i in items)
 
 
+def test_external_or_worn_devices_are_not_implanted_devices() -> None:
+    record = record_of(
+        device("ins", "active", code="69805005", text="External insulin infusion pump (wearable)"),
+        device("aed", "active", text="Automated external defibrillator"),
+        device("wcd", "active", text="Wearable cardioverter defibrillator (LifeVest)"),
+        device("icd", "active", code="72506001", text="Implantable defibrillator"),
+        device("pump", "active", text="Implanted drug pump, external programmer"),
+    )
+    items = [i for e in record.of_type("Device") for i in facts_from_device(e)]
+    assert {i.evidence.reference for i in items} == {"Device/icd", "Device/pump"}
+
+
 def coverage(status: str, text: str, end: str | None = None) -> dict[str, Any]:
     period = {"start": "2020-01-01", **({"end": end} if end else {})}
     return {
