@@ -408,6 +408,13 @@ CASES: list[tuple[str, dict[str, Any], Truth]] = [
     ("IIP-CI-NO-ACTIVE-INFECTION", {"patient.conditions": (item("A41.9"),)}, UNMET),
     ("IIP-CI-NO-ACTIVE-INFECTION", {"patient.conditions": (item("301011002", system=SCT),)}, UNMET),
     ("IIP-CI-NO-ACTIVE-INFECTION", {}, UNKNOWN),
+    # Chronic or superficial infections are not an active infection for implantation.
+    ("IIP-CI-NO-ACTIVE-INFECTION", {"patient.conditions": (item("B18.2"),)}, MET),
+    ("IIP-CI-NO-ACTIVE-INFECTION", {"patient.conditions": (item("B20"),)}, MET),
+    ("IIP-CI-NO-ACTIVE-INFECTION", {"patient.conditions": (item("B35.1"),)}, MET),
+    ("IIP-CI-NO-ACTIVE-INFECTION", {"patient.conditions": (item("B36.0"),)}, MET),
+    ("IIP-CI-NO-ACTIVE-INFECTION", {"patient.conditions": (item("B37.7"),)}, UNMET),
+    ("IIP-CI-NO-ACTIVE-INFECTION", {"patient.conditions": (item("B17.10"),)}, UNMET),
     (
         "IIP-CI-NO-OTHER-PROGRAMMABLE-DEVICE",
         {"patient.implanted_devices": (), "order.hcpcs": "E0783"},
