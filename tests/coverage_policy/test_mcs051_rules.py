@@ -211,6 +211,10 @@ CASES: list[tuple[str, dict[str, Any], Truth]] = [
     ("EIP-IRON-DIAGNOSIS", {"patient.conditions": (item("399187006", system=SCT),)}, MET),
     ("EIP-IRON-DIAGNOSIS", {"patient.conditions": (item("E83.111", "inactive"),)}, UNMET),
     ("EIP-IRON-DIAGNOSIS", {"patient.conditions": (item("E83.52"),)}, UNKNOWN),
+    ("EIP-IRON-DIAGNOSIS", {"patient.conditions": (item("T45.4X4A"),)}, MET),
+    # Adverse effect of iron (X5) and underdosing of iron (X6) are not iron poisoning.
+    ("EIP-IRON-DIAGNOSIS", {"patient.conditions": (item("T45.4X5A"),)}, UNKNOWN),
+    ("EIP-IRON-DIAGNOSIS", {"patient.conditions": (item("T45.4X6A"),)}, UNKNOWN),
     ("EIP-IRON-EXTERNAL-PUMP", {"episode.pump_kind": "external"}, MET),
     ("EIP-IRON-EXTERNAL-PUMP", {"episode.pump_kind": "implantable"}, UNMET),
     ("EIP-IRON-EXTERNAL-PUMP", {"episode.pump_kind": None}, UNKNOWN),
