@@ -503,9 +503,19 @@ CASES: list[tuple[str, dict[str, Any], Truth]] = [
         UNKNOWN,
     ),
     # Billing guidance
-    ("BILLING-IMPLANTABLE-PUMP", {"episode.pump_kind": "implantable"}, MET),
-    ("BILLING-IMPLANTABLE-PUMP", {"episode.pump_kind": "external"}, UNMET),
-    ("BILLING-IMPLANTABLE-PUMP", {"episode.pump_kind": None}, UNKNOWN),
+    ("BILLING-IMPLANTABLE-PUMP", {"episode.pump_kind": "implantable", "order.setting": None}, MET),
+    (
+        "BILLING-IMPLANTABLE-PUMP",
+        {"episode.pump_kind": "implantable", "order.setting": "home"},
+        MET,
+    ),
+    (
+        "BILLING-IMPLANTABLE-PUMP",
+        {"episode.pump_kind": "implantable", "order.setting": "institutional"},
+        UNMET,
+    ),
+    ("BILLING-IMPLANTABLE-PUMP", {"episode.pump_kind": "external", "order.setting": None}, UNMET),
+    ("BILLING-IMPLANTABLE-PUMP", {"episode.pump_kind": None, "order.setting": None}, UNKNOWN),
     (
         "BILLING-EXTERNAL-PUMP-AT-HOME",
         {"episode.pump_kind": "external", "order.setting": "home"},
@@ -818,7 +828,14 @@ def test_covid_phe_flexibilities_are_effective_dated(
 @pytest.mark.parametrize(
     ("values", "truth"),
     [
-        ({"episode.pump_kind": "implantable", "episode.drug_family": "morphine"}, MET),
+        (
+            {
+                "episode.pump_kind": "implantable",
+                "episode.drug_family": "morphine",
+                "order.setting": None,
+            },
+            MET,
+        ),
         (
             {
                 "episode.pump_kind": "external",
@@ -944,3 +961,22 @@ def test_implanted_spasticity_and_opioid_pumps_need_their_route(
         "doc.intraspinal-opioid-trial-successful": True,
     }
     assert decide(policy, documented).indication.outcome is outcome
+
+
+def test_implantable_pump_in_a_stay_without_part_a_gets_only_the_part_d_note(
+    policy: Policy,
+) -> None:
+    """The institutional Part D note takes precedence: Part B is not also claimed."""
+    decision = decide(
+        policy,
+        {
+            "episode.pump_kind": "implantable",
+            "episode.drug_family": "morphine",
+            "order.setting": "institutional",
+            "coverage.part_a_status": "exhausted",
+            "doc.part-a-coverage-status": None,
+        },
+    )
+    truths = {g.rule.id: g.truth for g in decision.guidance}
+    assert truths["BILLING-PARTB-PARTD-INSTITUTIONAL"] is MET
+    assert truths["BILLING-PARTB-PARTD"] is UNMET
