@@ -37,7 +37,7 @@ _OPS_BY_TYPE = {
     "enum": {"exists", "eq", "in"},
     "choice": {"exists", "eq", "in"},
     "string": {"exists", "eq", "in"},
-    "date": {"exists", "within_days"},
+    "date": {"exists", "within_days", "within_months"},
     "coded": {"exists", "has_code"},
 }
 _OUTCOME_MESSAGES = {"covered", "not-covered", "conditional"}

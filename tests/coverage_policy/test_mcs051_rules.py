@@ -502,6 +502,23 @@ CASES: list[tuple[str, dict[str, Any], Truth]] = [
         {"encounter.f2f_with_orderer_date": None, "doc.face-to-face-within-6-months": None},
         UNKNOWN,
     ),
+    # Six calendar months before 2026-11-20 is 2026-05-20 (184 days).
+    (
+        "DME-F2F-ENCOUNTER",
+        {
+            "encounter.f2f_with_orderer_date": date(2026, 5, 20),
+            "doc.face-to-face-within-6-months": None,
+        },
+        MET,
+    ),
+    (
+        "DME-F2F-ENCOUNTER",
+        {
+            "encounter.f2f_with_orderer_date": None,
+            "doc.face-to-face-within-6-months": date(2026, 5, 19),
+        },
+        UNMET,
+    ),
     # Billing guidance
     ("BILLING-IMPLANTABLE-PUMP", {"episode.pump_kind": "implantable", "order.setting": None}, MET),
     (

@@ -188,6 +188,19 @@ def test_face_to_face_is_the_latest_finished_visit_with_the_orderer() -> None:
     assert face_to_face_date(record, AS_OF, "Practitioner/nobody").value is None
 
 
+def test_the_current_encounter_with_the_orderer_is_the_face_to_face() -> None:
+    record = record_of(
+        encounter("earlier", "2026-05-20", "Practitioner/doc"),
+        encounter("current", "2026-11-20", "Practitioner/doc", status="in-progress"),
+        encounter("elsewhere", "2026-11-19", "Practitioner/doc", status="in-progress"),
+    )
+    fact = face_to_face_date(record, AS_OF, "Practitioner/doc", "Encounter/current")
+    assert fact.value == date(2026, 11, 20)
+    assert fact.evidence[0].reference == "Encounter/current"
+    # Another in-progress encounter is not the one the order is written in.
+    assert face_to_face_date(record, AS_OF, "Practitioner/doc").value == date(2026, 5, 20)
+
+
 def baclofen_order(id_: str, start: str, end: str | None = None, **extra: Any) -> dict[str, Any]:
     order: dict[str, Any] = {
         "resourceType": "MedicationRequest",
@@ -492,7 +505,8 @@ def test_spasticity_request_facts() -> None:
     assert facts["episode.drug_family"].value == "antispasmodic"
     assert facts["episode.route"].value == "intrathecal"
     assert facts["med.oral_antispasmodic_trial_days"].value == 121
-    assert facts["encounter.f2f_with_orderer_date"].value == date(2026, 10, 15)
+    # The order is written in the orderer's current (in-progress) visit: that is the F2F.
+    assert facts["encounter.f2f_with_orderer_date"].value == date(2026, 11, 20)
     assert facts["patient.drug_allergy"].value is False
     assert facts["patient.implanted_devices"].value == ()
     assert facts["lab.body_weight_kg"].value == 72.5
