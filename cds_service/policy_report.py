@@ -108,6 +108,8 @@ def _leaf(node: Mapping[str, Any], policy: Policy) -> str:
         text = f"{fact} has a code in value set {node['valueset']}"
     elif op == "within_days":
         text = f"{fact} within {node['value']} days"
+    elif op == "within_months":
+        text = f"{fact} within {node['value']} calendar months"
     else:
         text = f"{fact} {_OPS.get(op, op)} {node['value']}" + (f" {unit}" if unit else "")
     if "absent" in node:

@@ -8,6 +8,7 @@ be had is unknown; a fact looked for and not found takes the leaf's ``absent`` t
 
 from __future__ import annotations
 
+import calendar
 from collections.abc import Mapping
 from datetime import date
 from typing import Any
@@ -59,6 +60,15 @@ def code_in_valueset(valueset: Mapping[str, Any], system: str, code: str) -> boo
     )
 
 
+def months_before(day: date, months: int) -> date:
+    """The same day ``months`` calendar months earlier (the month's last day if shorter):
+    6 months before 2026-11-20 is 2026-05-20, before 2026-08-31 it is 2026-02-28."""
+    index = day.year * 12 + day.month - 1 - months
+    year, month = divmod(index, 12)
+    last = calendar.monthrange(year, month + 1)[1]
+    return date(year, month + 1, min(day.day, last))
+
+
 def _compare(op: str, actual: Any, expected: Any) -> bool:
     if op == "eq":
         return bool(actual == expected)
@@ -101,6 +111,9 @@ class _Evaluator:
         if op == "within_days":
             days = (self.as_of - value).days
             return (_MET if 0 <= days <= node["value"] else _UNMET), fact.evidence
+        if op == "within_months":
+            earliest = months_before(self.as_of, node["value"])
+            return (_MET if earliest <= value <= self.as_of else _UNMET), fact.evidence
         expected = node["values"] if op == "in" else node["value"]
         return (_MET if _compare(op, value, expected) else _UNMET), fact.evidence
 

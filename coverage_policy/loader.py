@@ -37,11 +37,13 @@ _OPS_BY_TYPE = {
     "enum": {"exists", "eq", "in"},
     "choice": {"exists", "eq", "in"},
     "string": {"exists", "eq", "in"},
-    "date": {"exists", "within_days"},
+    "date": {"exists", "within_days", "within_months"},
     "coded": {"exists", "has_code"},
 }
 _OUTCOME_MESSAGES = {"covered", "not-covered", "conditional"}
 _TRUTH_MESSAGES = {"met", "unmet", "unknown"}
+# A guidance message that replaces the one for its truth when the indication is not covered.
+_IF_NOT_COVERED_MESSAGES = {f"{truth}-if-not-covered" for truth in _TRUTH_MESSAGES}
 
 
 class PolicyLoadError(ValueError):
@@ -179,9 +181,14 @@ class _Checker:
                     f"{owner}: lists criteria that omit {sorted(deciding - set(rule['criteria']))}"
                 )
             used |= set(rule["criteria"])
-            needed = _TRUTH_MESSAGES if rule["kind"] == "guidance" else _OUTCOME_MESSAGES
-            if set(rule["messages"]) != needed:
-                self.problem(f"{owner}: messages must be exactly {sorted(needed)}")
+            guidance = rule["kind"] == "guidance"
+            needed = _TRUTH_MESSAGES if guidance else _OUTCOME_MESSAGES
+            optional = _IF_NOT_COVERED_MESSAGES if guidance else set()
+            if not needed <= set(rule["messages"]) <= needed | optional:
+                self.problem(
+                    f"{owner}: messages must be exactly {sorted(needed)}"
+                    + (f" (optionally also {sorted(optional)})" if optional else "")
+                )
             for alt in rule.get("alternatives", []):
                 if alt not in alternatives:
                     self.problem(f"{owner}: unknown alternative {alt}")

@@ -105,7 +105,9 @@ class Rule:
     applies_when: dict[str, Any]
     decides: dict[str, Any]  # logic over {"criterion": id}
     criteria: tuple[str, ...]  # every criterion shown for this rule, deciding or advisory
-    messages: dict[str, str]  # outcome (or truth, for guidance) -> clinician text
+    # outcome (or truth, for guidance) -> clinician text; a guidance rule may add
+    # "<truth>-if-not-covered", shown instead when the indication is not covered
+    messages: dict[str, str]
     alternatives: tuple[str, ...] = ()
     effective: Period = field(default_factory=Period)
 

@@ -4,9 +4,14 @@ Each Device gives its ``type`` codings, plus the device kind (pacemaker, defibri
 neurostimulator, programmable infusion pump) read from its type text or display, coded
 in the service's device-kind code system (bindings/devices.json). Status ``active``
 counts; ``inactive`` (explanted) is evidence against; ``entered-in-error`` is ignored.
+Only implanted devices count: one whose type, coding display or name says external,
+wearable or AED (bindings/devices.json external_words), and nothing says implanted, is
+left out.
 """
 
 from __future__ import annotations
+
+import re
 
 from coverage_policy.model import CodedItem, Evidence
 from fhir_mappings.record import Entry, binding, codings, concept_text
@@ -22,10 +27,22 @@ def _device_names(device: object) -> str:
     return " | ".join(unique)
 
 
+def _says(words: list[str], text: str) -> bool:
+    return any(re.search(rf"\b{re.escape(word)}\b", text) for word in words)
+
+
+def is_external(device: object) -> bool:
+    """Whether the Device is clearly external (worn or outside the body), not implanted."""
+    displays = [display or "" for _, _, display in codings(getattr(device, "type", None))]
+    text = " | ".join([_device_names(device), *displays]).lower()
+    devices = binding("devices")
+    return _says(devices["external_words"], text) and not _says(devices["implant_words"], text)
+
+
 def facts_from_device(entry: Entry) -> list[CodedItem]:
     device = entry.resource
     status = _STATUS.get(device.status or "active")
-    if status is None:  # entered-in-error
+    if status is None or is_external(device):  # entered-in-error, or not implanted
         return []
     items = []
     for system, code, display in codings(device.type):

@@ -90,14 +90,20 @@ def dosage_route_kind(order: Any) -> tuple[str | None, str]:
 
 
 def dosage_says_pump(order: Any) -> bool:
-    """Whether the dosage (route, method, text, instructions) says it runs by pump."""
-    words = binding("routes")["pump_words"]
+    """Whether the dosage (route, method, text, instructions) says it runs by infusion pump.
+
+    A disposable elastomeric pump or a gravity drip is not an infusion pump: a dosage that
+    names one does not say pump.
+    """
+    routes = binding("routes")
     for dosage in getattr(order, "dosageInstruction", None) or []:
         texts = [dosage.text or "", dosage.patientInstruction or ""]
         texts += [concept_text(c) for c in (dosage.route, dosage.method, dosage.site)]
         texts += [concept_text(c) for c in dosage.additionalInstruction or []]
         joined = " ".join(texts).lower()
-        if any(word in joined for word in words):
+        if any(word in joined for word in routes["not_infusion_pump_words"]):
+            continue
+        if any(word in joined for word in routes["pump_words"]):
             return True
     return False
 

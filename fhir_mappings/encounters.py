@@ -85,15 +85,20 @@ def _type_and_id(reference: str) -> list[str]:
 
 
 def _latest_visit(
-    record: PatientRecord, as_of: date, with_practitioner: str | None = None
+    record: PatientRecord,
+    as_of: date,
+    with_practitioner: str | None = None,
+    current: str | None = None,
 ) -> tuple[date, str] | None:
     """(date, reference) of the most recent finished ambulatory, home-health or virtual
     encounter on or before ``as_of``, with ``with_practitioner`` among its participants
-    when given."""
+    when given. The ``current`` encounter (the one the order is written in) counts while
+    still in progress."""
     best: tuple[date, str] | None = None
     for entry in record.of_type("Encounter"):
         encounter = entry.resource
-        if encounter.status != "finished":
+        ongoing = encounter.status in _ONGOING and _same_party(entry.reference, current)
+        if encounter.status != "finished" and not ongoing:
             continue
         if getattr(encounter.class_fhir, "code", None) not in _VISIT_CLASSES:
             continue
@@ -118,10 +123,19 @@ def last_visit_date(record: PatientRecord, as_of: date) -> FactValue:
     return FactValue(best[0], (Evidence(best[1], f"visit on {best[0].isoformat()}"),))
 
 
-def face_to_face_date(record: PatientRecord, as_of: date, practitioner: str | None) -> FactValue:
-    """The most recent finished ambulatory, virtual or home encounter with ``practitioner``
-    (an ``Encounter.participant.individual``) on or before the order date (DME F2F)."""
-    best = _latest_visit(record, as_of, practitioner) if practitioner else None
+_ONGOING = ("arrived", "triaged", "in-progress")
+
+
+def face_to_face_date(
+    record: PatientRecord,
+    as_of: date,
+    practitioner: str | None,
+    current_encounter: str | None = None,
+) -> FactValue:
+    """The most recent ambulatory, virtual or home encounter with ``practitioner`` (an
+    ``Encounter.participant.individual``) on or before the order date (DME F2F): finished,
+    or the current encounter the order is written in, still in progress."""
+    best = _latest_visit(record, as_of, practitioner, current_encounter) if practitioner else None
     if best is None:
         return FactValue(None)
     summary = f"face-to-face encounter with the ordering practitioner on {best[0].isoformat()}"

@@ -2,7 +2,8 @@
 
 A pump DeviceRequest and a MedicationRequest in the same draft Bundle form one episode
 (linked by reference where present, else by being in the same Bundle); a pump ordered
-alone takes its drug from the patient's active infusion MedicationRequests; a drug
+alone takes its drug from the patient's active MedicationRequests whose dosage says
+pump or infusion; a drug
 order alone implies the pump when its dosage says it runs by pump. Orders of anything
 else form no episode.
 """
@@ -127,19 +128,29 @@ def _references_between(a: DraftOrder, b: DraftOrder) -> bool:
     return b.reference in _references_in(a.raw) or a.reference in _references_in(b.raw)
 
 
-def _active_infusion_drug(record: PatientRecord) -> tuple[DrugIdentity, str, str | None] | None:
-    """A drug from the patient's active MedicationRequests given by pump or infusion route."""
-    for entry in record.of_type("MedicationRequest"):
+def _active_infusion_drug(
+    record: PatientRecord, implied: str | None, pump_kind: str
+) -> tuple[DrugIdentity, str] | None:
+    """The drug a pump ordered alone gives, from the patient's active MedicationRequests.
+
+    Only orders whose dosage says pump or infusion count (a subcutaneous or intravenous
+    route alone does not). A pump made for one drug family (E0784: insulin) takes only
+    that family; otherwise an order whose route suits the pump kind is preferred.
+    """
+    candidates: list[tuple[bool, int, DrugIdentity, str]] = []
+    for index, entry in enumerate(record.of_type("MedicationRequest")):
         order = entry.resource
-        if order.status not in ("active", "on-hold"):
-            continue
-        kind, _ = dosage_route_kind(order)
-        if kind is None and not dosage_says_pump(order):
+        if order.status not in ("active", "on-hold") or not dosage_says_pump(order):
             continue
         drug = identify_drug(medication_concept(order, record, None))
-        if drug is not None:
-            return drug, entry.reference, kind
-    return None
+        if drug is None or (implied is not None and drug.family != implied):
+            continue
+        route_kind, _ = dosage_route_kind(order)
+        candidates.append((route_kind not in (None, pump_kind), index, drug, entry.reference))
+    if not candidates:
+        return None
+    _, _, drug, reference = min(candidates, key=lambda c: (c[0], c[1]))
+    return drug, reference
 
 
 def find_pump_episodes(
@@ -155,43 +166,48 @@ def find_pump_episodes(
     ]
     named_drugs = [(o, d) for o, d in drugs if d is not None]
     paired: set[str] = set()
-    episodes = []
     # Linked orders pair first; a drug linked to one pump is never another pump's.
     links = {
         device.reference: [(o, d) for o, d in named_drugs if _references_between(device, o)]
         for device, _ in pumps_found
     }
     linked_anywhere = {o.reference for pairs in links.values() for o, _ in pairs}
-    for device, (hcpcs, kind) in pumps_found:
-        implied = binding("pumps")["hcpcs"][hcpcs].get("drug_family")
+    pump_codes = binding("pumps")["hcpcs"]
+    # Pumps made for one drug (E0784: insulin, K0455: prostacyclin) choose their drug
+    # first, so an unlinked general-purpose pump does not take it from them.
+    by_priority = sorted(
+        enumerate(pumps_found), key=lambda p: pump_codes[p[1][1][0]].get("drug_family") is None
+    )
+    pump_episodes: dict[int, PumpEpisode] = {}
+    for position, (device, (hcpcs, kind)) in by_priority:
+        implied = pump_codes[hcpcs].get("drug_family")
         unpaired = [
             (o, d)
             for o, d in named_drugs
             if o.reference not in paired and o.reference not in linked_anywhere
         ]
-        # A pump made for one drug (E0784: insulin) pairs with that drug first.
+        # A pump made for one drug pairs with that drug first.
         unpaired.sort(key=lambda pair: pair[1].family != implied)
         candidates = links[device.reference] or unpaired
         drug_order, drug = candidates[0] if candidates else (None, None)
         drug_source: str | None = drug_order.reference if drug_order else None
         if drug_order is not None:
             paired.add(drug_order.reference)
-        elif (active := _active_infusion_drug(record)) is not None:
-            drug, drug_source, _ = active
+        elif (active := _active_infusion_drug(record, implied, kind)) is not None:
+            drug, drug_source = active
         elif implied:
             drug = DrugIdentity(implied, implied, f"pump code {hcpcs}")
-        episodes.append(
-            PumpEpisode(
-                orders=(device, drug_order) if drug_order else (device,),
-                device=device,
-                drug_order=drug_order,
-                hcpcs=hcpcs,
-                pump_kind=kind,
-                pump_kind_source=f"HCPCS {hcpcs}",
-                drug=drug,
-                drug_source=drug_source,
-            )
+        pump_episodes[position] = PumpEpisode(
+            orders=(device, drug_order) if drug_order else (device,),
+            device=device,
+            drug_order=drug_order,
+            hcpcs=hcpcs,
+            pump_kind=kind,
+            pump_kind_source=f"HCPCS {hcpcs}",
+            drug=drug,
+            drug_source=drug_source,
         )
+    episodes = [pump_episodes[position] for position in range(len(pumps_found))]
     for order, drug in named_drugs:
         if order.reference in paired or not dosage_says_pump(order.resource):
             continue

@@ -121,11 +121,8 @@ def facts_for_episode(
         ),
         None,
     )
-    facts["order.setting"] = order_setting(
-        episode.drug_order,
-        getattr(order_encounter, "reference", None) or encounter_reference,
-        record,
-    )
+    current_encounter = getattr(order_encounter, "reference", None) or encounter_reference
+    facts["order.setting"] = order_setting(episode.drug_order, current_encounter, record)
     conditions = tuple(
         item for entry in record.of_type("Condition") for item in facts_from_condition(entry)
     )
@@ -150,7 +147,7 @@ def facts_for_episode(
     facts["lab.bmi"] = latest_value(lab_results(record, "bmi", as_of), "BMI")
     facts["med.oral_antispasmodic_trial_days"] = oral_antispasmodic_trial_days(record, as_of)
     facts["encounter.f2f_with_orderer_date"] = face_to_face_date(
-        record, as_of, _requester(episode, user_reference)
+        record, as_of, _requester(episode, user_reference), current_encounter
     )
     facts["coverage.part_a_status"] = part_a_status(record, as_of)
     documentation = documentation_facts(

@@ -8,7 +8,9 @@ from typing import Any
 from coverage_policy.model import Evidence, FactValue
 from fhir_mappings.dates import as_date
 from fhir_mappings.drugs import (
+    dosage_route,
     dosage_route_kind,
+    dosage_says_pump,
     identify_drug,
     medication_concept,
     names_oral_antispasmodic,
@@ -43,40 +45,80 @@ def doses_per_day(order: Any) -> float | None:
 
 
 def insulin_mdi_days(record: PatientRecord, as_of: date, min_per_day: float = 3) -> FactValue:
-    """Days from the first insulin order dosed ``min_per_day`` or more a day up to the order.
+    """Days of multiple daily injections before the order: the continuous span of insulin
+    orders dosed ``min_per_day`` or more a day that reaches the order date.
 
-    None (not found) when the record has no insulin orders at all; 0 when it has insulin
-    orders but none dosed often enough.
+    Each order covers its validity period, else its timing bounds, else its supply with
+    refills, else (active) up to the order date; a stopped order without an end date
+    covers only the day it was written. Cancelled, draft and entered-in-error orders and
+    intravenous or pump orders do not count. None (not found) when the record has no
+    insulin orders at all; 0 when no such span reaches the order date.
     """
-    spans: list[tuple[date, str]] = []
+    spans: list[tuple[date, date, str]] = []
     insulin_seen = False
     for entry in record.of_type("MedicationRequest"):
         order = entry.resource
+        if order.status in _NOT_TAKEN:
+            continue
         drug = identify_drug(medication_concept(order, record, None))
-        if drug is None or drug.family != "insulin" or order.status == "entered-in-error":
+        if drug is None or drug.family != "insulin":
             continue
         insulin_seen = True
-        started = as_date(order.authoredOn)
+        if dosage_route(order)[0] in _NOT_INJECTED or dosage_says_pump(order):
+            continue
         per_day = doses_per_day(order)
-        if started and started <= as_of and per_day is not None and per_day >= min_per_day:
-            spans.append((started, entry.reference))
-    if not spans:
+        span = _span(order, as_of)
+        if per_day is not None and per_day >= min_per_day and span is not None:
+            spans.append((*span, entry.reference))
+    reaching = _joined_spans(spans)
+    current = next((s for s in reaching if s[1] >= as_of - timedelta(days=1)), None)
+    if current is None:
         return FactValue(0 if insulin_seen else None)
-    first, reference = min(spans)
+    first, _, references = current
     days = (as_of - first).days
     summary = f"insulin dosed {min_per_day:g}+ times a day since {first.isoformat()} ({days} days)"
-    return FactValue(days, (Evidence(reference, summary),))
+    return FactValue(days, tuple(Evidence(r, summary) for r in references))
+
+
+_NOT_TAKEN = ("entered-in-error", "draft", "cancelled")
+_NOT_INJECTED = ("intravenous", "intrathecal", "epidural", "intra-arterial")
+
+
+def _joined_spans(spans: list[tuple[date, date, str]]) -> list[tuple[date, date, list[str]]]:
+    """Spans that overlap or are at most a day apart, joined; in date order."""
+    joined: list[tuple[date, date, list[str]]] = []
+    for start, end, reference in sorted(spans):
+        if joined and start <= joined[-1][1] + timedelta(days=1):
+            first, last, references = joined[-1]
+            joined[-1] = (first, max(last, end), [*references, reference])
+        else:
+            joined.append((start, end, [reference]))
+    return joined
+
+
+def _bounds(order: Any) -> Any:
+    """The first boundsPeriod any dosage timing states, else None."""
+    for dosage in order.dosageInstruction or []:
+        bounds = getattr(getattr(dosage.timing, "repeat", None), "boundsPeriod", None)
+        if bounds is not None:
+            return bounds
+    return None
 
 
 def _span(order: Any, as_of: date) -> tuple[date, date] | None:
-    """The days one order covers: its validity period, else its supply with refills,
-    else (still active) up to the order date."""
+    """The days one order covers: its validity period, else its timing bounds, else its
+    supply with refills, else (still active) up to the order date."""
     dispense = order.dispenseRequest
     validity = getattr(dispense, "validityPeriod", None)
-    start = as_date(getattr(validity, "start", None)) or as_date(order.authoredOn)
+    bounds = _bounds(order)
+    start = (
+        as_date(getattr(validity, "start", None))
+        or as_date(getattr(bounds, "start", None))
+        or as_date(order.authoredOn)
+    )
     if start is None or start > as_of:
         return None
-    end = as_date(getattr(validity, "end", None))
+    end = as_date(getattr(validity, "end", None)) or as_date(getattr(bounds, "end", None))
     supply = getattr(dispense, "expectedSupplyDuration", None)
     if end is None and supply is not None and supply.value is not None:
         days = float(supply.value) * _PER_DAY_DAYS.get(supply.code or supply.unit or "d", 1.0)

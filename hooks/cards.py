@@ -121,6 +121,18 @@ def _rule_section(result: RuleResult, policy: Policy) -> list[str]:
     return lines
 
 
+def guidance_message(guidance: RuleResult, indication: Outcome) -> str:
+    """A guidance rule's message for its truth; its "-if-not-covered" variant, where the
+    policy gives one, when the indication is not covered (e.g. no Part B for a pump drug
+    whose pump the LCD does not cover)."""
+    messages = guidance.rule.messages
+    if indication is Outcome.NOT_COVERED:
+        return messages.get(
+            f"{guidance.truth.value}-if-not-covered", messages[guidance.truth.value]
+        )
+    return messages[guidance.truth.value]
+
+
 def coverage_card(
     item: EpisodeDecision, deliberation: Deliberation, ctx: CardContext
 ) -> dict[str, Any]:
@@ -141,7 +153,10 @@ def coverage_card(
         lines += _rule_section(requirement, ctx.policy)
     if decision.guidance:
         lines.append(f"**{words['guidance']}**")
-        lines += [f"- {g.rule.title}: {g.rule.messages[g.truth.value]}" for g in decision.guidance]
+        lines += [
+            f"- {g.rule.title}: {guidance_message(g, indication.outcome)}"
+            for g in decision.guidance
+        ]
         lines.append("")
     if deliberation.record.unavailable:
         lines.append(

@@ -7,7 +7,14 @@ from typing import Any
 
 import pytest
 
-from coverage_policy.engine import _Evaluator, evaluate_policy, truth_all, truth_any, truth_not
+from coverage_policy.engine import (
+    _Evaluator,
+    evaluate_policy,
+    months_before,
+    truth_all,
+    truth_any,
+    truth_not,
+)
 from coverage_policy.loader import build_policy, load_policy
 from coverage_policy.model import CodedItem, Evidence, FactValue, Needs, Outcome, Truth
 
@@ -90,6 +97,29 @@ def test_in_is_true_exists_and_within_days() -> None:
     assert evaluate_leaf(node, {visit: FactValue(date(2026, 9, 1))}) is MET
     assert evaluate_leaf(node, {visit: FactValue(date(2026, 8, 1))}) is UNMET
     assert evaluate_leaf(node, {visit: FactValue(date(2026, 12, 1))}) is UNMET  # after the order
+
+
+@pytest.mark.parametrize(
+    ("day", "months", "expected"),
+    [
+        (date(2026, 11, 20), 6, date(2026, 5, 20)),
+        (date(2026, 8, 31), 6, date(2026, 2, 28)),
+        (date(2028, 8, 31), 6, date(2028, 2, 29)),
+        (date(2026, 3, 31), 6, date(2025, 9, 30)),
+        (date(2026, 1, 15), 13, date(2024, 12, 15)),
+    ],
+)
+def test_months_before_is_calendar_months(day: date, months: int, expected: date) -> None:
+    assert months_before(day, months) == expected
+
+
+def test_within_months_counts_calendar_months_up_to_the_order() -> None:
+    f2f = "encounter.f2f_with_orderer_date"
+    node = {"fact": f2f, "op": "within_months", "value": 6}
+    assert evaluate_leaf(node, {f2f: FactValue(date(2026, 5, 28))}) is MET  # AS_OF 2026-11-28
+    assert evaluate_leaf(node, {f2f: FactValue(date(2026, 11, 28))}) is MET
+    assert evaluate_leaf(node, {f2f: FactValue(date(2026, 5, 27))}) is UNMET
+    assert evaluate_leaf(node, {f2f: FactValue(date(2026, 11, 29))}) is UNMET  # after the order
 
 
 def _coded(code: str, status: str, system: str = "http://hl7.org/fhir/sid/icd-10-cm") -> CodedItem:

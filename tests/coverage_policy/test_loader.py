@@ -102,3 +102,10 @@ def test_unknown_citation_source_and_alternative(raw_policy: dict[str, Any]) -> 
     problems = _problems(raw_policy)
     assert "cites unknown source LCD-L99999" in problems
     assert "unknown alternative teleport" in problems
+
+
+def test_guidance_may_add_only_if_not_covered_messages(raw_policy: dict[str, Any]) -> None:
+    billing = next(r for r in raw_policy["rules"] if r["id"] == "BILLING-PARTB-PARTD")
+    assert "met-if-not-covered" in billing["messages"]
+    billing["messages"]["met-if-covered"] = "not a message key"
+    assert "optionally also" in _problems(raw_policy)

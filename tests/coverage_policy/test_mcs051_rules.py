@@ -193,6 +193,11 @@ CASES: list[tuple[str, dict[str, Any], Truth]] = [
         {"lab.hba1c_percent": 6.4, "doc.csii-glycemic-problem": None},
         UNKNOWN,
     ),
+    ("EIP-CSII-INSULIN-PUMP-CODE", {"order.hcpcs": "E0784"}, MET),
+    ("EIP-CSII-INSULIN-PUMP-CODE", {"order.hcpcs": "E0787"}, MET),
+    ("EIP-CSII-INSULIN-PUMP-CODE", {"order.hcpcs": None}, MET),
+    ("EIP-CSII-INSULIN-PUMP-CODE", {"order.hcpcs": "E0781"}, UNMET),
+    ("EIP-CSII-INSULIN-PUMP-CODE", {}, UNKNOWN),
     ("EIP-CSII-CGM-PUMP", {"order.hcpcs": "E0784", "doc.csii-cgm-criteria-met": None}, MET),
     ("EIP-CSII-CGM-PUMP", {"order.hcpcs": "E0787", "doc.csii-cgm-criteria-met": True}, MET),
     ("EIP-CSII-CGM-PUMP", {"order.hcpcs": "E0787", "doc.csii-cgm-criteria-met": False}, UNMET),
@@ -206,6 +211,10 @@ CASES: list[tuple[str, dict[str, Any], Truth]] = [
     ("EIP-IRON-DIAGNOSIS", {"patient.conditions": (item("399187006", system=SCT),)}, MET),
     ("EIP-IRON-DIAGNOSIS", {"patient.conditions": (item("E83.111", "inactive"),)}, UNMET),
     ("EIP-IRON-DIAGNOSIS", {"patient.conditions": (item("E83.52"),)}, UNKNOWN),
+    ("EIP-IRON-DIAGNOSIS", {"patient.conditions": (item("T45.4X4A"),)}, MET),
+    # Adverse effect of iron (X5) and underdosing of iron (X6) are not iron poisoning.
+    ("EIP-IRON-DIAGNOSIS", {"patient.conditions": (item("T45.4X5A"),)}, UNKNOWN),
+    ("EIP-IRON-DIAGNOSIS", {"patient.conditions": (item("T45.4X6A"),)}, UNKNOWN),
     ("EIP-IRON-EXTERNAL-PUMP", {"episode.pump_kind": "external"}, MET),
     ("EIP-IRON-EXTERNAL-PUMP", {"episode.pump_kind": "implantable"}, UNMET),
     ("EIP-IRON-EXTERNAL-PUMP", {"episode.pump_kind": None}, UNKNOWN),
@@ -303,10 +312,22 @@ CASES: list[tuple[str, dict[str, Any], Truth]] = [
     ("EIP-OTHER-SCIG-DIAGNOSIS", {"patient.conditions": (item("G61.81"),)}, MET),
     ("EIP-OTHER-SCIG-DIAGNOSIS", {"patient.conditions": (item("D80.0", "refuted"),)}, UNMET),
     ("EIP-OTHER-SCIG-DIAGNOSIS", {"patient.conditions": (item("D84.9"),)}, UNKNOWN),
+    ("EIP-OTHER-SCIG-DIAGNOSIS", {"patient.conditions": (item("D83.9"),)}, MET),
+    ("EIP-OTHER-SCIG-DIAGNOSIS", {"patient.conditions": (item("D82.1"),)}, MET),
+    ("EIP-OTHER-SCIG-SUBCUTANEOUS", {"episode.route": "subcutaneous"}, MET),
+    ("EIP-OTHER-SCIG-SUBCUTANEOUS", {"episode.route": "intravenous"}, UNMET),
+    ("EIP-OTHER-SCIG-SUBCUTANEOUS", {"episode.route": None}, UNKNOWN),
     ("EIP-OTHER-SCIG-PUMP-E0779", {"order.hcpcs": "E0779"}, MET),
     ("EIP-OTHER-SCIG-PUMP-E0779", {"order.hcpcs": "E0781"}, UNMET),
     ("EIP-OTHER-SCIG-PUMP-E0779", {"order.hcpcs": None}, UNKNOWN),
     # IIP-LIVER
+    ("IIP-SPASTICITY-INTRATHECAL", {"episode.route": "intrathecal"}, MET),
+    ("IIP-SPASTICITY-INTRATHECAL", {"episode.route": "epidural"}, UNMET),
+    ("IIP-SPASTICITY-INTRATHECAL", {"episode.route": None}, UNKNOWN),
+    ("IIP-OPIOID-INTRASPINAL", {"episode.route": "intrathecal"}, MET),
+    ("IIP-OPIOID-INTRASPINAL", {"episode.route": "epidural"}, MET),
+    ("IIP-OPIOID-INTRASPINAL", {"episode.route": "intravenous"}, UNMET),
+    ("IIP-OPIOID-INTRASPINAL", {"episode.route": None}, UNKNOWN),
     ("IIP-LIVER-INTRA-ARTERIAL", {"episode.route": "intra-arterial"}, MET),
     ("IIP-LIVER-INTRA-ARTERIAL", {"episode.route": "intrathecal"}, UNMET),
     ("IIP-LIVER-INTRA-ARTERIAL", {"episode.route": None}, UNKNOWN),
@@ -391,6 +412,13 @@ CASES: list[tuple[str, dict[str, Any], Truth]] = [
     ("IIP-CI-NO-ACTIVE-INFECTION", {"patient.conditions": (item("A41.9"),)}, UNMET),
     ("IIP-CI-NO-ACTIVE-INFECTION", {"patient.conditions": (item("301011002", system=SCT),)}, UNMET),
     ("IIP-CI-NO-ACTIVE-INFECTION", {}, UNKNOWN),
+    # Chronic or superficial infections are not an active infection for implantation.
+    ("IIP-CI-NO-ACTIVE-INFECTION", {"patient.conditions": (item("B18.2"),)}, MET),
+    ("IIP-CI-NO-ACTIVE-INFECTION", {"patient.conditions": (item("B20"),)}, MET),
+    ("IIP-CI-NO-ACTIVE-INFECTION", {"patient.conditions": (item("B35.1"),)}, MET),
+    ("IIP-CI-NO-ACTIVE-INFECTION", {"patient.conditions": (item("B36.0"),)}, MET),
+    ("IIP-CI-NO-ACTIVE-INFECTION", {"patient.conditions": (item("B37.7"),)}, UNMET),
+    ("IIP-CI-NO-ACTIVE-INFECTION", {"patient.conditions": (item("B17.10"),)}, UNMET),
     (
         "IIP-CI-NO-OTHER-PROGRAMMABLE-DEVICE",
         {"patient.implanted_devices": (), "order.hcpcs": "E0783"},
@@ -474,10 +502,37 @@ CASES: list[tuple[str, dict[str, Any], Truth]] = [
         {"encounter.f2f_with_orderer_date": None, "doc.face-to-face-within-6-months": None},
         UNKNOWN,
     ),
+    # Six calendar months before 2026-11-20 is 2026-05-20 (184 days).
+    (
+        "DME-F2F-ENCOUNTER",
+        {
+            "encounter.f2f_with_orderer_date": date(2026, 5, 20),
+            "doc.face-to-face-within-6-months": None,
+        },
+        MET,
+    ),
+    (
+        "DME-F2F-ENCOUNTER",
+        {
+            "encounter.f2f_with_orderer_date": None,
+            "doc.face-to-face-within-6-months": date(2026, 5, 19),
+        },
+        UNMET,
+    ),
     # Billing guidance
-    ("BILLING-IMPLANTABLE-PUMP", {"episode.pump_kind": "implantable"}, MET),
-    ("BILLING-IMPLANTABLE-PUMP", {"episode.pump_kind": "external"}, UNMET),
-    ("BILLING-IMPLANTABLE-PUMP", {"episode.pump_kind": None}, UNKNOWN),
+    ("BILLING-IMPLANTABLE-PUMP", {"episode.pump_kind": "implantable", "order.setting": None}, MET),
+    (
+        "BILLING-IMPLANTABLE-PUMP",
+        {"episode.pump_kind": "implantable", "order.setting": "home"},
+        MET,
+    ),
+    (
+        "BILLING-IMPLANTABLE-PUMP",
+        {"episode.pump_kind": "implantable", "order.setting": "institutional"},
+        UNMET,
+    ),
+    ("BILLING-IMPLANTABLE-PUMP", {"episode.pump_kind": "external", "order.setting": None}, UNMET),
+    ("BILLING-IMPLANTABLE-PUMP", {"episode.pump_kind": None, "order.setting": None}, UNKNOWN),
     (
         "BILLING-EXTERNAL-PUMP-AT-HOME",
         {"episode.pump_kind": "external", "order.setting": "home"},
@@ -720,6 +775,7 @@ def test_contraindication_requirement_worst_outcome_wins(
     spasticity = {
         "episode.pump_kind": "implantable",
         "episode.drug_family": "antispasmodic",
+        "episode.route": "intrathecal",
         "med.oral_antispasmodic_trial_days": 60,
         "doc.noninvasive-spasticity-therapy-failed-6-weeks": True,
         "doc.intrathecal-trial-dose-favorable": True,
@@ -789,7 +845,14 @@ def test_covid_phe_flexibilities_are_effective_dated(
 @pytest.mark.parametrize(
     ("values", "truth"),
     [
-        ({"episode.pump_kind": "implantable", "episode.drug_family": "morphine"}, MET),
+        (
+            {
+                "episode.pump_kind": "implantable",
+                "episode.drug_family": "morphine",
+                "order.setting": None,
+            },
+            MET,
+        ),
         (
             {
                 "episode.pump_kind": "external",
@@ -871,3 +934,66 @@ def test_non_covered_implantables_offer_an_alternative(policy: Policy) -> None:
     assert rules["IIP-INSULIN"].alternatives == ("external-csii-pump",)
     assert rules["IIP-HEPARIN"].alternatives == ("institutional-external-heparin-pump",)
     assert rules["EIP-VANCO"].alternatives == ("elastomeric-pump", "gravity-drip")
+
+
+def test_insulin_on_a_pump_that_is_not_an_insulin_pump_is_not_csii(policy: Policy) -> None:
+    """Insulin ordered with an E0781 is not CSII: EIP-CSII is not covered, citing LCD L33794."""
+    decision = decide(
+        policy,
+        {"episode.pump_kind": "external", "episode.drug_family": "insulin", "order.hcpcs": "E0781"},
+    )
+    assert decision.indication.rule.id == "EIP-CSII"
+    assert decision.indication.outcome is Outcome.NOT_COVERED
+    code = next(
+        r for r in decision.indication.results if r.criterion.id == "EIP-CSII-INSULIN-PUMP-CODE"
+    )
+    assert code.truth is UNMET
+    assert "LCD-L33794" in {c.source for c in code.criterion.citations}
+
+
+@pytest.mark.parametrize(
+    ("family", "route", "outcome"),
+    [
+        ("antispasmodic", "intrathecal", Outcome.COVERED),
+        ("antispasmodic", "intravenous", Outcome.NOT_COVERED),
+        ("antispasmodic", None, Outcome.CONDITIONAL),
+        ("morphine", "epidural", Outcome.COVERED),
+        ("morphine", "intravenous", Outcome.NOT_COVERED),
+        ("morphine", None, Outcome.CONDITIONAL),
+    ],
+)
+def test_implanted_spasticity_and_opioid_pumps_need_their_route(
+    policy: Policy, family: str, route: str | None, outcome: Outcome
+) -> None:
+    """Antispasmodics intrathecally; opioids intrathecally or epidurally (NCD 280.14 B.3)."""
+    documented = {
+        "episode.pump_kind": "implantable",
+        "episode.drug_family": family,
+        "episode.route": route,
+        "med.oral_antispasmodic_trial_days": 60,
+        "doc.noninvasive-spasticity-therapy-failed-6-weeks": True,
+        "doc.intrathecal-trial-dose-favorable": True,
+        "doc.life-expectancy-at-least-3-months": True,
+        "doc.noninvasive-pain-control-failed": True,
+        "doc.intraspinal-opioid-trial-successful": True,
+    }
+    assert decide(policy, documented).indication.outcome is outcome
+
+
+def test_implantable_pump_in_a_stay_without_part_a_gets_only_the_part_d_note(
+    policy: Policy,
+) -> None:
+    """The institutional Part D note takes precedence: Part B is not also claimed."""
+    decision = decide(
+        policy,
+        {
+            "episode.pump_kind": "implantable",
+            "episode.drug_family": "morphine",
+            "order.setting": "institutional",
+            "coverage.part_a_status": "exhausted",
+            "doc.part-a-coverage-status": None,
+        },
+    )
+    truths = {g.rule.id: g.truth for g in decision.guidance}
+    assert truths["BILLING-PARTB-PARTD-INSTITUTIONAL"] is MET
+    assert truths["BILLING-PARTB-PARTD"] is UNMET

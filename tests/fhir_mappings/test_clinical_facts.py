@@ -118,7 +118,9 @@ def test_last_visit_is_the_latest_finished_ambulatory_encounter() -> None:
     assert fact.evidence[0].reference == "Encounter/b"
 
 
-def insulin(mid: str, authored: str, frequency: int, period_unit: str = "d") -> dict[str, Any]:
+def insulin(
+    mid: str, authored: str, frequency: int, period_unit: str = "d", **extra: Any
+) -> dict[str, Any]:
     return {
         "resourceType": "MedicationRequest",
         "id": mid,
@@ -130,6 +132,7 @@ def insulin(mid: str, authored: str, frequency: int, period_unit: str = "d") -> 
         "dosageInstruction": [
             {"timing": {"repeat": {"frequency": frequency, "period": 1, "periodUnit": period_unit}}}
         ],
+        **extra,
     }
 
 
@@ -145,6 +148,42 @@ def test_insulin_mdi_days_from_history() -> None:
     assert fact.evidence[0].reference == "MedicationRequest/mdi"
     assert insulin_mdi_days(record_of(insulin("basal", "2024-01-01", 1)), AS_OF).value == 0
     assert insulin_mdi_days(record_of(), AS_OF).value is None
+
+
+def test_insulin_mdi_days_count_only_a_span_reaching_the_order() -> None:
+    """Old, stopped, cancelled, draft, intravenous or pump insulin orders are not MDI now."""
+    validity = {"validityPeriod": {"start": "2019-01-01", "end": "2019-02-01"}}
+    old_stopped = insulin("old", "2019-01-01", 3, status="stopped", dispenseRequest=validity)
+    cancelled = insulin("cancelled", "2019-01-01", 3, status="cancelled")
+    draft = insulin("draft", "2019-01-01", 3, status="draft")
+    stopped_no_end = insulin("stopped", "2020-01-01", 3, status="stopped")
+    iv = insulin("iv", "2020-01-01", 4, status="active")
+    iv["dosageInstruction"][0]["route"] = {
+        "coding": [{"system": "http://snomed.info/sct", "code": "47625008"}]
+    }
+    pump = insulin("pump", "2020-01-01", 4, status="active")
+    pump["dosageInstruction"][0]["text"] = "by insulin pump"
+    basal = insulin("basal", "2018-01-01", 1, status="active")
+    history = (old_stopped, cancelled, draft, stopped_no_end, iv, pump, basal)
+    assert insulin_mdi_days(record_of(*history), AS_OF).value == 0
+    bounded = insulin("bounded", "2026-01-01", 3, status="active")
+    bounded["dosageInstruction"][0]["timing"]["repeat"]["boundsPeriod"] = {"end": "2026-05-01"}
+    assert insulin_mdi_days(record_of(bounded), AS_OF).value == 0
+    # Two orders back to back up to the order date form one span from the first.
+    first = insulin(
+        "first",
+        "2025-01-01",
+        3,
+        status="completed",
+        dispenseRequest={"validityPeriod": {"start": "2025-01-01", "end": "2025-12-31"}},
+    )
+    second = insulin("second", "2026-01-01", 4, status="active")
+    fact = insulin_mdi_days(record_of(first, second, *history), AS_OF)
+    assert fact.value == (AS_OF - date(2025, 1, 1)).days
+    assert [e.reference for e in fact.evidence] == [
+        "MedicationRequest/first",
+        "MedicationRequest/second",
+    ]
 
 
 def response(

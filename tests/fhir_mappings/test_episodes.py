@@ -198,3 +198,85 @@ def test_medication_reference_resolves_in_the_draft_bundle() -> None:
     (episode,) = find_pump_episodes(parsed, record_of(), build_record({"d": bundle}))
     assert episode.drug is not None
     assert episode.drug.family == "deferoxamine"
+
+
+def test_unlinked_drug_pumps_choose_their_drug_before_general_pumps() -> None:
+    """[E0781, insulin, E0784, vancomycin]: insulin goes to E0784, vancomycin to E0781."""
+    general, insulin_pump = episodes_of(
+        device("d1", "E0781"),
+        drug("m1", "insulin lispro 100 UNT/ML"),
+        device("d2", "E0784"),
+        drug("m2", "Vancomycin 1000 MG Injection"),
+    )
+    assert general.hcpcs == "E0781"
+    assert general.drug_order.reference == "MedicationRequest/m2"
+    assert insulin_pump.hcpcs == "E0784"
+    assert insulin_pump.drug_order.reference == "MedicationRequest/m1"
+
+
+def route(code: str, display: str) -> dict[str, Any]:
+    return {"coding": [{"system": "http://snomed.info/sct", "code": code, "display": display}]}
+
+
+def test_pump_alone_ignores_active_orders_that_only_name_a_route() -> None:
+    """A subcutaneous or intravenous route alone does not say the drug runs by pump."""
+    sc_heparin = drug(
+        "hist-hep",
+        "Heparin sodium 5000 UNT/ML Injectable Solution",
+        status="active",
+        dosageInstruction=[{"route": route("34206005", "Subcutaneous route")}],
+    )
+    (insulin_pump,) = episodes_of(device("d1", "E0784"), history=(sc_heparin,))
+    assert insulin_pump.drug is not None
+    assert (insulin_pump.drug.family, insulin_pump.drug_source) == ("insulin", None)
+    sc_insulin = drug(
+        "hist-ins",
+        "insulin lispro 100 UNT/ML",
+        status="active",
+        dosageInstruction=[{"route": route("34206005", "Subcutaneous route")}],
+    )
+    (implant,) = episodes_of(device("d1", "E0783"), history=(sc_insulin,))
+    assert implant.drug is None
+
+
+def test_pump_alone_prefers_its_drug_family_and_a_route_of_its_kind() -> None:
+    heparin_pump = drug(
+        "hist-hep",
+        "Heparin sodium 100 UNT/ML",
+        text="continuous infusion via pump",
+        status="active",
+    )
+    insulin_pump = drug(
+        "hist-ins", "insulin aspart 100 UNT/ML", text="by insulin pump (CSII)", status="active"
+    )
+    (episode,) = episodes_of(device("d1", "E0784"), history=(heparin_pump, insulin_pump))
+    assert episode.drug_source == "MedicationRequest/hist-ins"
+    iv_morphine = drug(
+        "hist-iv",
+        "Morphine Sulfate 1 MG/ML",
+        text="intravenous continuous infusion via pump",
+        status="active",
+    )
+    it_morphine = drug(
+        "hist-it",
+        "Morphine Sulfate 25 MG/ML",
+        text="intrathecal infusion via implanted pump",
+        status="active",
+    )
+    (implant,) = episodes_of(device("d1", "E0783"), history=(iv_morphine, it_morphine))
+    assert implant.drug_source == "MedicationRequest/hist-it"
+    (external,) = episodes_of(device("d1", "E0779"), history=(it_morphine, iv_morphine))
+    assert external.drug_source == "MedicationRequest/hist-iv"
+
+
+def test_elastomeric_pump_or_gravity_drip_is_not_an_infusion_pump() -> None:
+    for text in (
+        "Vancomycin 1 g IV every 12 hours via disposable elastomeric pump (A4305)",
+        "1 g intravenous q12h by gravity drip, continuous infusion over 2 hours",
+    ):
+        assert episodes_of(drug("m1", "Vancomycin 1000 MG Injection", text=text)) == []
+    active = drug(
+        "hist-1", "Vancomycin 1000 MG Injection", text="via elastomeric pump", status="active"
+    )
+    (episode,) = episodes_of(device("d1", "E0779"), history=(active,))
+    assert episode.drug is None

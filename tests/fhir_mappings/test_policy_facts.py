@@ -115,6 +115,18 @@ def test_device_type_codes_and_kinds_with_status() -> None:
     assert not any(i.evidence.reference == "Device/oops" for i in items)
 
 
+def test_external_or_worn_devices_are_not_implanted_devices() -> None:
+    record = record_of(
+        device("ins", "active", code="69805005", text="External insulin infusion pump (wearable)"),
+        device("aed", "active", text="Automated external defibrillator"),
+        device("wcd", "active", text="Wearable cardioverter defibrillator (LifeVest)"),
+        device("icd", "active", code="72506001", text="Implantable defibrillator"),
+        device("pump", "active", text="Implanted drug pump, external programmer"),
+    )
+    items = [i for e in record.of_type("Device") for i in facts_from_device(e)]
+    assert {i.evidence.reference for i in items} == {"Device/icd", "Device/pump"}
+
+
 def coverage(status: str, text: str, end: str | None = None) -> dict[str, Any]:
     period = {"start": "2020-01-01", **({"end": end} if end else {})}
     return {
@@ -174,6 +186,19 @@ def test_face_to_face_is_the_latest_finished_visit_with_the_orderer() -> None:
     assert fact.evidence[0].reference == "Encounter/new"
     assert face_to_face_date(record, AS_OF, None).value is None
     assert face_to_face_date(record, AS_OF, "Practitioner/nobody").value is None
+
+
+def test_the_current_encounter_with_the_orderer_is_the_face_to_face() -> None:
+    record = record_of(
+        encounter("earlier", "2026-05-20", "Practitioner/doc"),
+        encounter("current", "2026-11-20", "Practitioner/doc", status="in-progress"),
+        encounter("elsewhere", "2026-11-19", "Practitioner/doc", status="in-progress"),
+    )
+    fact = face_to_face_date(record, AS_OF, "Practitioner/doc", "Encounter/current")
+    assert fact.value == date(2026, 11, 20)
+    assert fact.evidence[0].reference == "Encounter/current"
+    # Another in-progress encounter is not the one the order is written in.
+    assert face_to_face_date(record, AS_OF, "Practitioner/doc").value == date(2026, 5, 20)
 
 
 def baclofen_order(id_: str, start: str, end: str | None = None, **extra: Any) -> dict[str, Any]:
@@ -480,7 +505,8 @@ def test_spasticity_request_facts() -> None:
     assert facts["episode.drug_family"].value == "antispasmodic"
     assert facts["episode.route"].value == "intrathecal"
     assert facts["med.oral_antispasmodic_trial_days"].value == 121
-    assert facts["encounter.f2f_with_orderer_date"].value == date(2026, 10, 15)
+    # The order is written in the orderer's current (in-progress) visit: that is the F2F.
+    assert facts["encounter.f2f_with_orderer_date"].value == date(2026, 11, 20)
     assert facts["patient.drug_allergy"].value is False
     assert facts["patient.implanted_devices"].value == ()
     assert facts["lab.body_weight_kg"].value == 72.5

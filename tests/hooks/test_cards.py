@@ -155,3 +155,12 @@ def test_deceased_patient_gets_a_warning_not_a_decision(client: FlaskClient) -> 
     assert "deceased" in card["summary"]
     assert "2026-01-05" in card["detail"]
     assert "systemActions" not in response.json
+
+
+def test_no_bill_part_b_when_the_pump_is_not_covered(client: FlaskClient) -> None:
+    """Part B covers a pump drug only when the LCD covers the pump: not for vancomycin."""
+    card = cards_for(client, fixture("order-sign__e0781-vancomycin__not-covered"))[0]
+    assert "Bill Part B" not in card["detail"]
+    assert "Not Part B: drugs given through a pump are Part B only when" in card["detail"]
+    covered = cards_for(client, fixture("order-sign__e0784-insulin__covered"))[0]
+    assert "Bill Part B" in covered["detail"]
