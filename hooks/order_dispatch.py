@@ -13,6 +13,7 @@ from typing import Any
 
 from fhir_mappings.episodes import DraftOrder, parse_draft_orders
 from hooks.decide import deliberate
+from hooks.order_sign import MAX_DRAFT_ORDERS
 from hooks.request import ClinicalInput, DataUnavailable, HookRequest
 from hooks.respond import CONFIGURATION_OPTIONS, build_response
 from hooks.service import PATIENT_PREFETCH, HookEnvironment, HookResult, ServiceDefinition
@@ -26,7 +27,12 @@ CONTEXT_SCHEMA = {
     "properties": {
         "patientId": {"type": "string", "minLength": 1},
         "performer": _REFERENCE,
-        "dispatchedOrders": {"type": "array", "minItems": 1, "items": _REFERENCE},
+        "dispatchedOrders": {
+            "type": "array",
+            "minItems": 1,
+            "maxItems": MAX_DRAFT_ORDERS,
+            "items": _REFERENCE,
+        },
         "order": _REFERENCE,
         "fulfillmentTasks": {"type": "array"},
         "fulfillment-tasks": {"type": "array"},
