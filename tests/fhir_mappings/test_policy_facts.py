@@ -26,22 +26,11 @@ from fhir_mappings.medication_history import oral_antispasmodic_trial_days
 from fhir_mappings.r4 import parse_resource
 from fhir_mappings.record import PatientRecord, build_record
 from tests.conftest import FIXTURES
+from tests.fhir_mappings.helpers import record_of
 
 AS_OF = date(2026, 11, 20)
 SCT = "http://snomed.info/sct"
 RX = "http://www.nlm.nih.gov/research/umls/rxnorm"
-
-
-def record_of(
-    *resources: dict[str, Any], unavailable: dict[str, str] | None = None
-) -> PatientRecord:
-    """A record holding these resources, as one searchset Bundle."""
-    bundle = {
-        "resourceType": "Bundle",
-        "type": "searchset",
-        "entry": [{"resource": r} for r in resources],
-    }
-    return build_record({"data": bundle}, unavailable)
 
 
 def allergy(
