@@ -25,7 +25,7 @@ from cds_service.errors import (
 from cds_service.feedback import parse_feedback, store_feedback
 from cds_service.prefetch import resolve_prefetch
 from hooks import SERVICES, context_validator
-from hooks.request import CoverageProblem, DataUnavailable
+from hooks.request import CoverageProblem, DataUnavailable, InvalidOrder
 from hooks.service import HookEnvironment
 
 logger = logging.getLogger(__name__)
@@ -74,7 +74,7 @@ def call_service(service_id: str) -> Response:
     )
     try:
         result = service.handler(hook_request, clinical, environment)
-    except CoverageProblem as problem:
+    except (CoverageProblem, InvalidOrder) as problem:
         raise BadRequest.single(problem.diagnostics, problem.expression) from problem
     except DataUnavailable as problem:
         raise PreconditionFailed.single(problem.diagnostics, problem.expression) from problem

@@ -24,7 +24,13 @@ from fhir_mappings.drugs import (
     identify_drug,
     medication_concept,
 )
-from fhir_mappings.r4 import FhirModel, InvalidResource, ResourceProblem, parse_resource
+from fhir_mappings.r4 import (
+    FhirModel,
+    InvalidResource,
+    ResourceProblem,
+    parse_element,
+    parse_resource,
+)
 from fhir_mappings.record import PatientRecord, binding, codings
 
 ORDER_TYPES = frozenset(
@@ -78,10 +84,29 @@ class PumpEpisode:
         return f"{drug} by {kind}infusion pump{code}"
 
 
+class InvalidPumpOrder(InvalidResource):
+    """A draft order that names an infusion pump or a drug the policy names is not valid
+    FHIR: it cannot be left out, since it is what the request asks about."""
+
+
+def _names_a_pump_or_pump_drug(raw: Mapping[str, Any]) -> bool:
+    """Whether an order that failed validation still names a pump or a policy drug."""
+    if raw.get("resourceType") == "DeviceRequest":
+        concept = parse_element("CodeableConcept", raw.get("codeCodeableConcept") or {})
+        pumps = binding("pumps")["hcpcs"]
+        return any(s == HCPCS and c.upper() in pumps for s, c, _ in codings(concept))
+    if raw.get("resourceType") == "MedicationRequest":
+        concept = parse_element("CodeableConcept", raw.get("medicationCodeableConcept") or {})
+        return identify_drug(concept) is not None
+    return False
+
+
 def parse_draft_orders(
     bundle: Mapping[str, Any], path: str
 ) -> tuple[list[DraftOrder], list[ResourceProblem]]:
-    """The order resources of a context Bundle; invalid ones are left out and named."""
+    """The order resources of a context Bundle; invalid ones are left out and named.
+
+    Raises ``InvalidPumpOrder`` for an invalid order that names a pump or a policy drug."""
     orders, problems = [], []
     for index, item in enumerate(bundle.get("entry") or []):
         raw = item.get("resource") if isinstance(item, dict) else None
@@ -91,6 +116,8 @@ def parse_draft_orders(
         try:
             model = parse_resource(raw, where)
         except InvalidResource as exc:
+            if _names_a_pump_or_pump_drug(raw):
+                raise InvalidPumpOrder(exc.problem) from exc
             problems.append(exc.problem)
             continue
         reference = f"{raw['resourceType']}/{raw.get('id', index)}"

@@ -33,6 +33,14 @@ class InvalidResource(ValueError):
         self.problem = problem
 
 
+def parse_element(type_name: str, raw: Any) -> FhirModel | None:
+    """A FHIR data type (e.g. ``CodeableConcept``) as its R4B model, or None if invalid."""
+    try:
+        return get_fhir_model_class(type_name).model_validate(raw)
+    except (ValueError, RecursionError):  # pydantic's ValidationError is a ValueError
+        return None
+
+
 def parse_resource(raw: Any, path: str) -> FhirModel:
     """Validate one FHIR R4 resource as JSON and return its R4B model.
 

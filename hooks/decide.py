@@ -10,11 +10,23 @@ from typing import Any
 from coverage_policy.engine import evaluate_policy
 from coverage_policy.model import Decision, Policy
 from fhir_mappings.dates import as_date
-from fhir_mappings.episodes import DraftOrder, PumpEpisode, find_pump_episodes
+from fhir_mappings.episodes import (
+    DraftOrder,
+    InvalidPumpOrder,
+    PumpEpisode,
+    find_pump_episodes,
+    parse_draft_orders,
+)
 from fhir_mappings.facts import facts_for_episode
 from fhir_mappings.r4 import ResourceProblem
 from fhir_mappings.record import PatientRecord, build_record
-from hooks.request import ClinicalInput, CoverageProblem, DataUnavailable, HookRequest
+from hooks.request import (
+    ClinicalInput,
+    CoverageProblem,
+    DataUnavailable,
+    HookRequest,
+    InvalidOrder,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +107,21 @@ def _deceased_on(record: PatientRecord) -> date | None:
         if patient.deceasedBoolean:
             return date.min
     return None
+
+
+def parse_orders(
+    bundle: Mapping[str, Any], path: str
+) -> tuple[list[DraftOrder], list[ResourceProblem]]:
+    """The request's orders; an invalid pump order makes the request unanswerable."""
+    try:
+        return parse_draft_orders(bundle, path)
+    except InvalidPumpOrder as exc:
+        problem = exc.problem
+        raise InvalidOrder(
+            f"{problem.resource_type}/{problem.resource_id} is not valid FHIR R4: "
+            f"{problem.message}",
+            problem.path,
+        ) from exc
 
 
 def deliberate(

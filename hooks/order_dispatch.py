@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from fhir_mappings.episodes import DraftOrder, parse_draft_orders
-from hooks.decide import deliberate
+from fhir_mappings.episodes import DraftOrder
+from hooks.decide import deliberate, parse_orders
 from hooks.order_sign import MAX_DRAFT_ORDERS
 from hooks.request import ClinicalInput, DataUnavailable, HookRequest
 from hooks.respond import CONFIGURATION_OPTIONS, build_response
@@ -76,7 +76,7 @@ def handle(
     references = dispatched_references(request.context)
     bundle = _find_orders(references, clinical)
     orders: list[DraftOrder]
-    orders, problems = parse_draft_orders(bundle, "dispatchedOrders")
+    orders, problems = parse_orders(bundle, "dispatchedOrders")
     if not bundle["entry"]:
         pump_related = [
             r for r in references if r.split("/")[0] in ("DeviceRequest", "MedicationRequest")

@@ -9,8 +9,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from fhir_mappings.episodes import parse_draft_orders
-from hooks.decide import deliberate
+from hooks.decide import deliberate, parse_orders
 from hooks.order_sign import CONTEXT_SCHEMA as ORDER_SIGN_CONTEXT
 from hooks.request import ClinicalInput, HookRequest
 from hooks.respond import CONFIGURATION_OPTIONS, build_response
@@ -38,7 +37,7 @@ def handle(
     request: HookRequest, clinical: ClinicalInput, environment: HookEnvironment
 ) -> HookResult:
     bundle = request.context["draftOrders"]
-    orders, problems = parse_draft_orders(bundle, "context.draftOrders")
+    orders, problems = parse_orders(bundle, "context.draftOrders")
     deliberation = deliberate(
         request, clinical, orders, problems, environment.policy, environment.now.date(), bundle
     )

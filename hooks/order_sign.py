@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fhir_mappings.episodes import parse_draft_orders
-from hooks.decide import deliberate
+from hooks.decide import deliberate, parse_orders
 from hooks.request import ClinicalInput, HookRequest
 from hooks.respond import CONFIGURATION_OPTIONS, build_response
 from hooks.service import (
@@ -43,7 +42,7 @@ def handle(
     request: HookRequest, clinical: ClinicalInput, environment: HookEnvironment
 ) -> HookResult:
     bundle = request.context["draftOrders"]
-    orders, problems = parse_draft_orders(bundle, "context.draftOrders")
+    orders, problems = parse_orders(bundle, "context.draftOrders")
     deliberation = deliberate(
         request, clinical, orders, problems, environment.policy, environment.now.date(), bundle
     )

@@ -130,12 +130,42 @@ def test_invalid_resource_is_left_out_and_named(
     assert "covered under" in response.json["cards"][0]["summary"]  # the rest still decides
 
 
-def test_invalid_draft_order_is_left_out(client: FlaskClient, sign_body: dict[str, Any]) -> None:
-    sign_body["context"]["draftOrders"]["entry"][1]["resource"]["authoredOn"] = "28/11/2026"
+def test_invalid_order_of_something_else_is_left_out(
+    client: FlaskClient, sign_body: dict[str, Any]
+) -> None:
+    sign_body["context"]["draftOrders"]["entry"].append(
+        {
+            "resource": {
+                "resourceType": "NutritionOrder",
+                "id": "diet-1",
+                "status": "draft",
+                "intent": "order",
+                "patient": {"reference": "Patient/pat-csii"},
+                "dateTime": "28/11/2026",
+            }
+        }
+    )
     response = _post(client, sign_body)
     assert response.status_code == 200
     references = [a["resource"]["id"] for a in response.json["systemActions"]]
-    assert references == ["devreq-e0784"]
+    assert references == ["devreq-e0784", "medreq-lispro-pump"]
+    assert (
+        "NutritionOrder/diet-1 at context.draftOrders.entry[2]"
+        in response.json["cards"][0]["detail"]
+    )
+
+
+@pytest.mark.parametrize("entry", [0, 1])
+def test_invalid_pump_or_pump_drug_order_is_400_naming_it(
+    client: FlaskClient, sign_body: dict[str, Any], entry: int
+) -> None:
+    """The order the request asks about cannot be left out: the answer says where it is wrong."""
+    sign_body["context"]["draftOrders"]["entry"][entry]["resource"]["authoredOn"] = "28/11/2026"
+    response = _post(client, sign_body)
+    assert response.status_code == 400
+    (issue,) = response.json["issue"]
+    assert issue["expression"] == [f"context.draftOrders.entry[{entry}]"]
+    assert "authoredOn" in issue["diagnostics"]
 
 
 def test_order_select_requires_selections(client: FlaskClient, sign_body: dict[str, Any]) -> None:
