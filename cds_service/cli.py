@@ -16,14 +16,16 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     from cds_service.feedback import FeedbackStats
     from cds_service.store import Store
+
+_T = TypeVar("_T")
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -87,26 +89,36 @@ def _width(value: str) -> int:
     return width
 
 
-def _open_store() -> Store:
-    """The service's own store (same ``CDS_DATABASE_URL`` and instance folder), migrated."""
+class _DatabaseUnavailable(Exception):
+    """The audit/feedback database could not be read (the message says which)."""
+
+
+def _read_store(query: Callable[[Store], _T]) -> _T:
+    """Run ``query`` on the service's own store (same ``CDS_DATABASE_URL`` and instance
+    folder, migrated), then close it."""
+    from sqlalchemy.exc import SQLAlchemyError
+
     from cds_service.app import create_app
 
-    return create_app().extensions["cds_store"]  # type: ignore[no-any-return]
+    store: Store = create_app().extensions["cds_store"]
+    try:
+        return query(store)
+    except SQLAlchemyError as exc:
+        raise _DatabaseUnavailable(
+            f"database {store.describe()} unavailable: {type(exc).__name__}"
+        ) from exc
+    finally:
+        store.dispose()
 
 
 def _audit_show(args: argparse.Namespace) -> int:
-    from sqlalchemy.exc import SQLAlchemyError
-
     from cds_service.audit import audit_for_assertion
 
-    store = _open_store()
     try:
-        decisions = audit_for_assertion(store, args.assertion_id)
-    except SQLAlchemyError as exc:
-        print(f"database {store.describe()} unavailable: {type(exc).__name__}", file=sys.stderr)
+        decisions = _read_store(lambda store: audit_for_assertion(store, args.assertion_id))
+    except _DatabaseUnavailable as exc:
+        print(exc, file=sys.stderr)
         return 2
-    finally:
-        store.dispose()
     if not decisions:
         print(
             f"no decision recorded with coverage-assertion-id {args.assertion_id}", file=sys.stderr
@@ -166,18 +178,13 @@ def _rate(value: float | None) -> str:
 
 
 def _feedback_stats(args: argparse.Namespace) -> int:
-    from sqlalchemy.exc import SQLAlchemyError
-
     from cds_service.feedback import feedback_stats
 
-    store = _open_store()
     try:
-        stats = feedback_stats(store, args.since)
-    except SQLAlchemyError as exc:
-        print(f"database {store.describe()} unavailable: {type(exc).__name__}", file=sys.stderr)
+        stats = _read_store(lambda store: feedback_stats(store, args.since))
+    except _DatabaseUnavailable as exc:
+        print(exc, file=sys.stderr)
         return 2
-    finally:
-        store.dispose()
     print(json.dumps(_stats_json(stats), indent=2) if args.json else _format_stats(stats))
     return 0
 
