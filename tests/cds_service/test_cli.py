@@ -170,3 +170,14 @@ def test_policy_show_refuses_a_too_narrow_width(capsys: pytest.CaptureFixture[st
         main(["policy", "show", "--width", "30"])
     assert exit_info.value.code == 2
     assert "at least 72" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [["audit", "show", "some-id"], ["feedback", "stats"]])
+def test_an_unreachable_database_is_reported_not_raised(
+    command: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("CDS_DATABASE_URL", "postgresql://nobody@127.0.0.1:1/none")
+    assert main(command) == 2
+    err = capsys.readouterr().err
+    assert "unavailable" in err
+    assert "Traceback" not in err
