@@ -238,8 +238,8 @@ def _header_lines(report: PolicyReport) -> list[str]:
     ]
 
 
-def _rule_lines(rule: RuleEntry) -> list[str]:
-    lines = [f"RULE {rule.id} ({rule.kind}): {rule.title}"]
+def _rule_lines(rule: RuleEntry, heading: str | None = None) -> list[str]:
+    lines = [heading or f"RULE {rule.id} ({rule.kind}): {rule.title}"]
     if rule.effective != Effective(None, None):
         lines.append(f"Effective: {rule.effective.describe()}")
     lines += [
@@ -352,14 +352,7 @@ def render_markdown(report: PolicyReport) -> str:
     lines.append("| " + " | ".join(_MD_COLUMNS) + " |")
     lines.append("|" + "|".join("---" for _ in _MD_COLUMNS) + "|")
     for rule in report.rules:
-        rule_lines = [f"**{rule.id}** {rule.title}"]
-        if rule.effective != Effective(None, None):
-            rule_lines.append(f"Effective: {rule.effective.describe()}")
-        rule_lines += [
-            f"Cited: {'; '.join(rule.citations)}",
-            f"Applies when: {rule.applies_when}",
-            f"Decides: {rule.decides}",
-        ]
+        rule_lines = _rule_lines(rule, heading=f"**{rule.id}** {rule.title}")
         for index, entry in enumerate(rule.criteria or (None,)):
             rule_cell = rule_lines if index == 0 else [f"**{rule.id}**"]
             if entry is None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import date
 from functools import cache
 from importlib import resources
 from typing import Any
@@ -36,7 +37,6 @@ CARD_TYPE_DISPLAYS = {
     "therapy-alternatives-opt": "Therapy alternatives optional",
     "insurance": "Insurance",
 }
-_MARK = {Truth.MET: "met", Truth.UNMET: "not met", Truth.UNKNOWN: "not shown"}
 
 
 @cache
@@ -115,7 +115,8 @@ def _rule_section(result: RuleResult, policy: Policy) -> list[str]:
         lines.append("")
     advisory = [r for r in result.results if not r.deciding]
     for r in advisory:
-        lines.append(f"*{r.criterion.text}*: {_MARK[r.truth]}. *{_citations(r, policy)}*")
+        truth = words["truth"][r.truth.value]
+        lines.append(f"*{r.criterion.text}*: {truth}. *{_citations(r, policy)}*")
     if advisory:
         lines.append("")
     return lines
@@ -329,11 +330,12 @@ def alternatives_card(item: EpisodeDecision, ctx: CardContext) -> dict[str, Any]
 
 
 def deceased_card(episode: PumpEpisode, died: Any, ctx: CardContext) -> dict[str, Any]:
-    shown = "an unknown date" if died.year == 1 else died.isoformat()
+    words = card_text()["detail"]
+    shown = words["deceased_unknown_date"] if died == date.min else died.isoformat()
     card = {
         "uuid": ctx.new_uuid(),
         "summary": summary("deceased", label=episode.label),
-        "detail": card_text()["detail"]["deceased"].format(date=shown),
+        "detail": words["deceased"].format(date=shown),
         "indicator": "warning",
         "source": ctx.source("guideline"),
     }
