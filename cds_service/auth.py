@@ -26,7 +26,6 @@ and the call is treated as unsigned (the sandbox signs with its own key).
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -42,6 +41,7 @@ from flask import current_app, request
 
 from cds_service.errors import ClientAuthenticationFailed, Unauthorized
 from cds_service.fhir_client import is_loopback_host, shared_session
+from cds_service.json_input import UnreadableJson, loads_untrusted
 
 logger = logging.getLogger(__name__)
 
@@ -172,8 +172,8 @@ class JwksCache:
         if len(body) > JWKS_MAX_BYTES:
             raise ClientAuthenticationFailed("JWKS too large")
         try:
-            jwks = json.loads(body)
-        except (UnicodeDecodeError, json.JSONDecodeError):
+            jwks = loads_untrusted(body)
+        except UnreadableJson:
             raise ClientAuthenticationFailed("JWKS is not JSON") from None
         if not isinstance(jwks, dict) or not isinstance(jwks.get("keys"), list):
             raise ClientAuthenticationFailed("JWKS has no keys")

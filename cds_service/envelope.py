@@ -19,6 +19,7 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 
 from cds_service.errors import BadRequest, Issue
+from cds_service.json_input import NESTED_TOO_DEEPLY, UnreadableJson, loads_untrusted
 from hooks.request import FhirAuthorization, HookRequest
 
 
@@ -53,11 +54,11 @@ def parse_json_body(raw: bytes) -> Any:
     if not raw:
         raise BadRequest.single("The request body is empty; a CDS Hooks request is a JSON object")
     try:
-        return json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BadRequest.single(f"The request body is not valid JSON: {exc}") from exc
-    except RecursionError as exc:
-        raise BadRequest.single("The request body nests JSON too deeply") from exc
+        return loads_untrusted(raw)
+    except UnreadableJson as exc:
+        if exc.reason == NESTED_TOO_DEEPLY:
+            raise BadRequest.single("The request body nests JSON too deeply") from None
+        raise BadRequest.single(f"The request body is {exc.reason}") from None
 
 
 def parse_hook_request(

@@ -20,7 +20,6 @@ holds the request past the deadline. A failure never escapes as an exception oth
 from __future__ import annotations
 
 import ipaddress
-import json
 import logging
 import os
 import threading
@@ -37,6 +36,7 @@ import urllib3.exceptions
 from requests.adapters import HTTPAdapter
 
 from cds_service.errors import FhirQueryFailed
+from cds_service.json_input import UnreadableJson, loads_untrusted
 
 logger = logging.getLogger(__name__)
 
@@ -271,8 +271,8 @@ class FhirReader:
         if status != 200:
             raise FhirQueryFailed(SERVER_ERROR, f"HTTP {status}")
         try:
-            value = json.loads(body)
-        except (UnicodeDecodeError, json.JSONDecodeError):
+            value = loads_untrusted(body)
+        except UnreadableJson:
             raise FhirQueryFailed(UNREADABLE, "not JSON") from None
         if value is None:
             return None

@@ -11,6 +11,7 @@ from cds_service.errors import FhirQueryFailed
 from cds_service.fhir_client import (
     TIMED_OUT,
     TOO_MANY_PAGES,
+    UNREADABLE,
     FhirQueryLimits,
     FhirReader,
     fetch_all,
@@ -129,3 +130,16 @@ def test_encoded_separators_cannot_climb_out_of_an_allowed_path() -> None:
         "https://ehr.example.org/fhir;jsessionid=x",
     ):
         assert not fhir_server_allowed(sneaky, allowed), sneaky
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"resourceType": "Patient", "id": "p", "multipleBirthInteger": ' + b"7" * 5000 + b"}",
+        b'{"resourceType": "Patient", "id": "p", "multipleBirthInteger": NaN}',
+    ],
+)
+def test_an_answer_that_is_not_json_is_unreadable_not_an_error(body: bytes) -> None:
+    with pytest.raises(FhirQueryFailed) as failed:
+        FhirReader._interpret(200, body)
+    assert failed.value.reason == UNREADABLE
