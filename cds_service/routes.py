@@ -7,8 +7,9 @@ import time
 from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request
+from gunicorn.http.errors import ParseException
 from sqlalchemy.exc import SQLAlchemyError
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import ClientDisconnected, HTTPException
 
 from cds_service.audit import CallTimings, build_audit_record, record_service_call
 from cds_service.auth import authenticate_client
@@ -48,6 +49,19 @@ def discovery() -> Response:
     return jsonify({"services": [service.discovery_entry() for service in SERVICES.values()]})
 
 
+def _request_json() -> Any:
+    """The request body as JSON; a body the HTTP layer cannot read is the client's 400."""
+    try:
+        raw = request.get_data()
+    except (ParseException, OSError, ClientDisconnected) as exc:
+        # Raised while reading: a malformed chunked encoding, or a body cut short.
+        raise BadRequest.single(
+            "The request body could not be read: its transfer encoding is malformed or it"
+            " ended early"
+        ) from exc
+    return parse_json_body(raw)
+
+
 @blueprint.post("/cds-services/<service_id>")
 def call_service(service_id: str) -> Response:
     started = time.perf_counter()
@@ -58,7 +72,7 @@ def call_service(service_id: str) -> Response:
         _settings(), endpoint_url=f"{public_base_url()}/cds-services/{service_id}"
     )
     hook_request = parse_hook_request(
-        parse_json_body(request.get_data()),
+        _request_json(),
         expected_hook=service.hook,
         context_validator=context_validator(service),
     )
@@ -112,7 +126,7 @@ def receive_feedback(service_id: str) -> Response:
     client = authenticate_client(
         _settings(), endpoint_url=f"{public_base_url()}/cds-services/{service_id}/feedback"
     )
-    entries = parse_feedback(parse_json_body(request.get_data()))
+    entries = parse_feedback(_request_json())
     try:
         store_feedback(
             current_app.extensions["cds_store"],
