@@ -28,6 +28,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
+from cds_service import operations
 from cds_service.store import Store
 from cds_service.tables import criterion_result, decision, issued_card, service_call
 from coverage_policy.model import RuleResult
@@ -305,6 +306,7 @@ def record_service_call(store: Store, record: AuditRecord) -> int | None:
     not answer cannot add its connection timeout to every clinical answer.
     """
     if store.writes_suspended():
+        operations.count_audit_failure("database_backoff")
         logger.error(
             "AUDIT NOT RECORDED for service %s hookInstance=%s (%d decisions, %d cards): "
             "database unavailable, retrying shortly",
@@ -320,6 +322,9 @@ def record_service_call(store: Store, record: AuditRecord) -> int | None:
     except Exception as exc:  # the answer must not depend on the audit trail
         if isinstance(exc, SQLAlchemyError):
             store.suspend_writes()
+        operations.count_audit_failure(
+            "database_error" if isinstance(exc, SQLAlchemyError) else "error"
+        )
         logger.error(
             "AUDIT NOT RECORDED for service %s hookInstance=%s (%d decisions, %d cards): %s",
             record.service_id,

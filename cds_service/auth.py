@@ -39,6 +39,7 @@ import requests
 import urllib3.exceptions
 from flask import current_app, request
 
+from cds_service import operations
 from cds_service.errors import ClientAuthenticationFailed, Unauthorized
 from cds_service.fhir_client import is_loopback_host, shared_session
 from cds_service.json_input import UnreadableJson, loads_untrusted
@@ -271,6 +272,7 @@ def authenticate_client(settings: Mapping[str, Any], *, endpoint_url: str) -> Cl
 
 
 def _refuse(reason: str, issuer: str | None, jti: Any) -> None:
+    operations.count_jwt_refusal(reason)
     logger.info(
         "client authentication failed: %s (iss=%r, jti=%r)",
         reason,

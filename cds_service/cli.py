@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -31,9 +30,10 @@ _T = TypeVar("_T")
 def _serve(args: argparse.Namespace) -> int:
     from gunicorn.app.base import BaseApplication
 
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    from cds_service import operations
+
+    log_format = operations.configure_logging()
+    operations.prepare_multiprocess_metrics()  # before the app creates its metrics
 
     from cds_service.app import create_app
 
@@ -45,6 +45,8 @@ def _serve(args: argparse.Namespace) -> int:
             self.cfg.set("workers", args.workers)
             self.cfg.set("timeout", 30)
             self.cfg.set("accesslog", "-")
+            self.cfg.set("logconfig_dict", operations.gunicorn_log_config(log_format))
+            self.cfg.set("child_exit", operations.worker_exited)
 
         def load(self) -> Any:
             return application

@@ -38,10 +38,14 @@ DEFAULTS: dict[str, Any] = {
     "MAX_REQUEST_BYTES": 10 * 1024 * 1024,
     # Origins allowed to call from a browser (e.g. the CDS Hooks sandbox).
     "CORS_ORIGINS": [],
+    # Addresses or networks allowed to read GET /metrics (and every proxy hop they came by).
+    "METRICS_ALLOW": ["127.0.0.0/8", "::1"],
+    # "text": human-readable log lines; "json": one JSON object per line (with hookInstance).
+    "LOG_FORMAT": "text",
 }
 
 # Settings whose environment value is a list (comma-separated) or JSON (inline or a file path).
-_LIST_KEYS = {"FHIR_SERVERS", "CORS_ORIGINS"}
+_LIST_KEYS = {"FHIR_SERVERS", "CORS_ORIGINS", "METRICS_ALLOW"}
 _JSON_KEYS = {"TRUSTED_ISSUERS"}
 _FLOAT_KEYS = {"FHIR_DEADLINE_S", "FHIR_CALL_TIMEOUT_S", "JWKS_REFRESH_INTERVAL_S"}
 _INT_KEYS = {"FHIR_MAX_PAGES", "FHIR_MAX_RESPONSE_BYTES", "MAX_REQUEST_BYTES"}

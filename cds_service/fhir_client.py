@@ -35,6 +35,7 @@ import requests
 import urllib3.exceptions
 from requests.adapters import HTTPAdapter
 
+from cds_service import operations
 from cds_service.errors import FhirQueryFailed
 from cds_service.json_input import UnreadableJson, loads_untrusted
 
@@ -366,4 +367,5 @@ def fetch_all(reader: FhirReader, queries: Mapping[str, str | Mapping[str, Any]]
                 results[key] = FhirQueryFailed(UNREADABLE, type(error).__name__)
     finally:
         executor.shutdown(wait=False, cancel_futures=True)
+    operations.count_fhir_failures(results.values())
     return results

@@ -28,6 +28,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from cds_service import operations
 from cds_service.auth import ClientIdentity, allowed_fhir_servers
 from cds_service.errors import FhirQueryFailed
 from cds_service.fhir_client import (
@@ -201,6 +202,7 @@ def _fetch(
             client.issuer if client else "(unsigned)",
             len(queries),
         )
+        operations.count_fhir_failures([FhirQueryFailed(NOT_ALLOWED)] * len(queries))
         return {key: FhirQueryFailed(NOT_ALLOWED) for key in queries}
     limits = FhirQueryLimits.from_settings(settings)
     reader = FhirReader(

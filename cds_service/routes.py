@@ -11,6 +11,7 @@ from gunicorn.http.errors import ParseException
 from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import ClientDisconnected, HTTPException
 
+from cds_service import operations
 from cds_service.audit import CallTimings, build_audit_record, record_service_call
 from cds_service.auth import authenticate_client
 from cds_service.envelope import parse_hook_request, parse_json_body
@@ -76,6 +77,7 @@ def call_service(service_id: str) -> Response:
         expected_hook=service.hook,
         context_validator=context_validator(service),
     )
+    operations.bind_hook_instance(hook_request.hook_instance)
     prefetch_started = time.perf_counter()
     clinical = resolve_prefetch(service, hook_request, _settings(), client)
     decide_started = time.perf_counter()
@@ -93,6 +95,7 @@ def call_service(service_id: str) -> Response:
     except DataUnavailable as problem:
         raise PreconditionFailed.single(problem.diagnostics, problem.expression) from problem
     finished = time.perf_counter()
+    operations.count_decisions(service_id, result.decisions)
     record_service_call(
         current_app.extensions["cds_store"],
         build_audit_record(
