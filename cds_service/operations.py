@@ -37,6 +37,7 @@ import ipaddress
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -62,6 +63,8 @@ blueprint = Blueprint("operations", __name__)
 MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 LOG_FORMATS = ("text", "json")
+# A hookInstance as a body names it, before the body is parsed (only characters of ids).
+_HOOK_INSTANCE = re.compile(rb'"hookInstance"\s*:\s*"([A-Za-z0-9._:-]{1,128})"')
 TEXT_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # Refusal reasons (cds_service.auth) by prefix, most specific first, as short label codes.
 _JWT_REASONS: tuple[tuple[str, str], ...] = (
@@ -360,8 +363,23 @@ def _call_labels() -> tuple[str, str] | None:
     return service, "feedback" if rule.endswith("/feedback") else "hook"
 
 
-def _start_timer() -> None:
+def _start_call() -> None:
+    """Time the call, and tag its log lines with the ``hookInstance`` its body names from
+    the start (authentication logs before the body is parsed; routes binds the parsed one).
+
+    Only a body of declared length within the size limit is looked at: it is read (and
+    kept for the route) as the route would read it; a chunked body is left to the route,
+    which answers one it cannot read."""
     g.cds_started = time.perf_counter()
+    length = request.content_length
+    limit = current_app.config.get("MAX_CONTENT_LENGTH")
+    if _call_labels() is None or length is None or (limit is not None and length > limit):
+        return
+    if request.headers.get("Transfer-Encoding"):
+        return
+    found = _HOOK_INSTANCE.search(request.get_data())
+    if found is not None:
+        bind_hook_instance(found.group(1).decode("ascii"))
 
 
 def _count_call(response: Response) -> Response:
@@ -382,7 +400,7 @@ def install_operations(app: Flask) -> None:
     app.extensions["cds_metrics_networks"] = metrics_networks(settings["METRICS_ALLOW"])
     metrics()
     app.register_blueprint(blueprint)
-    app.before_request(_start_timer)
+    app.before_request(_start_call)
     app.after_request(_count_call)
 
 

@@ -222,11 +222,10 @@ def test_json_log_lines_carry_the_hook_instance(
         assert client.post(ORDER_SIGN, json=body).status_code == 200
     lines = [json.loads(line) for line in caplog.text.splitlines()]
     assert lines
-    first = next(i for i, line in enumerate(lines) if "hookInstance" in line)
-    assert any(line["message"].startswith("answered") for line in lines[first:])
-    for line in lines[first:]:
-        assert line["hookInstance"] == body["hookInstance"]
+    assert any(line["message"].startswith("unsigned call") for line in lines)  # before parsing
+    assert any(line["message"].startswith("answered") for line in lines)
     for line in lines:
+        assert line["hookInstance"] == body["hookInstance"]
         assert set(line) >= {"time", "level", "logger", "message"}
 
 
@@ -313,3 +312,15 @@ def test_served_logs_are_json_lines(served_workers: tuple[str, Path]) -> None:
     assert any(line["logger"] == "gunicorn.access" for line in lines)
     ours = [line for line in lines if line.get("hookInstance") == body["hookInstance"]]
     assert any(line["message"].startswith("answered") for line in ours)
+
+
+def test_a_refused_call_logs_its_hook_instance(caplog: pytest.LogCaptureFixture) -> None:
+    """Authentication runs before the body is parsed; its log line is tagged all the same."""
+    client = make_app({"AUTH": "required"}).test_client()
+    caplog.handler.setFormatter(JsonLogFormatter())
+    body = load_json(COVERED)
+    with caplog.at_level(logging.INFO):
+        assert client.post(ORDER_SIGN, json=body).status_code == 401
+    lines = [json.loads(line) for line in caplog.text.splitlines()]
+    refused = [line for line in lines if "authentication failed" in line["message"]]
+    assert [line["hookInstance"] for line in refused] == [body["hookInstance"]]
