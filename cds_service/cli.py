@@ -4,6 +4,8 @@
     infusion-pump-cds evaluate REQUEST.json
     infusion-pump-cds policy show [--format text|markdown|json] [--width N]
     infusion-pump-cds audit show COVERAGE-ASSERTION-ID [--json]
+    infusion-pump-cds audit list [--since DATE] [--until DATE] [--outcome O] [--rule R] [--json]
+    infusion-pump-cds audit purge [--before DATE] [--dry-run]
     infusion-pump-cds feedback stats [--since DATE] [--json]
 
 ``audit`` and ``feedback`` read the database ``CDS_DATABASE_URL`` names (default: the
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -25,6 +28,7 @@ if TYPE_CHECKING:
     from cds_service.store import Store
 
 _T = TypeVar("_T")
+OUTCOMES = ("covered", "not-covered", "conditional", "indeterminate")
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -115,6 +119,8 @@ def _read_store(query: Callable[[Store], _T]) -> _T:
 
 def _audit_show(args: argparse.Namespace) -> int:
     from cds_service.audit import audit_for_assertion
+    from cds_service.audit_report import render_decision, with_criterion_text
+    from coverage_policy.loader import load_policy
 
     try:
         decisions = _read_store(lambda store: audit_for_assertion(store, args.assertion_id))
@@ -126,6 +132,8 @@ def _audit_show(args: argparse.Namespace) -> int:
             f"no decision recorded with coverage-assertion-id {args.assertion_id}", file=sys.stderr
         )
         return 1
+    policy = load_policy()
+    decisions = with_criterion_text(decisions, policy)
     if args.json:
         print(
             json.dumps(
@@ -135,36 +143,69 @@ def _audit_show(args: argparse.Namespace) -> int:
         return 0
     print(f"coverage-assertion-id {args.assertion_id}: {len(decisions)} decision(s)")
     for item in decisions:
-        print(_format_decision(item))
+        print(render_decision(item, policy))
     return 0
 
 
-def _format_decision(item: dict[str, Any]) -> str:
-    timings = item["timings_ms"]
-    lines = [
-        "",
-        f"{item['recorded_at']}  {item['service_id']} ({item['hook']}, CRD {item['crd_version']})",
-        f"  hookInstance {item['hook_instance']}  client iss {item['client_iss'] or '(unsigned)'}",
-        f"  timings ms: prefetch {timings['prefetch']}, fetch {timings['fetch']}, "
-        f"decide {timings['decide']}, total {timings['total']}",
-        f"  orders: {', '.join(item['orders'])}",
-        f"  policy {item['policy']['id']} version {item['policy']['version']}, "
-        f"rule {item['rule_id']}: {item['outcome'].upper()} (as of {item['as_of']})",
-        "  criteria:",
-    ]
-    for c in item["criteria"]:
-        role = "deciding" if c["deciding"] else "advisory"
-        evidence = ", ".join(c["evidence"]) or "no evidence"
-        lines.append(
-            f"    {c['rule_id']} ({c['rule_kind']}, {role}) {c['criterion_id']}: "
-            f"{c['truth']}; evidence: {evidence}"
-        )
-    lines.append("  cards issued in the same response:")
-    for card in item["cards"]:
-        about = "about this decision" if card["about_this_decision"] else "other"
-        lines.append(f"    {card['uuid']}  {card['type']}  {card['indicator']}  ({about})")
-        lines += [f"      suggestion {s}" for s in card["suggestions"]]
-    return "\n".join(lines)
+def _audit_list(args: argparse.Namespace) -> int:
+    from cds_service.audit_report import DecisionQuery, list_decisions, render_decision_list
+
+    query = DecisionQuery(
+        since=args.since, until=args.until, outcome=args.outcome, rule=args.rule, limit=args.limit
+    )
+    try:
+        rows = _read_store(lambda store: list_decisions(store, query))
+    except _DatabaseUnavailable as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    print(
+        json.dumps({"decisions": rows}, indent=2)
+        if args.json
+        else render_decision_list(rows, query)
+    )
+    return 0
+
+
+def _audit_purge(args: argparse.Namespace) -> int:
+    from cds_service.config import load_settings
+    from cds_service.retention import (
+        PurgeCounts,
+        purge_audit,
+        purge_expired_jwt_ids,
+        retention_cutoff,
+    )
+
+    now = datetime.now(UTC)
+    before = args.before or retention_cutoff(load_settings(), now)
+
+    def purge(store: Store) -> PurgeCounts:
+        counts = purge_audit(store, before, dry_run=args.dry_run)
+        expired = purge_expired_jwt_ids(store, now, dry_run=args.dry_run)
+        return counts + PurgeCounts(expired_jwt_ids=expired)
+
+    try:
+        counts = _read_store(purge)
+    except _DatabaseUnavailable as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    verb = "would remove" if args.dry_run else "removed"
+    print(
+        f"{verb} {counts.service_calls} service call(s) recorded before {before.isoformat()}: "
+        f"{counts.decisions} decision(s), {counts.criteria} criterion result(s), "
+        f"{counts.cards} card(s), {counts.feedback} feedback entry(ies); "
+        f"{counts.expired_jwt_ids} expired JWT id(s)"
+    )
+    return 0
+
+
+def _positive(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"not a positive whole number: {value!r}")
+    return number
 
 
 def _since(text: str) -> datetime:
@@ -303,6 +344,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     audit_show.add_argument("--json", action="store_true", help="print JSON")
     audit_show.set_defaults(run=_audit_show)
+    audit_list = audit.add_parser("list", help="find decisions, newest first")
+    audit_list.add_argument("--since", type=_since, metavar="DATE", help="recorded on or after")
+    audit_list.add_argument("--until", type=_since, metavar="DATE", help="recorded before")
+    audit_list.add_argument("--outcome", choices=OUTCOMES, help="only this outcome")
+    audit_list.add_argument("--rule", metavar="RULE-ID", help="only this rule (e.g. EIP-CSII)")
+    audit_list.add_argument(
+        "--limit", type=_positive, default=50, help="at most this many (default 50)"
+    )
+    audit_list.add_argument("--json", action="store_true", help="print JSON")
+    audit_list.set_defaults(run=_audit_list)
+    audit_purge = audit.add_parser(
+        "purge", help="remove audit records older than a date (default: CDS_AUDIT_RETENTION_DAYS)"
+    )
+    audit_purge.add_argument(
+        "--before", type=_since, metavar="DATE", help="remove service calls recorded before DATE"
+    )
+    audit_purge.add_argument(
+        "--dry-run", action="store_true", help="only count what would be removed"
+    )
+    audit_purge.set_defaults(run=_audit_purge)
     feedback = commands.add_parser("feedback", help="what clinicians did with the cards")
     stats = feedback.add_subparsers(dest="feedback_command", required=True).add_parser(
         "stats", help="acceptance and override rates per rule and per override reason"
@@ -316,6 +377,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     stats.add_argument("--json", action="store_true", help="print JSON")
     stats.set_defaults(run=_feedback_stats)
     args = parser.parse_args(argv)
+    if args.command != "serve":
+        # The service's own log lines are for operators of a running service; a command
+        # reports what concerns its user itself.
+        logging.getLogger().addHandler(logging.NullHandler())
     return int(args.run(args))
 
 

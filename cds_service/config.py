@@ -42,13 +42,20 @@ DEFAULTS: dict[str, Any] = {
     "METRICS_ALLOW": ["127.0.0.0/8", "::1"],
     # "text": human-readable log lines; "json": one JSON object per line (with hookInstance).
     "LOG_FORMAT": "text",
+    # Days the audit trail is kept (10 years: 42 CFR 422.504(d)); older calls are removed.
+    "AUDIT_RETENTION_DAYS": 3653,
 }
 
 # Settings whose environment value is a list (comma-separated) or JSON (inline or a file path).
 _LIST_KEYS = {"FHIR_SERVERS", "CORS_ORIGINS", "METRICS_ALLOW"}
 _JSON_KEYS = {"TRUSTED_ISSUERS"}
 _FLOAT_KEYS = {"FHIR_DEADLINE_S", "FHIR_CALL_TIMEOUT_S", "JWKS_REFRESH_INTERVAL_S"}
-_INT_KEYS = {"FHIR_MAX_PAGES", "FHIR_MAX_RESPONSE_BYTES", "MAX_REQUEST_BYTES"}
+_INT_KEYS = {
+    "FHIR_MAX_PAGES",
+    "FHIR_MAX_RESPONSE_BYTES",
+    "MAX_REQUEST_BYTES",
+    "AUDIT_RETENTION_DAYS",
+}
 
 
 class ConfigError(ValueError):

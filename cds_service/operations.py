@@ -55,6 +55,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from cds_service.config import ConfigError
 from cds_service.errors import operation_outcome
+from cds_service.retention import RetentionSweeper
 
 logger = logging.getLogger(__name__)
 
@@ -392,8 +393,14 @@ def _count_call(response: Response) -> Response:
     return response
 
 
+def _sweep_when_due(response: Response) -> Response:
+    current_app.extensions["cds_retention"].maybe_sweep()
+    return response
+
+
 def install_operations(app: Flask) -> None:
-    """Add the health, readiness and metrics routes and count every call."""
+    """Add the health, readiness and metrics routes, count every call, and sweep the audit
+    trail past its retention (``cds_service.retention``) in the background."""
     settings = app.config["CDS"]
     if settings["LOG_FORMAT"] not in LOG_FORMATS:
         raise ConfigError("CDS_LOG_FORMAT must be 'text' or 'json'")
@@ -402,6 +409,13 @@ def install_operations(app: Flask) -> None:
     app.register_blueprint(blueprint)
     app.before_request(_start_call)
     app.after_request(_count_call)
+    store = app.extensions["cds_store"]
+    if not store.in_memory:  # an in-memory store lives as long as one test or dry run
+        sweeper = RetentionSweeper(
+            store, int(settings["AUDIT_RETENTION_DAYS"]), app.extensions["cds_clock"]
+        )
+        app.extensions["cds_retention"] = sweeper
+        app.after_request(_sweep_when_due)
 
 
 # -- multi-process metrics under gunicorn -----------------------------------------------

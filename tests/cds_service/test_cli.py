@@ -4,6 +4,9 @@ CDS_DATABASE_URL names."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -13,7 +16,7 @@ from flask.testing import FlaskClient
 from cds_service.cli import main
 from coverage_policy.loader import load_policy
 from tests.cds_service.hook_requests import INSULIN_PUMP, VANCOMYCIN_PUMP, order_sign_request
-from tests.conftest import ORDER_SIGN
+from tests.conftest import ORDER_SIGN, ROOT
 
 WHEN = "2026-11-28T15:04:05Z"
 
@@ -181,3 +184,106 @@ def test_an_unreachable_database_is_reported_not_raised(
     err = capsys.readouterr().err
     assert "unavailable" in err
     assert "Traceback" not in err
+
+
+def test_audit_show_gives_each_criterion_its_text(
+    answered: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    policy = load_policy()
+    assert main(["audit", "show", answered["assertion_id"]]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    row = next(i for i, line in enumerate(lines) if "EIP-VANCO-NOT-COVERED: unmet" in line)
+    assert lines[row + 1].strip() == policy.criteria["EIP-VANCO-NOT-COVERED"].text
+    assert main(["audit", "show", answered["assertion_id"], "--json"]) == 0
+    (decided,) = json.loads(capsys.readouterr().out)["decisions"]
+    assert all(c["text"] == policy.criteria[c["criterion_id"]].text for c in decided["criteria"])
+
+
+def test_audit_list_finds_decisions(
+    answered: dict[str, Any], service_client: FlaskClient, capsys: pytest.CaptureFixture[str]
+) -> None:
+    service_client.post(ORDER_SIGN, json=order_sign_request(INSULIN_PUMP))
+    assert main(["audit", "list"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("2 decision(s), newest first (all)")
+    assert answered["assertion_id"] in out
+    assert main(["audit", "list", "--outcome", "not-covered", "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)["decisions"]
+    assert (row["coverage_assertion_id"], row["rule_id"]) == (answered["assertion_id"], "EIP-VANCO")
+    assert main(["audit", "list", "--rule", "EIP-CSII", "--json"]) == 0
+    assert [r["rule_id"] for r in json.loads(capsys.readouterr().out)["decisions"]] == ["EIP-CSII"]
+    assert main(["audit", "list", "--since", "2026-11-29"]) == 0
+    assert capsys.readouterr().out.startswith("No decisions recorded (since 2026-11-29")
+    assert main(["audit", "list", "--until", "2026-11-29", "--limit", "1", "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)["decisions"]) == 1
+
+
+def test_audit_list_refuses_a_bad_outcome(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["audit", "list", "--outcome", "maybe"])
+    assert exit_info.value.code == 2
+    assert "invalid choice" in capsys.readouterr().err
+
+
+def test_audit_purge(answered: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["audit", "purge", "--before", "2026-01-01"]) == 0
+    assert capsys.readouterr().out.startswith("removed 0 service call(s) recorded before 2026-01")
+    assert main(["audit", "purge", "--before", "2026-12-01", "--dry-run"]) == 0
+    assert capsys.readouterr().out.startswith("would remove 1 service call(s)")
+    assert main(["audit", "show", answered["assertion_id"]]) == 0  # still there
+    capsys.readouterr()
+    assert main(["audit", "purge", "--before", "2026-12-01"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("removed 1 service call(s)")
+    assert "2 feedback" in out
+    assert main(["audit", "show", answered["assertion_id"]]) == 1
+
+
+def test_audit_purge_by_default_keeps_the_retention_period(
+    answered: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["audit", "purge"]) == 0  # ten years by default: the 2026 call stays
+    assert capsys.readouterr().out.startswith("removed 0 service call(s)")
+    assert main(["audit", "show", answered["assertion_id"]]) == 0
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["audit", "show", "no-such-id"],
+        ["audit", "list"],
+        ["feedback", "stats"],
+        ["evaluate", "fixtures/requests/order-sign__e0784-insulin__covered.json"],
+    ],
+)
+def test_commands_print_no_warnings_their_user_did_not_cause(
+    command: list[str], tmp_path: Any
+) -> None:
+    """Run as a user would (real standard error): no service log lines, no warnings."""
+    env = {**os.environ, "CDS_DATABASE_URL": f"sqlite:///{tmp_path / 'audit.sqlite3'}"}
+    env.pop("CDS_AUTH", None)
+    done = subprocess.run(
+        [sys.executable, "-m", "cds_service.cli", *command],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    expected = "no decision recorded with coverage-assertion-id no-such-id\n"
+    assert done.stderr == (expected if command[1] == "show" else "")
+
+
+def test_an_unreachable_database_is_one_line() -> None:
+    env = {**os.environ, "CDS_DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none"}
+    done = subprocess.run(
+        [sys.executable, "-m", "cds_service.cli", "audit", "list"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2
+    assert len(done.stderr.splitlines()) == 1
+    assert "unavailable" in done.stderr
