@@ -3,8 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# The Medplum-based FHIR server the integration tests start (tests/fhir_server).
-FHIR_SERVER_DIR := tests/fhir_server
+# The local FHIR server (Medplum's router, demo/fhir_server): `make demo` runs it, and so do
+# the integration tests.
+FHIR_SERVER_DIR := demo/fhir_server
 NODE_STAMP := $(FHIR_SERVER_DIR)/node_modules/.installed
 
 .PHONY: serve test lint bench bench-prefetch bench-audit clean

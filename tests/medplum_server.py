@@ -1,4 +1,4 @@
-"""Start and load the Medplum-based FHIR server of ``tests/fhir_server`` (Node.js)."""
+"""Start and load the Medplum-based FHIR server of ``demo/fhir_server`` (Node.js)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import requests
 
 from fhir_mappings.record import binding
 
-SERVER_DIR = Path(__file__).resolve().parent / "fhir_server"
+SERVER_DIR = Path(__file__).resolve().parent.parent / "demo" / "fhir_server"
 START_TIMEOUT_S = 60
 
 # What a Synthea bundle holds that the service reads (the rest, Claims and
@@ -60,8 +60,8 @@ def node_or_skip() -> str:
         pytest.skip("node is not installed")
     if not (SERVER_DIR / "node_modules" / "@medplum" / "fhir-router").is_dir():
         pytest.fail(
-            "tests/fhir_server/node_modules is missing: run `make test` "
-            "(it runs `npm ci --prefix tests/fhir_server`)"
+            "demo/fhir_server/node_modules is missing: run `make test` "
+            "(it runs `npm ci --prefix demo/fhir_server`)"
         )
     return node
 

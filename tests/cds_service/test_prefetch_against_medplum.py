@@ -1,6 +1,6 @@
 """Prefetch fallback against a real FHIR server: Medplum's router over its memory repository.
 
-The server (``tests/fhir_server``) is loaded with Synthea patients from ``../shared`` and a
+The server (``demo/fhir_server``) is loaded with Synthea patients from ``../shared`` and a
 Coverage per patient, pages its searches 20 entries at a time, and wants a bearer token.
 It answers one query at a time (Node's event loop), so timeouts here are generous: these
 tests are about what is fetched, the fault tests about when.

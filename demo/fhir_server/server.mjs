@@ -1,5 +1,5 @@
-// A FHIR R4 server for the integration tests: Medplum's FHIR router over its in-memory
-// repository, behind a small HTTP adapter.
+// A local FHIR R4 server for the demo (`make demo`) and the integration tests: Medplum's
+// FHIR router over its in-memory repository, behind a small HTTP adapter.
 //
 //   node server.mjs [--port N] [--token TOKEN] [--page-size N]
 //
