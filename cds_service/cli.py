@@ -7,6 +7,8 @@
     infusion-pump-cds audit list [--since DATE] [--until DATE] [--outcome O] [--rule R] [--json]
     infusion-pump-cds audit purge [--before DATE] [--dry-run]
     infusion-pump-cds feedback stats [--since DATE] [--json]
+    infusion-pump-cds fhir load PATH --fhir-server URL [--token T] [--service-data-only]
+    infusion-pump-cds try --fhir-server URL --patient ID --order E0784 --drug insulin [...]
 
 ``audit`` and ``feedback`` read the database ``CDS_DATABASE_URL`` names (default: the
 SQLite file in the instance folder), as the service does.
@@ -294,6 +296,88 @@ def _format_stats(stats: FeedbackStats) -> str:
     return "\n".join(lines)
 
 
+def _fhir_load(args: argparse.Namespace) -> int:
+    from cds_service.fhir_load import LoadFailed, load_path, service_reads, summary
+
+    try:
+        result = load_path(
+            Path(args.path),
+            args.fhir_server,
+            token=args.token,
+            keep=service_reads if args.service_data_only else (lambda resource: True),
+        )
+    except LoadFailed as exc:
+        print(f"fhir load: {exc}", file=sys.stderr)
+        return 2
+    for line in summary(result, args.fhir_server):
+        print(line)
+    return 1 if result.refused else 0
+
+
+class _OrderAction(argparse.Action):
+    """``--order``, ``--drug`` and ``--route`` build one list of orders: each ``--order``
+    starts one; a ``--drug`` or ``--route`` goes with the order before it (or starts a
+    drug-only order when that one already has its drug)."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        orders: list[dict[str, str]] = list(getattr(namespace, "orders", None) or [])
+        field = self.dest
+        if field == "hcpcs" or not orders or field in orders[-1]:
+            if field == "route" and orders and "route" not in orders[-1]:
+                orders[-1][field] = values
+            else:
+                orders.append({field: values})
+        else:
+            orders[-1][field] = values
+        namespace.orders = orders
+
+
+def _date(text: str) -> Any:
+    from datetime import date
+
+    try:
+        return date.fromisoformat(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {text!r}") from exc
+
+
+def _try(args: argparse.Namespace) -> int:
+    from cds_service.try_as_ehr import (
+        OrderSpec,
+        TryFailed,
+        TryRequest,
+        render_json,
+        render_result,
+        run_try,
+    )
+
+    request = TryRequest(
+        fhir_server=args.fhir_server,
+        patient=args.patient,
+        orders=[OrderSpec(**order) for order in args.orders or []],
+        token=args.token,
+        encounter=args.encounter,
+        user=args.user,
+        crd_version=args.crd_version,
+        prefetch=not args.no_prefetch,
+        service_url=args.service,
+        as_of=args.as_of,
+    )
+    try:
+        result = run_try(request)
+    except TryFailed as exc:
+        print(f"try: {exc}", file=sys.stderr)
+        return 2
+    print(render_json(result) if args.json else render_result(result, request))
+    return 0 if result.status == 200 else 1
+
+
 def _service_for(body: Any) -> str:
     from hooks import SERVICES
 
@@ -376,6 +460,57 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     stats.add_argument("--json", action="store_true", help="print JSON")
     stats.set_defaults(run=_feedback_stats)
+    fhir = commands.add_parser("fhir", help="work with a FHIR server").add_subparsers(
+        dest="fhir_command", required=True
+    )
+    load = fhir.add_parser(
+        "load", help="load FHIR Bundles or NDJSON into a FHIR server (urn:uuid references resolved)"
+    )
+    load.add_argument("path", metavar="PATH", help="a .json/.ndjson file or a folder of them")
+    load.add_argument("--fhir-server", required=True, metavar="URL", help="its base URL")
+    load.add_argument("--token", help="bearer token for the FHIR server")
+    load.add_argument(
+        "--service-data-only",
+        action="store_true",
+        help="only what the service's prefetch reads (faster on in-memory servers)",
+    )
+    load.set_defaults(run=_fhir_load)
+    try_ = commands.add_parser(
+        "try",
+        help="act as the EHR: sign orders for a patient on a FHIR server, print the answer",
+        description="Sign pump and drug orders for a patient on a FHIR server the way an EHR "
+        "does, and print the decision per order and the cards. Example: infusion-pump-cds try "
+        "--fhir-server http://127.0.0.1:8090/fhir --patient ID --order E0784 --drug insulin",
+    )
+    try_.add_argument("--fhir-server", required=True, metavar="URL", help="the EHR's FHIR base URL")
+    try_.add_argument("--patient", required=True, metavar="ID", help="the patient's id there")
+    try_.add_argument(
+        "--order", dest="hcpcs", action=_OrderAction, metavar="HCPCS", help="a pump (repeatable)"
+    )
+    try_.add_argument(
+        "--drug", dest="drug", action=_OrderAction, metavar="NAME", help="the drug the pump gives"
+    )
+    try_.add_argument(
+        "--route",
+        dest="route",
+        action=_OrderAction,
+        metavar="ROUTE",
+        help="the drug's route (subcutaneous, intravenous, intrathecal, epidural, "
+        "intra-arterial, intraperitoneal); a default per drug otherwise",
+    )
+    try_.add_argument("--encounter", metavar="ID", help="the current encounter's id")
+    try_.add_argument("--user", default="Practitioner/try-clinician", help="context.userId")
+    try_.add_argument("--crd-version", choices=("2.0", "2.1", "2.2"), help="CRD version asked for")
+    try_.add_argument("--token", help="bearer token for the FHIR server")
+    try_.add_argument(
+        "--no-prefetch", action="store_true", help="send no prefetch: the service fetches it"
+    )
+    try_.add_argument("--service", metavar="URL", help="a running service (default: in-process)")
+    try_.add_argument(
+        "--as-of", type=_date, metavar="DATE", help="decide as on DATE (in-process only)"
+    )
+    try_.add_argument("--json", action="store_true", help="print the raw response")
+    try_.set_defaults(run=_try, orders=[])
     args = parser.parse_args(argv)
     if args.command != "serve":
         # The service's own log lines are for operators of a running service; a command
