@@ -161,18 +161,21 @@ def _template_codes() -> set[tuple[str, str]]:
 class ProgressBar:
     """``[#####-----] 120/400 resources`` on a terminal; nothing on a pipe or file."""
 
-    def __init__(self, total: int, stream: IO[str] = sys.stderr, width: int = 30) -> None:
+    def __init__(
+        self, total: int, stream: IO[str] | None = None, width: int = 30, unit: str = "resources"
+    ) -> None:
         self.total = max(total, 1)
-        self.stream = stream
+        self.stream = stream or sys.stderr
         self.width = width
-        self.shown = stream.isatty()
+        self.unit = unit
+        self.shown = self.stream.isatty()
 
     def update(self, done: int) -> None:
         if not self.shown:
             return
         filled = self.width * done // self.total
         bar = "#" * filled + "-" * (self.width - filled)
-        self.stream.write(f"\r[{bar}] {done}/{self.total} resources")
+        self.stream.write(f"\r[{bar}] {done}/{self.total} {self.unit}")
         self.stream.flush()
 
     def close(self) -> None:

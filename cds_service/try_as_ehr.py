@@ -77,8 +77,9 @@ class OrderSpec:
 @dataclass(frozen=True, slots=True)
 class Drug:
     family: str
-    name: str
+    name: str  # as the user gave it
     rxnorm: str | None
+    known_name: str  # the policy's name for it that matched
 
 
 @dataclass
@@ -119,9 +120,12 @@ def _drug_names() -> tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...]:
     )
 
 
-def known_drugs() -> list[str]:
-    """The first name of each drug family the policy names (for help and messages)."""
-    return [names[0] for _, names, _ in _drug_names() if names]
+def known_drugs(*, every_name: bool = False) -> list[str]:
+    """The first name of each drug family the policy names (for messages), or every name
+    it knows them by; not the catch-all family of preparations (``other``)."""
+    if every_name:
+        return sorted({n for family, names, _ in _drug_names() if family != "other" for n in names})
+    return [names[0] for family, names, _ in _drug_names() if names and family != "other"]
 
 
 def find_drug(name: str) -> Drug:
@@ -129,14 +133,13 @@ def find_drug(name: str) -> Drug:
     name (the service would see no infusion-pump drug, so there would be nothing to try)."""
     wanted = name.strip().lower()
     for family, names, codes in _drug_names():
-        if wanted == family or any(
-            re.search(rf"\b{re.escape(known)}\b", wanted) for known in names
-        ):
+        matched = [known for known in names if re.search(rf"\b{re.escape(known)}\b", wanted)]
+        if wanted == family or matched:
             # The family's first code, for a drug named by its family's first name only:
             # a brand or other ingredient is sent by name, which identifies it as well.
             first = names[0] if names else family
             code = codes[0] if codes and wanted in (first, family) else None
-            return Drug(family, name.strip(), code)
+            return Drug(family, name.strip(), code, matched[0] if matched else first)
     raise TryFailed(f"unknown drug {name!r}; the policy names e.g. {', '.join(known_drugs())}")
 
 
@@ -150,6 +153,8 @@ def check_orders(orders: Sequence[OrderSpec]) -> None:
     if not orders:
         raise TryFailed("nothing to sign: give --order HCPCS and/or --drug NAME")
     for spec in orders:
+        if spec.hcpcs is None and spec.drug is None:
+            raise TryFailed("nothing to sign: give --order HCPCS and/or --drug NAME")
         if spec.hcpcs is not None and not _HCPCS.match(spec.hcpcs):
             raise TryFailed(f"--order {spec.hcpcs!r} is not a HCPCS code (like E0784)")
         if spec.drug is not None:
