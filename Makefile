@@ -8,7 +8,12 @@ STAMP := $(VENV)/.installed
 FHIR_SERVER_DIR := demo/fhir_server
 NODE_STAMP := $(FHIR_SERVER_DIR)/node_modules/.installed
 
-.PHONY: serve test lint bench bench-prefetch bench-audit clean
+.PHONY: serve demo test lint bench bench-prefetch bench-audit clean
+
+# Ports of `make serve` and `make demo` (the service, the demo's FHIR server and page).
+PORT ?= 8080
+FHIR_PORT ?= 8090
+PAGE_PORT ?= 8070
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,14 +30,19 @@ $(NODE_STAMP): $(FHIR_SERVER_DIR)/package-lock.json
 	fi
 
 serve: $(STAMP)
-	@echo "Demo service on http://127.0.0.1:8080 (development settings: auth optional, loopback FHIR servers allowed)"
-	@echo "  discovery:  curl http://127.0.0.1:8080/cds-services"
+	@echo "Demo service on http://127.0.0.1:$(PORT) (development settings: auth optional, loopback FHIR servers allowed)"
+	@echo "  discovery:  curl http://127.0.0.1:$(PORT)/cds-services"
 	@echo "  call:       curl -X POST -H 'Content-Type: application/json' \\"
 	@echo "                -d @fixtures/requests/order-sign__e0784-insulin__covered.json \\"
-	@echo "                http://127.0.0.1:8080/cds-services/infusion-pump-coverage-order-sign"
+	@echo "                http://127.0.0.1:$(PORT)/cds-services/infusion-pump-coverage-order-sign"
+	@echo "  health:     curl http://127.0.0.1:$(PORT)/readyz"
 	CDS_AUTH=optional CDS_FHIR_SERVERS=http://127.0.0.1,http://localhost \
 		CDS_CORS_ORIGINS=https://sandbox.cds-hooks.org \
-		$(BIN)/infusion-pump-cds serve --host 127.0.0.1 --port 8080 --workers 2
+		$(BIN)/infusion-pump-cds serve --host 127.0.0.1 --port $(PORT) --workers 2
+
+# The local FHIR server loaded with patients, the service and the try-it page; Ctrl-C stops all.
+demo: $(STAMP) $(NODE_STAMP)
+	$(BIN)/python -m demo.run --port $(PORT) --fhir-port $(FHIR_PORT) --page-port $(PAGE_PORT)
 
 test: $(STAMP) $(NODE_STAMP)
 	$(BIN)/python -m pytest
