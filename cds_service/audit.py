@@ -4,8 +4,8 @@ Every answered service call is recorded (CRD found-37, found-11): one ``service_
 row (time, service, hookInstance, client ``iss``, timings), one ``decision`` row per
 coverage decision (coverage-assertion-id, orders, policy and version, rule, outcome),
 each criterion's truth with the FHIR references of its evidence, and every card and
-suggestion uuid issued, linked to the decision it is about through the card's
-``davinci-crd.associated-resource``. Calls without a decision are recorded too, so their
+suggestion uuid issued, linked to the decision it is about (as the hook handed them
+over: nothing is read back from the response). Calls without a decision are recorded too, so their
 cards can be found when feedback about them arrives. Calls answered with an error (4xx,
 5xx) issued no guidance and are not recorded here; the application log has them.
 
@@ -19,7 +19,6 @@ is answered and the failure is logged as an error.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
@@ -31,15 +30,11 @@ from sqlalchemy.exc import SQLAlchemyError
 from cds_service.store import Store
 from cds_service.tables import criterion_result, decision, issued_card, service_call
 from coverage_policy.model import RuleResult
-from hooks.coverage_information import EXTENSION_URL
 from hooks.decide import EpisodeDecision
 from hooks.request import HookRequest
 from hooks.service import HookResult
 
 logger = logging.getLogger(__name__)
-
-ASSOCIATED_RESOURCE = "davinci-crd.associated-resource"
-ASSERTION_ID = "coverage-assertion-id"
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +77,7 @@ class DecisionRecord:
 @dataclass(frozen=True, slots=True)
 class CardRecord:
     card_uuid: str
-    card_type: str | None
+    card_type: str
     indicator: str
     suggestion_uuids: tuple[str, ...]
     decision_position: int | None  # index into AuditRecord.decisions
@@ -101,23 +96,6 @@ class AuditRecord:
     timings: CallTimings
     decisions: tuple[DecisionRecord, ...] = ()
     cards: tuple[CardRecord, ...] = field(default_factory=tuple)
-
-
-def _assertion_ids(response: Mapping[str, Any]) -> dict[str, str]:
-    """Order reference → the coverage-assertion-id its coverage-information carries."""
-    found: dict[str, str] = {}
-    for action in response.get("systemActions") or []:
-        resource = action.get("resource") if isinstance(action, dict) else None
-        if not isinstance(resource, dict):
-            continue
-        reference = f"{resource.get('resourceType')}/{resource.get('id')}"
-        for extension in resource.get("extension") or []:
-            if not isinstance(extension, dict) or extension.get("url") != EXTENSION_URL:
-                continue
-            for part in extension.get("extension") or []:
-                if isinstance(part, dict) and part.get("url") == ASSERTION_ID:
-                    found.setdefault(reference, str(part.get("valueString")))
-    return found
 
 
 def _criteria(item: EpisodeDecision) -> tuple[CriterionRecord, ...]:
@@ -141,48 +119,17 @@ def _criteria(item: EpisodeDecision) -> tuple[CriterionRecord, ...]:
     )
 
 
-def _decision_record(item: EpisodeDecision, assertion_ids: Mapping[str, str]) -> DecisionRecord:
-    references = tuple(order.reference for order in item.episode.orders)
-    assertion = next((assertion_ids[r] for r in references if r in assertion_ids), None)
+def _decision_record(item: EpisodeDecision, assertion_id: str | None) -> DecisionRecord:
     decided = item.decision
     return DecisionRecord(
-        coverage_assertion_id=assertion,
-        order_references=references,
+        coverage_assertion_id=assertion_id,
+        order_references=tuple(order.reference for order in item.episode.orders),
         policy_id=decided.policy_id,
         policy_version=decided.policy_version,
         rule_id=decided.rule_id,
         outcome=decided.outcome.value,
         as_of=decided.as_of,
         criteria=_criteria(item),
-    )
-
-
-def _card_record(card: Mapping[str, Any], decisions: tuple[DecisionRecord, ...]) -> CardRecord:
-    extension = card.get("extension") if isinstance(card.get("extension"), dict) else {}
-    associated = {
-        entry.get("reference")
-        for entry in (extension or {}).get(ASSOCIATED_RESOURCE) or []
-        if isinstance(entry, dict)
-    }
-    # A card names exactly the orders of its episode; an order may belong to two episodes
-    # (one drug order given by two pumps), so match the whole set before any overlap.
-    exact = [i for i, d in enumerate(decisions) if associated == set(d.order_references)]
-    overlapping = [
-        i for i, d in enumerate(decisions) if associated and associated & set(d.order_references)
-    ]
-    candidates: list[int] = exact or overlapping
-    position = candidates[0] if candidates else None
-    topic = (card.get("source") or {}).get("topic") or {}
-    return CardRecord(
-        card_uuid=str(card.get("uuid")).lower(),
-        card_type=topic.get("code"),
-        indicator=str(card.get("indicator")),
-        suggestion_uuids=tuple(
-            str(s["uuid"]).lower()
-            for s in card.get("suggestions") or []
-            if isinstance(s, dict) and s.get("uuid")
-        ),
-        decision_position=position,
     )
 
 
@@ -195,13 +142,21 @@ def build_audit_record(
     timings: CallTimings,
     recorded_at: datetime,
 ) -> AuditRecord:
-    """The audit record of one answered call, from the response and the decisions behind it."""
-    assertion_ids = _assertion_ids(result.response)
-    decisions = tuple(_decision_record(item, assertion_ids) for item in result.decisions)
+    """The audit record of one answered call: the decisions and the cards the hook issued."""
+    assertion_ids = result.assertion_ids or (None,) * len(result.decisions)
+    decisions = tuple(
+        _decision_record(item, assertion_id)
+        for item, assertion_id in zip(result.decisions, assertion_ids, strict=True)
+    )
     cards = tuple(
-        _card_record(card, decisions)
-        for card in result.response.get("cards") or []
-        if isinstance(card, dict) and card.get("uuid")
+        CardRecord(
+            card_uuid=card.uuid,
+            card_type=card.card_type,
+            indicator=card.indicator,
+            suggestion_uuids=card.suggestion_uuids,
+            decision_position=card.decision,
+        )
+        for card in result.cards
     )
     return AuditRecord(
         recorded_at=recorded_at,

@@ -354,23 +354,24 @@ def coverage_unconfirmed_card(ctx: CardContext) -> dict[str, Any]:
 
 def build_cards(
     deliberation: Deliberation, ctx: CardContext, enabled: Mapping[str, bool], max_cards: int
-) -> list[dict[str, Any]]:
-    """Every card of the response, most important first, within ``max_cards``."""
-    cards: list[tuple[int, dict[str, Any]]] = []
-    for item in deliberation.decisions:
+) -> list[tuple[dict[str, Any], int | None]]:
+    """Every card of the response, most important first, within ``max_cards``, each with
+    the index of the decision it is about (None for a card about the whole call)."""
+    cards: list[tuple[int, dict[str, Any], int | None]] = []
+    for position, item in enumerate(deliberation.decisions):
         severity = {Outcome.NOT_COVERED: 0, Outcome.CONDITIONAL: 1}.get(item.decision.outcome, 3)
         if enabled["guideline"]:
-            cards.append((severity, coverage_card(item, deliberation, ctx)))
+            cards.append((severity, coverage_card(item, deliberation, ctx), position))
         alternatives = alternatives_card(item, ctx)
         if alternatives and enabled[alternatives["source"]["topic"]["code"]]:
-            cards.append((severity, alternatives))
+            cards.append((severity, alternatives, position))
         documentation = documentation_card(item, ctx)
         if documentation and enabled["claim"]:
-            cards.append((2, documentation))
+            cards.append((2, documentation, position))
     for episode, died in deliberation.deceased:
         if enabled["guideline"]:
-            cards.append((0, deceased_card(episode, died, ctx)))
+            cards.append((0, deceased_card(episode, died, ctx), None))
     if deliberation.decisions and deliberation.coverage is None and enabled["insurance"]:
-        cards.append((4, coverage_unconfirmed_card(ctx)))
-    cards.sort(key=lambda pair: pair[0])
-    return [card for _, card in cards[:max_cards]]
+        cards.append((4, coverage_unconfirmed_card(ctx), None))
+    cards.sort(key=lambda entry: entry[0])
+    return [(card, position) for _, card, position in cards[:max_cards]]

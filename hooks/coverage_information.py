@@ -172,12 +172,16 @@ def coverage_information(item: EpisodeDecision, ctx: AssertionContext) -> dict[s
 
 def coverage_system_actions(
     decisions: tuple[EpisodeDecision, ...], ctx: AssertionContext
-) -> list[dict[str, Any]]:
-    """One ``update`` per in-scope order, the order unchanged but for the extension."""
+) -> tuple[list[dict[str, Any]], tuple[str | None, ...]]:
+    """One ``update`` per in-scope order, the order unchanged but for the extension; and
+    per decision the assertion id it was issued under (None when every order of it
+    already carried the same decision, so nothing was issued)."""
     actions = []
+    issued: list[str | None] = []
     description = card_text()["action"]["coverage-information"].format(payer=ctx.payer_name)
     for item in decisions:
         extension = coverage_information(item, ctx)
+        updated = False
         for order in item.episode.orders:
             resource = copy.deepcopy(dict(order.raw))
             existing = resource.get("extension") or []
@@ -188,7 +192,9 @@ def coverage_system_actions(
             kept = [e for e in existing if not _for_coverage(e, ctx.coverage.reference)]
             resource["extension"] = [*kept, extension]
             actions.append({"type": "update", "description": description, "resource": resource})
-    return actions
+            updated = True
+        issued.append(ctx.assertion_id if updated else None)
+    return actions, tuple(issued)
 
 
 def _for_coverage(extension: Any, coverage_reference: str) -> bool:

@@ -9,7 +9,7 @@ from hooks.cards import CardContext, build_cards, card_text
 from hooks.coverage_information import AssertionContext, coverage_system_actions
 from hooks.decide import Deliberation
 from hooks.request import HookRequest
-from hooks.service import ConfigurationOption, HookEnvironment, HookResult
+from hooks.service import ConfigurationOption, HookEnvironment, HookResult, IssuedCard
 
 # One boolean per card type the service emits, plus max-cards (CRD dev-4/5); wording is data.
 CONFIGURATION_OPTIONS = tuple(
@@ -57,9 +57,9 @@ def build_response(
         new_uuid=environment.new_uuid,
         questionnaire_link=f"{environment.base_url}/fhir/Questionnaire/{policy.questionnaire_id}",
     )
-    response: dict[str, Any] = {
-        "cards": build_cards(deliberation, card_context, configuration, configuration["max-cards"])
-    }
+    cards = build_cards(deliberation, card_context, configuration, configuration["max-cards"])
+    response: dict[str, Any] = {"cards": [card for card, _ in cards]}
+    assertion_ids: tuple[str | None, ...] = (None,) * len(deliberation.decisions)
     if deliberation.decisions and deliberation.coverage and configuration["coverage-info"]:
         assertion = AssertionContext(
             policy=policy,
@@ -71,5 +71,22 @@ def build_response(
             payer_name=environment.payer_name,
             unavailable=dict(deliberation.record.unavailable),
         )
-        response["systemActions"] = coverage_system_actions(deliberation.decisions, assertion)
-    return HookResult(response, deliberation.decisions)
+        response["systemActions"], assertion_ids = coverage_system_actions(
+            deliberation.decisions, assertion
+        )
+    return HookResult(
+        response,
+        deliberation.decisions,
+        assertion_ids,
+        tuple(_issued(card, position) for card, position in cards),
+    )
+
+
+def _issued(card: Mapping[str, Any], position: int | None) -> IssuedCard:
+    return IssuedCard(
+        uuid=str(card["uuid"]).lower(),
+        card_type=card["source"]["topic"]["code"],
+        indicator=card["indicator"],
+        suggestion_uuids=tuple(str(s["uuid"]).lower() for s in card.get("suggestions", ())),
+        decision=position,
+    )

@@ -6,6 +6,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from hooks.decide import EpisodeDecision
 from hooks.request import SUPPORTED_CRD_VERSIONS
 
 # Prefetch templates valid in CDS Hooks 2.0: only root-level primitive context tokens.
@@ -94,8 +95,23 @@ class HookEnvironment:
 
 
 @dataclass(frozen=True, slots=True)
+class IssuedCard:
+    """A card of the response, as the audit trail and feedback know it."""
+
+    uuid: str
+    card_type: str  # the CRD response type (``source.topic.code``)
+    indicator: str
+    suggestion_uuids: tuple[str, ...]
+    decision: int | None  # index into ``HookResult.decisions``; None for a call-wide card
+
+
+@dataclass(frozen=True, slots=True)
 class HookResult:
-    """A handler's answer: the CDS Hooks response body and the decisions behind it."""
+    """A handler's answer: the CDS Hooks response body, the decisions behind it, the
+    coverage-assertion-id each decision was issued under (None when no system action
+    carries it) and the cards issued."""
 
     response: dict[str, Any]
-    decisions: tuple[Any, ...] = ()
+    decisions: tuple[EpisodeDecision, ...] = ()
+    assertion_ids: tuple[str | None, ...] = ()
+    cards: tuple[IssuedCard, ...] = ()
