@@ -23,13 +23,9 @@ from typing import Any
 from coverage_policy.model import CriterionResult, Needs, Outcome, Policy, RuleResult, Truth
 from fhir_mappings.codes import HCPCS
 from fhir_mappings.episodes import PumpEpisode
+from hooks.crd_dialect import CrdDialect
 from hooks.decide import Deliberation, EpisodeDecision
 
-CARD_TYPE_SYSTEMS = {
-    "2.0": "http://hl7.org/fhir/us/davinci-crd/CodeSystem/temp",
-    "2.1": "http://hl7.org/fhir/us/davinci-crd/CodeSystem/temp",
-    "2.2": "http://terminology.hl7.org/CodeSystem/cdshooks-card-type",
-}
 CARD_TYPE_DISPLAYS = {
     "guideline": "Guideline",
     "claim": "Claim",
@@ -51,7 +47,7 @@ class CardContext:
 
     policy: Policy
     payer_name: str
-    crd_version: str
+    crd: CrdDialect
     new_uuid: Callable[[], str]
     questionnaire_link: str
 
@@ -60,7 +56,7 @@ class CardContext:
             "label": self.payer_name,
             "url": self.policy.url,
             "topic": {
-                "system": CARD_TYPE_SYSTEMS[self.crd_version],
+                "system": self.crd.card_type_system,
                 "code": card_type,
                 "display": CARD_TYPE_DISPLAYS[card_type],
             },

@@ -1,14 +1,7 @@
 """Decisions → Da Vinci CRD coverage-information system actions, in the requested dialect.
 
 One ``update`` per in-scope order, adding the ``ext-coverage-information`` extension and
-changing nothing else (CRD resp-37). Dialects (``davinci-crd.requestedVersion``):
-
-- 2.0 (default, what the CRD 2.0.1 test kit checks): one ``doc-needed`` code
-  (clinical | admin | both), codes from the CRD ``temp`` code system, no ``indeterminate``,
-  no ``detail.category``;
-- 2.1: ``doc-needed`` repeats;
-- 2.2: adds ``indeterminate`` and ``detail.category``; the detail codes move to
-  ``crd-coverage-detail``.
+changing nothing else (CRD resp-37), in the dialect of ``hooks.crd_dialect``.
 
 Invariants honoured in every dialect: ``pa-needed`` whenever not ``not-covered`` and never
 with it (q2 of 2.0.1 and of 2.2); ``info-needed`` with every ``conditional`` (q3); a
@@ -26,22 +19,17 @@ from typing import Any
 
 from coverage_policy.model import Outcome, Policy
 from hooks.cards import card_text, missing_needs
+from hooks.crd_dialect import TEMP_SYSTEM, CrdDialect
 from hooks.decide import CoverageRef, EpisodeDecision
 from hooks.request import NOT_SENT
 
 EXTENSION_URL = "http://hl7.org/fhir/us/davinci-crd/StructureDefinition/ext-coverage-information"
-TEMP_SYSTEM = "http://hl7.org/fhir/us/davinci-crd/CodeSystem/temp"
-DETAIL_SYSTEMS = {
-    "2.0": TEMP_SYSTEM,
-    "2.1": TEMP_SYSTEM,
-    "2.2": "http://terminology.hl7.org/CodeSystem/crd-coverage-detail",
-}
 
 
 @dataclass(frozen=True, slots=True)
 class AssertionContext:
     policy: Policy
-    crd_version: str
+    crd: CrdDialect
     secondary_hook: bool
     coverage: CoverageRef
     assertion_id: str
@@ -58,13 +46,13 @@ def _detail(
     ctx: AssertionContext, code: str, category: str, kind: str, value: Any
 ) -> dict[str, Any]:
     parts = []
-    if ctx.crd_version == "2.2":
+    if ctx.crd.detail_has_category:
         parts.append(_sub("category", "valueCode", category))
     parts.append(
         _sub(
             "code",
             "valueCodeableConcept",
-            {"coding": [{"system": DETAIL_SYSTEMS[ctx.crd_version], "code": code}]},
+            {"coding": [{"system": ctx.crd.detail_code_system, "code": code}]},
         )
     )
     parts.append(_sub("value", kind, value))
@@ -116,7 +104,7 @@ def coverage_information(item: EpisodeDecision, ctx: AssertionContext) -> dict[s
     reasons = card_text()["reason"]
     technical = {k: r for k, r in ctx.unavailable.items() if r != NOT_SENT}
     covered = decision.outcome.value
-    if covered == Outcome.CONDITIONAL and technical and ctx.crd_version == "2.2":
+    if covered == Outcome.CONDITIONAL and technical and ctx.crd.indeterminate_allowed:
         covered = Outcome.INDETERMINATE.value
     parts = [
         _sub("coverage", "valueReference", {"reference": ctx.coverage.reference}),
@@ -128,12 +116,12 @@ def coverage_information(item: EpisodeDecision, ctx: AssertionContext) -> dict[s
     doc_types = _doc_types(missing, policy)
     asks_documentation = bool(missing) and not ctx.secondary_hook
     if asks_documentation:
-        if ctx.crd_version == "2.0":
+        if ctx.crd.doc_needed_repeats:
+            parts += [_sub("doc-needed", "valueCode", t) for t in doc_types]
+        else:
             parts.append(
                 _sub("doc-needed", "valueCode", "both" if len(doc_types) > 1 else doc_types[0])
             )
-        else:
-            parts += [_sub("doc-needed", "valueCode", t) for t in doc_types]
         parts.append(_sub("doc-purpose", "valueCode", "withclaim"))
     if covered in (Outcome.CONDITIONAL, Outcome.INDETERMINATE):
         parts.append(_sub("info-needed", "valueCode", "OTH"))
@@ -157,9 +145,7 @@ def coverage_information(item: EpisodeDecision, ctx: AssertionContext) -> dict[s
         )
     elif reason_text:
         parts.append(_sub("reason", "valueCodeableConcept", {"text": reason_text[:1000]}))
-    # CRD 2.0.1's detail.value has no url type: the link goes as a string there.
-    link_type = "valueUrl" if ctx.crd_version == "2.2" else "valueString"
-    parts.append(_detail(ctx, "policy-link", "cat-other", link_type, policy.url))
+    parts.append(_detail(ctx, "policy-link", "cat-other", ctx.crd.link_value_type, policy.url))
     if asks_documentation:
         instructions = _instructions(missing, policy)
         parts.append(_detail(ctx, "instructions", "cat-decisional", "valueString", instructions))

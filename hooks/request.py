@@ -6,10 +6,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from hooks.crd_dialect import CrdDialect, crd_dialect
+
 CRD_REQUESTED_VERSION = "davinci-crd.requestedVersion"
 CRD_CONFIGURATION = "davinci-crd.configuration"
-SUPPORTED_CRD_VERSIONS = ("2.0", "2.1", "2.2")
-DEFAULT_CRD_VERSION = "2.0"
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,14 +36,13 @@ class HookRequest:
     extension: Mapping[str, Any] = field(default_factory=dict)
 
     @property
+    def crd(self) -> CrdDialect:
+        """The CRD dialect to answer in (``davinci-crd.requestedVersion``)."""
+        return crd_dialect(self.extension.get(CRD_REQUESTED_VERSION))
+
+    @property
     def crd_version(self) -> str:
-        """The CRD dialect to answer in: ``davinci-crd.requestedVersion`` major.minor."""
-        requested = self.extension.get(CRD_REQUESTED_VERSION)
-        if isinstance(requested, str):
-            major_minor = ".".join(requested.strip().split(".")[:2])
-            if major_minor in SUPPORTED_CRD_VERSIONS:
-                return major_minor
-        return DEFAULT_CRD_VERSION
+        return self.crd.version
 
     @property
     def configuration(self) -> Mapping[str, Any]:

@@ -49,11 +49,10 @@ def build_response(
 ) -> HookResult:
     policy = environment.policy
     configuration = effective_configuration(hook_request.configuration)
-    crd_version = hook_request.crd_version
     card_context = CardContext(
         policy=policy,
         payer_name=environment.payer_name,
-        crd_version=crd_version,
+        crd=hook_request.crd,
         new_uuid=environment.new_uuid,
         questionnaire_link=f"{environment.base_url}/fhir/Questionnaire/{policy.questionnaire_id}",
     )
@@ -63,7 +62,7 @@ def build_response(
     if deliberation.decisions and deliberation.coverage and configuration["coverage-info"]:
         assertion = AssertionContext(
             policy=policy,
-            crd_version=crd_version,
+            crd=hook_request.crd,
             secondary_hook=secondary_hook,
             coverage=deliberation.coverage,
             assertion_id=environment.new_uuid(),

@@ -6,8 +6,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from hooks.crd_dialect import SUPPORTED_CRD_VERSIONS
 from hooks.decide import EpisodeDecision
-from hooks.request import SUPPORTED_CRD_VERSIONS
 
 # Prefetch templates valid in CDS Hooks 2.0: only root-level primitive context tokens.
 # Keys are shared by every hook so a client can satisfy them once for all services.
