@@ -8,7 +8,7 @@
      +-- ServiceUnavailable         503: the feedback/audit database cannot be used now
 
 Hook handlers raise ``hooks.request.RequestNotAnswerable`` subclasses, answered as
-``CoverageProblem`` and ``InvalidOrder`` → 400, ``DataUnavailable`` → 412.
+``CoverageProblem`` → 400, ``DataUnavailable`` → 412.
 
 Failures the service absorbs, never answered as such:
 

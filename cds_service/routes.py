@@ -24,9 +24,9 @@ from cds_service.errors import (
     operation_outcome,
 )
 from cds_service.feedback import parse_feedback, store_feedback
-from cds_service.prefetch import resolve_prefetch
+from cds_service.prefetch import read_context_resources, resolve_prefetch
 from hooks import SERVICES, context_validator
-from hooks.request import CoverageProblem, DataUnavailable, InvalidOrder
+from hooks.request import CoverageProblem, DataUnavailable
 from hooks.service import HookEnvironment
 
 logger = logging.getLogger(__name__)
@@ -77,8 +77,6 @@ def call_service(service_id: str) -> Response:
         context_validator=context_validator(service),
     )
     prefetch_started = time.perf_counter()
-    clinical = resolve_prefetch(service, hook_request, _settings(), client)
-    decide_started = time.perf_counter()
     environment = HookEnvironment(
         now=current_app.extensions["cds_clock"](),
         new_uuid=current_app.extensions["cds_new_uuid"],
@@ -86,9 +84,21 @@ def call_service(service_id: str) -> Response:
         base_url=public_base_url(),
         policy=current_app.extensions["cds_policy"],
     )
+    fhir_started = time.monotonic()  # one FHIR deadline for everything the call reads
     try:
-        result = service.handler(hook_request, clinical, environment)
-    except (CoverageProblem, InvalidOrder) as problem:
+        read = read_context_resources(service, hook_request, _settings(), client, fhir_started)
+        scope = service.scope(hook_request, read, environment.policy, environment.now.date())
+        clinical = resolve_prefetch(
+            service,
+            hook_request,
+            _settings(),
+            client,
+            keys=scope.prefetch_keys,
+            started=fhir_started,
+        )
+        decide_started = time.perf_counter()
+        result = service.handler(hook_request, scope, clinical, environment)
+    except CoverageProblem as problem:
         raise BadRequest.single(problem.diagnostics, problem.expression) from problem
     except DataUnavailable as problem:
         raise PreconditionFailed.single(problem.diagnostics, problem.expression) from problem

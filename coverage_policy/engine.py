@@ -201,6 +201,34 @@ def _criteria_in(node: Mapping[str, Any]) -> set[str]:
     return set().union(*(_criteria_in(child) for child in children)) if children else set()
 
 
+def _facts_in(node: Mapping[str, Any]) -> set[str]:
+    if "fact" in node:
+        return {node["fact"]}
+    children = node.get("all") or node.get("any") or ([node["not"]] if "not" in node else [])
+    return set().union(*(_facts_in(child) for child in children)) if children else set()
+
+
+def facts_that_may_be_read(policy: Policy, known: Facts, as_of: date) -> frozenset[str]:
+    """The facts a decision could read, knowing only ``known`` (the rest unknown).
+
+    Every rule whose scope is not already ruled out by ``known`` counts, with the facts of
+    its scope and of its criteria. Sound because three-valued logic is monotone: a rule
+    whose scope is unmet on partial facts is unmet whatever the rest turns out to be."""
+    if not policy.effective.contains(as_of):
+        return frozenset()
+    evaluator = _Evaluator(policy, known, as_of)
+    read: set[str] = set()
+    for rule in policy.rules:
+        if not rule.effective.contains(as_of):
+            continue
+        if evaluator.logic(rule.applies_when, []) is _UNMET:
+            continue
+        read |= _facts_in(rule.applies_when)
+        for criterion_id in rule.criteria:
+            read |= set(policy.criteria[criterion_id].facts)
+    return frozenset(read)
+
+
 def evaluate_policy(policy: Policy, facts: Facts, as_of: date) -> Decision | None:
     """Decide one pump episode. None when no indication rule of the policy applies."""
     evaluator = _Evaluator(policy, facts, as_of)

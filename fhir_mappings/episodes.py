@@ -13,8 +13,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date
+from types import SimpleNamespace
 from typing import Any
 
+from fhir_mappings.bundles import resources_in
 from fhir_mappings.codes import HCPCS
 from fhir_mappings.dates import as_date
 from fhir_mappings.drugs import (
@@ -84,45 +86,84 @@ class PumpEpisode:
         return f"{drug} by {kind}infusion pump{code}"
 
 
-class InvalidPumpOrder(InvalidResource):
-    """A draft order that names an infusion pump or a drug the policy names is not valid
-    FHIR: it cannot be left out, since it is what the request asks about."""
+@dataclass(frozen=True, slots=True)
+class InvalidOrderInScope:
+    """A draft order that is not valid FHIR but names an infusion pump, or a policy drug
+    given by pump: what the request asks about, so it is answered (never left out
+    silently), though it cannot be decided or carry a system action."""
+
+    reference: str
+    problem: ResourceProblem
+    label: str  # how clinicians name it: "insulin by infusion pump order"
 
 
-def _names_a_pump_or_pump_drug(raw: Mapping[str, Any]) -> bool:
-    """Whether an order that failed validation still names a pump or a policy drug."""
-    if raw.get("resourceType") == "DeviceRequest":
-        concept = parse_element("CodeableConcept", raw.get("codeCodeableConcept") or {})
-        pumps = binding("pumps")["hcpcs"]
-        return any(s == HCPCS and c.upper() in pumps for s, c, _ in codings(concept))
-    if raw.get("resourceType") == "MedicationRequest":
-        concept = parse_element("CodeableConcept", raw.get("medicationCodeableConcept") or {})
-        return identify_drug(concept) is not None
-    return False
+def _pump_code_in(raw: Mapping[str, Any]) -> str | None:
+    if raw.get("resourceType") != "DeviceRequest":
+        return None
+    concept = parse_element("CodeableConcept", raw.get("codeCodeableConcept") or {})
+    pumps = binding("pumps")["hcpcs"]
+    found = (c.upper() for s, c, _ in codings(concept) if s == HCPCS and c.upper() in pumps)
+    return next(found, None)
+
+
+def _dosage_of_invalid_order(raw: Mapping[str, Any]) -> SimpleNamespace:
+    """The dosage elements of an order that failed validation, each read on its own (an
+    unreadable one is skipped), in the shape the dosage readers take."""
+    dosages = raw.get("dosageInstruction")
+    readable = [
+        parse_element("Dosage", d)
+        for d in (dosages if isinstance(dosages, list) else [])
+        if isinstance(d, dict)
+    ]
+    return SimpleNamespace(dosageInstruction=[d for d in readable if d is not None])
+
+
+def _in_scope_label(raw: Mapping[str, Any], bundle_orders_a_pump: bool) -> str | None:
+    """How to name an order that failed validation when it is in scope, else None.
+
+    In scope: a DeviceRequest for an infusion pump; a MedicationRequest for a policy drug
+    that is ordered with a pump or whose dosage says it runs by pump. Anything else (an
+    oral drug, a hospital bed) is out of scope, valid or not."""
+    if (hcpcs := _pump_code_in(raw)) is not None:
+        return f"infusion pump order ({hcpcs})"
+    if raw.get("resourceType") != "MedicationRequest":
+        return None
+    concept = parse_element("CodeableConcept", raw.get("medicationCodeableConcept") or {})
+    drug = identify_drug(concept)
+    if drug is None:
+        return None
+    if bundle_orders_a_pump or dosage_says_pump(_dosage_of_invalid_order(raw)):
+        return f"{drug.name} by infusion pump order"
+    return None
 
 
 def parse_draft_orders(
     bundle: Mapping[str, Any], path: str
-) -> tuple[list[DraftOrder], list[ResourceProblem]]:
-    """The order resources of a context Bundle; invalid ones are left out and named.
-
-    Raises ``InvalidPumpOrder`` for an invalid order that names a pump or a policy drug."""
-    orders, problems = [], []
-    for index, item in enumerate(bundle.get("entry") or []):
-        raw = item.get("resource") if isinstance(item, dict) else None
-        where = f"{path}.entry[{index}]"
-        if not isinstance(raw, dict) or raw.get("resourceType") not in ORDER_TYPES:
+) -> tuple[list[DraftOrder], list[ResourceProblem], list[InvalidOrderInScope]]:
+    """The order resources of a context Bundle. Invalid ones are left out: named as
+    problems, or, when in scope, returned apart so the answer can say they were not
+    decided."""
+    found = [(raw, where) for raw, _, where in resources_in(bundle, path)]
+    orders_a_pump = any(_pump_code_in(raw) for raw, _ in found)
+    orders: list[DraftOrder] = []
+    problems: list[ResourceProblem] = []
+    invalid_in_scope: list[InvalidOrderInScope] = []
+    for index, (raw, where) in enumerate(found):
+        resource_type = raw.get("resourceType")
+        if not isinstance(resource_type, str) or resource_type not in ORDER_TYPES:
             continue
+        reference = f"{raw['resourceType']}/{raw.get('id', index)}"
         try:
             model = parse_resource(raw, where)
         except InvalidResource as exc:
-            if _names_a_pump_or_pump_drug(raw):
-                raise InvalidPumpOrder(exc.problem) from exc
-            problems.append(exc.problem)
+            label = _in_scope_label(raw, orders_a_pump)
+            if label is None:
+                problems.append(exc.problem)
+            else:
+                invalid_in_scope.append(InvalidOrderInScope(reference, exc.problem, label))
             continue
-        reference = f"{raw['resourceType']}/{raw.get('id', index)}"
         orders.append(DraftOrder(reference, raw, model))
-    return orders, problems
+    return orders, problems, invalid_in_scope
 
 
 def pump_hcpcs(order: DraftOrder) -> tuple[str, str] | None:

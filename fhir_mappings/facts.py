@@ -7,6 +7,7 @@ looked for and not found.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import date
 
 from coverage_policy.model import Evidence, FactValue, Policy
@@ -35,6 +36,35 @@ FACT_SOURCES = {
     "encounter.": ("encounters",),
     "doc.": ("questionnaireResponses",),
 }
+
+
+# Further prefetch keys a fact may read without being unknown when they are missing.
+_ALSO_READ = {
+    "order.setting": ("encounter", "encounters"),
+    "episode.route": ("medicationRequests",),  # the active order a pump's drug came from
+}
+
+
+def prefetch_keys_read(fact_names: Iterable[str]) -> frozenset[str]:
+    """The prefetch keys the data of these facts comes from."""
+    keys: set[str] = set()
+    for name in fact_names:
+        keys |= {k for prefix, ks in FACT_SOURCES.items() if name.startswith(prefix) for k in ks}
+        keys |= set(_ALSO_READ.get(name, ()))
+    return frozenset(keys)
+
+
+def facts_settled_by_orders(episode: PumpEpisode) -> dict[str, FactValue]:
+    """The facts the draft orders settle whatever the record holds (to know, before any
+    patient data is read, which rules may apply). A pump ordered alone may take its drug
+    from the record, and a pump kind the order does not give may be documented, so those
+    stay unknown here."""
+    facts = _episode_facts(episode)
+    if episode.drug is None:
+        del facts["episode.drug_family"]
+    if episode.pump_kind is None:
+        del facts["episode.pump_kind"]
+    return facts
 
 
 def _episode_facts(episode: PumpEpisode) -> dict[str, FactValue]:

@@ -22,7 +22,7 @@ from typing import Any
 
 from coverage_policy.model import CriterionResult, Needs, Outcome, Policy, RuleResult, Truth
 from fhir_mappings.codes import HCPCS
-from fhir_mappings.episodes import PumpEpisode
+from fhir_mappings.episodes import InvalidOrderInScope, PumpEpisode
 from hooks.crd_dialect import CrdDialect
 from hooks.decide import Deliberation, EpisodeDecision
 
@@ -338,6 +338,20 @@ def deceased_card(episode: PumpEpisode, died: Any, ctx: CardContext) -> dict[str
     return _associate(card, episode)
 
 
+def invalid_order_card(order: InvalidOrderInScope, ctx: CardContext) -> dict[str, Any]:
+    """An in-scope order that is not valid FHIR: said, not decided (no system action)."""
+    return {
+        "uuid": ctx.new_uuid(),
+        "summary": summary("invalid-order", label=order.label[:1].upper() + order.label[1:]),
+        "detail": card_text()["detail"]["invalid-order"].format(
+            reference=order.reference, message=order.problem.message
+        ),
+        "indicator": "warning",
+        "source": ctx.source("guideline"),
+        "extension": {"davinci-crd.associated-resource": [{"reference": order.reference}]},
+    }
+
+
 def coverage_unconfirmed_card(ctx: CardContext) -> dict[str, Any]:
     return {
         "uuid": ctx.new_uuid(),
@@ -367,6 +381,8 @@ def build_cards(
     for episode, died in deliberation.deceased:
         if enabled["guideline"]:
             cards.append((0, deceased_card(episode, died, ctx), None))
+    for invalid in deliberation.invalid_in_scope:
+        cards.append((0, invalid_order_card(invalid, ctx), None))
     if deliberation.decisions and deliberation.coverage is None and enabled["insurance"]:
         cards.append((4, coverage_unconfirmed_card(ctx), None))
     cards.sort(key=lambda entry: entry[0])

@@ -87,10 +87,6 @@ class CoverageProblem(RequestNotAnswerable):
     """A CRD request without exactly one usable Coverage (CRD hook-13: HTTP 400)."""
 
 
-class InvalidOrder(RequestNotAnswerable):
-    """A pump order (or pump drug order) in the request is not valid FHIR (HTTP 400)."""
-
-
 class DataUnavailable(RequestNotAnswerable):
     """Data a decision needs (the orders, or any patient data at all) is neither in the
     request nor fetchable (HTTP 412)."""

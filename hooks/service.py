@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hooks.crd_dialect import SUPPORTED_CRD_VERSIONS
-from hooks.decide import EpisodeDecision
+from hooks.decide import EpisodeDecision, OrderScope
 
 # Prefetch templates valid in CDS Hooks 2.0: only root-level primitive context tokens.
 # Keys are shared by every hook so a client can satisfy them once for all services.
@@ -52,9 +52,15 @@ class ConfigurationOption:
         }
 
 
+def _no_reads(context: Mapping[str, Any]) -> list[str]:
+    return []
+
+
 @dataclass(frozen=True, slots=True)
 class ServiceDefinition:
-    """One CDS service: discovery metadata, the hook context it accepts, its handler."""
+    """One CDS service: discovery metadata, the hook context it accepts, and its handler
+    in two steps: ``scope`` finds what the call asks about from the orders alone (so
+    that only the data deciding them is fetched), ``handler`` decides it."""
 
     id: str
     hook: str
@@ -63,8 +69,15 @@ class ServiceDefinition:
     usage_requirements: str
     prefetch: Mapping[str, str]
     context_schema: Mapping[str, Any]
-    handler: Callable[..., Any] = field(compare=False)
+    # (request, resources read for context_reads, policy, today) -> OrderScope
+    scope: Callable[..., OrderScope] = field(compare=False)
+    # (request, scope, clinical input, environment) -> HookResult
+    handler: Callable[..., HookResult] = field(compare=False)
     configuration_options: tuple[ConfigurationOption, ...] = ()
+    # References the context names that must be read before the scope is known.
+    context_reads: Callable[[Mapping[str, Any]], list[str]] = field(
+        default=_no_reads, compare=False
+    )
 
     def discovery_entry(self) -> dict[str, Any]:
         return {

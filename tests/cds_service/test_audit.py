@@ -313,7 +313,9 @@ def test_issued_cards_are_the_response_cards_with_the_decision_each_is_about(
         policy=service.extensions["cds_policy"],
     )
     order_sign = SERVICES["infusion-pump-coverage-order-sign"]
-    result = order_sign.handler(request, ClinicalInput(data=body["prefetch"]), environment)
+    scope = order_sign.scope(request, {}, environment.policy, FIXED_NOW.date())
+    clinical = ClinicalInput(data=body["prefetch"])
+    result = order_sign.handler(request, scope, clinical, environment)
     cards = result.response["cards"]
     assert [c.uuid for c in result.cards] == [c["uuid"] for c in cards]
     assert [c.card_type for c in result.cards] == [c["source"]["topic"]["code"] for c in cards]

@@ -155,17 +155,110 @@ def test_invalid_order_of_something_else_is_left_out(
     )
 
 
-@pytest.mark.parametrize("entry", [0, 1])
-def test_invalid_pump_or_pump_drug_order_is_400_naming_it(
-    client: FlaskClient, sign_body: dict[str, Any], entry: int
+@pytest.mark.parametrize(("entry", "decided"), [(0, "medreq-lispro-pump"), (1, "devreq-e0784")])
+def test_invalid_pump_or_pump_drug_order_gets_a_warning_card_and_the_rest_is_decided(
+    client: FlaskClient, sign_body: dict[str, Any], entry: int, decided: str
 ) -> None:
-    """The order the request asks about cannot be left out: the answer says where it is wrong."""
-    sign_body["context"]["draftOrders"]["entry"][entry]["resource"]["authoredOn"] = "28/11/2026"
+    """An in-scope order that is not valid FHIR is named with what is wrong and not
+    decided (an update cannot carry an invalid resource); the other order still is."""
+    invalid = sign_body["context"]["draftOrders"]["entry"][entry]["resource"]
+    invalid["authoredOn"] = "28/11/2026"
     response = _post(client, sign_body)
-    assert response.status_code == 400
-    (issue,) = response.json["issue"]
-    assert issue["expression"] == [f"context.draftOrders.entry[{entry}]"]
-    assert "authoredOn" in issue["diagnostics"]
+    assert response.status_code == 200
+    warnings = [c for c in response.json["cards"] if "not valid FHIR" in c["summary"]]
+    (card,) = warnings
+    reference = f"{invalid['resourceType']}/{invalid['id']}"
+    assert card["indicator"] == "warning"
+    assert reference in card["detail"]
+    assert "authoredOn" in card["detail"]
+    assert card["extension"]["davinci-crd.associated-resource"] == [{"reference": reference}]
+    updated = [a["resource"]["id"] for a in response.json["systemActions"]]
+    assert updated == [decided]
+
+
+# The CDS Hooks sandbox's Rx Sign: MedicationRequests whose category is an object, not
+# the array R4 requires, for drugs the policy names but not given by pump.
+SANDBOX_ORAL_ORDERS = [
+    ("vancomycin", "1807516", "vancomycin 125 MG Oral Capsule"),
+    ("morphine", "892494", "morphine sulfate 15 MG Oral Tablet"),
+    ("baclofen", "197391", "baclofen 10 MG Oral Tablet"),
+    ("acetaminophen", "313782", "acetaminophen 325 MG Oral Tablet"),
+]
+
+
+def _sandbox_rx_sign(code: str, display: str) -> dict[str, Any]:
+    return {
+        "hook": "order-sign",
+        "hookInstance": "3a1c2f4e-8b1d-4c55-9d0e-6f8a1b2c3d4e",
+        "context": {
+            "userId": "Practitioner/COREPRACTITIONER1",
+            "patientId": "smart-1288992",
+            "draftOrders": {
+                "resourceType": "Bundle",
+                "entry": [
+                    {
+                        "resource": {
+                            "resourceType": "MedicationRequest",
+                            "id": "request-123",
+                            "status": "draft",
+                            "intent": "order",
+                            "category": {
+                                "coding": [
+                                    {
+                                        "system": "http://terminology.hl7.org/CodeSystem/"
+                                        "medicationrequest-category",
+                                        "code": "outpatient",
+                                    }
+                                ]
+                            },
+                            "medicationCodeableConcept": {
+                                "text": display,
+                                "coding": [
+                                    {
+                                        "display": display,
+                                        "system": "http://www.nlm.nih.gov/research/umls/rxnorm",
+                                        "code": code,
+                                    }
+                                ],
+                            },
+                            "subject": {"reference": "Patient/smart-1288992"},
+                            "dosageInstruction": [
+                                {
+                                    "text": "1 tablet by mouth daily",
+                                    "timing": {"repeat": {"frequency": 1, "period": 1}},
+                                    "route": {"text": "oral"},
+                                }
+                            ],
+                        }
+                    }
+                ],
+            },
+        },
+    }
+
+
+@pytest.mark.parametrize(("name", "code", "display"), SANDBOX_ORAL_ORDERS)
+def test_an_invalid_order_out_of_scope_never_fails_the_call(
+    client: FlaskClient, name: str, code: str, display: str
+) -> None:
+    response = _post(client, _sandbox_rx_sign(code, display))
+    assert response.status_code == 200, response.json
+    assert response.json == {"cards": []}
+
+
+def test_an_invalid_pump_drug_order_whose_dosage_says_pump_is_in_scope(
+    client: FlaskClient,
+) -> None:
+    body = _sandbox_rx_sign("1807516", "vancomycin 1 G Injection")
+    dosage = body["context"]["draftOrders"]["entry"][0]["resource"]["dosageInstruction"][0]
+    dosage.update(text="1 g IV every 12 hours by infusion pump", route={"text": "intravenous"})
+    response = _post(client, body)
+    assert response.status_code == 200
+    (card,) = response.json["cards"]
+    assert card["summary"].startswith("Vancomycin by infusion pump order: not decided")
+    assert "MedicationRequest/request-123" in card["detail"]
+    assert "category" in card["detail"]
+    assert "systemActions" not in response.json
 
 
 def test_order_select_requires_selections(client: FlaskClient, sign_body: dict[str, Any]) -> None:

@@ -448,7 +448,7 @@ def test_medication_reference_resolves_by_relative_absolute_and_urn() -> None:
             "dosageInstruction": [{"text": "intrathecal infusion by implanted pump"}],
         }
         bundle = {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": order}]}
-        orders, _ = parse_draft_orders(bundle, "context.draftOrders")
+        orders, _, _ = parse_draft_orders(bundle, "context.draftOrders")
         episodes = find_pump_episodes(orders, PatientRecord(), draft_record)
         assert episodes[0].drug is not None
         assert episodes[0].drug.family == family, reference
@@ -481,7 +481,7 @@ def fixture_facts(name: str, unavailable: dict[str, str] | None = None) -> dict[
     body = json.loads((FIXTURES / "requests" / name).read_text(encoding="utf-8"))
     record = build_record(body["prefetch"], unavailable)
     draft = build_record({"draftOrders": body["context"]["draftOrders"]})
-    orders, _ = parse_draft_orders(body["context"]["draftOrders"], "context.draftOrders")
+    orders, _, _ = parse_draft_orders(body["context"]["draftOrders"], "context.draftOrders")
     episode = find_pump_episodes(orders, record, draft)[0]
     return facts_for_episode(
         episode, record, load_policy(), AS_OF, "Encounter/enc-1", body["context"]["userId"]
