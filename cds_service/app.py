@@ -10,10 +10,11 @@ from typing import Any
 
 from flask import Flask
 
-from cds_service import fhir_routes
+from cds_service import decision_page, fhir_routes
 from cds_service.auth import install_client_authentication
 from cds_service.config import load_settings
 from cds_service.cors import install_cors
+from cds_service.decision_page import new_decision_page_token
 from cds_service.replay import ReplayCache
 from cds_service.routes import blueprint
 from cds_service.store import open_store
@@ -36,14 +37,17 @@ def create_app(
     *,
     clock: Callable[[], datetime] = _utc_now,
     new_uuid: Callable[[], str] = _new_uuid,
+    new_page_token: Callable[[], str] = new_decision_page_token,
 ) -> Flask:
-    """Build the service. ``config`` overrides the ``CDS_*`` environment; ``clock`` and
-    ``new_uuid`` are injectable so tests can compare responses exactly."""
+    """Build the service. ``config`` overrides the ``CDS_*`` environment; ``clock``,
+    ``new_uuid`` and ``new_page_token`` are injectable so tests can compare responses
+    exactly."""
     app = Flask(__name__, instance_relative_config=True)
     app.config["CDS"] = load_settings(config)
     app.config["MAX_CONTENT_LENGTH"] = app.config["CDS"]["MAX_REQUEST_BYTES"]
     app.extensions["cds_clock"] = clock
     app.extensions["cds_new_uuid"] = new_uuid
+    app.extensions["cds_new_page_token"] = new_page_token
     # A policy that fails its schema or semantic checks stops the service here.
     app.extensions["cds_policy"] = load_policy()
     app.extensions["cds_questionnaire"] = documentation_questionnaire(
@@ -59,6 +63,7 @@ def create_app(
     app.json.compact = True  # type: ignore[attr-defined]
     app.register_blueprint(blueprint)
     app.register_blueprint(fhir_routes.blueprint)
+    app.register_blueprint(decision_page.blueprint)
     install_client_authentication(app)
     install_cors(app)
     if app.config["CDS"]["AUTH"] == "optional":

@@ -28,7 +28,13 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
 from cds_service.store import Store
-from cds_service.tables import criterion_result, decision, issued_card, service_call
+from cds_service.tables import (
+    criterion_result,
+    decision,
+    decision_page,
+    issued_card,
+    service_call,
+)
 from coverage_policy.model import RuleResult
 from hooks.decide import EpisodeDecision
 from hooks.request import HookRequest
@@ -60,6 +66,7 @@ class CriterionRecord:
     truth: str
     deciding: bool
     evidence_references: tuple[str, ...]
+    checked: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +103,7 @@ class AuditRecord:
     timings: CallTimings
     decisions: tuple[DecisionRecord, ...] = ()
     cards: tuple[CardRecord, ...] = field(default_factory=tuple)
+    decision_page_token: str | None = None  # the unguessable id of its decision page
 
 
 def _criteria(item: EpisodeDecision) -> tuple[CriterionRecord, ...]:
@@ -113,6 +121,7 @@ def _criteria(item: EpisodeDecision) -> tuple[CriterionRecord, ...]:
             truth=result.truth.value,
             deciding=result.deciding,
             evidence_references=tuple(dict.fromkeys(e.reference for e in result.evidence)),
+            checked=result.checked,
         )
         for rule_result in rule_results
         for result in rule_result.results
@@ -141,6 +150,7 @@ def build_audit_record(
     result: HookResult,
     timings: CallTimings,
     recorded_at: datetime,
+    decision_page_token: str | None = None,
 ) -> AuditRecord:
     """The audit record of one answered call: the decisions and the cards the hook issued."""
     assertion_ids = result.assertion_ids or (None,) * len(result.decisions)
@@ -168,6 +178,7 @@ def build_audit_record(
         timings=timings,
         decisions=decisions,
         cards=cards,
+        decision_page_token=decision_page_token if decisions else None,
     )
 
 
@@ -226,10 +237,15 @@ def write_audit_record(connection: Connection, record: AuditRecord) -> int:
                         "truth": c.truth,
                         "deciding": c.deciding,
                         "evidence_references": list(c.evidence_references),
+                        "checked": c.checked,
                     }
                     for index, c in enumerate(item.criteria)
                 ],
             )
+    if record.decision_page_token is not None:
+        connection.execute(
+            decision_page.insert().values(token=record.decision_page_token, call_id=call_id)
+        )
     if record.cards:
         connection.execute(
             issued_card.insert(),
@@ -308,6 +324,31 @@ def audit_for_assertion(store: Store, assertion_id: str) -> list[dict[str, Any]]
         return [_decision_report(connection, row) for row in rows]
 
 
+def audit_for_decision_page(
+    store: Store, token: str, recorded_since: datetime
+) -> list[dict[str, Any]]:
+    """The decisions of the call whose decision page ``token`` names, if it was recorded
+    since ``recorded_since`` (pages expire); empty otherwise."""
+    with store.reading() as connection:
+        rows = (
+            connection.execute(
+                sa.select(
+                    decision.c.id.label("decision_id"),
+                    *(c for c in decision.c if c.name != "id"),
+                    *(c for c in service_call.c if c.name != "id"),
+                )
+                .join(service_call, service_call.c.id == decision.c.call_id)
+                .join(decision_page, decision_page.c.call_id == service_call.c.id)
+                .where(decision_page.c.token == token)
+                .where(service_call.c.recorded_at >= recorded_since)
+                .order_by(decision.c.position)
+            )
+            .mappings()
+            .all()
+        )
+        return [_decision_report(connection, row) for row in rows]
+
+
 def _decision_report(connection: Connection, row: sa.RowMapping) -> dict[str, Any]:
     decision_id = row["decision_id"]
     call_id = row["call_id"]
@@ -355,6 +396,7 @@ def _decision_report(connection: Connection, row: sa.RowMapping) -> dict[str, An
                 "criterion_id": c["criterion_id"],
                 "truth": c["truth"],
                 "deciding": c["deciding"],
+                "checked": c["checked"],
                 "evidence": list(c["evidence_references"]),
             }
             for c in criteria

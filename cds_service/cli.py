@@ -73,15 +73,15 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _policy_show(args: argparse.Namespace) -> int:
-    from cds_service.policy_report import policy_report, render_report
     from coverage_policy.loader import load_policy
+    from coverage_policy.report import policy_report, render_report
 
     sys.stdout.write(render_report(policy_report(load_policy()), args.format, args.width))
     return 0
 
 
 def _width(value: str) -> int:
-    from cds_service.policy_report import MIN_WIDTH
+    from coverage_policy.report import MIN_WIDTH
 
     width = int(value)
     if width < MIN_WIDTH:
@@ -153,9 +153,10 @@ def _format_decision(item: dict[str, Any]) -> str:
     for c in item["criteria"]:
         role = "deciding" if c["deciding"] else "advisory"
         evidence = ", ".join(c["evidence"]) or "no evidence"
+        truth = c["truth"] if c["checked"] else f"{c['truth']}, not checked (data not retrieved)"
         lines.append(
             f"    {c['rule_id']} ({c['rule_kind']}, {role}) {c['criterion_id']}: "
-            f"{c['truth']}; evidence: {evidence}"
+            f"{truth}; evidence: {evidence}"
         )
     lines.append("  cards issued in the same response:")
     for card in item["cards"]:

@@ -38,12 +38,19 @@ DEFAULTS: dict[str, Any] = {
     "MAX_REQUEST_BYTES": 10 * 1024 * 1024,
     # Origins allowed to call from a browser (e.g. the CDS Hooks sandbox).
     "CORS_ORIGINS": [],
+    # How long the decision page a coverage card links to stays readable.
+    "DECISION_PAGE_TTL_S": 7 * 24 * 3600.0,
 }
 
 # Settings whose environment value is a list (comma-separated) or JSON (inline or a file path).
 _LIST_KEYS = {"FHIR_SERVERS", "CORS_ORIGINS"}
 _JSON_KEYS = {"TRUSTED_ISSUERS"}
-_FLOAT_KEYS = {"FHIR_DEADLINE_S", "FHIR_CALL_TIMEOUT_S", "JWKS_REFRESH_INTERVAL_S"}
+_FLOAT_KEYS = {
+    "FHIR_DEADLINE_S",
+    "FHIR_CALL_TIMEOUT_S",
+    "JWKS_REFRESH_INTERVAL_S",
+    "DECISION_PAGE_TTL_S",
+}
 _INT_KEYS = {"FHIR_MAX_PAGES", "FHIR_MAX_RESPONSE_BYTES", "MAX_REQUEST_BYTES"}
 
 

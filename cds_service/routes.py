@@ -13,6 +13,7 @@ from werkzeug.exceptions import ClientDisconnected, HTTPException
 
 from cds_service.audit import CallTimings, build_audit_record, record_service_call
 from cds_service.auth import authenticate_client
+from cds_service.decision_page import DECISION_PAGE_PATH
 from cds_service.envelope import parse_hook_request, parse_json_body
 from cds_service.errors import (
     BadRequest,
@@ -77,12 +78,14 @@ def call_service(service_id: str) -> Response:
         context_validator=context_validator(service),
     )
     prefetch_started = time.perf_counter()
+    page_token = current_app.extensions["cds_new_page_token"]()
     environment = HookEnvironment(
         now=current_app.extensions["cds_clock"](),
         new_uuid=current_app.extensions["cds_new_uuid"],
         payer_name=_settings()["PAYER_NAME"],
         base_url=public_base_url(),
         policy=current_app.extensions["cds_policy"],
+        decision_page_url=f"{public_base_url()}{DECISION_PAGE_PATH}{page_token}",
     )
     fhir_started = time.monotonic()  # one FHIR deadline for everything the call reads
     try:
@@ -103,7 +106,7 @@ def call_service(service_id: str) -> Response:
     except DataUnavailable as problem:
         raise PreconditionFailed.single(problem.diagnostics, problem.expression) from problem
     finished = time.perf_counter()
-    record_service_call(
+    call_id = record_service_call(
         current_app.extensions["cds_store"],
         build_audit_record(
             service_id=service_id,
@@ -117,8 +120,11 @@ def call_service(service_id: str) -> Response:
                 total=finished - started,
             ),
             recorded_at=environment.now,
+            decision_page_token=page_token,
         ),
     )
+    if call_id is None and environment.decision_page_url:
+        _drop_links_to(result.response, environment.decision_page_url)
     logger.info(
         "answered %s hookInstance=%s decisions=%s",
         service_id,
@@ -126,6 +132,14 @@ def call_service(service_id: str) -> Response:
         [(d.rule_id, d.outcome.value) for d in result.decisions],
     )
     return jsonify(result.response)
+
+
+def _drop_links_to(response: dict[str, Any], page_url: str) -> None:
+    """A decision page that was not recorded does not exist: no card may link to it."""
+    for card in response.get("cards", ()):
+        links = [link for link in card.get("links", ()) if not link["url"].startswith(page_url)]
+        if "links" in card:
+            card["links"] = links
 
 
 @blueprint.post("/cds-services/<service_id>/feedback")

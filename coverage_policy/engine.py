@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import calendar
 from collections.abc import Mapping
+from dataclasses import replace
 from datetime import date
 from typing import Any
 
@@ -47,6 +48,20 @@ def truth_any(truths: list[Truth]) -> Truth:
 
 def truth_not(truth: Truth) -> Truth:
     return {_MET: _UNMET, _UNMET: _MET, _UNKNOWN: _UNKNOWN}[truth]
+
+
+def truth_of(node: Mapping[str, Any], criterion_truths: Mapping[str, Truth]) -> Truth:
+    """A rule's ``decides`` tree from its criteria's truths (as the audit trail records
+    them); a criterion not among them is unknown."""
+    if "all" in node:
+        return truth_all([truth_of(child, criterion_truths) for child in node["all"]])
+    if "any" in node:
+        return truth_any([truth_of(child, criterion_truths) for child in node["any"]])
+    if "not" in node:
+        return truth_not(truth_of(node["not"], criterion_truths))
+    if "const" in node:
+        return Truth(node["const"])
+    return criterion_truths.get(node.get("criterion", ""), _UNKNOWN)
 
 
 def code_in_valueset(valueset: Mapping[str, Any], system: str, code: str) -> bool:
@@ -87,10 +102,17 @@ def _compare(op: str, actual: Any, expected: Any) -> bool:
 class _Evaluator:
     """One evaluation: caches criterion results so shared criteria are decided once."""
 
-    def __init__(self, policy: Policy, facts: Facts, as_of: date) -> None:
+    def __init__(
+        self,
+        policy: Policy,
+        facts: Facts,
+        as_of: date,
+        not_retrieved: frozenset[str] = frozenset(),
+    ) -> None:
         self.policy = policy
         self.facts = facts
         self.as_of = as_of
+        self.not_retrieved = not_retrieved
         self.cache: dict[str, CriterionResult] = {}
 
     # -- fact leaves -----------------------------------------------------------------
@@ -151,17 +173,21 @@ class _Evaluator:
             criterion: Criterion = self.policy.criteria[criterion_id]
             evidence: list[Evidence] = []
             truth = self.logic(criterion.logic, evidence)
-            self.cache[criterion_id] = CriterionResult(criterion, truth, tuple(evidence), True)
+            checked = truth is not _UNKNOWN or not self.not_retrieved & set(criterion.facts)
+            self.cache[criterion_id] = CriterionResult(
+                criterion, truth, tuple(evidence), True, checked
+            )
         result = self.cache[criterion_id]
         if result.deciding != deciding:
-            return CriterionResult(result.criterion, result.truth, result.evidence, deciding)
+            return replace(result, deciding=deciding)
         return result
 
     def needs(self, node: Mapping[str, Any]) -> Needs | str | None:
-        """The unknown part of a decision tree: what documenting would settle it."""
+        """The unknown part of a decision tree: what documenting would settle it. A
+        criterion not checked (its data could not be retrieved) is not asked for."""
         if "criterion" in node:
             result = self.criterion(node["criterion"])
-            return node["criterion"] if result.truth is _UNKNOWN else None
+            return node["criterion"] if result.truth is _UNKNOWN and result.checked else None
         if "not" in node:
             return self.needs(node["not"])
         mode = "all" if "all" in node else "any" if "any" in node else None
@@ -216,7 +242,7 @@ def facts_that_may_be_read(policy: Policy, known: Facts, as_of: date) -> frozens
     whose scope is unmet on partial facts is unmet whatever the rest turns out to be."""
     if not policy.effective.contains(as_of):
         return frozenset()
-    evaluator = _Evaluator(policy, known, as_of)
+    evaluator = _Evaluator(policy, known, as_of, frozenset())
     read: set[str] = set()
     for rule in policy.rules:
         if not rule.effective.contains(as_of):
@@ -229,9 +255,14 @@ def facts_that_may_be_read(policy: Policy, known: Facts, as_of: date) -> frozens
     return frozenset(read)
 
 
-def evaluate_policy(policy: Policy, facts: Facts, as_of: date) -> Decision | None:
-    """Decide one pump episode. None when no indication rule of the policy applies."""
-    evaluator = _Evaluator(policy, facts, as_of)
+def evaluate_policy(
+    policy: Policy, facts: Facts, as_of: date, not_retrieved: frozenset[str] = frozenset()
+) -> Decision | None:
+    """Decide one pump episode. None when no indication rule of the policy applies.
+
+    ``not_retrieved`` names the facts whose data could not be retrieved (as opposed to
+    looked for and not found): a criterion left unknown by one of them is not checked."""
+    evaluator = _Evaluator(policy, facts, as_of, not_retrieved)
     applicable = [rule for rule in policy.rules if evaluator.applies(rule)]
     indication = next((r for r in applicable if r.kind is RuleKind.INDICATION), None)
     if indication is None or not policy.effective.contains(as_of):

@@ -54,6 +54,17 @@ def prefetch_keys_read(fact_names: Iterable[str]) -> frozenset[str]:
     return frozenset(keys)
 
 
+def facts_of_keys(keys: Iterable[str], fact_names: Iterable[str]) -> frozenset[str]:
+    """Those of ``fact_names`` whose data comes from any of these prefetch keys (and is
+    left out, unknown, when one of them could not be had)."""
+    wanted = set(keys)
+    return frozenset(
+        name
+        for name in fact_names
+        if any(name.startswith(p) and wanted & set(ks) for p, ks in FACT_SOURCES.items())
+    )
+
+
 def facts_settled_by_orders(episode: PumpEpisode) -> dict[str, FactValue]:
     """The facts the draft orders settle whatever the record holds (to know, before any
     patient data is read, which rules may apply). A pump ordered alone may take its drug

@@ -18,7 +18,7 @@ from datetime import date
 from typing import Any
 
 from coverage_policy.model import Outcome, Policy
-from hooks.cards import card_text, missing_needs
+from hooks.cards import card_text, data_names, decisive_result, missing_needs
 from hooks.crd_dialect import TEMP_SYSTEM, CrdDialect
 from hooks.decide import CoverageRef, EpisodeDecision
 from hooks.request import NOT_SENT
@@ -76,35 +76,17 @@ def _doc_types(criterion_ids: list[str], policy: Policy) -> list[str]:
 
 
 def _instructions(criterion_ids: list[str], policy: Policy) -> str:
-    lines = []
-    for criterion_id in criterion_ids:
-        criterion = policy.criteria[criterion_id]
-        form = (
-            f" (form items: {', '.join(criterion.documentation)})"
-            if criterion.documentation
-            else ""
-        )
-        lines.append(f"{criterion.text}{form}")
-    return "; ".join(lines)
-
-
-def _not_covered_message(decision: Any) -> str:
-    """Why it is not covered: the first deciding rule (indication, then requirements) that
-    is not covered, e.g. a contraindication to implantation under a met indication."""
-    result = next(
-        (r for r in decision.deciding_results if r.outcome is Outcome.NOT_COVERED),
-        decision.indication,
-    )
-    return str(result.rule.messages["not-covered"])
+    """What to document, in the criteria's words (the questionnaire names the items)."""
+    return "; ".join(policy.criteria[c].text for c in criterion_ids)
 
 
 def coverage_information(item: EpisodeDecision, ctx: AssertionContext) -> dict[str, Any]:
     """The ``ext-coverage-information`` extension for one decision."""
     decision, policy = item.decision, ctx.policy
     reasons = card_text()["reason"]
-    technical = {k: r for k, r in ctx.unavailable.items() if r != NOT_SENT}
+    not_retrieved = sorted(k for k, r in ctx.unavailable.items() if r != NOT_SENT)
     covered = decision.outcome.value
-    if covered == Outcome.CONDITIONAL and technical and ctx.crd.indeterminate_allowed:
+    if decision.provisional and ctx.crd.indeterminate_allowed:
         covered = Outcome.INDETERMINATE.value
     parts = [
         _sub("coverage", "valueReference", {"reference": ctx.coverage.reference}),
@@ -126,23 +108,20 @@ def coverage_information(item: EpisodeDecision, ctx: AssertionContext) -> dict[s
     if covered in (Outcome.CONDITIONAL, Outcome.INDETERMINATE):
         parts.append(_sub("info-needed", "valueCode", "OTH"))
     reason_text = (
-        reasons["not-covered"].format(message=_not_covered_message(decision))
+        reasons["not-covered"].format(message=decisive_result(decision).rule.messages[covered])
         if covered == Outcome.NOT_COVERED
+        else reasons["not-checked"].format(
+            data=data_names(not_retrieved), rule=decision.rule_id, policy=policy.id
+        )
+        if decision.provisional
         else reasons["conditional"].format(rule=decision.rule_id, policy=policy.id)
         if covered == Outcome.CONDITIONAL
         else None
     )
     if covered == Outcome.INDETERMINATE:
-        parts.append(
-            _sub(
-                "reason",
-                "valueCodeableConcept",
-                {
-                    "coding": [{"system": TEMP_SYSTEM, "code": "technical"}],
-                    "text": reasons["technical"].format(keys=", ".join(sorted(technical))),
-                },
-            )
-        )
+        # CRD 2.2: an outcome a technical failure left open says so (crd-ci-q9, resp-43).
+        reason = {"coding": [{"system": TEMP_SYSTEM, "code": "technical"}], "text": reason_text}
+        parts.append(_sub("reason", "valueCodeableConcept", reason))
     elif reason_text:
         parts.append(_sub("reason", "valueCodeableConcept", {"text": reason_text[:1000]}))
     parts.append(_detail(ctx, "policy-link", "cat-other", ctx.crd.link_value_type, policy.url))

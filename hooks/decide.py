@@ -17,7 +17,12 @@ from fhir_mappings.episodes import (
     find_pump_episodes,
     parse_draft_orders,
 )
-from fhir_mappings.facts import facts_for_episode, facts_settled_by_orders, prefetch_keys_read
+from fhir_mappings.facts import (
+    facts_for_episode,
+    facts_of_keys,
+    facts_settled_by_orders,
+    prefetch_keys_read,
+)
 from fhir_mappings.r4 import ResourceProblem
 from fhir_mappings.record import PatientRecord, build_record
 from hooks.request import (
@@ -171,6 +176,8 @@ def deliberate(
     user_id = hook_request.context.get("userId")
     user_reference = user_id if isinstance(user_id, str) else None
     deceased_on = _deceased_on(record)
+    # Data that a query failed to bring back (not merely data the EHR did not send).
+    not_retrieved = facts_of_keys(clinical.not_retrieved, policy.facts)
     decisions, deceased = [], []
     for episode in episodes:
         as_of = _as_of(episode.orders, today)
@@ -180,7 +187,7 @@ def deliberate(
         facts = facts_for_episode(
             episode, record, policy, as_of, encounter_reference, user_reference
         )
-        decision = evaluate_policy(policy, facts, as_of)
+        decision = evaluate_policy(policy, facts, as_of, not_retrieved)
         if decision is not None:
             decisions.append(EpisodeDecision(episode, decision))
     return Deliberation(

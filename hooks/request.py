@@ -69,6 +69,12 @@ class ClinicalInput:
     unavailable: Mapping[str, str] = field(default_factory=dict)
     fetch_seconds: float = 0.0  # time spent querying fhirServer for what was not sent
 
+    @property
+    def not_retrieved(self) -> dict[str, str]:
+        """The unavailable keys a query failed to bring back (a timeout, an error, only
+        part of the results), as opposed to those there was no way to fetch."""
+        return {k: r for k, r in self.unavailable.items() if r != NOT_SENT}
+
 
 # Why a prefetch key could not be had; any other reason is a technical failure.
 NOT_SENT = "not sent by the EHR and not fetched"

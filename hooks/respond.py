@@ -55,6 +55,7 @@ def build_response(
         crd=hook_request.crd,
         new_uuid=environment.new_uuid,
         questionnaire_link=f"{environment.base_url}/fhir/Questionnaire/{policy.questionnaire_id}",
+        decision_page_url=environment.decision_page_url,
     )
     cards = build_cards(deliberation, card_context, configuration, configuration["max-cards"])
     response: dict[str, Any] = {"cards": [card for card, _ in cards]}

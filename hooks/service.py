@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
+from coverage_policy.model import Policy
 from hooks.crd_dialect import SUPPORTED_CRD_VERSIONS
 from hooks.decide import EpisodeDecision, OrderScope
 
@@ -100,11 +102,13 @@ class ServiceDefinition:
 class HookEnvironment:
     """What a handler needs besides the request: the clock, ids and deployment settings."""
 
-    now: Any  # datetime (timezone-aware), injected so responses are reproducible
+    now: datetime  # timezone-aware, injected so responses are reproducible
     new_uuid: Callable[[], str]
     payer_name: str
     base_url: str
-    policy: Any  # coverage_policy.model.Policy, loaded and checked at start-up
+    policy: Policy  # loaded and checked at start-up
+    # Where this call's decision page will be (None: no page, e.g. no audit trail).
+    decision_page_url: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from hooks.coverage_information import EXTENSION_URL
 from hooks.service import PATIENT_PREFETCH
+from tests.conftest import ORDER_SIGN, make_app
 from tests.corpus import (
     SUMMARY,
     SummaryRow,
@@ -32,7 +32,8 @@ from tests.corpus import (
     synthea_records,
     totals,
 )
-from tests.order_requests import PUMP_ORDERS, pump_order_resources
+from tests.hook_requests import patient_and_coverage_prefetch
+from tests.order_requests import PUMP_ORDERS, order_sign_request, pump_order_resources
 
 
 @pytest.fixture
@@ -134,35 +135,19 @@ def test_record_prefetch_fills_every_template_key() -> None:
     assert prefetch["questionnaireResponses"]["entry"] == []
 
 
-def _response(
-    device: dict[str, Any], medication: dict[str, Any], covered: str, detail: str
-) -> dict[str, Any]:
-    def action(resource: dict[str, Any]) -> dict[str, Any]:
-        extension = {"url": EXTENSION_URL, "extension": [{"url": "covered", "valueCode": covered}]}
-        return {"type": "update", "resource": {**resource, "extension": [extension]}}
-
-    card = {
-        "summary": "...",
-        "detail": detail,
-        "source": {"topic": {"code": "guideline"}},
-        "extension": {
-            "davinci-crd.associated-resource": [{"reference": f"DeviceRequest/{device['id']}"}]
-        },
-    }
-    return {"cards": [card], "systemActions": [action(device), action(medication)]}
-
-
 def test_summarize_response_reads_rules_and_outcome() -> None:
-    """The outcome from coverage-information; the indication then each requirement rule."""
+    """The outcome from coverage-information; the indication then each requirement rule,
+    as the audit trail recorded the decision."""
     order = PUMP_ORDERS[0]
     device, medication = pump_order_resources(order, "p1")
-    detail = (
-        "**External insulin pump** (EIP-CSII): text\n\n**Not met**\n- x\n\n"
-        "**Also required: Face to face** (DME-F2F): text"
+    app = make_app()
+    body = order_sign_request(
+        "p1", (device, medication), {}, "5b0b9a3c-1d2e-4f5a-8b6c-7d8e9f0a1b2c"
     )
-    row = summarize_response(
-        "a.json", order, device, medication, _response(device, medication, "conditional", detail)
-    )
+    body["prefetch"] = patient_and_coverage_prefetch("p1")
+    answer = app.test_client().post(ORDER_SIGN, json=body).get_json()
+    store = app.extensions["cds_store"]
+    row = summarize_response("a.json", order, device, medication, answer, store)
     assert row == SummaryRow("a.json", order.label, "EIP-CSII+DME-F2F", "conditional")
 
 
@@ -178,9 +163,10 @@ def test_summarize_response_without_decision() -> None:
             "davinci-crd.associated-resource": [{"reference": f"DeviceRequest/{device['id']}"}]
         },
     }
-    deceased = summarize_response("a.json", order, device, medication, {"cards": [card]})
+    store = make_app().extensions["cds_store"]
+    deceased = summarize_response("a.json", order, device, medication, {"cards": [card]}, store)
     assert (deceased.rule, deceased.outcome) == ("-", "deceased")
-    nothing = summarize_response("a.json", order, device, medication, {"cards": []})
+    nothing = summarize_response("a.json", order, device, medication, {"cards": []}, store)
     assert (nothing.rule, nothing.outcome) == ("-", "none")
 
 
