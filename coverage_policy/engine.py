@@ -3,7 +3,9 @@
 Three-valued (Kleene) logic: ``all`` is unmet if any part is unmet, met if all are met,
 else unknown; ``any`` the dual; ``not`` swaps met and unmet. A fact whose data could not
 be had is unknown; a fact looked for and not found takes the leaf's ``absent`` truth
-(unknown unless the policy says otherwise). Nothing here raises on missing data.
+(unknown unless the policy says otherwise); a code the record shows only unconfirmed
+(provisional, differential, a device of unknown status) is unknown, whatever ``absent``
+says. Nothing here raises on missing data.
 
 An explicit answer decides: ``{"answer": <leaf on a doc.* fact>, "record": <logic>}`` is
 met when the record shows it met; otherwise, once the documentation item is answered,
@@ -130,6 +132,9 @@ class _Evaluator:
         active = tuple(i.evidence for i in matches if i.status == "active")
         if active:
             return _MET, active
+        unconfirmed = tuple(i.evidence for i in matches if i.status == "unconfirmed")
+        if unconfirmed:  # shown, but not confirmed (provisional, status unknown): unknown
+            return _UNKNOWN, unconfirmed
         against = tuple(i.evidence for i in matches if i.status in ("inactive", "refuted"))
         if against:  # only resolved, inactive or refuted records of it: evidence against
             return _UNMET, against

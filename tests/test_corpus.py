@@ -13,6 +13,8 @@ Skipped when ``../shared/synthea-r4`` is absent.
 
 from __future__ import annotations
 
+import json
+import uuid
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,7 @@ import pytest
 
 from hooks.coverage_information import EXTENSION_URL
 from hooks.service import PATIENT_PREFETCH
+from tests.conftest import ORDER_SIGN, make_app
 from tests.corpus import (
     SUMMARY,
     SummaryRow,
@@ -32,7 +35,7 @@ from tests.corpus import (
     synthea_records,
     totals,
 )
-from tests.order_requests import PUMP_ORDERS, pump_order_resources
+from tests.order_requests import PUMP_ORDERS, order_sign_request, pump_order_resources
 
 
 @pytest.fixture
@@ -201,3 +204,25 @@ def test_summary_totals_and_diff() -> None:
     diff = summary_diff(text, changed)
     assert "-b.json\tE0784+insulin\tEIP-CSII\tconditional" in diff
     assert "+b.json\tE0784+insulin\tEIP-CSII\tcovered" in diff
+
+
+def test_a_synthea_defibrillator_implantation_contraindicates_an_implanted_pump(
+    shared_dir: Path,
+) -> None:
+    """The Synthea record whose only trace of a defibrillator is the Procedure that
+    implanted it (SNOMED CT 447365002, 2016): an implantable baclofen pump is not covered,
+    and the card names that Procedure."""
+    path = shared_dir / "synthea-r4" / "control__Adolfo_Marquardt__50635536.json"
+    bundle = json.loads(path.read_text(encoding="utf-8"))
+    patient_id, prefetch = record_prefetch(bundle)
+    order = next(o for o in PUMP_ORDERS if o.label == "E0783+baclofen intrathecal")
+    device, medication = pump_order_resources(order, patient_id)
+    body = order_sign_request(patient_id, (device, medication), prefetch, str(uuid.uuid4()))
+    response = make_app().test_client().post(ORDER_SIGN, json=body)
+    assert response.status_code == 200
+    answer = response.get_json()
+    row = summarize_response(path.name, order, device, medication, answer)
+    assert row.outcome == "not-covered"
+    guideline = next(c for c in answer["cards"] if c["source"]["topic"]["code"] == "guideline")
+    assert "Procedure/23cdafbd-65e1-4948-98a6-e239cc924607" in guideline["detail"]
+    assert "447365002" in guideline["detail"]

@@ -300,3 +300,32 @@ def test_an_explicit_answer_decides_unless_the_record_shows_it_met(
     if record != "missing":
         facts["med.insulin_mdi_days"] = FactValue(record)
     assert evaluate_leaf(ANSWER_OR_RECORD, facts) is expected
+
+
+@pytest.mark.parametrize(
+    ("statuses", "expected"),
+    [
+        (("active",), MET),
+        (("inactive",), UNMET),
+        (("unconfirmed",), UNKNOWN),  # shown but not confirmed: never read as absent
+        (("unconfirmed", "inactive"), UNKNOWN),
+        (("active", "unconfirmed"), MET),
+        ((), UNMET),  # looked for, not found: the leaf's absent truth
+    ],
+)
+def test_a_code_shown_only_unconfirmed_is_unknown(
+    statuses: tuple[str, ...], expected: Truth
+) -> None:
+    node = {
+        "fact": "patient.implanted_devices",
+        "op": "has_code",
+        "valueset": "implanted-stimulators",
+        "absent": "unmet",
+    }
+    items = tuple(
+        CodedItem(
+            "http://hl7.org/fhir/sid/icd-10-cm", "Z95.0", "", status, Evidence(f"Condition/{i}", "")
+        )
+        for i, status in enumerate(statuses)
+    )
+    assert evaluate_leaf(node, {"patient.implanted_devices": FactValue(items)}) is expected

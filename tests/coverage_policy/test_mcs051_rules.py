@@ -27,6 +27,9 @@ from coverage_policy.model import (
 )
 
 AS_OF = date(2026, 11, 20)
+CPT = "http://www.ama-assn.org/go/cpt"
+# The other implanted device's programmability, not documented.
+NO_DEVICE_ANSWER: dict[str, Any] = {"doc.implanted-device-not-programmable": None}
 ICD = "http://hl7.org/fhir/sid/icd-10-cm"
 SCT = "http://snomed.info/sct"
 KIND = "http://infusion-pump-cds.org/fhir/CodeSystem/implanted-device-kind"
@@ -467,6 +470,66 @@ CASES: list[tuple[str, dict[str, Any], Truth]] = [
         UNMET,
     ),
     ("IIP-CI-NO-OTHER-PROGRAMMABLE-DEVICE", {"order.hcpcs": "E0783"}, UNKNOWN),
+    # Every kind of evidence and every device kind: status codes of Conditions, SNOMED CT
+    # findings, implantation Procedures (CPT, SNOMED CT), device kinds read from words.
+    *[
+        (
+            "IIP-CI-NO-OTHER-PROGRAMMABLE-DEVICE",
+            {**NO_DEVICE_ANSWER, "patient.implanted_devices": (device,), "order.hcpcs": "E0783"},
+            UNMET,
+        )
+        for device in (
+            item("Z95.0"),
+            item("Z950"),  # ICD-10-CM sent without its dot
+            item("Z95.810"),
+            item("Z96.82"),
+            item("Z96.21"),
+            item("441509002", system=SCT),
+            item("447365002", system=SCT),
+            item("43252007", system=SCT),
+            item("33208", system=CPT),
+            item("63685", system=CPT),
+            item("64568", system=CPT),
+            item("69930", system=CPT),
+            item("62362", system=CPT),
+            item("cochlear-implant", system=KIND),
+            item("neurostimulator", system=KIND),
+        )
+    ],
+    # Shown but of unclear programmability, or unconfirmed: unknown, never silently met.
+    *[
+        (
+            "IIP-CI-NO-OTHER-PROGRAMMABLE-DEVICE",
+            {**NO_DEVICE_ANSWER, "patient.implanted_devices": (device,), "order.hcpcs": "E0783"},
+            UNKNOWN,
+        )
+        for device in (
+            item("Z95.811"),
+            item("Z95.818"),
+            item("Z96.29"),
+            item("Z96.41"),
+            item("360066001", system=SCT),
+            item("ventricular-assist-device", system=KIND),
+            item("auditory-implant", system=KIND),
+            item("Z95.0", "unconfirmed"),
+            item("pacemaker", "unconfirmed", KIND),
+        )
+    ],
+    # Removed (resolved status code, inactive device) or not a programmable device at all.
+    *[
+        (
+            "IIP-CI-NO-OTHER-PROGRAMMABLE-DEVICE",
+            {**NO_DEVICE_ANSWER, "patient.implanted_devices": (device,), "order.hcpcs": "E0783"},
+            MET,
+        )
+        for device in (
+            item("Z95.0", "inactive"),
+            item("Z95.811", "inactive"),
+            item("Z95.2"),  # prosthetic heart valve
+            item("Z96.22"),  # myringotomy tubes
+            item("Z95.1"),  # coronary bypass graft
+        )
+    ],
     # DME face-to-face
     (
         "DME-F2F-ENCOUNTER",
@@ -631,6 +694,12 @@ ANSWER_OR_RECORD: dict[str, tuple[Any, Any, dict[str, Any], dict[str, Any]]] = {
         ("doc.part-a-coverage-status", "active", "exhausted"),
         {"coverage.part_a_status": None},
         {"coverage.part_a_status": "none"},
+    ),
+    "IIP-CI-NO-OTHER-PROGRAMMABLE-DEVICE": (
+        ("doc.implanted-device-not-programmable", False, True),
+        # Silent on programmability: the record shows a ventricular assist device.
+        {"patient.implanted_devices": (item("Z95.811"),), "order.hcpcs": "E0783"},
+        {"patient.implanted_devices": (), "order.hcpcs": "E0783"},
     ),
     "SCOPE-PUMP-KIND-KNOWN": (
         ("doc.pump-kind", None, "implantable"),  # every answer names a kind: no "no" answer
