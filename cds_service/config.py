@@ -109,6 +109,18 @@ def load_settings(
             raise ConfigError(
                 f"CDS_TRUSTED_ISSUERS: {issuer!r} needs 'jwks', 'jwks_url' or a 'jku' list"
             )
+        _check_issuer_key_sources(issuer, entry)
     if "*" in settings["CORS_ORIGINS"]:
         raise ConfigError("CDS_CORS_ORIGINS must list origins; '*' is not allowed")
     return settings
+
+
+def _check_issuer_key_sources(issuer: str, entry: dict[str, Any]) -> None:
+    """Each key source of a trusted issuer has its shape: a mapping, a URL, a URL list."""
+    if "jwks" in entry and not isinstance(entry["jwks"], dict):
+        raise ConfigError(f"CDS_TRUSTED_ISSUERS: {issuer!r} 'jwks' must be a JWK Set object")
+    if "jwks_url" in entry and not isinstance(entry["jwks_url"], str):
+        raise ConfigError(f"CDS_TRUSTED_ISSUERS: {issuer!r} 'jwks_url' must be a URL")
+    jku = entry.get("jku", [])
+    if not isinstance(jku, list) or not all(isinstance(url, str) for url in jku):
+        raise ConfigError(f"CDS_TRUSTED_ISSUERS: {issuer!r} 'jku' must be a list of URLs")

@@ -3,7 +3,14 @@
 Three-valued (Kleene) logic: ``all`` is unmet if any part is unmet, met if all are met,
 else unknown; ``any`` the dual; ``not`` swaps met and unmet. A fact whose data could not
 be had is unknown; a fact looked for and not found takes the leaf's ``absent`` truth
-(unknown unless the policy says otherwise). Nothing here raises on missing data.
+(unknown unless the policy says otherwise); a code the record shows only unconfirmed
+(provisional, differential, a device of unknown status) is unknown, whatever ``absent``
+says. Nothing here raises on missing data.
+
+An explicit answer decides: ``{"answer": <leaf on a doc.* fact>, "record": <logic>}`` is
+met when the record shows it met; otherwise, once the documentation item is answered,
+it is what the answer says (an answer "no" is unmet whatever the record does not show);
+unanswered, it is ``any`` of the two.
 """
 
 from __future__ import annotations
@@ -147,6 +154,9 @@ class _Evaluator:
         active = tuple(i.evidence for i in matches if i.status == "active")
         if active:
             return _MET, active
+        unconfirmed = tuple(i.evidence for i in matches if i.status == "unconfirmed")
+        if unconfirmed:  # shown, but not confirmed (provisional, status unknown): unknown
+            return _UNKNOWN, unconfirmed
         against = tuple(i.evidence for i in matches if i.status in ("inactive", "refuted"))
         if against:  # only resolved, inactive or refuted records of it: evidence against
             return _UNMET, against
@@ -164,8 +174,27 @@ class _Evaluator:
             return Truth(node["const"])
         if "criterion" in node:
             return self.criterion(node["criterion"]).truth
+        if "answer" in node:
+            return self.answer_or_record(node, evidence)
         truth, found = self.leaf(node)
         evidence.extend(e for e in found if e not in evidence)
+        return truth
+
+    def answer_or_record(self, node: Mapping[str, Any], evidence: list[Evidence]) -> Truth:
+        """The record when it shows the criterion met, else the answer given, else either."""
+        from_record: list[Evidence] = []
+        record = self.logic(node["record"], from_record)
+        answer_fact = self.facts.get(node["answer"]["fact"])
+        answered = answer_fact is not None and answer_fact.value not in (None, ())
+        from_answer: list[Evidence] = []
+        answer = self.logic(node["answer"], from_answer)
+        if record is _MET:
+            shown, truth = from_record, _MET
+        elif answered:
+            shown, truth = from_answer + from_record, answer
+        else:
+            shown, truth = from_record + from_answer, truth_any([record, answer])
+        evidence.extend(e for e in shown if e not in evidence)
         return truth
 
     def criterion(self, criterion_id: str, deciding: bool = True) -> CriterionResult:

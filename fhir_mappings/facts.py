@@ -15,7 +15,7 @@ from fhir_mappings.allergies import drug_allergy
 from fhir_mappings.conditions import facts_from_condition
 from fhir_mappings.coverage import part_a_status
 from fhir_mappings.dates import as_date
-from fhir_mappings.devices import facts_from_device
+from fhir_mappings.devices import implanted_devices
 from fhir_mappings.documentation import documentation_facts
 from fhir_mappings.drugs import dosage_route
 from fhir_mappings.encounters import face_to_face_date, last_visit_date, order_setting
@@ -29,7 +29,7 @@ FACT_SOURCES = {
     "patient.conditions": ("conditions",),
     "patient.age_years": ("patient",),
     "patient.drug_allergy": ("allergies",),
-    "patient.implanted_devices": ("devices",),
+    "patient.implanted_devices": ("devices", "conditions", "procedures"),
     "coverage.": ("coverage",),
     "lab.": ("observations",),
     "med.": ("medicationRequests",),
@@ -180,9 +180,7 @@ def facts_for_episode(
     facts["patient.age_years"] = _age_years(record, as_of)
     family = episode.drug.family if episode.drug else None
     facts["patient.drug_allergy"] = drug_allergy(record, family)
-    facts["patient.implanted_devices"] = FactValue(
-        tuple(item for entry in record.of_type("Device") for item in facts_from_device(entry))
-    )
+    facts["patient.implanted_devices"] = FactValue(implanted_devices(record))
     weights = lab_results(record, "body_weight", as_of)
     facts["lab.body_weight_kg"] = latest_value(weights, "Body weight")
     facts["lab.bmi"] = latest_value(lab_results(record, "bmi", as_of), "BMI")

@@ -13,9 +13,12 @@ Skipped when ``../shared/synthea-r4`` is absent.
 
 from __future__ import annotations
 
+import json
+import uuid
 from functools import cache
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -187,3 +190,31 @@ def test_summary_totals_and_diff() -> None:
     diff = summary_diff(text, changed)
     assert "-b.json\tE0784+insulin\tEIP-CSII\tconditional" in diff
     assert "+b.json\tE0784+insulin\tEIP-CSII\tcovered" in diff
+
+
+def test_a_synthea_defibrillator_implantation_contraindicates_an_implanted_pump(
+    shared_dir: Path,
+) -> None:
+    """The Synthea record whose only trace of a defibrillator is the Procedure that
+    implanted it (SNOMED CT 447365002, 2016): an implantable baclofen pump is not covered,
+    and the card names that Procedure."""
+    path = shared_dir / "synthea-r4" / "control__Adolfo_Marquardt__50635536.json"
+    bundle = json.loads(path.read_text(encoding="utf-8"))
+    patient_id, prefetch = record_prefetch(bundle)
+    order = next(o for o in PUMP_ORDERS if o.label == "E0783+baclofen intrathecal")
+    device, medication = pump_order_resources(order, patient_id)
+    body = order_sign_request(patient_id, (device, medication), prefetch, str(uuid.uuid4()))
+    app = make_app()
+    response = app.test_client().post(ORDER_SIGN, json=body)
+    assert response.status_code == 200
+    answer = response.get_json()
+    store = app.extensions["cds_store"]
+    row = summarize_response(path.name, order, device, medication, answer, store)
+    assert row.outcome == "not-covered"
+    guideline = next(c for c in answer["cards"] if c["source"]["topic"]["code"] == "guideline")
+    assert "**Against coverage**" in guideline["detail"]
+    # The audit trail (and so the decision page) names the Procedure as the evidence.
+    page = urlsplit(guideline["links"][0]["url"]).path
+    assert "Procedure/23cdafbd-65e1-4948-98a6-e239cc924607" in app.test_client().get(page).get_data(
+        as_text=True
+    )

@@ -13,7 +13,7 @@ import pytest
 from flask.testing import FlaskClient
 
 from coverage_policy.loader import load_policy
-from coverage_policy.model import Decision
+from coverage_policy.model import Decision, Truth
 from coverage_policy.report import guidance_message
 from hooks.coverage_information import EXTENSION_URL
 from hooks.decide import deliberate, find_scope
@@ -97,8 +97,8 @@ def test_every_rule_has_a_fixture_per_outcome_it_can_produce() -> None:
             assert produced[rule_id] == {"not-covered"}, rule_id
         elif rule_id == "SCOPE-PUMP-KIND":
             assert produced[rule_id] == {"conditional"}
-        elif rule_id == "IIP-CONTRAINDICATIONS":
-            assert produced[rule_id] == {"not-covered"}
+        elif rule_id == "IIP-CONTRAINDICATIONS":  # covered: every covered implantable fixture
+            assert produced[rule_id] == {"not-covered", "conditional"}
         else:
             assert produced[rule_id] == set(OUTCOMES), rule_id
 
@@ -176,3 +176,43 @@ def test_snf_bed_with_part_a_exhausted_bills_part_d(client: FlaskClient) -> None
     detail = _guidance_lines(path)
     assert "Part D: for a member in a hospital or SNF bed" in detail
     assert "DME-F2F" not in detail
+
+
+@pytest.mark.parametrize(
+    ("name", "item_id", "criterion_id"),
+    [
+        (
+            "eip-csii-insulin-lispro-mdi-answered-no__conditional",
+            "csii-mdi-6-months",
+            "EIP-CSII-MDI",
+        ),
+        (
+            "eip-csii-insulin-lispro-smbg-answered-no__not-covered",
+            "csii-smbg-4-per-day",
+            "EIP-CSII-SMBG",
+        ),
+    ],
+)
+def test_an_item_answered_no_is_not_asked_for_again(
+    client: FlaskClient, name: str, item_id: str, criterion_id: str
+) -> None:
+    """Answered No with nothing in the record either way: the criterion is not met, and
+    neither a card nor the order's coverage information asks for the item again."""
+    policy = load_policy()
+    body = post(client, FIXTURES / f"requests/order-sign__{name}.json")
+    asking = [c for c in body["cards"] if c["source"]["topic"]["code"] != "guideline"]
+    instructions = [
+        part
+        for action in body["systemActions"]
+        for extension in action["resource"]["extension"]
+        if extension["url"] == EXTENSION_URL
+        for part in extension["extension"]
+        if part["url"] == "detail" and "instructions" in json.dumps(part)
+    ]
+    asked = json.dumps([asking, instructions])
+    for words in (item_id, policy.documentation[item_id].text, policy.criteria[criterion_id].text):
+        assert words not in asked
+    request = json.loads((FIXTURES / f"requests/order-sign__{name}.json").read_text())
+    (decision,) = decisions_of(request)
+    truths = {r.criterion.id: r.truth for rule in decision.deciding_results for r in rule.results}
+    assert truths[criterion_id] is Truth.UNMET
