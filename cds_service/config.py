@@ -38,13 +38,32 @@ DEFAULTS: dict[str, Any] = {
     "MAX_REQUEST_BYTES": 10 * 1024 * 1024,
     # Origins allowed to call from a browser (e.g. the CDS Hooks sandbox).
     "CORS_ORIGINS": [],
+    # `serve`: the whole request body must arrive within this (408 beyond), however slowly
+    # the client sends it.
+    "REQUEST_READ_TIMEOUT_S": 10.0,
+    # `serve`: request line and headers must arrive within this, and an idle kept-alive
+    # connection is closed after it (whole seconds).
+    "KEEPALIVE_S": 5,
+    # `serve`: most connections one worker process holds at once (slow and idle ones too).
+    "MAX_CONNECTIONS": 1000,
 }
 
 # Settings whose environment value is a list (comma-separated) or JSON (inline or a file path).
 _LIST_KEYS = {"FHIR_SERVERS", "CORS_ORIGINS"}
 _JSON_KEYS = {"TRUSTED_ISSUERS"}
-_FLOAT_KEYS = {"FHIR_DEADLINE_S", "FHIR_CALL_TIMEOUT_S", "JWKS_REFRESH_INTERVAL_S"}
-_INT_KEYS = {"FHIR_MAX_PAGES", "FHIR_MAX_RESPONSE_BYTES", "MAX_REQUEST_BYTES"}
+_FLOAT_KEYS = {
+    "FHIR_DEADLINE_S",
+    "FHIR_CALL_TIMEOUT_S",
+    "JWKS_REFRESH_INTERVAL_S",
+    "REQUEST_READ_TIMEOUT_S",
+}
+_INT_KEYS = {
+    "FHIR_MAX_PAGES",
+    "FHIR_MAX_RESPONSE_BYTES",
+    "MAX_REQUEST_BYTES",
+    "MAX_CONNECTIONS",
+    "KEEPALIVE_S",
+}
 
 
 class ConfigError(ValueError):
