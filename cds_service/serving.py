@@ -26,9 +26,10 @@ server does not stop the worker either. In production a buffering reverse proxy 
 front as well (``deploy/nginx.conf``); ``serve`` is safe without one.
 
 Errors the HTTP server itself answers (a request line or header too long, malformed
-headers, a bad chunked encoding) are OperationOutcomes too (``ServiceWorker``): the
-server cannot tell a person's page from an API call before it has read the request, and
-every client of the API expects FHIR.
+headers, a bad chunked encoding) are OperationOutcomes too (``ServiceWorker``), except
+on pages meant for people (``PEOPLE_PAGE_PREFIXES``), which get an HTML page when the
+server got as far as reading the path; when it did not (a request line or header block
+too long), the answer is an OperationOutcome, what every API client expects.
 
 gevent must patch the standard library before anything creates sockets, locks or SSL
 contexts, and the app is built in the master process before the fork (so the workers
@@ -83,13 +84,24 @@ def raise_open_file_limit(needed: int) -> int:
 
 
 def _answer(
-    start_response: StartResponse, status: str, outcome: Mapping[str, Any]
+    environ: Mapping[str, Any],
+    start_response: StartResponse,
+    status: str,
+    diagnostics: str,
+    code: str,
 ) -> Iterable[bytes]:
-    body = json.dumps(outcome).encode()
+    """An OperationOutcome (an HTML page on pages meant for people); the connection closes."""
+    if is_people_page(environ.get("PATH_INFO")):
+        content_type = "text/html; charset=utf-8"
+        reason = status.partition(" ")[2]
+        body = _ERROR_PAGE.format(reason=reason, diagnostics=diagnostics).encode()
+    else:
+        content_type = "application/fhir+json"
+        body = json.dumps(_outcome(diagnostics, code)).encode()
     start_response(
         status,
         [
-            ("Content-Type", "application/fhir+json"),
+            ("Content-Type", content_type),
             ("Content-Length", str(len(body))),
             ("Connection", "close"),
         ],
@@ -131,49 +143,46 @@ class BufferedRequestBody:
             announced = int(environ.get("CONTENT_LENGTH") or 0)
         except ValueError:
             return _answer(
-                start_response, "400 Bad Request", _outcome("Invalid Content-Length", "invalid")
+                environ, start_response, "400 Bad Request", "Invalid Content-Length", "invalid"
             )
         if not chunked and announced <= 0:
             return self.app(environ, start_response)
         if announced > self.max_bytes:
             self._stop_reading(environ)
-            return _answer(start_response, "413 Request Entity Too Large", self._too_large())
+            return self._too_large(environ, start_response)
         try:
             body = self._read(environ["wsgi.input"])
         except _BodyTimedOut:
             self._stop_reading(environ)
             logger.info("request body not received within %s s: 408", self.deadline_s)
             return _answer(
+                environ,
                 start_response,
                 "408 Request Timeout",
-                _outcome(
-                    f"The request body did not arrive within {self.deadline_s:g} seconds",
-                    "timeout",
-                ),
+                f"The request body did not arrive within {self.deadline_s:g} seconds",
+                "timeout",
             )
         except (http_errors.ParseException, OSError, ValueError):
             # Raised while reading: a malformed chunked encoding, or a body cut short.
             self._stop_reading(environ)
             return _answer(
+                environ,
                 start_response,
                 "400 Bad Request",
-                _outcome(
-                    "The request body could not be read: its transfer encoding is malformed"
-                    " or it ended early",
-                    "invalid",
-                ),
+                "The request body could not be read: its transfer encoding is malformed"
+                " or it ended early",
+                "invalid",
             )
         if len(body) > self.max_bytes:
             self._stop_reading(environ)
-            return _answer(start_response, "413 Request Entity Too Large", self._too_large())
+            return self._too_large(environ, start_response)
         if not chunked and len(body) < announced:
             return _answer(
+                environ,
                 start_response,
                 "400 Bad Request",
-                _outcome(
-                    "The request body could not be read: it ended before its Content-Length",
-                    "invalid",
-                ),
+                "The request body could not be read: it ended before its Content-Length",
+                "invalid",
             )
         environ["wsgi.input"] = io.BytesIO(body)
         environ["CONTENT_LENGTH"] = str(len(body))
@@ -181,8 +190,17 @@ class BufferedRequestBody:
         environ["wsgi.input_terminated"] = False
         return self.app(environ, start_response)
 
-    def _too_large(self) -> dict[str, Any]:
-        return _outcome(f"The request body is larger than {self.max_bytes} bytes", "too-costly")
+    def _too_large(
+        self, environ: Mapping[str, Any], start_response: StartResponse
+    ) -> Iterable[bytes]:
+        self._stop_reading(environ)
+        return _answer(
+            environ,
+            start_response,
+            "413 Request Entity Too Large",
+            f"The request body is larger than {self.max_bytes} bytes",
+            "too-costly",
+        )
 
     def _read(self, stream: Any) -> bytes:
         deadline = _deadline(self.deadline_s)
@@ -301,13 +319,33 @@ def _server_error_answer(exc: BaseException) -> tuple[int, str, str, str]:
     )
 
 
-def server_error_response(exc: BaseException) -> tuple[int, bytes]:
-    """The status and the complete HTTP response for an error the HTTP server met."""
+# Pages meant for people (the documentation app): their errors are HTML pages.
+PEOPLE_PAGE_PREFIXES = ("/dtr/",)
+
+_ERROR_PAGE = (
+    "<!doctype html><html lang=en><head><meta charset=utf-8><title>{reason}</title></head>"
+    "<body><h1>{reason}</h1><p>{diagnostics}</p></body></html>"
+)
+
+
+def is_people_page(path: str | None) -> bool:
+    return bool(path) and any(str(path).startswith(p) for p in PEOPLE_PAGE_PREFIXES)
+
+
+def server_error_response(exc: BaseException, path: str | None = None) -> tuple[int, bytes]:
+    """The status and the complete HTTP response for an error the HTTP server met:
+    an OperationOutcome, or an HTML page when ``path`` (if it could be read) is a page
+    meant for people."""
     status, reason, code, diagnostics = _server_error_answer(exc)
-    body = json.dumps(_outcome(diagnostics, code)).encode()
+    if is_people_page(path):
+        content_type = "text/html; charset=utf-8"
+        body = _ERROR_PAGE.format(reason=reason, diagnostics=diagnostics).encode()
+    else:
+        content_type = "application/fhir+json"
+        body = json.dumps(_outcome(diagnostics, code)).encode()
     head = (
         f"HTTP/1.1 {status} {reason}\r\nConnection: close\r\n"
-        f"Content-Type: application/fhir+json\r\nContent-Length: {len(body)}\r\n\r\n"
+        f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n\r\n"
     )
     return status, head.encode("latin-1") + body
 
@@ -316,7 +354,9 @@ class ServiceWorker(GeventWorker):  # type: ignore[misc]
     """gunicorn's gevent worker answering the HTTP server's own errors as OperationOutcomes."""
 
     def handle_error(self, req: Any, client: Any, addr: Any, exc: BaseException) -> None:
-        status, response = server_error_response(exc)
+        # Only some parse errors know the request they were reading (and so its path).
+        known = req if req is not None else getattr(exc, "req", None)
+        status, response = server_error_response(exc, getattr(known, "path", None))
         peer = addr[0] if addr else ""
         if status >= 500:
             self.log.exception("Error handling request (peer %s)", peer)
