@@ -14,6 +14,7 @@ from cds_service import fhir_routes
 from cds_service.auth import install_client_authentication
 from cds_service.config import load_settings
 from cds_service.cors import install_cors
+from cds_service.rate_limit import install_rate_limits
 from cds_service.replay import ReplayCache
 from cds_service.routes import blueprint
 from cds_service.store import open_store
@@ -61,6 +62,7 @@ def create_app(
     app.register_blueprint(fhir_routes.blueprint)
     install_client_authentication(app)
     install_cors(app)
+    install_rate_limits(app)
     if app.config["CDS"]["AUTH"] == "optional":
         logger.warning("CDS_AUTH=optional: unsigned service calls are accepted")
     return app
