@@ -38,13 +38,13 @@ def _serve(args: argparse.Namespace) -> int:
     )
 
     from cds_service.app import create_app
+    from cds_service.config import load_settings
     from cds_service.serving import run, serving_options
 
+    settings = load_settings()
     application = create_app()
-    options = serving_options(
-        application.config["CDS"], host=args.host, port=args.port, workers=args.workers
-    )
-    run(application, options)
+    options = serving_options(settings, host=args.host, port=args.port, workers=args.workers)
+    run(application, settings, options)
     return 0
 
 

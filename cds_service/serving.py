@@ -265,11 +265,10 @@ def serving_options(
     }
 
 
-def run(app: Flask, options: Mapping[str, Any]) -> None:
+def run(app: Flask, settings: Mapping[str, Any], options: Mapping[str, Any]) -> None:
     """Serve ``app`` (already built) with gunicorn until stopped."""
     from gunicorn.app.base import BaseApplication
 
-    settings = app.config["CDS"]
     app.wsgi_app = BufferedRequestBody(  # type: ignore[method-assign]
         app.wsgi_app,
         deadline_s=settings["REQUEST_READ_TIMEOUT_S"],
