@@ -22,6 +22,8 @@ import pytest
 import requests
 
 from tests.conftest import FIXTURES, ORDER_SIGN
+from tests.hook_requests import order_sign_request
+from tests.misbehaving_fhir_server import MisbehavingFhirServer
 from tests.served_process import ServedProcess, raise_test_open_file_limit
 
 SLOW_BODY_CLIENTS = int(os.environ.get("CDS_SLOW_CLIENTS", "100"))
@@ -30,6 +32,7 @@ IDLE_CLIENTS = int(os.environ.get("CDS_IDLE_CLIENTS", "200"))
 READ_TIMEOUT_S = 6
 KEEPALIVE_S = 4
 PROBE_WINDOW_S = 3.0
+FHIR_DEADLINE_S = 2.0
 SIGN_BODY = (FIXTURES / "requests" / "order-sign__e0784-insulin__covered.json").read_bytes()
 
 
@@ -45,6 +48,9 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServedProcess]:
             "CDS_REQUEST_READ_TIMEOUT_S": str(READ_TIMEOUT_S),
             "CDS_KEEPALIVE_S": str(KEEPALIVE_S),
             "CDS_RATE_LIMIT_PER_S": "0",  # the probes call from one address, fast
+            "CDS_FHIR_SERVERS": "http://127.0.0.1",
+            "CDS_FHIR_DEADLINE_S": str(FHIR_DEADLINE_S),
+            "CDS_FHIR_CALL_TIMEOUT_S": str(FHIR_DEADLINE_S),
         },
         workers=1,
         log_path=folder / "serve.log",
@@ -204,3 +210,51 @@ def test_a_body_larger_than_the_limit_is_refused_before_it_is_read(
     assert answer.startswith(b"HTTP/1.1 413")
     outcome = json.loads(answer.partition(b"\r\n\r\n")[2])
     assert outcome["issue"][0]["code"] == "too-costly"
+
+
+def test_calls_waiting_on_a_slow_fhir_server_do_not_hold_the_worker(
+    served: ServedProcess,
+) -> None:
+    """Calls whose prefetch must be fetched from an EHR FHIR server that does not answer
+    wait out their deadline side by side, while other calls are answered."""
+    with MisbehavingFhirServer(slow_s=30).start() as fhir:
+        body = json.dumps(order_sign_request("pat-1", fhir_server=fhir.base("slow"))).encode()
+        waiting: list[tuple[int, float]] = []
+
+        def call_waiting_on_fhir() -> None:
+            started = time.perf_counter()
+            response = requests.post(
+                f"{served.base}{ORDER_SIGN}",
+                data=body,
+                headers={"Content-Type": "application/json"},
+                timeout=15,
+            )
+            waiting.append((response.status_code, time.perf_counter() - started))
+
+        callers = [threading.Thread(target=call_waiting_on_fhir) for _ in range(10)]
+        for caller in callers:
+            caller.start()
+        time.sleep(0.3)
+        latencies = []
+        with requests.Session() as session:
+            for _ in range(10):
+                started = time.perf_counter()
+                decided = session.post(
+                    f"{served.base}{ORDER_SIGN}",
+                    data=SIGN_BODY,
+                    headers={"Content-Type": "application/json"},
+                    timeout=5,
+                )
+                latencies.append(time.perf_counter() - started)
+                assert decided.status_code == 200
+        for caller in callers:
+            caller.join()
+    print(
+        f"\n10 calls waiting on a FHIR server that does not answer: their answers after"
+        f" {min(t for _, t in waiting):.1f}-{max(t for _, t in waiting):.1f} s; 10 other calls"
+        f" meanwhile, max {max(latencies) * 1000:.0f} ms"
+    )
+    assert max(latencies) < 1.0
+    assert len(waiting) == 10
+    assert all(status in (200, 412) for status, _ in waiting)
+    assert all(elapsed < FHIR_DEADLINE_S + 2 for _, elapsed in waiting)
