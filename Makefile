@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 FHIR_SERVER_DIR := tests/fhir_server
 NODE_STAMP := $(FHIR_SERVER_DIR)/node_modules/.installed
 
-.PHONY: serve test lint bench bench-prefetch bench-audit clean
+.PHONY: serve test lint fuzz bench bench-prefetch bench-audit clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,13 @@ serve: $(STAMP)
 
 test: $(STAMP) $(NODE_STAMP)
 	$(BIN)/python -m pytest
+
+# A longer fuzz than the suite's (SCALE x its examples, SEED): requests, statuses,
+# distinct failures, slowest answer.
+SCALE ?= 20
+SEED ?= 1
+fuzz: $(STAMP)
+	$(BIN)/python -m tests.fuzz --scale $(SCALE) --seed $(SEED)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -15,6 +15,7 @@ from cds_service.auth import install_client_authentication
 from cds_service.config import load_settings
 from cds_service.cors import install_cors
 from cds_service.decision_page import new_decision_page_token
+from cds_service.rate_limit import install_rate_limits
 from cds_service.replay import ReplayCache
 from cds_service.routes import blueprint
 from cds_service.store import open_store
@@ -66,6 +67,7 @@ def create_app(
     app.register_blueprint(decision_page.blueprint)
     install_client_authentication(app)
     install_cors(app)
+    install_rate_limits(app)
     if app.config["CDS"]["AUTH"] == "optional":
         logger.warning("CDS_AUTH=optional: unsigned service calls are accepted")
     return app

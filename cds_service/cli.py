@@ -29,27 +29,22 @@ _T = TypeVar("_T")
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from gunicorn.app.base import BaseApplication
+    # Cooperative sockets first: the app is built here, before gunicorn forks the workers.
+    from cds_service.serving import patch_for_cooperative_io
 
+    patch_for_cooperative_io()
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
 
     from cds_service.app import create_app
+    from cds_service.config import load_settings
+    from cds_service.serving import run, serving_options
 
+    settings = load_settings()
     application = create_app()
-
-    class _Server(BaseApplication):  # type: ignore[misc]
-        def load_config(self) -> None:
-            self.cfg.set("bind", f"{args.host}:{args.port}")
-            self.cfg.set("workers", args.workers)
-            self.cfg.set("timeout", 30)
-            self.cfg.set("accesslog", "-")
-
-        def load(self) -> Any:
-            return application
-
-    _Server().run()
+    options = serving_options(settings, host=args.host, port=args.port, workers=args.workers)
+    run(application, settings, options)
     return 0
 
 
@@ -265,10 +260,14 @@ def _service_for(body: Any) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="infusion-pump-cds", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    serve = commands.add_parser("serve", help="run the service with gunicorn")
+    serve = commands.add_parser(
+        "serve", help="run the service with gunicorn (gevent workers, safe against slow clients)"
+    )
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8080)
-    serve.add_argument("--workers", type=int, default=2)
+    serve.add_argument(
+        "--workers", type=int, default=2, help="worker processes (default 2, one per core)"
+    )
     serve.set_defaults(run=_serve)
     evaluate = commands.add_parser("evaluate", help="print the response a request would get")
     evaluate.add_argument("request", help="a CDS Hooks request body (JSON file)")

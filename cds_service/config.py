@@ -40,6 +40,20 @@ DEFAULTS: dict[str, Any] = {
     "CORS_ORIGINS": [],
     # How long the decision page a coverage card links to stays readable.
     "DECISION_PAGE_TTL_S": 7 * 24 * 3600.0,
+    # `serve`: the whole request body must arrive within this (408 beyond), however slowly
+    # the client sends it.
+    "REQUEST_READ_TIMEOUT_S": 10.0,
+    # `serve`: request line and headers must arrive within this, and an idle kept-alive
+    # connection is closed after it (whole seconds).
+    "KEEPALIVE_S": 5,
+    # `serve`: most connections one worker process holds at once (slow and idle ones too).
+    "MAX_CONNECTIONS": 1000,
+    # Calls per second one client (JWT iss, or address when unsigned) may make to one worker
+    # process, and the burst it may send at once; beyond, 429 with Retry-After. 0: no limit.
+    "RATE_LIMIT_PER_S": 20.0,
+    "RATE_LIMIT_BURST": 40,
+    # Proxies in front whose X-Forwarded-For names the client address (0: the peer address).
+    "FORWARDED_FOR_HOPS": 0,
 }
 
 # Settings whose environment value is a list (comma-separated) or JSON (inline or a file path).
@@ -50,8 +64,20 @@ _FLOAT_KEYS = {
     "FHIR_CALL_TIMEOUT_S",
     "JWKS_REFRESH_INTERVAL_S",
     "DECISION_PAGE_TTL_S",
+    "REQUEST_READ_TIMEOUT_S",
+    "RATE_LIMIT_PER_S",
 }
-_INT_KEYS = {"FHIR_MAX_PAGES", "FHIR_MAX_RESPONSE_BYTES", "MAX_REQUEST_BYTES"}
+_INT_KEYS = {
+    "FHIR_MAX_PAGES",
+    "FHIR_MAX_RESPONSE_BYTES",
+    "MAX_REQUEST_BYTES",
+    "MAX_CONNECTIONS",
+    "KEEPALIVE_S",
+    "RATE_LIMIT_BURST",
+    "FORWARDED_FOR_HOPS",
+}
+# Numeric settings for which 0 is meaningful (no limit, no proxy).
+_MAY_BE_ZERO = {"RATE_LIMIT_PER_S", "FORWARDED_FOR_HOPS"}
 
 
 class ConfigError(ValueError):
@@ -102,7 +128,10 @@ def load_settings(
     if not isinstance(settings["TRUSTED_ISSUERS"], dict):
         raise ConfigError("CDS_TRUSTED_ISSUERS must map each issuer to its keys")
     for key in (*_FLOAT_KEYS, *_INT_KEYS):
-        if not isinstance(settings[key], int | float) or settings[key] <= 0:
+        value = settings[key]
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            raise ConfigError(f"CDS_{key} must be a number")
+        if value < 0 or (value == 0 and key not in _MAY_BE_ZERO):
             raise ConfigError(f"CDS_{key} must be a positive number")
     for issuer, entry in settings["TRUSTED_ISSUERS"].items():
         if not isinstance(entry, dict) or not ({"jwks", "jwks_url", "jku"} & set(entry)):

@@ -20,12 +20,14 @@ from cds_service.errors import (
     CdsServiceError,
     PreconditionFailed,
     ServiceUnavailable,
+    TooManyRequests,
     Unauthorized,
     UnknownService,
     operation_outcome,
 )
 from cds_service.feedback import parse_feedback, store_feedback
 from cds_service.prefetch import read_context_resources, resolve_prefetch
+from cds_service.rate_limit import charge_verified_client
 from hooks import SERVICES, context_validator
 from hooks.request import CoverageProblem, DataUnavailable
 from hooks.service import HookEnvironment
@@ -72,6 +74,7 @@ def call_service(service_id: str) -> Response:
     client = authenticate_client(
         _settings(), endpoint_url=f"{public_base_url()}/cds-services/{service_id}"
     )
+    charge_verified_client(client)
     hook_request = parse_hook_request(
         _request_json(),
         expected_hook=service.hook,
@@ -150,6 +153,7 @@ def receive_feedback(service_id: str) -> Response:
     client = authenticate_client(
         _settings(), endpoint_url=f"{public_base_url()}/cds-services/{service_id}/feedback"
     )
+    charge_verified_client(client)
     entries = parse_feedback(_request_json())
     try:
         store_feedback(
@@ -177,6 +181,8 @@ def answer_service_error(error: CdsServiceError) -> tuple[Response, int]:
     response = jsonify(error.operation_outcome())
     if isinstance(error, Unauthorized):
         response.headers["WWW-Authenticate"] = "Bearer"  # RFC 6750 section 3
+    if isinstance(error, TooManyRequests):
+        response.headers["Retry-After"] = str(error.retry_after_s)  # RFC 6585 section 4
     return response, error.status
 
 
