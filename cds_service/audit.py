@@ -303,25 +303,29 @@ def record_service_call(store: Store, record: AuditRecord) -> int | None:
         return None
 
 
+_DECISIONS_WITH_CALLS = sa.select(
+    decision.c.id.label("decision_id"),
+    *(c for c in decision.c if c.name != "id"),
+    *(c for c in service_call.c if c.name != "id"),
+).join(service_call, service_call.c.id == decision.c.call_id)
+
+
+def _decision_reports(store: Store, query: sa.Select[Any]) -> list[dict[str, Any]]:
+    """Each decision ``query`` selects, with its call, criteria and cards."""
+    with store.reading() as connection:
+        rows = connection.execute(query).mappings().all()
+        return [_decision_report(connection, row) for row in rows]
+
+
 def audit_for_assertion(store: Store, assertion_id: str) -> list[dict[str, Any]]:
     """Every decision recorded with ``assertion_id``, oldest first, each with its call,
     criteria and cards (plain data for the command line)."""
-    with store.reading() as connection:
-        rows = (
-            connection.execute(
-                sa.select(
-                    decision.c.id.label("decision_id"),
-                    *(c for c in decision.c if c.name != "id"),
-                    *(c for c in service_call.c if c.name != "id"),
-                )
-                .join(service_call, service_call.c.id == decision.c.call_id)
-                .where(decision.c.coverage_assertion_id == assertion_id)
-                .order_by(service_call.c.recorded_at, decision.c.id)
-            )
-            .mappings()
-            .all()
-        )
-        return [_decision_report(connection, row) for row in rows]
+    return _decision_reports(
+        store,
+        _DECISIONS_WITH_CALLS.where(decision.c.coverage_assertion_id == assertion_id).order_by(
+            service_call.c.recorded_at, decision.c.id
+        ),
+    )
 
 
 def audit_for_decision_page(
@@ -329,24 +333,12 @@ def audit_for_decision_page(
 ) -> list[dict[str, Any]]:
     """The decisions of the call whose decision page ``token`` names, if it was recorded
     since ``recorded_since`` (pages expire); empty otherwise."""
-    with store.reading() as connection:
-        rows = (
-            connection.execute(
-                sa.select(
-                    decision.c.id.label("decision_id"),
-                    *(c for c in decision.c if c.name != "id"),
-                    *(c for c in service_call.c if c.name != "id"),
-                )
-                .join(service_call, service_call.c.id == decision.c.call_id)
-                .join(decision_page, decision_page.c.call_id == service_call.c.id)
-                .where(decision_page.c.token == token)
-                .where(service_call.c.recorded_at >= recorded_since)
-                .order_by(decision.c.position)
-            )
-            .mappings()
-            .all()
-        )
-        return [_decision_report(connection, row) for row in rows]
+    return _decision_reports(
+        store,
+        _DECISIONS_WITH_CALLS.join(decision_page, decision_page.c.call_id == service_call.c.id)
+        .where(decision_page.c.token == token, service_call.c.recorded_at >= recorded_since)
+        .order_by(decision.c.position),
+    )
 
 
 def _decision_report(connection: Connection, row: sa.RowMapping) -> dict[str, Any]:

@@ -22,9 +22,10 @@ from flask import Blueprint, Response, current_app, render_template
 from sqlalchemy.exc import SQLAlchemyError
 
 from cds_service.audit import audit_for_decision_page
-from coverage_policy.engine import truth_of
+from coverage_policy.engine import OUTCOME_OF_TRUTH, truth_of
 from coverage_policy.model import Outcome, Policy, Rule, Truth
 from coverage_policy.report import guidance_message
+from hooks.cards import card_text
 
 logger = logging.getLogger(__name__)
 
@@ -37,12 +38,6 @@ _HEADERS = {
     "Referrer-Policy": "no-referrer",
     "X-Content-Type-Options": "nosniff",
     "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
-}
-TRUTH_WORDS = {
-    "met": "met",
-    "unmet": "not met",
-    "unknown": "not shown in the record",
-    "not-checked": "not checked: its data could not be retrieved",
 }
 
 
@@ -74,43 +69,47 @@ def _rule(policy: Policy, rule_id: str) -> Rule | None:
     return next((r for r in policy.rules if r.id == rule_id), None)
 
 
+def _criterion_row(row: Mapping[str, Any], policy: Policy) -> CriterionRow:
+    criterion = policy.criteria.get(row["criterion_id"])
+    truth = row["truth"] if row["checked"] else "not-checked"
+    return CriterionRow(
+        id=row["criterion_id"],
+        text=criterion.text if criterion else row["criterion_id"],
+        citations="; ".join(c.render(policy.sources) for c in criterion.citations)
+        if criterion
+        else "",
+        truth=card_text()["decision_page"]["truth"][truth],
+        deciding=row["deciding"],
+        evidence=tuple(row["evidence"]),
+    )
+
+
 def _sections(item: Mapping[str, Any], policy: Policy) -> list[RuleSection]:
+    """One section per rule the decision recorded, each with the policy's message for
+    the truth its criteria give (a guidance message also depends on the indication's)."""
     by_rule: dict[str, list[Mapping[str, Any]]] = {}
     for row in item["criteria"]:
         by_rule.setdefault(row["rule_id"], []).append(row)
-    indication = Outcome(item["outcome"]) if item["rule_id"] in by_rule else Outcome.CONDITIONAL
     truths = {c["criterion_id"]: Truth(c["truth"]) for c in item["criteria"]}
+    rules = {rule_id: _rule(policy, rule_id) for rule_id in by_rule}
+    indication = rules.get(item["rule_id"])
+    indication_outcome = (
+        OUTCOME_OF_TRUTH[truth_of(indication.decides, truths)]
+        if indication
+        else Outcome.CONDITIONAL
+    )
     sections = []
     for rule_id, rows in by_rule.items():
-        rule = _rule(policy, rule_id)
-        kind = rows[0]["rule_kind"]
+        rule, kind = rules[rule_id], rows[0]["rule_kind"]
         if rule is None:  # decided under a policy version that no longer has this rule
             message = ""
         elif kind == "guidance":
-            message = guidance_message(rule, truth_of(rule.decides, truths), indication)
+            message = guidance_message(rule, truth_of(rule.decides, truths), indication_outcome)
         else:
-            outcome = {Truth.MET: "covered", Truth.UNMET: "not-covered"}.get(
-                truth_of(rule.decides, truths), "conditional"
-            )
-            message = rule.messages[outcome]
-        criteria = []
-        for row in rows:
-            criterion = policy.criteria.get(row["criterion_id"])
-            criteria.append(
-                CriterionRow(
-                    id=row["criterion_id"],
-                    text=criterion.text if criterion else row["criterion_id"],
-                    citations="; ".join(c.render(policy.sources) for c in criterion.citations)
-                    if criterion
-                    else "",
-                    truth=TRUTH_WORDS["not-checked" if not row["checked"] else row["truth"]],
-                    deciding=row["deciding"],
-                    evidence=tuple(row["evidence"]),
-                )
-            )
-        sections.append(
-            RuleSection(rule_id, rule.title if rule else rule_id, kind, message, tuple(criteria))
-        )
+            message = rule.messages[OUTCOME_OF_TRUTH[truth_of(rule.decides, truths)].value]
+        title = rule.title if rule else rule_id
+        criteria = tuple(_criterion_row(row, policy) for row in rows)
+        sections.append(RuleSection(rule_id, title, kind, message, criteria))
     return sections
 
 
@@ -135,11 +134,7 @@ def show_decision_page(token: str) -> tuple[Response, int]:
     if not decisions:
         return _page("decision_page_missing.html", 404)
     policy = current_app.extensions["cds_policy"]
-    views = [
-        {**item, "rule_title": (_rule(policy, item["rule_id"]) or policy.rules[0]).title}
-        | {"sections": _sections(item, policy)}
-        for item in decisions
-    ]
+    views = [{**item, "sections": _sections(item, policy)} for item in decisions]
     return _page(
         "decision_page.html",
         200,

@@ -28,6 +28,7 @@ from cds_service.errors import (
 from cds_service.feedback import parse_feedback, store_feedback
 from cds_service.prefetch import read_context_resources, resolve_prefetch
 from cds_service.rate_limit import charge_verified_client
+from cds_service.serving import error_page, is_people_page
 from hooks import SERVICES, context_validator
 from hooks.request import CoverageProblem, DataUnavailable
 from hooks.service import HookEnvironment
@@ -189,6 +190,9 @@ def answer_service_error(error: CdsServiceError) -> tuple[Response, int]:
 @blueprint.app_errorhandler(HTTPException)
 def answer_http_error(error: HTTPException) -> tuple[Response, int]:
     status = error.code or 500
+    if is_people_page(request.path):
+        page = error_page(error.name, error.description or error.name)
+        return Response(page, mimetype="text/html"), status
     code = {404: "not-found", 405: "not-supported", 413: "too-costly"}.get(status, "exception")
     return jsonify(operation_outcome(error.description or error.name, code)), status
 

@@ -40,6 +40,7 @@ first thing ``serve`` does.
 from __future__ import annotations
 
 import contextlib
+import html
 import io
 import json
 import logging
@@ -94,7 +95,7 @@ def _answer(
     if is_people_page(environ.get("PATH_INFO")):
         content_type = "text/html; charset=utf-8"
         reason = status.partition(" ")[2]
-        body = _ERROR_PAGE.format(reason=reason, diagnostics=diagnostics).encode()
+        body = error_page(reason, diagnostics).encode()
     else:
         content_type = "application/fhir+json"
         body = json.dumps(_outcome(diagnostics, code)).encode()
@@ -331,6 +332,11 @@ def is_people_page(path: str | None) -> bool:
     return bool(path) and any(str(path).startswith(p) for p in PEOPLE_PAGE_PREFIXES)
 
 
+def error_page(reason: str, diagnostics: str) -> str:
+    """The HTML page an error on a page meant for people is answered with."""
+    return _ERROR_PAGE.format(reason=html.escape(reason), diagnostics=html.escape(diagnostics))
+
+
 def server_error_response(exc: BaseException, path: str | None = None) -> tuple[int, bytes]:
     """The status and the complete HTTP response for an error the HTTP server met:
     an OperationOutcome, or an HTML page when ``path`` (if it could be read) is a page
@@ -338,7 +344,7 @@ def server_error_response(exc: BaseException, path: str | None = None) -> tuple[
     status, reason, code, diagnostics = _server_error_answer(exc)
     if is_people_page(path):
         content_type = "text/html; charset=utf-8"
-        body = _ERROR_PAGE.format(reason=reason, diagnostics=diagnostics).encode()
+        body = error_page(reason, diagnostics).encode()
     else:
         content_type = "application/fhir+json"
         body = json.dumps(_outcome(diagnostics, code)).encode()

@@ -237,7 +237,7 @@ class _Evaluator:
             needs = Needs("all", (needs,))
         scope: list[Evidence] = []
         self.logic(rule.applies_when, scope)
-        return RuleResult(rule, truth, _OUTCOME_OF[truth], results, needs, tuple(scope))
+        return RuleResult(rule, truth, OUTCOME_OF_TRUTH[truth], results, needs, tuple(scope))
 
     def applies(self, rule: Rule) -> bool:
         # Only a definite "applies" selects a rule: an unknown scope is the business of
@@ -245,7 +245,12 @@ class _Evaluator:
         return rule.effective.contains(self.as_of) and self.logic(rule.applies_when, []) is _MET
 
 
-_OUTCOME_OF = {_MET: Outcome.COVERED, _UNMET: Outcome.NOT_COVERED, _UNKNOWN: Outcome.CONDITIONAL}
+# A rule's outcome from its truth (unknown: documentation could settle it).
+OUTCOME_OF_TRUTH = {
+    _MET: Outcome.COVERED,
+    _UNMET: Outcome.NOT_COVERED,
+    _UNKNOWN: Outcome.CONDITIONAL,
+}
 _SEVERITY = {Outcome.COVERED: 0, Outcome.CONDITIONAL: 1, Outcome.NOT_COVERED: 2}
 
 

@@ -171,8 +171,7 @@ def _findings(item: EpisodeDecision, documentation_follows: bool) -> list[str]:
     if missing and documentation_follows:
         lines = [words["see_documentation"], ""]
     else:
-        in_order = sorted(missing, key=list(results).index)
-        lines = _section(words["unknown"], (results[c] for c in in_order))
+        lines = _section(words["unknown"], (r for c, r in results.items() if c in missing))
     return lines + _section(words["not_checked"], decision.not_checked)
 
 
@@ -187,8 +186,7 @@ def coverage_card(
     The whole per-criterion trace is on the decision page the card links to."""
     decision = item.decision
     words = card_text()["detail"]
-    unavailable = deliberation.record.unavailable
-    not_retrieved = {k: r for k, r in unavailable.items() if r != NOT_SENT}
+    not_retrieved = deliberation.not_retrieved
     lines = []
     if decision.provisional:
         reasons = "; ".join(sorted(set(not_retrieved.values())))
@@ -200,7 +198,7 @@ def coverage_card(
         "",
     ]
     lines += _findings(item, documentation_follows)
-    not_sent = [k for k, r in unavailable.items() if r == NOT_SENT]
+    not_sent = [k for k, r in deliberation.record.unavailable.items() if r == NOT_SENT]
     if not_sent and decision.outcome is Outcome.CONDITIONAL:
         lines += [words["not_sent"].format(data=data_names(not_sent)), ""]
     if deliberation.problems:

@@ -13,6 +13,7 @@ documentation is asked for (CRD hook-19).
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date
 from typing import Any
@@ -21,7 +22,6 @@ from coverage_policy.model import Outcome, Policy
 from hooks.cards import card_text, data_names, decisive_result, missing_needs
 from hooks.crd_dialect import TEMP_SYSTEM, CrdDialect
 from hooks.decide import CoverageRef, EpisodeDecision
-from hooks.request import NOT_SENT
 
 EXTENSION_URL = "http://hl7.org/fhir/us/davinci-crd/StructureDefinition/ext-coverage-information"
 
@@ -35,7 +35,7 @@ class AssertionContext:
     assertion_id: str
     today: date
     payer_name: str
-    unavailable: dict[str, str]
+    not_retrieved: Mapping[str, str]  # prefetch key -> why a query failed to bring it
 
 
 def _sub(url: str, kind: str, value: Any) -> dict[str, Any]:
@@ -84,7 +84,6 @@ def coverage_information(item: EpisodeDecision, ctx: AssertionContext) -> dict[s
     """The ``ext-coverage-information`` extension for one decision."""
     decision, policy = item.decision, ctx.policy
     reasons = card_text()["reason"]
-    not_retrieved = sorted(k for k, r in ctx.unavailable.items() if r != NOT_SENT)
     covered = decision.outcome.value
     if decision.provisional and ctx.crd.indeterminate_allowed:
         covered = Outcome.INDETERMINATE.value
@@ -111,7 +110,7 @@ def coverage_information(item: EpisodeDecision, ctx: AssertionContext) -> dict[s
         reasons["not-covered"].format(message=decisive_result(decision).rule.messages[covered])
         if covered == Outcome.NOT_COVERED
         else reasons["not-checked"].format(
-            data=data_names(not_retrieved), rule=decision.rule_id, policy=policy.id
+            data=data_names(ctx.not_retrieved), rule=decision.rule_id, policy=policy.id
         )
         if decision.provisional
         else reasons["conditional"].format(rule=decision.rule_id, policy=policy.id)

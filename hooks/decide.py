@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
@@ -68,6 +68,7 @@ class OrderScope:
     invalid_in_scope: tuple[InvalidOrderInScope, ...]
     # The prefetch keys deciding these orders may read; empty when nothing is decided.
     prefetch_keys: frozenset[str]
+    draft_record: PatientRecord  # the orders' Bundle read once, for both steps
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +81,8 @@ class Deliberation:
     record: PatientRecord
     problems: tuple[ResourceProblem, ...]
     invalid_in_scope: tuple[InvalidOrderInScope, ...] = ()
+    # Prefetch keys a query failed to bring back, with why (``ClinicalInput.not_retrieved``).
+    not_retrieved: Mapping[str, str] = field(default_factory=dict)
 
 
 def _as_of(orders: Iterable[DraftOrder], today: date) -> date:
@@ -150,6 +153,7 @@ def find_scope(bundle: Mapping[str, Any], path: str, policy: Policy, today: date
         problems=tuple(problems),
         invalid_in_scope=tuple(invalid_in_scope),
         prefetch_keys=frozenset(keys),
+        draft_record=draft_record,
     )
 
 
@@ -162,8 +166,7 @@ def deliberate(
 ) -> Deliberation:
     """Decide every pump episode among the orders in ``scope`` on the patient's record."""
     record = build_record(clinical.data, clinical.unavailable)
-    draft_record = build_record({"draftOrders": scope.bundle})
-    episodes = find_pump_episodes(list(scope.orders), record, draft_record)
+    episodes = find_pump_episodes(list(scope.orders), record, scope.draft_record)
     if episodes and not clinical.data:
         reasons = "; ".join(sorted(set(clinical.unavailable.values())))
         raise DataUnavailable(
@@ -177,7 +180,7 @@ def deliberate(
     user_reference = user_id if isinstance(user_id, str) else None
     deceased_on = _deceased_on(record)
     # Data that a query failed to bring back (not merely data the EHR did not send).
-    not_retrieved = facts_of_keys(clinical.not_retrieved, policy.facts)
+    facts_not_retrieved = facts_of_keys(clinical.not_retrieved, policy.facts)
     decisions, deceased = [], []
     for episode in episodes:
         as_of = _as_of(episode.orders, today)
@@ -187,7 +190,7 @@ def deliberate(
         facts = facts_for_episode(
             episode, record, policy, as_of, encounter_reference, user_reference
         )
-        decision = evaluate_policy(policy, facts, as_of, not_retrieved)
+        decision = evaluate_policy(policy, facts, as_of, facts_not_retrieved)
         if decision is not None:
             decisions.append(EpisodeDecision(episode, decision))
     return Deliberation(
@@ -197,4 +200,5 @@ def deliberate(
         record=record,
         problems=(*scope.problems, *record.problems),
         invalid_in_scope=scope.invalid_in_scope,
+        not_retrieved=clinical.not_retrieved,
     )

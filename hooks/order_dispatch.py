@@ -13,11 +13,12 @@ from datetime import date
 from typing import Any
 
 from coverage_policy.model import Policy
-from hooks.decide import OrderScope, deliberate, find_scope
+from hooks import order_sign
+from hooks.decide import OrderScope, find_scope
 from hooks.order_sign import MAX_DRAFT_ORDERS
-from hooks.request import ClinicalInput, DataUnavailable, HookRequest
-from hooks.respond import CONFIGURATION_OPTIONS, build_response
-from hooks.service import PATIENT_PREFETCH, HookEnvironment, HookResult, ServiceDefinition
+from hooks.request import DataUnavailable, HookRequest
+from hooks.respond import CONFIGURATION_OPTIONS
+from hooks.service import PATIENT_PREFETCH, ServiceDefinition
 
 HOOK = "order-dispatch"
 
@@ -73,16 +74,6 @@ def dispatched_order_scope(
     return find_scope(bundle, "dispatchedOrders", policy, today)
 
 
-def handle(
-    request: HookRequest,
-    scope: OrderScope,
-    clinical: ClinicalInput,
-    environment: HookEnvironment,
-) -> HookResult:
-    deliberation = deliberate(request, clinical, scope, environment.policy, environment.now.date())
-    return build_response(request, deliberation, environment, secondary_hook=False)
-
-
 SERVICE = ServiceDefinition(
     id="infusion-pump-coverage-order-dispatch",
     hook=HOOK,
@@ -98,7 +89,7 @@ SERVICE = ServiceDefinition(
     prefetch={**PATIENT_PREFETCH, "deviceRequests": "DeviceRequest?patient={{context.patientId}}"},
     context_schema=CONTEXT_SCHEMA,
     scope=dispatched_order_scope,
-    handler=handle,
+    handler=order_sign.handle,  # dispatched orders are decided as signed ones are
     context_reads=dispatched_references,
     configuration_options=CONFIGURATION_OPTIONS,
 )

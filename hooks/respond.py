@@ -69,7 +69,7 @@ def build_response(
             assertion_id=environment.new_uuid(),
             today=environment.now.date(),
             payer_name=environment.payer_name,
-            unavailable=dict(deliberation.record.unavailable),
+            not_retrieved=deliberation.not_retrieved,
         )
         response["systemActions"], assertion_ids = coverage_system_actions(
             deliberation.decisions, assertion

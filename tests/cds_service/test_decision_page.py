@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
@@ -20,7 +21,7 @@ from tests.cds_service.hook_requests import (
     order_sign_request,
 )
 from tests.cds_service.test_audit import _unreachable
-from tests.conftest import FIXED_NOW, ORDER_SIGN, sequential_uuids
+from tests.conftest import FIXED_NOW, FIXTURES, ORDER_SIGN, sequential_uuids
 
 DETAILS = "Decision details"
 
@@ -110,3 +111,23 @@ def test_no_link_when_the_audit_write_failed(
     assert all(
         link["url"].startswith("https://") for c in answer["cards"] for link in c.get("links", ())
     )
+
+
+def test_guidance_follows_the_indication_not_a_failed_requirement(service: Flask) -> None:
+    """Deferoxamine whose face-to-face visit is stale: not covered for want of the visit,
+    yet the pump's indication is met, so its drug is still billed to Part B."""
+    body = json.loads(
+        (FIXTURES / "requests/order-sign__dme-f2f-stale-deferoxamine__not-covered.json").read_text()
+    )
+    answer = _signed(service, body)
+    page = service.test_client().get(urlsplit(_page_links(answer)[0]).path).get_data(as_text=True)
+    assert "Bill Part B" in page
+    assert "Not Part B" not in page
+
+
+@pytest.mark.parametrize("path", ["/decisions/a/b", "/decisions/", "/decisions/x%2Fy"])
+def test_any_error_under_the_page_path_is_an_html_page(service: Flask, path: str) -> None:
+    response = service.test_client().get(path)
+    assert response.status_code == 404
+    assert response.mimetype == "text/html"
+    assert "<h1>" in response.get_data(as_text=True)
