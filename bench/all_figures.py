@@ -281,10 +281,12 @@ def bench_prefetch_fallback(quick: bool, delay_ms: float) -> None:
 
 # --- HTTP -------------------------------------------------------------------------------
 
+# The bare app replaces the service's app factory before the command line imports it,
+# so it runs under exactly the `serve` code path without importing the service.
 BARE_APP = """
 import sys
+import types
 from flask import Flask, request, jsonify
-import cds_service.app
 
 def bare_app(*args, **kwargs):
     app = Flask("bare")
@@ -296,9 +298,9 @@ def bare_app(*args, **kwargs):
 
     return app
 
-cds_service.app.create_app = bare_app
-import cds_service
-cds_service.create_app = bare_app
+stub = types.ModuleType("cds_service.app")
+stub.create_app = bare_app
+sys.modules["cds_service.app"] = stub
 from cds_service.cli import main
 sys.exit(main(sys.argv[1:]))
 """
