@@ -259,49 +259,126 @@ class Element:
 
 
 class _ShapeError(Exception):
-    def __init__(self, where: str, expected: str) -> None:
-        super().__init__(f"{where}: expected {expected}")
-        self.where = where
+    """An element of the wrong shape; ``parts`` is its path, filled in on the way out."""
+
+    def __init__(self, expected: str) -> None:
+        super().__init__(expected)
         self.expected = expected
+        self.parts: list[str | int] = []
+
+    @property
+    def where(self) -> str:
+        text = ""
+        for part in reversed(self.parts):
+            text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else part)
+        return text
+
+
+# A shape compiled for reading: (JSON name, attribute name, is a list, how to read one).
+_Reader = Callable[[Any, int], Any]
+# How deep read elements may nest (QuestionnaireResponse items nest; real ones a few
+# levels): deeper is refused as "nested too deeply", whatever the interpreter's stack.
+MAX_DEPTH = 64
+_Compiled = tuple[tuple[str, str, bool, _Reader], ...]
+
+
+def _primitive_reader(kind: str) -> _Reader:
+    check, expected = PRIMITIVES[kind]
+
+    def read(value: Any, depth: int) -> Any:
+        if not check(value):
+            raise _ShapeError(expected)
+        return value
+
+    return read
+
+
+class _ObjectReader:
+    """Reads a JSON object by a compiled shape (set after creation, so a shape such as
+    QuestionnaireResponseItem can contain itself)."""
+
+    __slots__ = ("shape",)
+
+    def __init__(self) -> None:
+        self.shape: _Compiled = ()
+
+    def __call__(self, value: Any, depth: int) -> Element:
+        if not isinstance(value, dict):
+            raise _ShapeError("an object")
+        return Element(_read_object(self.shape, value, depth + 1))
+
+
+def _resource_reader(value: Any, depth: int) -> Element:
+    """A contained resource: read by its own type's shape, or for its id only."""
+    if not isinstance(value, dict):
+        raise _ShapeError("an object")
+    resource_type = value.get("resourceType")
+    if not isinstance(resource_type, str):
+        error = _ShapeError("a resource type")
+        error.parts.append("resourceType")
+        raise error
+    shape = _COMPILED[resource_type] if resource_type in READ_TYPES else _COMPILED_ANY
+    values = _read_object(shape, value, depth + 1)
+    values["resourceType"] = resource_type
+    return Element(values)
+
+
+def _compile() -> tuple[dict[str, _Compiled], _Compiled]:
+    readers: dict[str, _Reader] = {kind: _primitive_reader(kind) for kind in PRIMITIVES}
+    readers["Resource"] = _resource_reader
+    objects = {name: _ObjectReader() for name in SHAPES}
+    readers.update(objects)
+
+    def compiled(shape: Mapping[str, str]) -> _Compiled:
+        return tuple(
+            (name, _attribute(name), kind.endswith("[]"), readers[kind.removesuffix("[]")])
+            for name, kind in shape.items()
+        )
+
+    for name, reader in objects.items():
+        reader.shape = compiled(SHAPES[name])
+    return {name: reader.shape for name, reader in objects.items()}, compiled(_ANY_RESOURCE)
 
 
 def _attribute(name: str) -> str:
     return "class_fhir" if name == "class" else name
 
 
-def _read_value(kind: str, value: Any, where: str) -> Any:
-    if kind.endswith("[]"):
-        if not isinstance(value, list):
-            raise _ShapeError(where, "a list")
-        item_kind = kind[:-2]
-        return [_read_value(item_kind, item, f"{where}[{i}]") for i, item in enumerate(value)]
-    primitive = PRIMITIVES.get(kind)
-    if primitive is not None:
-        check, expected = primitive
-        if not check(value):
-            raise _ShapeError(where, expected)
-        return value
-    if not isinstance(value, dict):
-        raise _ShapeError(where, "an object")
-    if kind == "Resource":
-        resource_type = value.get("resourceType")
-        if not isinstance(resource_type, str):
-            raise _ShapeError(f"{where}.resourceType", "a resource type")
-        shape = SHAPES.get(resource_type) if resource_type in READ_TYPES else None
-        values = _read_object(shape or _ANY_RESOURCE, value, where)
-        values["resourceType"] = resource_type
-        return Element(values)
-    return Element(_read_object(SHAPES[kind], value, where))
+class _TooDeep(Exception):
+    pass
 
 
-def _read_object(shape: Mapping[str, str], value: Mapping[str, Any], where: str) -> dict[str, Any]:
+def _read_object(shape: _Compiled, value: Mapping[str, Any], depth: int) -> dict[str, Any]:
+    if depth > MAX_DEPTH:
+        raise _TooDeep
     values: dict[str, Any] = {}
-    for name, kind in shape.items():
+    for name, attribute, is_list, read in shape:
         item = value.get(name)
-        values[_attribute(name)] = (
-            None if item is None else _read_value(kind, item, f"{where}.{name}" if where else name)
-        )
+        if item is None:
+            values[attribute] = None
+        elif not is_list:
+            try:
+                values[attribute] = read(item, depth)
+            except _ShapeError as error:
+                error.parts.append(name)
+                raise
+        elif not isinstance(item, list):
+            not_list = _ShapeError("a list")
+            not_list.parts.append(name)
+            raise not_list
+        else:
+            items = []
+            for index, element in enumerate(item):
+                try:
+                    items.append(read(element, depth))
+                except _ShapeError as error:
+                    error.parts += [index, name]
+                    raise
+            values[attribute] = items
     return values
+
+
+_COMPILED, _COMPILED_ANY = _compile()
 
 
 def read_resource(raw: Mapping[str, Any], path: str) -> Element:
@@ -309,18 +386,18 @@ def read_resource(raw: Mapping[str, Any], path: str) -> Element:
     shape. Raises ``InvalidResource`` naming the type, id, path and the first element
     whose shape is wrong."""
     resource_type = raw.get("resourceType")
-    named = shown_id(raw)
     if not isinstance(resource_type, str) or resource_type not in READ_TYPES:
         shown_type = printable(resource_type) if isinstance(resource_type, str) else "(none)"
-        problem = ResourceProblem(shown_type, named, path, "not a resource type read here")
+        problem = ResourceProblem(shown_type, shown_id(raw), path, "not a resource type read here")
         raise InvalidResource(problem)
     try:
-        values = _read_object(SHAPES[resource_type], raw, "")
+        values = _read_object(_COMPILED[resource_type], raw, 0)
     except _ShapeError as exc:
         message = f"{exc.where}: expected {exc.expected}"
-        raise InvalidResource(ResourceProblem(resource_type, named, path, message)) from None
-    except RecursionError:  # valid JSON, but nested deeper than any real resource
-        problem = ResourceProblem(resource_type, named, path, "nested too deeply")
+        problem = ResourceProblem(resource_type, shown_id(raw), path, message)
+        raise InvalidResource(problem) from None
+    except (_TooDeep, RecursionError):  # valid JSON, nested deeper than any real resource
+        problem = ResourceProblem(resource_type, shown_id(raw), path, "nested too deeply")
         raise InvalidResource(problem) from None
     values["resourceType"] = resource_type
     return Element(values)

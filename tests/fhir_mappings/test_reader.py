@@ -184,13 +184,22 @@ def test_a_problem_names_an_id_only_when_it_is_one(resource_id: Any, shown: str)
     refused.value.problem.message.encode("utf-8")  # printable: no lone surrogate
 
 
-def test_nesting_deeper_than_python_can_follow_is_a_problem_not_a_crash() -> None:
+@pytest.mark.parametrize("depth", [70, 5000])
+def test_nesting_deeper_than_any_real_resource_is_a_problem_not_a_crash(depth: int) -> None:
     item: dict[str, Any] = {"linkId": "a"}
-    for _ in range(5000):
+    for _ in range(depth):
         item = {"linkId": "a", "item": [item]}
     with pytest.raises(InvalidResource) as refused:
         read_resource({"resourceType": "QuestionnaireResponse", "item": [item]}, "x")
     assert refused.value.problem.message == "nested too deeply"
+
+
+def test_nesting_as_deep_as_real_questionnaires_go_reads() -> None:
+    item: dict[str, Any] = {"linkId": "a"}
+    for _ in range(20):
+        item = {"linkId": "a", "item": [item]}
+    read = read_resource({"resourceType": "QuestionnaireResponse", "item": [item]}, "x")
+    assert read.item[0].item[0].linkId == "a"
 
 
 def test_every_shape_names_only_types_it_defines() -> None:
