@@ -300,6 +300,7 @@ def bare_app(*args, **kwargs):
 
 stub = types.ModuleType("cds_service.app")
 stub.create_app = bare_app
+stub.preload = lambda: None
 sys.modules["cds_service.app"] = stub
 from cds_service.cli import main
 sys.exit(main(sys.argv[1:]))

@@ -94,3 +94,13 @@ def parse_hook_request(
         else None,
         extension=body.get("extension") or {},
     )
+
+
+def preload_validators() -> None:
+    """Build the envelope and every service's context validator now (each is built on
+    first use otherwise)."""
+    from hooks import SERVICES, context_validator
+
+    _envelope_validator()
+    for service in SERVICES.values():
+        context_validator(service)

@@ -30,6 +30,7 @@ from fhir_mappings.r4 import (
     FhirModel,
     InvalidResource,
     ResourceProblem,
+    load_models,
     parse_element,
     parse_resource,
 )
@@ -293,3 +294,17 @@ def find_pump_episodes(
             )
         )
     return episodes
+
+
+def preload() -> None:
+    """Load now what reading orders and records loads on first use: the R4B models of the
+    order types, the code bindings, the drug name patterns. A server calls this before
+    it forks, so no worker's first call pays for it."""
+    from fhir_mappings import drugs, record
+
+    load_models((*sorted(ORDER_TYPES), "CodeableConcept"))
+    for name in ("devices", "drugs", "labs", "pumps", "routes"):
+        binding(name)
+    record._relevant_loinc_codes()
+    drugs._families()
+    drugs._oral_antispasmodic_patterns()

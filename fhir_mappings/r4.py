@@ -7,6 +7,8 @@ fhir.resources, so a change of FHIR model library or version happens here.
 from __future__ import annotations
 
 import re
+import typing
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -85,3 +87,28 @@ def parse_resource(raw: Any, path: str) -> FhirModel:
     except RecursionError as exc:  # valid JSON, but nested deeper than any real resource
         problem = ResourceProblem(resource_type, resource_id, path, "nested too deeply")
         raise InvalidResource(problem) from exc
+
+
+def load_models(type_names: Iterable[str]) -> None:
+    """Import the R4B model classes of ``type_names`` and of every element type they can
+    hold, now: the models import each element type on first use otherwise (tens of ms
+    per type). A server loads them once, before it forks its workers."""
+    seen: set[type] = set()
+    pending = [get_fhir_model_class(type_name) for type_name in type_names]
+    while pending:
+        model_class = pending.pop()
+        if model_class in seen:
+            continue
+        seen.add(model_class)
+        for model_field in model_class.model_fields.values():
+            for element_type in _element_types(model_field.annotation):
+                pending.append(element_type.get_model_klass())
+
+
+def _element_types(annotation: Any) -> Iterator[Any]:
+    """The FHIR element types (``fhir_core`` types with ``get_model_klass``) an
+    annotation names, through Optional and List."""
+    if hasattr(annotation, "get_model_klass"):
+        yield annotation
+    for argument in typing.get_args(annotation):
+        yield from _element_types(argument)
