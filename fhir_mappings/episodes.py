@@ -33,6 +33,7 @@ from fhir_mappings.r4 import (
     load_models,
     parse_element,
     parse_resource,
+    shown_id,
 )
 from fhir_mappings.record import PatientRecord, binding, codings
 
@@ -145,7 +146,7 @@ def parse_draft_orders(
     problems, or, when in scope, returned apart so the answer can say they were not
     decided."""
     found = [(raw, where) for raw, _, where in resources_in(bundle, path)]
-    orders_a_pump = any(_pump_code_in(raw) for raw, _ in found)
+    orders_a_pump: bool | None = None  # looked at only when an order is invalid
     orders: list[DraftOrder] = []
     problems: list[ResourceProblem] = []
     invalid_in_scope: list[InvalidOrderInScope] = []
@@ -153,10 +154,14 @@ def parse_draft_orders(
         resource_type = raw.get("resourceType")
         if not isinstance(resource_type, str) or resource_type not in ORDER_TYPES:
             continue
-        reference = f"{raw['resourceType']}/{raw.get('id', index)}"
+        resource_id = raw.get("id", index)
+        shown = resource_id if isinstance(resource_id, int) else shown_id(raw)
+        reference = f"{resource_type}/{shown}"
         try:
             model = parse_resource(raw, where)
         except InvalidResource as exc:
+            if orders_a_pump is None:
+                orders_a_pump = any(_pump_code_in(other) for other, _ in found)
             label = _in_scope_label(raw, orders_a_pump)
             if label is None:
                 problems.append(exc.problem)

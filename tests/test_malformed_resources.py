@@ -57,7 +57,8 @@ def _drop(key: str, index: int) -> Callable[[Body], None]:
 class Shape:
     name: str
     mutate: Callable[[Body], None]
-    named: str  # how the card names what was left out: "Type/id at path"
+    named: str | None  # how the card names what was left out ("Type/id at path"); None:
+    # not named, because it is not recognisable as an order (ignored like one out of scope)
     same_as: Callable[[Body], None] | None  # the request it must decide like
 
 
@@ -185,14 +186,14 @@ SHAPES = [
         lambda b: b["context"]["draftOrders"]["entry"][1]["resource"].update(
             resourceType={"name": "MedicationRequest"}
         ),
-        "(none)/medreq-lispro-pump at context.draftOrders.entry[1]",
+        None,
         lambda b: b["context"]["draftOrders"]["entry"].pop(1),
     ),
     Shape(
         "draft order entry a number",
         lambda b: b["context"]["draftOrders"]["entry"].append(5),
-        "(none)/(no id) at context.draftOrders.entry[2]",
         None,
+        lambda b: None,
     ),
 ]
 
@@ -218,7 +219,8 @@ def _check(status: int, text: str, shape: Shape) -> Body:
     answer: Body = json.loads(text)
     validate_cds_response(answer)
     details = " ".join(card.get("detail", "") for card in answer["cards"])
-    assert shape.named in details
+    if shape.named is not None:
+        assert shape.named in details
     return answer
 
 
@@ -260,20 +262,22 @@ def test_a_malformed_bundle_counts_as_data_not_had(post: Callable[[Body], tuple[
     assert "conditions (a Bundle whose entry is not a list)" in text
 
 
-def test_a_lone_surrogate_in_an_invalid_pump_order_is_a_400_without_it(
+def test_a_lone_surrogate_in_an_invalid_pump_order_is_not_echoed(
     post: Callable[[Body], tuple[int, str]],
 ) -> None:
+    """An invalid pump order gets a warning card naming it; its id, not an R4 id, is
+    named as such, and no lone surrogate reaches the answer."""
     body = _base()
     body["context"]["draftOrders"]["entry"][0]["resource"].update(
         id="devreq-\ud800", status={"\ud800": "draft"}
     )
     status, text = post(body)
-    assert status == 400
+    assert status == 200, text[:500]
     text.encode("utf-8")
     assert "\\ud8" not in text.lower()
-    outcome = json.loads(text)
-    assert outcome["resourceType"] == "OperationOutcome"
-    assert "DeviceRequest/(invalid id)" in outcome["issue"][0]["diagnostics"]
+    answer = json.loads(text)
+    validate_cds_response(answer)
+    assert "DeviceRequest/(invalid id)" in json.dumps(answer)
 
 
 def test_a_deceased_patients_record_is_not_read(
