@@ -508,7 +508,12 @@ def bench_http(folder: Path, quick: bool) -> None:
 
 def bench_cli(quick: bool) -> None:
     print("command line as processes")
-    env = {**os.environ, "CDS_AUTH": "optional", "CDS_DATABASE_URL": "sqlite://"}
+    env = {
+        **os.environ,
+        "CDS_AUTH": "optional",
+        "CDS_DATABASE_URL": "sqlite://",
+        "PYTHONPATH": str(ROOT),
+    }
 
     def run(*command: str) -> Callable[[], None]:
         def call() -> None:
@@ -547,7 +552,7 @@ def quiet_logs() -> Iterator[None]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer runs (a smoke test)")
-    parser.add_argument("--delay-ms", type=float, default=100.0)
+    parser.add_argument("--delay-ms", type=float, default=200.0)
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
     cores = os.cpu_count()

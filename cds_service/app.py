@@ -66,7 +66,8 @@ def create_app(
     )
     # The feedback/audit database, its schema brought up to date (several processes may
     # start at once); the JWT replay cache lives in it too.
-    store = open_store(app.config["CDS"]["DATABASE_URL"], app.instance_path)
+    settings = app.config["CDS"]
+    store = open_store(settings["DATABASE_URL"], app.instance_path, settings["AUDIT_SYNC"])
     store.migrate_at_startup()
     app.extensions["cds_store"] = store
     app.extensions["cds_replay_cache"] = ReplayCache(store)  # JWT exp is wall-clock time

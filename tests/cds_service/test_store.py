@@ -43,7 +43,7 @@ def test_connection_settings(store: Store) -> None:
         if store.backend == "sqlite":
             assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
             assert connection.exec_driver_sql("PRAGMA busy_timeout").scalar() == 5000
-            assert connection.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
+            assert connection.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL
             assert connection.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
         else:
             assert store.engine.driver == "psycopg"
@@ -128,3 +128,22 @@ def test_a_reader_never_holds_up_a_writer(store: Store) -> None:
         with store.transaction() as writer:
             write_audit_record(writer, synthetic_record("while-reading"))
         assert time.perf_counter() - started < 2.0
+
+
+def test_audit_sync_full_fsyncs_every_sqlite_commit(tmp_path: Path) -> None:
+    """``CDS_AUDIT_SYNC=full``: every commit is fsynced (rows survive a power loss)."""
+    store = open_store(f"sqlite:///{tmp_path / 'full.sqlite3'}", str(tmp_path), "full")
+    try:
+        with store.engine.connect() as connection:
+            assert connection.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
+    finally:
+        store.dispose()
+
+
+def test_audit_sync_is_normal_or_full() -> None:
+    from cds_service.config import load_settings
+
+    assert load_settings({}, environ={})["AUDIT_SYNC"] == "normal"
+    assert load_settings({}, environ={"CDS_AUDIT_SYNC": "full"})["AUDIT_SYNC"] == "full"
+    with pytest.raises(ConfigError):
+        load_settings({}, environ={"CDS_AUDIT_SYNC": "off"})
