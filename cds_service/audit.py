@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -291,6 +291,37 @@ def _insert_audit_rows(connection: Connection, rows: _AuditRows) -> int:
             ],
         )
     return int(call_id)
+
+
+def warm_up_write(connection: Connection) -> None:
+    """Run every statement of an audit write once on ``connection`` (whose transaction
+    the caller rolls back), so their compiled forms are cached before the first call."""
+    now = datetime.now(UTC)
+    record = AuditRecord(
+        recorded_at=now,
+        service_id="warm-up",
+        hook="order-sign",
+        hook_instance="warm-up",
+        client_iss=None,
+        crd_version="2.0",
+        timings=CallTimings(0.0, 0.0, 0.0, 0.0),
+        decisions=(
+            DecisionRecord(
+                coverage_assertion_id="warm-up",
+                order_references=("DeviceRequest/warm-up",),
+                policy_id="warm-up",
+                policy_version="0",
+                rule_id="warm-up",
+                outcome="conditional",
+                as_of=now.date(),
+                criteria=(
+                    CriterionRecord("warm-up", "indication", "warm-up", "unknown", True, ()),
+                ),
+            ),
+        ),
+        cards=(CardRecord("warm-up", "coverage", "info", (), 0),),
+    )
+    _insert_audit_rows(connection, _audit_rows(record))
 
 
 def write_audit_record(connection: Connection, record: AuditRecord) -> int:

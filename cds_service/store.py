@@ -216,9 +216,28 @@ class Store:
             )
             return
         logger.info("feedback/audit database %s at schema version %d", self.describe(), version)
+        self.warm_up()
         if not self.in_memory:
             # Start forked workers with an empty pool.
             self.engine.dispose()
+
+    def warm_up(self) -> None:
+        """Compile the audit write's statements now (the engine caches them, and forked
+        workers inherit the cache), by running them in a transaction that is rolled back.
+        SQLite only: on PostgreSQL the rolled-back inserts would still take ids."""
+        from cds_service.audit import warm_up_write
+
+        if self.backend != "sqlite":
+            return
+        try:
+            with self.engine.connect() as connection:
+                transaction = connection.begin()
+                try:
+                    warm_up_write(connection)
+                finally:
+                    transaction.rollback()
+        except SQLAlchemyError as exc:  # the first real write compiles them instead
+            logger.warning("audit write not warmed up: %s", type(exc).__name__)
 
     @contextmanager
     def transaction(self) -> Iterator[Connection]:
