@@ -184,6 +184,13 @@ SHAPES: dict[str, dict[str, str]] = {
         "type": "CodeableConcept",
     },
     "DeviceDeviceName": {"name": "string"},
+    "Procedure": {
+        "id": "id",
+        "status": "code",
+        "code": "CodeableConcept",
+        "performedDateTime": "dateTime",
+        "performedPeriod": "Period",
+    },
     "Encounter": {
         "id": "id",
         "status": "code",
@@ -231,6 +238,7 @@ READ_TYPES = frozenset(
         "Observation",
         "AllergyIntolerance",
         "Device",
+        "Procedure",
         "Encounter",
         "Location",
         "QuestionnaireResponse",
