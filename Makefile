@@ -48,8 +48,9 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
+# Every performance figure with its floor and ratio, in one interleaved run (~3 min).
 bench: $(STAMP)
-	$(BIN)/python bench/bench_order_sign.py
+	$(BIN)/python bench/all_figures.py
 
 bench-prefetch: $(STAMP)
 	$(BIN)/python bench/bench_prefetch_fallback.py

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -186,85 +186,147 @@ def _ms(seconds: float) -> float:
     return round(seconds * 1000.0, 3)
 
 
-def write_audit_record(connection: Connection, record: AuditRecord) -> int:
-    """Insert ``record`` on ``connection`` (the caller's transaction); return the call id."""
-    call_id = connection.execute(
-        service_call.insert()
-        .values(
-            recorded_at=record.recorded_at,
-            service_id=record.service_id,
-            hook=record.hook,
-            hook_instance=record.hook_instance,
-            client_iss=record.client_iss,
-            crd_version=record.crd_version,
-            decision_count=len(record.decisions),
-            card_count=len(record.cards),
-            prefetch_ms=_ms(record.timings.prefetch),
-            fetch_ms=_ms(record.timings.fetch),
-            decide_ms=_ms(record.timings.decide),
-            total_ms=_ms(record.timings.total),
-        )
-        .returning(service_call.c.id)
-    ).scalar_one()
-    decision_ids: list[int] = []
-    for position, item in enumerate(record.decisions):
-        decision_id = connection.execute(
-            decision.insert()
-            .values(
-                call_id=call_id,
-                position=position,
-                coverage_assertion_id=item.coverage_assertion_id,
-                order_references=list(item.order_references),
-                policy_id=item.policy_id,
-                policy_version=item.policy_version,
-                rule_id=item.rule_id,
-                outcome=item.outcome,
-                as_of=item.as_of,
-            )
-            .returning(decision.c.id)
-        ).scalar_one()
-        decision_ids.append(decision_id)
-        if item.criteria:
-            connection.execute(
-                criterion_result.insert(),
-                [
-                    {
-                        "decision_id": decision_id,
-                        "position": index,
-                        "rule_id": c.rule_id,
-                        "rule_kind": c.rule_kind,
-                        "criterion_id": c.criterion_id,
-                        "truth": c.truth,
-                        "deciding": c.deciding,
-                        "evidence_references": list(c.evidence_references),
-                        "checked": c.checked,
-                    }
-                    for index, c in enumerate(item.criteria)
-                ],
-            )
-    if record.decision_page_token is not None:
-        connection.execute(
-            decision_page.insert().values(token=record.decision_page_token, call_id=call_id)
-        )
-    if record.cards:
-        connection.execute(
-            issued_card.insert(),
+# The statements of an audit write, built once (their compiled form is cached).
+_INSERT_CALL = service_call.insert().returning(service_call.c.id)
+_INSERT_DECISION = decision.insert().returning(decision.c.id)
+_INSERT_CRITERIA = criterion_result.insert()
+_INSERT_CARDS = issued_card.insert()
+_INSERT_DECISION_PAGE = decision_page.insert()
+
+
+@dataclass(frozen=True, slots=True)
+class _AuditRows:
+    """An audit record as the rows to insert, prepared before the transaction begins so
+    the write lock is held only for the inserts themselves."""
+
+    call: dict[str, Any]
+    decisions: list[tuple[dict[str, Any], list[dict[str, Any]]]]  # (row, criteria rows)
+    cards: list[tuple[int | None, dict[str, Any]]]  # (decision position, row)
+    decision_page_token: str | None
+
+
+def _audit_rows(record: AuditRecord) -> _AuditRows:
+    call = {
+        "recorded_at": record.recorded_at,
+        "service_id": record.service_id,
+        "hook": record.hook,
+        "hook_instance": record.hook_instance,
+        "client_iss": record.client_iss,
+        "crd_version": record.crd_version,
+        "decision_count": len(record.decisions),
+        "card_count": len(record.cards),
+        "prefetch_ms": _ms(record.timings.prefetch),
+        "fetch_ms": _ms(record.timings.fetch),
+        "decide_ms": _ms(record.timings.decide),
+        "total_ms": _ms(record.timings.total),
+    }
+    decisions = [
+        (
+            {
+                "position": position,
+                "coverage_assertion_id": item.coverage_assertion_id,
+                "order_references": list(item.order_references),
+                "policy_id": item.policy_id,
+                "policy_version": item.policy_version,
+                "rule_id": item.rule_id,
+                "outcome": item.outcome,
+                "as_of": item.as_of,
+            },
             [
                 {
-                    "call_id": call_id,
-                    "decision_id": None
-                    if card.decision_position is None
-                    else decision_ids[card.decision_position],
-                    "service_id": record.service_id,
-                    "card_uuid": card.card_uuid,
-                    "card_type": card.card_type,
-                    "indicator": card.indicator,
-                    "suggestion_uuids": list(card.suggestion_uuids),
+                    "position": index,
+                    "rule_id": c.rule_id,
+                    "rule_kind": c.rule_kind,
+                    "criterion_id": c.criterion_id,
+                    "truth": c.truth,
+                    "deciding": c.deciding,
+                    "evidence_references": list(c.evidence_references),
+                    "checked": c.checked,
                 }
-                for card in record.cards
+                for index, c in enumerate(item.criteria)
+            ],
+        )
+        for position, item in enumerate(record.decisions)
+    ]
+    cards = [
+        (
+            card.decision_position,
+            {
+                "service_id": record.service_id,
+                "card_uuid": card.card_uuid,
+                "card_type": card.card_type,
+                "indicator": card.indicator,
+                "suggestion_uuids": list(card.suggestion_uuids),
+            },
+        )
+        for card in record.cards
+    ]
+    return _AuditRows(call, decisions, cards, record.decision_page_token)
+
+
+def _insert_audit_rows(connection: Connection, rows: _AuditRows) -> int:
+    call_id = connection.execute(_INSERT_CALL, rows.call).scalar_one()
+    decision_ids: list[int] = []
+    for row, criteria in rows.decisions:
+        decision_id = connection.execute(_INSERT_DECISION, {**row, "call_id": call_id}).scalar_one()
+        decision_ids.append(decision_id)
+        if criteria:
+            connection.execute(
+                _INSERT_CRITERIA, [{**c, "decision_id": decision_id} for c in criteria]
+            )
+    if rows.decision_page_token is not None:
+        connection.execute(
+            _INSERT_DECISION_PAGE, {"token": rows.decision_page_token, "call_id": call_id}
+        )
+    if rows.cards:
+        connection.execute(
+            _INSERT_CARDS,
+            [
+                {
+                    **row,
+                    "call_id": call_id,
+                    "decision_id": None if position is None else decision_ids[position],
+                }
+                for position, row in rows.cards
             ],
         )
     return int(call_id)
+
+
+def warm_up_write(connection: Connection) -> None:
+    """Run every statement of an audit write once on ``connection`` (whose transaction
+    the caller rolls back), so their compiled forms are cached before the first call."""
+    now = datetime.now(UTC)
+    record = AuditRecord(
+        recorded_at=now,
+        service_id="warm-up",
+        hook="order-sign",
+        hook_instance="warm-up",
+        client_iss=None,
+        crd_version="2.0",
+        timings=CallTimings(0.0, 0.0, 0.0, 0.0),
+        decisions=(
+            DecisionRecord(
+                coverage_assertion_id="warm-up",
+                order_references=("DeviceRequest/warm-up",),
+                policy_id="warm-up",
+                policy_version="0",
+                rule_id="warm-up",
+                outcome="conditional",
+                as_of=now.date(),
+                criteria=(
+                    CriterionRecord("warm-up", "indication", "warm-up", "unknown", True, ()),
+                ),
+            ),
+        ),
+        cards=(CardRecord("warm-up", "coverage", "info", (), 0),),
+    )
+    _insert_audit_rows(connection, _audit_rows(record))
+
+
+def write_audit_record(connection: Connection, record: AuditRecord) -> int:
+    """Insert ``record`` on ``connection`` (the caller's transaction); return the call id."""
+    return _insert_audit_rows(connection, _audit_rows(record))
 
 
 def record_service_call(store: Store, record: AuditRecord) -> int | None:
@@ -286,8 +348,9 @@ def record_service_call(store: Store, record: AuditRecord) -> int | None:
         )
         return None
     try:
+        rows = _audit_rows(record)
         with store.transaction() as connection:
-            return write_audit_record(connection, record)
+            return _insert_audit_rows(connection, rows)
     except Exception as exc:  # the answer must not depend on the audit trail
         if isinstance(exc, SQLAlchemyError):
             store.suspend_writes()

@@ -37,11 +37,12 @@ def _serve(args: argparse.Namespace) -> int:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
 
-    from cds_service.app import create_app
+    from cds_service.app import create_app, preload
     from cds_service.config import load_settings
     from cds_service.serving import run, serving_options
 
     settings = load_settings()
+    preload()  # before the fork: no worker's first call loads models or schemas
     application = create_app()
     options = serving_options(settings, host=args.host, port=args.port, workers=args.workers)
     run(application, settings, options)

@@ -24,6 +24,9 @@ DEFAULTS: dict[str, Any] = {
     "PUBLIC_URL": "",
     # SQLAlchemy URL of the feedback/audit store; empty means a SQLite file in the instance folder.
     "DATABASE_URL": "",
+    # SQLite audit commits: "normal" (a killed process loses no acknowledged call; a power
+    # loss may lose the last ones) or "full" (fsync every commit: survives power loss).
+    "AUDIT_SYNC": "normal",
     # The insurer name shown to clinicians as card source.label (CRD resp-4).
     "PAYER_NAME": "Medicare Advantage Plan",
     # One deadline for all FHIR queries of a request, and the timeout of each call.
@@ -125,6 +128,8 @@ def load_settings(
         settings[key] = value
     if settings["AUTH"] not in ("required", "optional"):
         raise ConfigError("CDS_AUTH must be 'required' or 'optional'")
+    if settings["AUDIT_SYNC"] not in ("normal", "full"):
+        raise ConfigError("CDS_AUDIT_SYNC must be 'normal' or 'full'")
     if not isinstance(settings["TRUSTED_ISSUERS"], dict):
         raise ConfigError("CDS_TRUSTED_ISSUERS must map each issuer to its keys")
     for key in (*_FLOAT_KEYS, *_INT_KEYS):

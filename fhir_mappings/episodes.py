@@ -30,8 +30,10 @@ from fhir_mappings.r4 import (
     FhirModel,
     InvalidResource,
     ResourceProblem,
+    load_models,
     parse_element,
     parse_resource,
+    shown_id,
 )
 from fhir_mappings.record import PatientRecord, binding, codings
 
@@ -144,7 +146,7 @@ def parse_draft_orders(
     problems, or, when in scope, returned apart so the answer can say they were not
     decided."""
     found = [(raw, where) for raw, _, where in resources_in(bundle, path)]
-    orders_a_pump = any(_pump_code_in(raw) for raw, _ in found)
+    orders_a_pump: bool | None = None  # looked at only when an order is invalid
     orders: list[DraftOrder] = []
     problems: list[ResourceProblem] = []
     invalid_in_scope: list[InvalidOrderInScope] = []
@@ -152,10 +154,14 @@ def parse_draft_orders(
         resource_type = raw.get("resourceType")
         if not isinstance(resource_type, str) or resource_type not in ORDER_TYPES:
             continue
-        reference = f"{raw['resourceType']}/{raw.get('id', index)}"
+        resource_id = raw.get("id", index)
+        shown = resource_id if isinstance(resource_id, int) else shown_id(raw)
+        reference = f"{resource_type}/{shown}"
         try:
             model = parse_resource(raw, where)
         except InvalidResource as exc:
+            if orders_a_pump is None:
+                orders_a_pump = any(_pump_code_in(other) for other, _ in found)
             label = _in_scope_label(raw, orders_a_pump)
             if label is None:
                 problems.append(exc.problem)
@@ -293,3 +299,17 @@ def find_pump_episodes(
             )
         )
     return episodes
+
+
+def preload() -> None:
+    """Load now what reading orders and records loads on first use: the R4B models of the
+    order types, the code bindings, the drug name patterns. A server calls this before
+    it forks, so no worker's first call pays for it."""
+    from fhir_mappings import drugs, record
+
+    load_models((*sorted(ORDER_TYPES), "CodeableConcept"))
+    for name in ("devices", "drugs", "labs", "pumps", "routes"):
+        binding(name)
+    record._relevant_loinc_codes()
+    drugs._families()
+    drugs._oral_antispasmodic_patterns()

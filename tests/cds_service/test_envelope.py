@@ -323,18 +323,33 @@ def test_deeply_nested_json_is_400_not_500(client: FlaskClient) -> None:
     assert "nests JSON too deeply" in response.json["issue"][0]["diagnostics"]
 
 
-def test_deeply_nested_resource_is_left_out_not_500(
+def test_deeply_nested_unread_element_is_not_looked_at(
     client: FlaskClient, sign_body: dict[str, Any]
 ) -> None:
+    """Extensions are not read by any fact: nesting them deeply changes nothing."""
     nested: dict[str, Any] = {"url": "http://example.org/x", "valueString": "leaf"}
     for _ in range(400):
         nested = {"url": "http://example.org/x", "extension": [nested]}
     sign_body["prefetch"]["conditions"]["entry"][0]["resource"]["extension"] = [nested]
     response = _post(client, sign_body)
     assert response.status_code == 200
+    assert "Condition/cond-t1dm" not in response.json["cards"][0]["detail"]
+
+
+def test_deeply_nested_read_element_is_left_out_not_500(
+    client: FlaskClient, sign_body: dict[str, Any]
+) -> None:
+    """QuestionnaireResponse items nested deeper than the reader follows: left out, named."""
+    item: dict[str, Any] = {"linkId": "leaf"}
+    for _ in range(100):
+        item = {"linkId": "x", "item": [item]}
+    sign_body["prefetch"]["questionnaireResponses"]["entry"][0]["resource"]["item"] = [item]
+    response = _post(client, sign_body)
+    assert response.status_code == 200
     assert "nested too deeply" not in response.get_data(as_text=True)  # named, not detailed
     assert (
-        "Condition/cond-t1dm at prefetch.conditions.entry[0]" in response.json["cards"][0]["detail"]
+        "QuestionnaireResponse/qr-csii at prefetch.questionnaireResponses.entry[0]"
+        in response.json["cards"][0]["detail"]
     )
 
 
