@@ -152,6 +152,7 @@ def in_process_app(folder: Path) -> Any:
     return create_app(
         {
             "AUTH": "optional",
+            "RATE_LIMIT_PER_S": 0,  # one client calling as fast as it can is the point here
             "DATABASE_URL": f"sqlite:///{folder / 'audit.sqlite3'}",
             "MAX_REQUEST_BYTES": 200 * 1024 * 1024,
         }
@@ -236,7 +237,12 @@ def bench_prefetch_fallback(quick: bool, delay_ms: float) -> None:
     server, thread = start_delayed_fhir_server(delay_ms / 1000)
     base = f"http://127.0.0.1:{server.server_address[1]}/fhir"
     client = create_app(
-        {"AUTH": "optional", "FHIR_SERVERS": ["http://127.0.0.1"], "DATABASE_URL": "sqlite://"}
+        {
+            "AUTH": "optional",
+            "RATE_LIMIT_PER_S": 0,
+            "FHIR_SERVERS": ["http://127.0.0.1"],
+            "DATABASE_URL": "sqlite://",
+        }
     ).test_client()
     path = f"/cds-services/{SERVICE.id}"
     keys = len(SERVICE.prefetch)
@@ -331,6 +337,7 @@ def start_served(name: str, command: list[str], folder: Path, workers_hint: int)
     env = {
         **os.environ,
         "CDS_AUTH": "optional",
+        "CDS_RATE_LIMIT_PER_S": "0",
         "CDS_DATABASE_URL": f"sqlite:///{folder / (name + '.sqlite3')}",
         "PYTHONPATH": str(ROOT),
     }
