@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 FhirModel = Any  # a fhir.resources R4B resource model instance
 
-_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
+FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")  # the R4 id type
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,9 +43,16 @@ def shown_id(raw: Any) -> str:
     resource_id = raw.get("id") if isinstance(raw, dict) else None
     if resource_id is None:
         return "(no id)"
-    if isinstance(resource_id, str) and _ID.fullmatch(resource_id):
+    if isinstance(resource_id, str) and FHIR_ID.fullmatch(resource_id):
         return resource_id
     return "(invalid id)"
+
+
+def named_problem(resource: Any, path: str, message: str) -> ResourceProblem:
+    """A problem naming what it can of ``resource``: its type and id, where well formed."""
+    resource_type = resource.get("resourceType") if isinstance(resource, dict) else None
+    shown_type = printable(resource_type) if isinstance(resource_type, str) else "(none)"
+    return ResourceProblem(shown_type, shown_id(resource), path, message)
 
 
 class InvalidResource(ValueError):

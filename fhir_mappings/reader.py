@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping
 from datetime import date
 from typing import Any
 
-from fhir_mappings.r4 import InvalidResource, ResourceProblem, printable, shown_id
+from fhir_mappings.r4 import FHIR_ID, InvalidResource, ResourceProblem, named_problem, shown_id
 
 # R4 JSON primitive types (http://hl7.org/fhir/R4/datatypes.html), as regular expressions.
 _YEAR = r"([0-9]([0-9]([0-9][1-9]|[1-9]0)|[1-9]00)|[1-9]000)"
@@ -35,7 +35,6 @@ _DATETIME = re.compile(rf"{_YEAR}(-{_MONTH}(-{_DAY}(T{_TIME}{_ZONE})?)?)?")
 _INSTANT = re.compile(rf"{_YEAR}-{_MONTH}-{_DAY}T{_TIME}{_ZONE}")
 _CODE = re.compile(r"[^\s]+(\s[^\s]+)*")
 _STRING = re.compile(r"[ \r\n\t\S]+")
-_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 
 
 def _is_text(value: Any) -> bool:
@@ -69,7 +68,7 @@ def _is_integer(value: Any) -> bool:
 PRIMITIVES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "string": (lambda v: _is_text(v) and _STRING.fullmatch(v) is not None, "a string"),
     "code": (lambda v: _is_text(v) and _CODE.fullmatch(v) is not None, "a code"),
-    "id": (lambda v: _is_text(v) and _ID.fullmatch(v) is not None, "an id"),
+    "id": (lambda v: _is_text(v) and FHIR_ID.fullmatch(v) is not None, "an id"),
     "uri": (_is_text, "a uri"),
     "canonical": (_is_text, "a canonical URL"),
     "boolean": (lambda v: isinstance(v, bool), "true or false"),
@@ -395,9 +394,7 @@ def read_resource(raw: Mapping[str, Any], path: str) -> Element:
     whose shape is wrong."""
     resource_type = raw.get("resourceType")
     if not isinstance(resource_type, str) or resource_type not in READ_TYPES:
-        shown_type = printable(resource_type) if isinstance(resource_type, str) else "(none)"
-        problem = ResourceProblem(shown_type, shown_id(raw), path, "not a resource type read here")
-        raise InvalidResource(problem)
+        raise InvalidResource(named_problem(raw, path, "not a resource type read here"))
     try:
         values = _read_object(_COMPILED[resource_type], raw, 0)
     except _ShapeError as exc:

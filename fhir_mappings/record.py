@@ -14,14 +14,15 @@ decides. References resolve whether written ``Type/id``, as an absolute URL, or 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 from typing import Any
 
+from fhir_mappings.bundles import MisshapenBundle, MisshapenEntry, entries_of
 from fhir_mappings.codes import LOINC, canonical_system
-from fhir_mappings.r4 import FhirModel, InvalidResource, ResourceProblem, printable, shown_id
+from fhir_mappings.r4 import FhirModel, InvalidResource, ResourceProblem, named_problem
 from fhir_mappings.reader import READ_TYPES, read_resource
 
 # The resource types facts are drawn from.
@@ -84,53 +85,6 @@ class _Found:
     raw: Mapping[str, Any]
     full_url: str | None
     path: str
-
-
-class _Malformed(Exception):
-    def __init__(self, problem: ResourceProblem) -> None:
-        super().__init__(problem.message)
-        self.problem = problem
-
-
-def _named(resource: Any, path: str, message: str) -> ResourceProblem:
-    """A problem naming what it can of ``resource`` (its type and id, if well formed)."""
-    resource_type = resource.get("resourceType") if isinstance(resource, dict) else None
-    shown = printable(resource_type) if isinstance(resource_type, str) else "(none)"
-    return ResourceProblem(shown, shown_id(resource), path, message)
-
-
-_Item = tuple[Mapping[str, Any], str | None, str] | ResourceProblem
-
-
-def _iter_raw(value: Any, path: str) -> Iterator[_Item]:
-    """(resource JSON, fullUrl, path) for a prefetch value: a resource or a Bundle; an
-    entry, resource or fullUrl of the wrong shape comes as the problem naming it.
-
-    Raises ``_Malformed`` for a Bundle whose ``entry`` is not a list."""
-    if not isinstance(value, dict):
-        return
-    if value.get("resourceType") != "Bundle":
-        yield value, None, path
-        return
-    entries = value.get("entry")
-    if entries is None:
-        return
-    if not isinstance(entries, list):
-        raise _Malformed(_named(value, path, "entry: expected a list"))
-    for index, item in enumerate(entries):
-        where = f"{path}.entry[{index}]"
-        if not isinstance(item, dict):
-            yield _named(None, where, "not a Bundle entry (an object)")
-            continue
-        resource, full_url = item.get("resource"), item.get("fullUrl")
-        if resource is None:
-            continue
-        if not isinstance(resource, dict):
-            yield _named(None, where, "resource: expected an object")
-        elif full_url is not None and not (isinstance(full_url, str) and full_url.strip()):
-            yield _named(resource, where, "fullUrl: expected a uri")
-        else:
-            yield resource, full_url, where
 
 
 class PatientRecord:
@@ -229,17 +183,19 @@ def build_record(
     record = PatientRecord(unavailable)
     for key, value in data.items():
         try:
-            for item in _iter_raw(value, f"prefetch.{key}"):
-                if isinstance(item, ResourceProblem):
-                    record.left_out(item)
+            for item in entries_of(value, f"prefetch.{key}"):
+                if isinstance(item, MisshapenEntry):
+                    record.left_out(named_problem(None, item.path, item.message))
                     continue
                 raw, full_url, where = item
-                if not isinstance(raw.get("resourceType"), str):
-                    record.left_out(_named(raw, where, "resourceType: expected a string"))
+                if full_url is not None and not (isinstance(full_url, str) and full_url.strip()):
+                    record.left_out(named_problem(raw, where, "fullUrl: expected a uri"))
+                elif not isinstance(raw.get("resourceType"), str):
+                    record.left_out(named_problem(raw, where, "resourceType: expected a string"))
                 elif _is_relevant(raw):
                     record.found(raw, full_url, where)
-        except _Malformed as exc:
-            record.left_out(exc.problem)
+        except MisshapenBundle:
+            record.left_out(named_problem(value, f"prefetch.{key}", "entry: expected a list"))
             record.unavailable.setdefault(key, "a Bundle whose entry is not a list")
     return record
 

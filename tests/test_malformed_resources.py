@@ -10,11 +10,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +20,7 @@ import requests
 from hooks.coverage_information import EXTENSION_URL
 from tests.conftest import FIXTURES, ORDER_SIGN, make_app
 from tests.response_validation import validate_cds_response
+from tests.served_process import ServedProcess
 
 FIXTURE = FIXTURES / "requests" / "order-sign__e0784-insulin__covered.json"
 Body = dict[str, Any]
@@ -323,40 +319,16 @@ def test_only_draft_orders_are_validated_as_whole_r4_resources_and_once(
 # --- the same shapes over real HTTP -------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """``infusion-pump-cds serve`` on loopback (unsigned calls accepted); its base URL."""
-    port = _free_port()
     database = tmp_path_factory.mktemp("malformed") / "audit.sqlite3"
-    env = {**os.environ, "CDS_AUTH": "optional", "CDS_DATABASE_URL": f"sqlite:///{database}"}
-    command = [sys.executable, "-m", "cds_service.cli", "serve", "--host", "127.0.0.1"]
-    process = subprocess.Popen(
-        [*command, "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    base = f"http://127.0.0.1:{port}"
+    env = {"CDS_AUTH": "optional", "CDS_DATABASE_URL": f"sqlite:///{database}"}
+    process = ServedProcess(env, workers=2).start()
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                requests.get(f"{base}/cds-services", timeout=1)
-                break
-            except requests.ConnectionError:
-                if time.monotonic() > deadline or process.poll() is not None:
-                    pytest.fail("infusion-pump-cds serve did not start")
-                time.sleep(0.2)
-        yield base
+        yield process.base
     finally:
-        process.terminate()
-        process.wait(timeout=20)
+        process.stop()
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=[s.name for s in SHAPES])

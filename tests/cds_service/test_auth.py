@@ -7,10 +7,6 @@ import hashlib
 import hmac
 import json
 import logging
-import os
-import socket
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -38,6 +34,7 @@ from cds_service.config import ConfigError, load_settings
 from tests.conftest import ORDER_SIGN, make_app
 from tests.hook_requests import order_sign_request, patient_and_coverage_prefetch
 from tests.misbehaving_fhir_server import MisbehavingFhirServer
+from tests.served_process import ServedProcess, free_port
 
 ISSUER = "https://ehr.example.org"
 OTHER_ISSUER = "https://other-ehr.example.net"
@@ -775,22 +772,15 @@ def test_issuer_key_source_of_the_wrong_shape_is_refused_at_start(entry: dict[st
         load_settings({"TRUSTED_ISSUERS": {SANDBOX_ISSUER: entry}}, environ={})
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def test_served_service_accepts_the_sandbox_with_auth_required(
     sandbox_key: SigningKey, jwks_server: JwksServer, tmp_path: Path
 ) -> None:
     """``infusion-pump-cds serve`` configured as the README says for the sandbox (with the
     JWKS on loopback), called over HTTP with a sandbox-shaped token: decided; unsigned: 401."""
     jwks_server.sets["/.well-known/jwks.json"] = {"keys": [sandbox_key.public_jwk]}
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     env = {
-        **os.environ,
         "CDS_AUTH": "required",
         "CDS_PUBLIC_URL": base,
         "CDS_TRUSTED_ISSUERS": json.dumps(
@@ -798,23 +788,8 @@ def test_served_service_accepts_the_sandbox_with_auth_required(
         ),
         "CDS_DATABASE_URL": f"sqlite:///{tmp_path / 'audit.sqlite3'}",
     }
-    command = [sys.executable, "-m", "cds_service.cli", "serve", "--host", "127.0.0.1"]
-    process = subprocess.Popen(
-        [*command, "--port", str(port), "--workers", "1"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    process = ServedProcess(env, port=port).start()
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                requests.get(f"{base}/cds-services", timeout=1)
-                break
-            except requests.ConnectionError:
-                if time.monotonic() > deadline or process.poll() is not None:
-                    pytest.fail("infusion-pump-cds serve did not start")
-                time.sleep(0.2)
         body = order_sign_request("p1", prefetch=patient_and_coverage_prefetch("p1"))
         token = sandbox_token(sandbox_key, aud=f"{base}{ORDER_SIGN}")
         signed = requests.post(
@@ -829,5 +804,4 @@ def test_served_service_accepts_the_sandbox_with_auth_required(
         assert unsigned.status_code == 401
         assert jwks_server.fetches == {"/.well-known/jwks.json": 1}
     finally:
-        process.terminate()
-        process.wait(timeout=10)
+        process.stop()
