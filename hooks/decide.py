@@ -30,6 +30,7 @@ from hooks.request import (
     CoverageProblem,
     DataUnavailable,
     HookRequest,
+    retrieval_failures,
 )
 
 # Read for every decision: the Patient (a deceased patient's orders are not decided) and
@@ -179,8 +180,10 @@ def deliberate(
     user_id = hook_request.context.get("userId")
     user_reference = user_id if isinstance(user_id, str) else None
     deceased_on = _deceased_on(record)
-    # Data that a query failed to bring back (not merely data the EHR did not send).
-    facts_not_retrieved = facts_of_keys(clinical.not_retrieved, policy.facts)
+    # Data that a query failed to bring back or that came unreadable (not merely data the
+    # EHR did not send): the record adds the Bundles it cannot read to what prefetch found.
+    not_retrieved = retrieval_failures(record.unavailable)
+    facts_not_retrieved = facts_of_keys(not_retrieved, policy.facts)
     decisions, deceased = [], []
     for episode in episodes:
         as_of = _as_of(episode.orders, today)
@@ -200,5 +203,5 @@ def deliberate(
         record=record,
         problems=(*scope.problems, *record.problems),
         invalid_in_scope=scope.invalid_in_scope,
-        not_retrieved=clinical.not_retrieved,
+        not_retrieved=not_retrieved,
     )

@@ -73,7 +73,13 @@ class ClinicalInput:
     def not_retrieved(self) -> dict[str, str]:
         """The unavailable keys a query failed to bring back (a timeout, an error, only
         part of the results), as opposed to those there was no way to fetch."""
-        return {k: r for k, r in self.unavailable.items() if r != NOT_SENT}
+        return retrieval_failures(self.unavailable)
+
+
+def retrieval_failures(unavailable: Mapping[str, str]) -> dict[str, str]:
+    """The unavailable keys whose data was there to have but could not be had or read
+    (a failed query, a Bundle that cannot be read), as opposed to those never sent."""
+    return {k: r for k, r in unavailable.items() if r != NOT_SENT}
 
 
 # Why a prefetch key could not be had; any other reason is a technical failure.

@@ -111,6 +111,19 @@ def test_operation_outcome_prefetch_is_named_as_not_retrieved(
     assert "the EHR reported an error for this query" in first_line
 
 
+def test_unreadable_prefetch_bundle_is_not_checked_and_not_asked_for(
+    client: FlaskClient, sign_body: dict[str, Any]
+) -> None:
+    """A Bundle whose entry is not a list hides what it holds: its data is "not checked"
+    with the reason, as for a failed query, and never asked to be documented."""
+    sign_body["prefetch"]["conditions"] = {"resourceType": "Bundle", "entry": {"x": 1}}
+    cards = _post(client, sign_body).json["cards"]
+    first_line = cards[0]["detail"].splitlines()[0]
+    assert "diagnoses" in first_line
+    assert "a Bundle whose entry is not a list" in first_line
+    assert not any(c["summary"].startswith("Document before signing") for c in cards)
+
+
 def test_invalid_resource_is_left_out_and_named(
     client: FlaskClient, sign_body: dict[str, Any]
 ) -> None:
