@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 FHIR_SERVER_DIR := demo/fhir_server
 NODE_STAMP := $(FHIR_SERVER_DIR)/node_modules/.installed
 
-.PHONY: serve demo test lint bench bench-prefetch bench-audit clean
+.PHONY: serve demo test lint fuzz bench bench-prefetch bench-audit clean
 
 # Ports of `make serve` and `make demo` (the service, the demo's FHIR server and page).
 PORT ?= 8080
@@ -47,13 +47,21 @@ demo: $(STAMP) $(NODE_STAMP)
 test: $(STAMP) $(NODE_STAMP)
 	$(BIN)/python -m pytest
 
+# A longer fuzz than the suite's (SCALE x its examples, SEED): requests, statuses,
+# distinct failures, slowest answer.
+SCALE ?= 20
+SEED ?= 1
+fuzz: $(STAMP)
+	$(BIN)/python -m tests.fuzz --scale $(SCALE) --seed $(SEED)
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
+# Every performance figure with its floor and ratio, in one interleaved run (~3 min).
 bench: $(STAMP)
-	$(BIN)/python bench/bench_order_sign.py
+	$(BIN)/python bench/all_figures.py
 
 bench-prefetch: $(STAMP)
 	$(BIN)/python bench/bench_prefetch_fallback.py

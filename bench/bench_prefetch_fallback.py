@@ -37,6 +37,9 @@ def start_delayed_fhir_server(delay_s: float) -> tuple[ThreadingHTTPServer, thre
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        # Like a real FHIR server: no Nagle delay, and each answer sent in one write (a
+        # header write followed by a body write stalls ~40 ms on delayed ACKs otherwise).
+        disable_nagle_algorithm = True
 
         def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
             """Quiet."""
@@ -69,11 +72,11 @@ def start_delayed_fhir_server(delay_s: float) -> tuple[ThreadingHTTPServer, thre
             else:
                 body = {"resourceType": "Bundle", "type": "searchset", "total": 0}
             data = json.dumps(body).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/fhir+json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+            head = (
+                "HTTP/1.1 200 OK\r\nContent-Type: application/fhir+json\r\n"
+                f"Content-Length: {len(data)}\r\n\r\n"
+            )
+            self.wfile.write(head.encode() + data)
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.daemon_threads = True

@@ -4,8 +4,8 @@ Every answered service call is recorded (CRD found-37, found-11): one ``service_
 row (time, service, hookInstance, client ``iss``, timings), one ``decision`` row per
 coverage decision (coverage-assertion-id, orders, policy and version, rule, outcome),
 each criterion's truth with the FHIR references of its evidence, and every card and
-suggestion uuid issued, linked to the decision it is about through the card's
-``davinci-crd.associated-resource``. Calls without a decision are recorded too, so their
+suggestion uuid issued, linked to the decision it is about (as the hook handed them
+over: nothing is read back from the response). Calls without a decision are recorded too, so their
 cards can be found when feedback about them arrives. Calls answered with an error (4xx,
 5xx) issued no guidance and are not recorded here; the application log has them.
 
@@ -19,9 +19,8 @@ is answered and the failure is logged as an error.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -30,17 +29,19 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from cds_service import operations
 from cds_service.store import Store
-from cds_service.tables import criterion_result, decision, issued_card, service_call
+from cds_service.tables import (
+    criterion_result,
+    decision,
+    decision_page,
+    issued_card,
+    service_call,
+)
 from coverage_policy.model import RuleResult
-from hooks.coverage_information import EXTENSION_URL
 from hooks.decide import EpisodeDecision
 from hooks.request import HookRequest
 from hooks.service import HookResult
 
 logger = logging.getLogger(__name__)
-
-ASSOCIATED_RESOURCE = "davinci-crd.associated-resource"
-ASSERTION_ID = "coverage-assertion-id"
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +67,7 @@ class CriterionRecord:
     truth: str
     deciding: bool
     evidence_references: tuple[str, ...]
+    checked: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +85,7 @@ class DecisionRecord:
 @dataclass(frozen=True, slots=True)
 class CardRecord:
     card_uuid: str
-    card_type: str | None
+    card_type: str
     indicator: str
     suggestion_uuids: tuple[str, ...]
     decision_position: int | None  # index into AuditRecord.decisions
@@ -102,23 +104,7 @@ class AuditRecord:
     timings: CallTimings
     decisions: tuple[DecisionRecord, ...] = ()
     cards: tuple[CardRecord, ...] = field(default_factory=tuple)
-
-
-def _assertion_ids(response: Mapping[str, Any]) -> dict[str, str]:
-    """Order reference → the coverage-assertion-id its coverage-information carries."""
-    found: dict[str, str] = {}
-    for action in response.get("systemActions") or []:
-        resource = action.get("resource") if isinstance(action, dict) else None
-        if not isinstance(resource, dict):
-            continue
-        reference = f"{resource.get('resourceType')}/{resource.get('id')}"
-        for extension in resource.get("extension") or []:
-            if not isinstance(extension, dict) or extension.get("url") != EXTENSION_URL:
-                continue
-            for part in extension.get("extension") or []:
-                if isinstance(part, dict) and part.get("url") == ASSERTION_ID:
-                    found.setdefault(reference, str(part.get("valueString")))
-    return found
+    decision_page_token: str | None = None  # the unguessable id of its decision page
 
 
 def _criteria(item: EpisodeDecision) -> tuple[CriterionRecord, ...]:
@@ -136,54 +122,24 @@ def _criteria(item: EpisodeDecision) -> tuple[CriterionRecord, ...]:
             truth=result.truth.value,
             deciding=result.deciding,
             evidence_references=tuple(dict.fromkeys(e.reference for e in result.evidence)),
+            checked=result.checked,
         )
         for rule_result in rule_results
         for result in rule_result.results
     )
 
 
-def _decision_record(item: EpisodeDecision, assertion_ids: Mapping[str, str]) -> DecisionRecord:
-    references = tuple(order.reference for order in item.episode.orders)
-    assertion = next((assertion_ids[r] for r in references if r in assertion_ids), None)
+def _decision_record(item: EpisodeDecision, assertion_id: str | None) -> DecisionRecord:
     decided = item.decision
     return DecisionRecord(
-        coverage_assertion_id=assertion,
-        order_references=references,
+        coverage_assertion_id=assertion_id,
+        order_references=tuple(order.reference for order in item.episode.orders),
         policy_id=decided.policy_id,
         policy_version=decided.policy_version,
         rule_id=decided.rule_id,
         outcome=decided.outcome.value,
         as_of=decided.as_of,
         criteria=_criteria(item),
-    )
-
-
-def _card_record(card: Mapping[str, Any], decisions: tuple[DecisionRecord, ...]) -> CardRecord:
-    extension = card.get("extension") if isinstance(card.get("extension"), dict) else {}
-    associated = {
-        entry.get("reference")
-        for entry in (extension or {}).get(ASSOCIATED_RESOURCE) or []
-        if isinstance(entry, dict)
-    }
-    # A card names exactly the orders of its episode; an order may belong to two episodes
-    # (one drug order given by two pumps), so match the whole set before any overlap.
-    exact = [i for i, d in enumerate(decisions) if associated == set(d.order_references)]
-    overlapping = [
-        i for i, d in enumerate(decisions) if associated and associated & set(d.order_references)
-    ]
-    candidates: list[int] = exact or overlapping
-    position = candidates[0] if candidates else None
-    topic = (card.get("source") or {}).get("topic") or {}
-    return CardRecord(
-        card_uuid=str(card.get("uuid")).lower(),
-        card_type=topic.get("code"),
-        indicator=str(card.get("indicator")),
-        suggestion_uuids=tuple(
-            str(s["uuid"]).lower()
-            for s in card.get("suggestions") or []
-            if isinstance(s, dict) and s.get("uuid")
-        ),
-        decision_position=position,
     )
 
 
@@ -195,14 +151,23 @@ def build_audit_record(
     result: HookResult,
     timings: CallTimings,
     recorded_at: datetime,
+    decision_page_token: str | None = None,
 ) -> AuditRecord:
-    """The audit record of one answered call, from the response and the decisions behind it."""
-    assertion_ids = _assertion_ids(result.response)
-    decisions = tuple(_decision_record(item, assertion_ids) for item in result.decisions)
+    """The audit record of one answered call: the decisions and the cards the hook issued."""
+    assertion_ids = result.assertion_ids or (None,) * len(result.decisions)
+    decisions = tuple(
+        _decision_record(item, assertion_id)
+        for item, assertion_id in zip(result.decisions, assertion_ids, strict=True)
+    )
     cards = tuple(
-        _card_record(card, decisions)
-        for card in result.response.get("cards") or []
-        if isinstance(card, dict) and card.get("uuid")
+        CardRecord(
+            card_uuid=card.uuid,
+            card_type=card.card_type,
+            indicator=card.indicator,
+            suggestion_uuids=card.suggestion_uuids,
+            decision_position=card.decision,
+        )
+        for card in result.cards
     )
     return AuditRecord(
         recorded_at=recorded_at,
@@ -214,6 +179,7 @@ def build_audit_record(
         timings=timings,
         decisions=decisions,
         cards=cards,
+        decision_page_token=decision_page_token if decisions else None,
     )
 
 
@@ -221,80 +187,147 @@ def _ms(seconds: float) -> float:
     return round(seconds * 1000.0, 3)
 
 
-def write_audit_record(connection: Connection, record: AuditRecord) -> int:
-    """Insert ``record`` on ``connection`` (the caller's transaction); return the call id."""
-    call_id = connection.execute(
-        service_call.insert()
-        .values(
-            recorded_at=record.recorded_at,
-            service_id=record.service_id,
-            hook=record.hook,
-            hook_instance=record.hook_instance,
-            client_iss=record.client_iss,
-            crd_version=record.crd_version,
-            decision_count=len(record.decisions),
-            card_count=len(record.cards),
-            prefetch_ms=_ms(record.timings.prefetch),
-            fetch_ms=_ms(record.timings.fetch),
-            decide_ms=_ms(record.timings.decide),
-            total_ms=_ms(record.timings.total),
-        )
-        .returning(service_call.c.id)
-    ).scalar_one()
-    decision_ids: list[int] = []
-    for position, item in enumerate(record.decisions):
-        decision_id = connection.execute(
-            decision.insert()
-            .values(
-                call_id=call_id,
-                position=position,
-                coverage_assertion_id=item.coverage_assertion_id,
-                order_references=list(item.order_references),
-                policy_id=item.policy_id,
-                policy_version=item.policy_version,
-                rule_id=item.rule_id,
-                outcome=item.outcome,
-                as_of=item.as_of,
-            )
-            .returning(decision.c.id)
-        ).scalar_one()
-        decision_ids.append(decision_id)
-        if item.criteria:
-            connection.execute(
-                criterion_result.insert(),
-                [
-                    {
-                        "decision_id": decision_id,
-                        "position": index,
-                        "rule_id": c.rule_id,
-                        "rule_kind": c.rule_kind,
-                        "criterion_id": c.criterion_id,
-                        "truth": c.truth,
-                        "deciding": c.deciding,
-                        "evidence_references": list(c.evidence_references),
-                    }
-                    for index, c in enumerate(item.criteria)
-                ],
-            )
-    if record.cards:
-        connection.execute(
-            issued_card.insert(),
+# The statements of an audit write, built once (their compiled form is cached).
+_INSERT_CALL = service_call.insert().returning(service_call.c.id)
+_INSERT_DECISION = decision.insert().returning(decision.c.id)
+_INSERT_CRITERIA = criterion_result.insert()
+_INSERT_CARDS = issued_card.insert()
+_INSERT_DECISION_PAGE = decision_page.insert()
+
+
+@dataclass(frozen=True, slots=True)
+class _AuditRows:
+    """An audit record as the rows to insert, prepared before the transaction begins so
+    the write lock is held only for the inserts themselves."""
+
+    call: dict[str, Any]
+    decisions: list[tuple[dict[str, Any], list[dict[str, Any]]]]  # (row, criteria rows)
+    cards: list[tuple[int | None, dict[str, Any]]]  # (decision position, row)
+    decision_page_token: str | None
+
+
+def _audit_rows(record: AuditRecord) -> _AuditRows:
+    call = {
+        "recorded_at": record.recorded_at,
+        "service_id": record.service_id,
+        "hook": record.hook,
+        "hook_instance": record.hook_instance,
+        "client_iss": record.client_iss,
+        "crd_version": record.crd_version,
+        "decision_count": len(record.decisions),
+        "card_count": len(record.cards),
+        "prefetch_ms": _ms(record.timings.prefetch),
+        "fetch_ms": _ms(record.timings.fetch),
+        "decide_ms": _ms(record.timings.decide),
+        "total_ms": _ms(record.timings.total),
+    }
+    decisions = [
+        (
+            {
+                "position": position,
+                "coverage_assertion_id": item.coverage_assertion_id,
+                "order_references": list(item.order_references),
+                "policy_id": item.policy_id,
+                "policy_version": item.policy_version,
+                "rule_id": item.rule_id,
+                "outcome": item.outcome,
+                "as_of": item.as_of,
+            },
             [
                 {
-                    "call_id": call_id,
-                    "decision_id": None
-                    if card.decision_position is None
-                    else decision_ids[card.decision_position],
-                    "service_id": record.service_id,
-                    "card_uuid": card.card_uuid,
-                    "card_type": card.card_type,
-                    "indicator": card.indicator,
-                    "suggestion_uuids": list(card.suggestion_uuids),
+                    "position": index,
+                    "rule_id": c.rule_id,
+                    "rule_kind": c.rule_kind,
+                    "criterion_id": c.criterion_id,
+                    "truth": c.truth,
+                    "deciding": c.deciding,
+                    "evidence_references": list(c.evidence_references),
+                    "checked": c.checked,
                 }
-                for card in record.cards
+                for index, c in enumerate(item.criteria)
+            ],
+        )
+        for position, item in enumerate(record.decisions)
+    ]
+    cards = [
+        (
+            card.decision_position,
+            {
+                "service_id": record.service_id,
+                "card_uuid": card.card_uuid,
+                "card_type": card.card_type,
+                "indicator": card.indicator,
+                "suggestion_uuids": list(card.suggestion_uuids),
+            },
+        )
+        for card in record.cards
+    ]
+    return _AuditRows(call, decisions, cards, record.decision_page_token)
+
+
+def _insert_audit_rows(connection: Connection, rows: _AuditRows) -> int:
+    call_id = connection.execute(_INSERT_CALL, rows.call).scalar_one()
+    decision_ids: list[int] = []
+    for row, criteria in rows.decisions:
+        decision_id = connection.execute(_INSERT_DECISION, {**row, "call_id": call_id}).scalar_one()
+        decision_ids.append(decision_id)
+        if criteria:
+            connection.execute(
+                _INSERT_CRITERIA, [{**c, "decision_id": decision_id} for c in criteria]
+            )
+    if rows.decision_page_token is not None:
+        connection.execute(
+            _INSERT_DECISION_PAGE, {"token": rows.decision_page_token, "call_id": call_id}
+        )
+    if rows.cards:
+        connection.execute(
+            _INSERT_CARDS,
+            [
+                {
+                    **row,
+                    "call_id": call_id,
+                    "decision_id": None if position is None else decision_ids[position],
+                }
+                for position, row in rows.cards
             ],
         )
     return int(call_id)
+
+
+def warm_up_write(connection: Connection) -> None:
+    """Run every statement of an audit write once on ``connection`` (whose transaction
+    the caller rolls back), so their compiled forms are cached before the first call."""
+    now = datetime.now(UTC)
+    record = AuditRecord(
+        recorded_at=now,
+        service_id="warm-up",
+        hook="order-sign",
+        hook_instance="warm-up",
+        client_iss=None,
+        crd_version="2.0",
+        timings=CallTimings(0.0, 0.0, 0.0, 0.0),
+        decisions=(
+            DecisionRecord(
+                coverage_assertion_id="warm-up",
+                order_references=("DeviceRequest/warm-up",),
+                policy_id="warm-up",
+                policy_version="0",
+                rule_id="warm-up",
+                outcome="conditional",
+                as_of=now.date(),
+                criteria=(
+                    CriterionRecord("warm-up", "indication", "warm-up", "unknown", True, ()),
+                ),
+            ),
+        ),
+        cards=(CardRecord("warm-up", "coverage", "info", (), 0),),
+    )
+    _insert_audit_rows(connection, _audit_rows(record))
+
+
+def write_audit_record(connection: Connection, record: AuditRecord) -> int:
+    """Insert ``record`` on ``connection`` (the caller's transaction); return the call id."""
+    return _insert_audit_rows(connection, _audit_rows(record))
 
 
 def record_service_call(store: Store, record: AuditRecord) -> int | None:
@@ -317,8 +350,9 @@ def record_service_call(store: Store, record: AuditRecord) -> int | None:
         )
         return None
     try:
+        rows = _audit_rows(record)
         with store.transaction() as connection:
-            return write_audit_record(connection, record)
+            return _insert_audit_rows(connection, rows)
     except Exception as exc:  # the answer must not depend on the audit trail
         if isinstance(exc, SQLAlchemyError):
             store.suspend_writes()
@@ -337,25 +371,42 @@ def record_service_call(store: Store, record: AuditRecord) -> int | None:
         return None
 
 
+_DECISIONS_WITH_CALLS = sa.select(
+    decision.c.id.label("decision_id"),
+    *(c for c in decision.c if c.name != "id"),
+    *(c for c in service_call.c if c.name != "id"),
+).join(service_call, service_call.c.id == decision.c.call_id)
+
+
+def _decision_reports(store: Store, query: sa.Select[Any]) -> list[dict[str, Any]]:
+    """Each decision ``query`` selects, with its call, criteria and cards."""
+    with store.reading() as connection:
+        rows = connection.execute(query).mappings().all()
+        return [_decision_report(connection, row) for row in rows]
+
+
 def audit_for_assertion(store: Store, assertion_id: str) -> list[dict[str, Any]]:
     """Every decision recorded with ``assertion_id``, oldest first, each with its call,
     criteria and cards (plain data for the command line)."""
-    with store.reading() as connection:
-        rows = (
-            connection.execute(
-                sa.select(
-                    decision.c.id.label("decision_id"),
-                    *(c for c in decision.c if c.name != "id"),
-                    *(c for c in service_call.c if c.name != "id"),
-                )
-                .join(service_call, service_call.c.id == decision.c.call_id)
-                .where(decision.c.coverage_assertion_id == assertion_id)
-                .order_by(service_call.c.recorded_at, decision.c.id)
-            )
-            .mappings()
-            .all()
-        )
-        return [_decision_report(connection, row) for row in rows]
+    return _decision_reports(
+        store,
+        _DECISIONS_WITH_CALLS.where(decision.c.coverage_assertion_id == assertion_id).order_by(
+            service_call.c.recorded_at, decision.c.id
+        ),
+    )
+
+
+def audit_for_decision_page(
+    store: Store, token: str, recorded_since: datetime
+) -> list[dict[str, Any]]:
+    """The decisions of the call whose decision page ``token`` names, if it was recorded
+    since ``recorded_since`` (pages expire); empty otherwise."""
+    return _decision_reports(
+        store,
+        _DECISIONS_WITH_CALLS.join(decision_page, decision_page.c.call_id == service_call.c.id)
+        .where(decision_page.c.token == token, service_call.c.recorded_at >= recorded_since)
+        .order_by(decision.c.position),
+    )
 
 
 def _decision_report(connection: Connection, row: sa.RowMapping) -> dict[str, Any]:
@@ -405,6 +456,7 @@ def _decision_report(connection: Connection, row: sa.RowMapping) -> dict[str, An
                 "criterion_id": c["criterion_id"],
                 "truth": c["truth"],
                 "deciding": c["deciding"],
+                "checked": c["checked"],
                 "evidence": list(c["evidence_references"]),
             }
             for c in criteria

@@ -141,9 +141,10 @@ def render_decision(item: dict[str, Any], policy: Policy) -> str:
     for c in item["criteria"]:
         role = "deciding" if c["deciding"] else "advisory"
         evidence = ", ".join(c["evidence"]) or "no evidence"
+        truth = c["truth"] if c["checked"] else f"{c['truth']}, not checked (data not retrieved)"
         lines.append(
             f"    {c['rule_id']} ({c['rule_kind']}, {role}) {c['criterion_id']}: "
-            f"{c['truth']}; evidence: {evidence}"
+            f"{truth}; evidence: {evidence}"
         )
         text = c.get("text")
         lines.append(f"        {text if text else '(not in the running policy)'}")

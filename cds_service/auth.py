@@ -5,10 +5,13 @@ the EHR. ``authenticate_client`` accepts it only when all of these hold:
 
 - header: ``alg`` is ES384 or RS384, or ES256 or RS256 (see ``ALLOWED_ALGORITHMS``);
   ``typ`` is ``JWT``; ``kid`` names a key of the issuer's JWK Set;
-- ``iss`` is a trusted issuer (``CDS_TRUSTED_ISSUERS``); its keys come inline (``jwks``),
-  from its ``jwks_url`` (fetched with a timeout, cached, re-fetched on an unknown ``kid``
-  at most once per ``CDS_JWKS_REFRESH_INTERVAL_S``), or from the token's ``jku`` header
-  only when that exact URL is on the issuer's ``jku`` list;
+- ``iss`` is a trusted issuer (``CDS_TRUSTED_ISSUERS``); the ``kid`` is looked up in the
+  JWK Set at the token's ``jku`` when that exact URL is on the issuer's ``jku`` list, then
+  in the issuer's configured keys: inline (``jwks``) and its ``jwks_url`` (fetched with a
+  timeout, cached, re-fetched on an unknown ``kid`` at most once per
+  ``CDS_JWKS_REFRESH_INTERVAL_S``). A ``jku`` that is not on the list is ignored, never
+  fetched (CDS Hooks: services allowlist ``jku``; the sandbox names its own public URL);
+  the configured keys still decide;
 - the signature verifies with that key; ``aud`` is the URL of the endpoint called;
   ``exp`` and ``iat`` are present and right within 60 s of clock skew, and the token
   lives at most ``MAX_TOKEN_LIFETIME_S``;
@@ -351,24 +354,8 @@ def _signing_key(
     settings: Mapping[str, Any],
     jwks_cache: JwksCache,
 ) -> jwt.PyJWK:
-    """The issuer's key named ``kid``, from inline keys, the ``jku`` or the ``jwks_url``."""
-    jku = header.get("jku")
-    if jku is not None:
-        if not isinstance(jku, str) or jku not in (entry.get("jku") or []):
-            raise ClientAuthenticationFailed("jku not on the issuer's allowlist")
-        url: str | None = jku
-    else:
-        url = entry.get("jwks_url")
-    interval = float(settings.get("JWKS_REFRESH_INTERVAL_S", 60.0))
-    if url is None:
-        jwks = entry.get("jwks")
-        if not isinstance(jwks, Mapping):
-            raise ClientAuthenticationFailed("issuer has no keys")
-    else:
-        jwks = jwks_cache.keys(str(url), refresh=False, refresh_interval_s=interval)
-        if _find_key(jwks, kid) is None:
-            jwks = jwks_cache.keys(str(url), refresh=True, refresh_interval_s=interval)
-    found = _find_key(jwks, kid)
+    """The issuer's key named ``kid``: from an allowlisted ``jku``, else its configured keys."""
+    found = _find_issuer_key(entry, header.get("jku"), kid, settings, jwks_cache)
     if found is None:
         raise ClientAuthenticationFailed("unknown kid")
     if found.get("kty") == "oct" or "d" in found:
@@ -382,6 +369,64 @@ def _signing_key(
         return jwt.PyJWK(dict(found), algorithm=algorithm)
     except jwt.PyJWTError as exc:
         raise ClientAuthenticationFailed(f"unusable key: {type(exc).__name__}") from None
+
+
+def _find_issuer_key(
+    entry: Mapping[str, Any],
+    jku: Any,
+    kid: str,
+    settings: Mapping[str, Any],
+    jwks_cache: JwksCache,
+) -> Mapping[str, Any] | None:
+    """The JWK named ``kid`` in the first of the issuer's key sources that holds it.
+
+    The sources, in order: the token's ``jku`` when the issuer's ``jku`` list names it,
+    the inline ``jwks``, the ``jwks_url``. Any other ``jku`` is never fetched.
+    """
+    listed = entry.get("jku")
+    allowed_jku = (
+        [url for url in listed if isinstance(url, str)] if isinstance(listed, list) else []
+    )
+    urls: list[str] = []
+    if jku is not None:
+        if isinstance(jku, str) and jku in allowed_jku:
+            urls.append(jku)
+        else:
+            logger.debug("jku not on the issuer's allowlist ignored; configured keys used")
+    jwks_url = entry.get("jwks_url")
+    inline = entry.get("jwks")
+    if not urls and jwks_url is None and not isinstance(inline, Mapping):
+        raise ClientAuthenticationFailed("issuer has no keys for this token")
+    interval = float(settings.get("JWKS_REFRESH_INTERVAL_S", 60.0))
+    unreachable: ClientAuthenticationFailed | None = None
+    for url in urls:
+        try:
+            found = _find_key_at(url, kid, jwks_cache, interval)
+        except ClientAuthenticationFailed as failure:  # the configured keys may still have it
+            unreachable = failure
+            continue
+        if found is not None:
+            return found
+    if isinstance(inline, Mapping):
+        found = _find_key(inline, kid)
+        if found is not None:
+            return found
+    if isinstance(jwks_url, str) and jwks_url not in urls:
+        return _find_key_at(jwks_url, kid, jwks_cache, interval)
+    if unreachable is not None:
+        raise unreachable
+    return None
+
+
+def _find_key_at(
+    url: str, kid: str, jwks_cache: JwksCache, interval: float
+) -> Mapping[str, Any] | None:
+    """The key ``kid`` of the JWK Set at ``url``, refreshing the cached set once if absent."""
+    found = _find_key(jwks_cache.keys(url, refresh=False, refresh_interval_s=interval), kid)
+    if found is None:
+        jwks = jwks_cache.keys(url, refresh=True, refresh_interval_s=interval)
+        found = _find_key(jwks, kid)
+    return found
 
 
 def _find_key(jwks: Mapping[str, Any], kid: str) -> Mapping[str, Any] | None:

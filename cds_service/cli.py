@@ -34,30 +34,27 @@ OUTCOMES = ("covered", "not-covered", "conditional", "indeterminate")
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from gunicorn.app.base import BaseApplication
+    # Cooperative sockets first: the app is built here, before gunicorn forks the workers.
+    from cds_service.serving import patch_for_cooperative_io
+
+    patch_for_cooperative_io()
 
     from cds_service import operations
 
     log_format = operations.configure_logging()
     operations.prepare_multiprocess_metrics()  # before the app creates its metrics
 
-    from cds_service.app import create_app
+    from cds_service.app import create_app, preload
+    from cds_service.config import load_settings
+    from cds_service.serving import run, serving_options
 
+    settings = load_settings()
+    preload()  # before the fork: no worker's first call loads models or schemas
     application = create_app()
-
-    class _Server(BaseApplication):  # type: ignore[misc]
-        def load_config(self) -> None:
-            self.cfg.set("bind", f"{args.host}:{args.port}")
-            self.cfg.set("workers", args.workers)
-            self.cfg.set("timeout", 30)
-            self.cfg.set("accesslog", "-")
-            self.cfg.set("logconfig_dict", operations.gunicorn_log_config(log_format))
-            self.cfg.set("child_exit", operations.worker_exited)
-
-        def load(self) -> Any:
-            return application
-
-    _Server().run()
+    options = serving_options(settings, host=args.host, port=args.port, workers=args.workers)
+    options["logconfig_dict"] = operations.gunicorn_log_config(log_format)
+    options["child_exit"] = operations.worker_exited
+    run(application, settings, options)
     return 0
 
 
@@ -81,15 +78,15 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _policy_show(args: argparse.Namespace) -> int:
-    from cds_service.policy_report import policy_report, render_report
     from coverage_policy.loader import load_policy
+    from coverage_policy.report import policy_report, render_report
 
     sys.stdout.write(render_report(policy_report(load_policy()), args.format, args.width))
     return 0
 
 
 def _width(value: str) -> int:
-    from cds_service.policy_report import MIN_WIDTH
+    from coverage_policy.report import MIN_WIDTH
 
     width = int(value)
     if width < MIN_WIDTH:
@@ -391,10 +388,14 @@ def _service_for(body: Any) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="infusion-pump-cds", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    serve = commands.add_parser("serve", help="run the service with gunicorn")
+    serve = commands.add_parser(
+        "serve", help="run the service with gunicorn (gevent workers, safe against slow clients)"
+    )
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8080)
-    serve.add_argument("--workers", type=int, default=2)
+    serve.add_argument(
+        "--workers", type=int, default=2, help="worker processes (default 2, one per core)"
+    )
     serve.set_defaults(run=_serve)
     evaluate = commands.add_parser("evaluate", help="print the response a request would get")
     evaluate.add_argument("request", help="a CDS Hooks request body (JSON file)")

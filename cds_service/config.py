@@ -24,6 +24,9 @@ DEFAULTS: dict[str, Any] = {
     "PUBLIC_URL": "",
     # SQLAlchemy URL of the feedback/audit store; empty means a SQLite file in the instance folder.
     "DATABASE_URL": "",
+    # SQLite audit commits: "normal" (a killed process loses no acknowledged call; a power
+    # loss may lose the last ones) or "full" (fsync every commit: survives power loss).
+    "AUDIT_SYNC": "normal",
     # The insurer name shown to clinicians as card source.label (CRD resp-4).
     "PAYER_NAME": "Medicare Advantage Plan",
     # One deadline for all FHIR queries of a request, and the timeout of each call.
@@ -38,6 +41,22 @@ DEFAULTS: dict[str, Any] = {
     "MAX_REQUEST_BYTES": 10 * 1024 * 1024,
     # Origins allowed to call from a browser (e.g. the CDS Hooks sandbox).
     "CORS_ORIGINS": [],
+    # How long the decision page a coverage card links to stays readable.
+    "DECISION_PAGE_TTL_S": 7 * 24 * 3600.0,
+    # `serve`: the whole request body must arrive within this (408 beyond), however slowly
+    # the client sends it.
+    "REQUEST_READ_TIMEOUT_S": 10.0,
+    # `serve`: request line and headers must arrive within this, and an idle kept-alive
+    # connection is closed after it (whole seconds).
+    "KEEPALIVE_S": 5,
+    # `serve`: most connections one worker process holds at once (slow and idle ones too).
+    "MAX_CONNECTIONS": 1000,
+    # Calls per second one client (JWT iss, or address when unsigned) may make to one worker
+    # process, and the burst it may send at once; beyond, 429 with Retry-After. 0: no limit.
+    "RATE_LIMIT_PER_S": 20.0,
+    "RATE_LIMIT_BURST": 40,
+    # Proxies in front whose X-Forwarded-For names the client address (0: the peer address).
+    "FORWARDED_FOR_HOPS": 0,
     # Addresses or networks allowed to read GET /metrics (and every proxy hop they came by).
     "METRICS_ALLOW": ["127.0.0.0/8", "::1"],
     # "text": human-readable log lines; "json": one JSON object per line (with hookInstance).
@@ -49,13 +68,26 @@ DEFAULTS: dict[str, Any] = {
 # Settings whose environment value is a list (comma-separated) or JSON (inline or a file path).
 _LIST_KEYS = {"FHIR_SERVERS", "CORS_ORIGINS", "METRICS_ALLOW"}
 _JSON_KEYS = {"TRUSTED_ISSUERS"}
-_FLOAT_KEYS = {"FHIR_DEADLINE_S", "FHIR_CALL_TIMEOUT_S", "JWKS_REFRESH_INTERVAL_S"}
+_FLOAT_KEYS = {
+    "FHIR_DEADLINE_S",
+    "FHIR_CALL_TIMEOUT_S",
+    "JWKS_REFRESH_INTERVAL_S",
+    "DECISION_PAGE_TTL_S",
+    "REQUEST_READ_TIMEOUT_S",
+    "RATE_LIMIT_PER_S",
+}
 _INT_KEYS = {
     "FHIR_MAX_PAGES",
     "FHIR_MAX_RESPONSE_BYTES",
     "MAX_REQUEST_BYTES",
     "AUDIT_RETENTION_DAYS",
+    "MAX_CONNECTIONS",
+    "KEEPALIVE_S",
+    "RATE_LIMIT_BURST",
+    "FORWARDED_FOR_HOPS",
 }
+# Numeric settings for which 0 is meaningful (no limit, no proxy).
+_MAY_BE_ZERO = {"RATE_LIMIT_PER_S", "FORWARDED_FOR_HOPS"}
 
 
 class ConfigError(ValueError):
@@ -103,16 +135,33 @@ def load_settings(
         settings[key] = value
     if settings["AUTH"] not in ("required", "optional"):
         raise ConfigError("CDS_AUTH must be 'required' or 'optional'")
+    if settings["AUDIT_SYNC"] not in ("normal", "full"):
+        raise ConfigError("CDS_AUDIT_SYNC must be 'normal' or 'full'")
     if not isinstance(settings["TRUSTED_ISSUERS"], dict):
         raise ConfigError("CDS_TRUSTED_ISSUERS must map each issuer to its keys")
     for key in (*_FLOAT_KEYS, *_INT_KEYS):
-        if not isinstance(settings[key], int | float) or settings[key] <= 0:
+        value = settings[key]
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            raise ConfigError(f"CDS_{key} must be a number")
+        if value < 0 or (value == 0 and key not in _MAY_BE_ZERO):
             raise ConfigError(f"CDS_{key} must be a positive number")
     for issuer, entry in settings["TRUSTED_ISSUERS"].items():
         if not isinstance(entry, dict) or not ({"jwks", "jwks_url", "jku"} & set(entry)):
             raise ConfigError(
                 f"CDS_TRUSTED_ISSUERS: {issuer!r} needs 'jwks', 'jwks_url' or a 'jku' list"
             )
+        _check_issuer_key_sources(issuer, entry)
     if "*" in settings["CORS_ORIGINS"]:
         raise ConfigError("CDS_CORS_ORIGINS must list origins; '*' is not allowed")
     return settings
+
+
+def _check_issuer_key_sources(issuer: str, entry: dict[str, Any]) -> None:
+    """Each key source of a trusted issuer has its shape: a mapping, a URL, a URL list."""
+    if "jwks" in entry and not isinstance(entry["jwks"], dict):
+        raise ConfigError(f"CDS_TRUSTED_ISSUERS: {issuer!r} 'jwks' must be a JWK Set object")
+    if "jwks_url" in entry and not isinstance(entry["jwks_url"], str):
+        raise ConfigError(f"CDS_TRUSTED_ISSUERS: {issuer!r} 'jwks_url' must be a URL")
+    jku = entry.get("jku", [])
+    if not isinstance(jku, list) or not all(isinstance(url, str) for url in jku):
+        raise ConfigError(f"CDS_TRUSTED_ISSUERS: {issuer!r} 'jku' must be a list of URLs")

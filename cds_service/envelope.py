@@ -94,3 +94,38 @@ def parse_hook_request(
         else None,
         extension=body.get("extension") or {},
     )
+
+
+# A request that reaches every pattern of the envelope schema: validating it once
+# compiles them (``re`` caches compiled patterns per process).
+_WARM_UP_BODY = {
+    "hook": "order-sign",
+    "hookInstance": "d1577c69-dfbe-44ad-ba6d-3e05e953b2ea",
+    "fhirServer": "https://ehr.example.org/fhir",
+    "fhirAuthorization": {
+        "access_token": "x",
+        "token_type": "Bearer",
+        "expires_in": 30,
+        "scope": "patient/*.read",
+        "subject": "x",
+    },
+    "context": {
+        "userId": "Practitioner/x",
+        "patientId": "x",
+        "draftOrders": {"resourceType": "Bundle", "type": "collection", "entry": []},
+        "dispatchedOrders": ["ServiceRequest/x"],
+        "selections": ["ServiceRequest/x"],
+        "performer": "Organization/x",
+    },
+    "prefetch": {"patient": {"resourceType": "Patient"}, "coverage": None},
+}
+
+
+def preload_validators() -> None:
+    """Build the envelope and every service's context validator now, and run each once
+    (compiling their patterns); each is built on first use otherwise."""
+    from hooks import SERVICES, context_validator
+
+    schema_issues(_envelope_validator(), _WARM_UP_BODY)
+    for service in SERVICES.values():
+        schema_issues(context_validator(service), _WARM_UP_BODY["context"])

@@ -5,10 +5,11 @@
      +-- Unauthorized               401: client JWT missing or invalid (no details given)
      +-- UnknownService             404: no such service id
      +-- PreconditionFailed         412: data the decision needs could not be had at all
+     +-- TooManyRequests            429: the client is over its rate limit (with Retry-After)
      +-- ServiceUnavailable         503: the feedback/audit database cannot be used now
 
 Hook handlers raise ``hooks.request.RequestNotAnswerable`` subclasses, answered as
-``CoverageProblem`` and ``InvalidOrder`` → 400, ``DataUnavailable`` → 412.
+``CoverageProblem`` → 400, ``DataUnavailable`` → 412.
 
 Failures the service absorbs, never answered as such:
 
@@ -23,6 +24,7 @@ is never an error, it is an ``unknown`` criterion and a conditional decision.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -85,6 +87,20 @@ class UnknownService(CdsServiceError):
 class PreconditionFailed(CdsServiceError):
     status = 412
     default_code = "incomplete"
+
+
+class TooManyRequests(CdsServiceError):
+    status = 429
+    default_code = "throttled"
+    retry_after_s: int = 1
+
+    @classmethod
+    def after(cls, seconds: float) -> TooManyRequests:
+        """Refused for now; the client may call again after ``seconds`` (whole, at least 1)."""
+        wait = max(1, math.ceil(seconds))
+        error = cls([Issue(f"Too many calls; retry after {wait} s", code=cls.default_code)])
+        error.retry_after_s = wait
+        return error
 
 
 class ServiceUnavailable(CdsServiceError):

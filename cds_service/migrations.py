@@ -134,7 +134,28 @@ def _jwt_replay(connection: Connection) -> None:
     m.create_all(connection)
 
 
+def _decision_pages(connection: Connection) -> None:
+    """Version 3: the unguessable id of each call's decision page; whether each criterion
+    was checked (False when the data it reads could not be retrieved)."""
+    m = sa.MetaData()
+    sa.Table("service_call", m, sa.Column("id", RowId, primary_key=True))
+    sa.Table(
+        "decision_page",
+        m,
+        sa.Column("token", sa.String(64), primary_key=True),
+        sa.Column(
+            "call_id", RowId, sa.ForeignKey("service_call.id", ondelete="CASCADE"), nullable=False
+        ),
+        sa.Index("ix_decision_page_call_id", "call_id"),
+    )
+    m.create_all(connection, tables=[m.tables["decision_page"]])
+    connection.execute(
+        sa.text("ALTER TABLE criterion_result ADD COLUMN checked BOOLEAN NOT NULL DEFAULT TRUE")
+    )
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "audit trail, issued cards and feedback", _audit_and_feedback),
     Migration(2, "JWT replay cache", _jwt_replay),
+    Migration(3, "decision pages; criteria not checked", _decision_pages),
 )

@@ -13,11 +13,13 @@ value and the ``{{userPractitionerId}}``-style tokens derived from ``context.use
 A value that is not a plain FHIR id is never put into a URL. A paginated Bundle the client
 sent is completed by following its ``next`` links (it counts as unavailable, its first
 page kept, when that fails or cannot be done). Draft orders are never
-fetched; for order-dispatch the dispatched orders the prefetch lacks are read by
-reference and handed over under the ``dispatchedOrders`` key (a collection Bundle).
+fetched. Resources a service names in its context (``ServiceDefinition.context_reads``:
+the dispatched orders of order-dispatch) are read by reference first when the prefetch
+lacks them, since they say what the call is about.
 
-A request with pump orders but no usable patient data at all is answered 412 by the hook
-(``hooks.request.DataUnavailable``): orders that need no decision need no data.
+Only the keys the call's decisions may read are resolved (``OrderScope.prefetch_keys``):
+a call with no order in scope fetches nothing. A request with pump orders but no usable
+patient data at all is answered 412 by the hook (``hooks.request.DataUnavailable``).
 """
 
 from __future__ import annotations
@@ -39,15 +41,12 @@ from cds_service.fhir_client import (
     fhir_server_allowed,
     next_link,
 )
-from hooks.order_dispatch import HOOK as ORDER_DISPATCH
-from hooks.order_dispatch import dispatched_references
+from fhir_mappings.bundles import resources_by_reference
 from hooks.request import NOT_SENT, ClinicalInput, HookRequest
 from hooks.service import ServiceDefinition
 
 logger = logging.getLogger(__name__)
 
-# The prefetch key under which fetched dispatched orders are handed to order-dispatch.
-DISPATCHED_ORDERS_KEY = "dispatchedOrders"
 EHR_REPORTED_ERROR = "the EHR reported an error for this query"
 ONLY_FIRST_PAGE = "the EHR sent only part of the results"
 
@@ -100,30 +99,29 @@ def _usable(value: Any) -> bool:
     return not (isinstance(value, dict) and value.get("resourceType") == "OperationOutcome")
 
 
-def _resources_in(values: Mapping[str, Any]) -> set[str]:
-    found = set()
-    for value in values.values():
-        items = (
-            [e.get("resource") for e in value.get("entry") or [] if isinstance(e, dict)]
-            if isinstance(value, dict) and value.get("resourceType") == "Bundle"
-            else [value]
-        )
-        for item in items:
-            if isinstance(item, dict) and item.get("id"):
-                found.add(f"{item.get('resourceType')}/{item['id']}")
+def read_context_resources(
+    service: ServiceDefinition,
+    hook_request: HookRequest,
+    settings: Mapping[str, Any],
+    client: ClientIdentity | None = None,
+    started: float | None = None,
+) -> dict[str, Mapping[str, Any]]:
+    """The resources the service's context names, by reference: from the prefetch the
+    client sent, else read from ``fhirServer``. One that can be had neither way is
+    absent; the service says what that means for the call."""
+    wanted = [r for r in service.context_reads(hook_request.context) if _REFERENCE.fullmatch(r)]
+    if not wanted:
+        return {}
+    sent = resources_by_reference(v for v in hook_request.prefetch.values() if _usable(v))
+    found = {r: sent[r] for r in wanted if r in sent}
+    missing = {r: r for r in wanted if r not in found}
+    if missing:
+        started = time.monotonic() if started is None else started
+        fetched = _fetch(hook_request, settings, client, missing, started) or {}
+        for reference, result in fetched.items():
+            if isinstance(result, dict) and not isinstance(result, FhirQueryFailed):
+                found[reference] = result
     return found
-
-
-def _dispatched_order_queries(hook_request: HookRequest, sent: Mapping[str, Any]) -> list[str]:
-    """The dispatched order references the prefetch does not hold, as read queries."""
-    if hook_request.hook != ORDER_DISPATCH:
-        return []
-    present = _resources_in(sent)
-    return [
-        reference
-        for reference in dispatched_references(hook_request.context)
-        if _REFERENCE.fullmatch(reference) and reference not in present
-    ]
 
 
 def resolve_prefetch(
@@ -131,15 +129,23 @@ def resolve_prefetch(
     hook_request: HookRequest,
     settings: Mapping[str, Any],
     client: ClientIdentity | None = None,
+    *,
+    keys: frozenset[str] | None = None,
+    started: float | None = None,
 ) -> ClinicalInput:
-    """Keep the prefetch the client satisfied, fetch the rest, mark what is still missing."""
-    started = time.monotonic()
+    """Keep the prefetch the client satisfied, fetch the rest, mark what is still missing.
+
+    ``keys`` limits this to the prefetch keys the call may read (all of the service's
+    when None); ``started`` is when the call's FHIR deadline began (now when None)."""
+    started = time.monotonic() if started is None else started
     data: dict[str, Any] = {}
     unavailable: dict[str, str] = {}
     wanted: dict[str, str] = {}
     paginated: dict[str, Mapping[str, Any]] = {}
     fetch_seconds = 0.0
     for key, template in service.prefetch.items():
+        if keys is not None and key not in keys:
+            continue
         value = hook_request.prefetch.get(key, _ABSENT)
         if value is not _ABSENT and _usable(value):
             data[key] = value
@@ -152,34 +158,19 @@ def resolve_prefetch(
         query = render_template(template, hook_request.context)
         if query is not None:
             wanted[key] = query
-    order_reads = _dispatched_order_queries(hook_request, data)
-    queries: dict[str, str | Mapping[str, Any]] = {
-        **wanted,
-        **paginated,
-        **{f"{DISPATCHED_ORDERS_KEY}:{ref}": ref for ref in order_reads},
-    }
+    queries: dict[str, str | Mapping[str, Any]] = {**wanted, **paginated}
 
     if queries:
         fetch_started = time.monotonic()
         fetched = _fetch(hook_request, settings, client, queries, started)
         if fetched is not None:
             fetch_seconds = time.monotonic() - fetch_started
-            orders = []
             for key, result in fetched.items():
-                if key.startswith(f"{DISPATCHED_ORDERS_KEY}:"):
-                    if not isinstance(result, FhirQueryFailed) and result is not None:
-                        orders.append({"resource": result})
-                elif isinstance(result, FhirQueryFailed):
+                if isinstance(result, FhirQueryFailed):
                     unavailable[key] = result.reason
                 else:
                     data[key] = result
                     unavailable.pop(key, None)
-            if orders:
-                data[DISPATCHED_ORDERS_KEY] = {
-                    "resourceType": "Bundle",
-                    "type": "collection",
-                    "entry": orders,
-                }
 
     return ClinicalInput(data=data, unavailable=unavailable, fetch_seconds=fetch_seconds)
 

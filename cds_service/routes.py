@@ -14,20 +14,24 @@ from werkzeug.exceptions import ClientDisconnected, HTTPException
 from cds_service import operations
 from cds_service.audit import CallTimings, build_audit_record, record_service_call
 from cds_service.auth import authenticate_client
+from cds_service.decision_page import DECISION_PAGE_PATH
 from cds_service.envelope import parse_hook_request, parse_json_body
 from cds_service.errors import (
     BadRequest,
     CdsServiceError,
     PreconditionFailed,
     ServiceUnavailable,
+    TooManyRequests,
     Unauthorized,
     UnknownService,
     operation_outcome,
 )
 from cds_service.feedback import parse_feedback, store_feedback
-from cds_service.prefetch import resolve_prefetch
+from cds_service.prefetch import read_context_resources, resolve_prefetch
+from cds_service.rate_limit import charge_verified_client
+from cds_service.serving import error_page, is_people_page
 from hooks import SERVICES, context_validator
-from hooks.request import CoverageProblem, DataUnavailable, InvalidOrder
+from hooks.request import CoverageProblem, DataUnavailable
 from hooks.service import HookEnvironment
 
 logger = logging.getLogger(__name__)
@@ -72,6 +76,7 @@ def call_service(service_id: str) -> Response:
     client = authenticate_client(
         _settings(), endpoint_url=f"{public_base_url()}/cds-services/{service_id}"
     )
+    charge_verified_client(client)
     hook_request = parse_hook_request(
         _request_json(),
         expected_hook=service.hook,
@@ -79,24 +84,36 @@ def call_service(service_id: str) -> Response:
     )
     operations.bind_hook_instance(hook_request.hook_instance)
     prefetch_started = time.perf_counter()
-    clinical = resolve_prefetch(service, hook_request, _settings(), client)
-    decide_started = time.perf_counter()
+    page_token = current_app.extensions["cds_new_page_token"]()
     environment = HookEnvironment(
         now=current_app.extensions["cds_clock"](),
         new_uuid=current_app.extensions["cds_new_uuid"],
         payer_name=_settings()["PAYER_NAME"],
         base_url=public_base_url(),
         policy=current_app.extensions["cds_policy"],
+        decision_page_url=f"{public_base_url()}{DECISION_PAGE_PATH}{page_token}",
     )
+    fhir_started = time.monotonic()  # one FHIR deadline for everything the call reads
     try:
-        result = service.handler(hook_request, clinical, environment)
-    except (CoverageProblem, InvalidOrder) as problem:
+        read = read_context_resources(service, hook_request, _settings(), client, fhir_started)
+        scope = service.scope(hook_request, read, environment.policy, environment.now.date())
+        clinical = resolve_prefetch(
+            service,
+            hook_request,
+            _settings(),
+            client,
+            keys=scope.prefetch_keys,
+            started=fhir_started,
+        )
+        decide_started = time.perf_counter()
+        result = service.handler(hook_request, scope, clinical, environment)
+    except CoverageProblem as problem:
         raise BadRequest.single(problem.diagnostics, problem.expression) from problem
     except DataUnavailable as problem:
         raise PreconditionFailed.single(problem.diagnostics, problem.expression) from problem
     finished = time.perf_counter()
     operations.count_decisions(service_id, result.decisions)
-    record_service_call(
+    call_id = record_service_call(
         current_app.extensions["cds_store"],
         build_audit_record(
             service_id=service_id,
@@ -110,8 +127,11 @@ def call_service(service_id: str) -> Response:
                 total=finished - started,
             ),
             recorded_at=environment.now,
+            decision_page_token=page_token,
         ),
     )
+    if call_id is None and environment.decision_page_url:
+        _drop_links_to(result.response, environment.decision_page_url)
     logger.info(
         "answered %s hookInstance=%s decisions=%s",
         service_id,
@@ -119,6 +139,14 @@ def call_service(service_id: str) -> Response:
         [(d.rule_id, d.outcome.value) for d in result.decisions],
     )
     return jsonify(result.response)
+
+
+def _drop_links_to(response: dict[str, Any], page_url: str) -> None:
+    """A decision page that was not recorded does not exist: no card may link to it."""
+    for card in response.get("cards", ()):
+        links = [link for link in card.get("links", ()) if not link["url"].startswith(page_url)]
+        if "links" in card:
+            card["links"] = links
 
 
 @blueprint.post("/cds-services/<service_id>/feedback")
@@ -129,6 +157,7 @@ def receive_feedback(service_id: str) -> Response:
     client = authenticate_client(
         _settings(), endpoint_url=f"{public_base_url()}/cds-services/{service_id}/feedback"
     )
+    charge_verified_client(client)
     entries = parse_feedback(_request_json())
     try:
         store_feedback(
@@ -156,12 +185,17 @@ def answer_service_error(error: CdsServiceError) -> tuple[Response, int]:
     response = jsonify(error.operation_outcome())
     if isinstance(error, Unauthorized):
         response.headers["WWW-Authenticate"] = "Bearer"  # RFC 6750 section 3
+    if isinstance(error, TooManyRequests):
+        response.headers["Retry-After"] = str(error.retry_after_s)  # RFC 6585 section 4
     return response, error.status
 
 
 @blueprint.app_errorhandler(HTTPException)
 def answer_http_error(error: HTTPException) -> tuple[Response, int]:
     status = error.code or 500
+    if is_people_page(request.path):
+        page = error_page(error.name, error.description or error.name)
+        return Response(page, mimetype="text/html"), status
     code = {404: "not-found", 405: "not-supported", 413: "too-costly"}.get(status, "exception")
     return jsonify(operation_outcome(error.description or error.name, code)), status
 

@@ -74,19 +74,27 @@ def _is_memory(url: URL) -> bool:
     return url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:")
 
 
-def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
-    # Let SQLAlchemy's "begin" event issue BEGIN itself (the pysqlite driver's own
-    # transaction handling would defer it and break transactional DDL).
-    dbapi_connection.isolation_level = None
-    cursor = dbapi_connection.cursor()
-    try:
-        cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
-        cursor.execute("PRAGMA journal_mode = WAL")
-        # Every acknowledged audit row survives a crash of the process or of the host.
-        cursor.execute("PRAGMA synchronous = FULL")
-        cursor.execute("PRAGMA foreign_keys = ON")
-    finally:
-        cursor.close()
+# CDS_AUDIT_SYNC -> SQLite's synchronous setting (in WAL mode). Both keep every committed
+# row when a process is killed (the WAL is written before COMMIT returns); "full" also
+# fsyncs the WAL at every commit, so rows survive a power loss or OS crash too.
+SQLITE_SYNCHRONOUS = {"normal": "NORMAL", "full": "FULL"}
+
+
+def _sqlite_on_connect_with(synchronous: str) -> Any:
+    def on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy's "begin" event issue BEGIN itself (the pysqlite driver's own
+        # transaction handling would defer it and break transactional DDL).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+            cursor.execute("PRAGMA journal_mode = WAL")
+            cursor.execute(f"PRAGMA synchronous = {SQLITE_SYNCHRONOUS[synchronous]}")
+            cursor.execute("PRAGMA foreign_keys = ON")
+        finally:
+            cursor.close()
+
+    return on_connect
 
 
 def _sqlite_on_begin(connection: Connection) -> None:
@@ -97,15 +105,16 @@ def _sqlite_on_begin(connection: Connection) -> None:
     connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
 
-def create_store_engine(url: URL) -> Engine:
-    """An engine for ``url`` with the settings the store relies on."""
+def create_store_engine(url: URL, sync: str = "normal") -> Engine:
+    """An engine for ``url`` with the settings the store relies on; ``sync`` is
+    ``CDS_AUDIT_SYNC`` (SQLite only: PostgreSQL commits as its server is configured)."""
     try:
         if url.get_backend_name() == "sqlite":
             options: dict[str, Any] = {"connect_args": {"check_same_thread": False}}
             if _is_memory(url):
                 options["poolclass"] = StaticPool  # one connection: one in-memory database
             engine = sa.create_engine(url, hide_parameters=True, **options)
-            event.listen(engine, "connect", _sqlite_on_connect)
+            event.listen(engine, "connect", _sqlite_on_connect_with(sync))
             event.listen(engine, "begin", _sqlite_on_begin)
             return engine
         return sa.create_engine(
@@ -207,9 +216,28 @@ class Store:
             )
             return
         logger.info("feedback/audit database %s at schema version %d", self.describe(), version)
+        self.warm_up()
         if not self.in_memory:
             # Start forked workers with an empty pool.
             self.engine.dispose()
+
+    def warm_up(self) -> None:
+        """Compile the audit write's statements now (the engine caches them, and forked
+        workers inherit the cache), by running them in a transaction that is rolled back.
+        SQLite only: on PostgreSQL the rolled-back inserts would still take ids."""
+        from cds_service.audit import warm_up_write
+
+        if self.backend != "sqlite":
+            return
+        try:
+            with self.engine.connect() as connection:
+                transaction = connection.begin()
+                try:
+                    warm_up_write(connection)
+                finally:
+                    transaction.rollback()
+        except SQLAlchemyError as exc:  # the first real write compiles them instead
+            logger.warning("audit write not warmed up: %s", type(exc).__name__)
 
     @contextmanager
     def transaction(self) -> Iterator[Connection]:
@@ -246,6 +274,7 @@ def _dispose_in_child(reference: weakref.ref[Store]) -> None:
         store.engine.dispose(close=False)
 
 
-def open_store(configured_url: str, instance_path: str) -> Store:
+def open_store(configured_url: str, instance_path: str, sync: str = "normal") -> Store:
     """The store a deployment is configured with, schema not yet migrated."""
-    return Store(create_store_engine(resolve_database_url(configured_url, instance_path)))
+    url = resolve_database_url(configured_url, instance_path)
+    return Store(create_store_engine(url, sync))

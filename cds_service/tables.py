@@ -9,6 +9,7 @@ tokens or resource bodies.
     service_call        one row per answered service call (also calls with no decision)
      +-- decision        one row per coverage decision of that call
      |    +-- criterion_result   each criterion's truth and its evidence references
+     +-- decision_page   the unguessable id of the call's decision page
      +-- issued_card     each card returned, its suggestion uuids, the decision it is about
           +-- feedback   each feedback entry a client sent about that card
     jwt_replay          client JWT ids seen, until they expire (replay protection)
@@ -116,7 +117,19 @@ criterion_result = sa.Table(
     sa.Column("truth", sa.String(10), nullable=False),
     sa.Column("deciding", sa.Boolean, nullable=False),
     sa.Column("evidence_references", sa.JSON, nullable=False),
+    # False: unknown because the data it reads could not be retrieved (not checked).
+    sa.Column("checked", sa.Boolean, nullable=False, server_default=sa.true()),
     sa.Index("ix_criterion_result_decision_id", "decision_id"),
+)
+
+decision_page = sa.Table(
+    "decision_page",
+    metadata,
+    sa.Column("token", sa.String(64), primary_key=True),
+    sa.Column(
+        "call_id", RowId, sa.ForeignKey("service_call.id", ondelete="CASCADE"), nullable=False
+    ),
+    sa.Index("ix_decision_page_call_id", "call_id"),
 )
 
 issued_card = sa.Table(

@@ -3,13 +3,21 @@
 Three-valued (Kleene) logic: ``all`` is unmet if any part is unmet, met if all are met,
 else unknown; ``any`` the dual; ``not`` swaps met and unmet. A fact whose data could not
 be had is unknown; a fact looked for and not found takes the leaf's ``absent`` truth
-(unknown unless the policy says otherwise). Nothing here raises on missing data.
+(unknown unless the policy says otherwise); a code the record shows only unconfirmed
+(provisional, differential, a device of unknown status) is unknown, whatever ``absent``
+says. Nothing here raises on missing data.
+
+An explicit answer decides: ``{"answer": <leaf on a doc.* fact>, "record": <logic>}`` is
+met when the record shows it met; otherwise, once the documentation item is answered,
+it is what the answer says (an answer "no" is unmet whatever the record does not show);
+unanswered, it is ``any`` of the two.
 """
 
 from __future__ import annotations
 
 import calendar
 from collections.abc import Mapping
+from dataclasses import replace
 from datetime import date
 from typing import Any
 
@@ -47,6 +55,20 @@ def truth_any(truths: list[Truth]) -> Truth:
 
 def truth_not(truth: Truth) -> Truth:
     return {_MET: _UNMET, _UNMET: _MET, _UNKNOWN: _UNKNOWN}[truth]
+
+
+def truth_of(node: Mapping[str, Any], criterion_truths: Mapping[str, Truth]) -> Truth:
+    """A rule's ``decides`` tree from its criteria's truths (as the audit trail records
+    them); a criterion not among them is unknown."""
+    if "all" in node:
+        return truth_all([truth_of(child, criterion_truths) for child in node["all"]])
+    if "any" in node:
+        return truth_any([truth_of(child, criterion_truths) for child in node["any"]])
+    if "not" in node:
+        return truth_not(truth_of(node["not"], criterion_truths))
+    if "const" in node:
+        return Truth(node["const"])
+    return criterion_truths.get(node.get("criterion", ""), _UNKNOWN)
 
 
 def code_in_valueset(valueset: Mapping[str, Any], system: str, code: str) -> bool:
@@ -87,10 +109,17 @@ def _compare(op: str, actual: Any, expected: Any) -> bool:
 class _Evaluator:
     """One evaluation: caches criterion results so shared criteria are decided once."""
 
-    def __init__(self, policy: Policy, facts: Facts, as_of: date) -> None:
+    def __init__(
+        self,
+        policy: Policy,
+        facts: Facts,
+        as_of: date,
+        not_retrieved: frozenset[str] = frozenset(),
+    ) -> None:
         self.policy = policy
         self.facts = facts
         self.as_of = as_of
+        self.not_retrieved = not_retrieved
         self.cache: dict[str, CriterionResult] = {}
 
     # -- fact leaves -----------------------------------------------------------------
@@ -125,6 +154,9 @@ class _Evaluator:
         active = tuple(i.evidence for i in matches if i.status == "active")
         if active:
             return _MET, active
+        unconfirmed = tuple(i.evidence for i in matches if i.status == "unconfirmed")
+        if unconfirmed:  # shown, but not confirmed (provisional, status unknown): unknown
+            return _UNKNOWN, unconfirmed
         against = tuple(i.evidence for i in matches if i.status in ("inactive", "refuted"))
         if against:  # only resolved, inactive or refuted records of it: evidence against
             return _UNMET, against
@@ -142,8 +174,27 @@ class _Evaluator:
             return Truth(node["const"])
         if "criterion" in node:
             return self.criterion(node["criterion"]).truth
+        if "answer" in node:
+            return self.answer_or_record(node, evidence)
         truth, found = self.leaf(node)
         evidence.extend(e for e in found if e not in evidence)
+        return truth
+
+    def answer_or_record(self, node: Mapping[str, Any], evidence: list[Evidence]) -> Truth:
+        """The record when it shows the criterion met, else the answer given, else either."""
+        from_record: list[Evidence] = []
+        record = self.logic(node["record"], from_record)
+        answer_fact = self.facts.get(node["answer"]["fact"])
+        answered = answer_fact is not None and answer_fact.value not in (None, ())
+        from_answer: list[Evidence] = []
+        answer = self.logic(node["answer"], from_answer)
+        if record is _MET:
+            shown, truth = from_record, _MET
+        elif answered:
+            shown, truth = from_answer + from_record, answer
+        else:
+            shown, truth = from_record + from_answer, truth_any([record, answer])
+        evidence.extend(e for e in shown if e not in evidence)
         return truth
 
     def criterion(self, criterion_id: str, deciding: bool = True) -> CriterionResult:
@@ -151,17 +202,21 @@ class _Evaluator:
             criterion: Criterion = self.policy.criteria[criterion_id]
             evidence: list[Evidence] = []
             truth = self.logic(criterion.logic, evidence)
-            self.cache[criterion_id] = CriterionResult(criterion, truth, tuple(evidence), True)
+            checked = truth is not _UNKNOWN or not self.not_retrieved & set(criterion.facts)
+            self.cache[criterion_id] = CriterionResult(
+                criterion, truth, tuple(evidence), True, checked
+            )
         result = self.cache[criterion_id]
         if result.deciding != deciding:
-            return CriterionResult(result.criterion, result.truth, result.evidence, deciding)
+            return replace(result, deciding=deciding)
         return result
 
     def needs(self, node: Mapping[str, Any]) -> Needs | str | None:
-        """The unknown part of a decision tree: what documenting would settle it."""
+        """The unknown part of a decision tree: what documenting would settle it. A
+        criterion not checked (its data could not be retrieved) is not asked for."""
         if "criterion" in node:
             result = self.criterion(node["criterion"])
-            return node["criterion"] if result.truth is _UNKNOWN else None
+            return node["criterion"] if result.truth is _UNKNOWN and result.checked else None
         if "not" in node:
             return self.needs(node["not"])
         mode = "all" if "all" in node else "any" if "any" in node else None
@@ -182,7 +237,7 @@ class _Evaluator:
             needs = Needs("all", (needs,))
         scope: list[Evidence] = []
         self.logic(rule.applies_when, scope)
-        return RuleResult(rule, truth, _OUTCOME_OF[truth], results, needs, tuple(scope))
+        return RuleResult(rule, truth, OUTCOME_OF_TRUTH[truth], results, needs, tuple(scope))
 
     def applies(self, rule: Rule) -> bool:
         # Only a definite "applies" selects a rule: an unknown scope is the business of
@@ -190,7 +245,12 @@ class _Evaluator:
         return rule.effective.contains(self.as_of) and self.logic(rule.applies_when, []) is _MET
 
 
-_OUTCOME_OF = {_MET: Outcome.COVERED, _UNMET: Outcome.NOT_COVERED, _UNKNOWN: Outcome.CONDITIONAL}
+# A rule's outcome from its truth (unknown: documentation could settle it).
+OUTCOME_OF_TRUTH = {
+    _MET: Outcome.COVERED,
+    _UNMET: Outcome.NOT_COVERED,
+    _UNKNOWN: Outcome.CONDITIONAL,
+}
 _SEVERITY = {Outcome.COVERED: 0, Outcome.CONDITIONAL: 1, Outcome.NOT_COVERED: 2}
 
 
@@ -201,9 +261,42 @@ def _criteria_in(node: Mapping[str, Any]) -> set[str]:
     return set().union(*(_criteria_in(child) for child in children)) if children else set()
 
 
-def evaluate_policy(policy: Policy, facts: Facts, as_of: date) -> Decision | None:
-    """Decide one pump episode. None when no indication rule of the policy applies."""
-    evaluator = _Evaluator(policy, facts, as_of)
+def _facts_in(node: Mapping[str, Any]) -> set[str]:
+    if "fact" in node:
+        return {node["fact"]}
+    children = node.get("all") or node.get("any") or ([node["not"]] if "not" in node else [])
+    return set().union(*(_facts_in(child) for child in children)) if children else set()
+
+
+def facts_that_may_be_read(policy: Policy, known: Facts, as_of: date) -> frozenset[str]:
+    """The facts a decision could read, knowing only ``known`` (the rest unknown).
+
+    Every rule whose scope is not already ruled out by ``known`` counts, with the facts of
+    its scope and of its criteria. Sound because three-valued logic is monotone: a rule
+    whose scope is unmet on partial facts is unmet whatever the rest turns out to be."""
+    if not policy.effective.contains(as_of):
+        return frozenset()
+    evaluator = _Evaluator(policy, known, as_of, frozenset())
+    read: set[str] = set()
+    for rule in policy.rules:
+        if not rule.effective.contains(as_of):
+            continue
+        if evaluator.logic(rule.applies_when, []) is _UNMET:
+            continue
+        read |= _facts_in(rule.applies_when)
+        for criterion_id in rule.criteria:
+            read |= set(policy.criteria[criterion_id].facts)
+    return frozenset(read)
+
+
+def evaluate_policy(
+    policy: Policy, facts: Facts, as_of: date, not_retrieved: frozenset[str] = frozenset()
+) -> Decision | None:
+    """Decide one pump episode. None when no indication rule of the policy applies.
+
+    ``not_retrieved`` names the facts whose data could not be retrieved (as opposed to
+    looked for and not found): a criterion left unknown by one of them is not checked."""
+    evaluator = _Evaluator(policy, facts, as_of, not_retrieved)
     applicable = [rule for rule in policy.rules if evaluator.applies(rule)]
     indication = next((r for r in applicable if r.kind is RuleKind.INDICATION), None)
     if indication is None or not policy.effective.contains(as_of):

@@ -81,6 +81,13 @@ def logic_nodes(node: Mapping[str, Any]) -> Iterator[Mapping[str, Any]]:
             yield from logic_nodes(child)
     if "not" in node:
         yield from logic_nodes(node["not"])
+    if "answer" in node:
+        yield from logic_nodes(node["answer"])
+        yield from logic_nodes(node["record"])
+
+
+def _is_answer_leaf(node: Mapping[str, Any]) -> bool:
+    return str(node.get("fact", "")).startswith("doc.")
 
 
 def _period(raw: Mapping[str, str] | None) -> Period:
@@ -148,12 +155,35 @@ class _Checker:
                         self.problem(f"{owner}: {name} can never be {value!r}")
         return read
 
+    def check_answers(self, owner: str, logic: Mapping[str, Any]) -> None:
+        """An answer decides against an unknown record only when written as answer/record."""
+        for node in logic_nodes(logic):
+            if "answer" in node:
+                answer = node["answer"]
+                if not str(answer.get("fact", "")).startswith("doc."):
+                    self.problem(f"{owner}: an answer must be a leaf on a doc.* fact")
+                if any(
+                    not n["fact"].startswith("doc.") for n in logic_nodes(answer) if "fact" in n
+                ) or any(
+                    n["fact"].startswith("doc.") for n in logic_nodes(node["record"]) if "fact" in n
+                ):
+                    self.problem(f"{owner}: answer reads doc.* facts and record reads the rest")
+            children = node.get("any", ())
+            if any(_is_answer_leaf(c) for c in children) and any(
+                not _is_answer_leaf(c) for c in children
+            ):
+                self.problem(
+                    f"{owner}: an answer beside the record in 'any' must be written as "
+                    "{answer, record}, so that an explicit answer decides"
+                )
+
     def check_criteria(self) -> None:
         for criterion in self.raw["criteria"]:
             owner = f"criterion {criterion['id']}"
             self.check_citations(owner, criterion["citations"])
             if any("criterion" in n for n in logic_nodes(criterion["logic"])):
                 self.problem(f"{owner}: a criterion's logic reads facts, not other criteria")
+            self.check_answers(owner, criterion["logic"])
             read = self.facts_read(owner, criterion["logic"])
             if read != set(criterion["facts"]):
                 self.problem(
@@ -171,6 +201,8 @@ class _Checker:
             self.facts_read(owner, rule["applies_when"])
             if any("criterion" in n for n in logic_nodes(rule["applies_when"])):
                 self.problem(f"{owner}: applies_when reads facts, not criteria")
+            if any("answer" in n for n in logic_nodes(rule["applies_when"])):
+                self.problem(f"{owner}: answer/record belongs in a criterion's logic")
             if any("fact" in n for n in logic_nodes(rule["decides"])):
                 self.problem(f"{owner}: decides combines criteria, it reads no facts")
             deciding = {n["criterion"] for n in logic_nodes(rule["decides"]) if "criterion" in n}

@@ -156,6 +156,9 @@ class CriterionResult:
     truth: Truth
     evidence: tuple[Evidence, ...]
     deciding: bool  # False for advisory criteria shown but not part of the decision
+    # False when the truth is unknown because data it reads could not be retrieved (a
+    # failed or timed-out query): not checked, which documentation cannot settle.
+    checked: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,3 +206,18 @@ class Decision:
     @property
     def deciding_results(self) -> tuple[RuleResult, ...]:
         return (self.indication, *self.requirements)
+
+    @property
+    def not_checked(self) -> tuple[CriterionResult, ...]:
+        """Deciding criteria left unknown by data that could not be retrieved."""
+        return tuple(
+            r
+            for rule in self.deciding_results
+            for r in rule.results
+            if r.deciding and not r.checked
+        )
+
+    @property
+    def provisional(self) -> bool:
+        """An outcome that data not retrieved could still change."""
+        return self.outcome is not Outcome.NOT_COVERED and bool(self.not_checked)

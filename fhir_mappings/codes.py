@@ -24,8 +24,9 @@ _ALIASES = {
 }
 
 
-def canonical_system(system: str | None) -> str:
-    """The canonical URI for ``system`` (unchanged when it has no known alias)."""
-    if not system:
+def canonical_system(system: object) -> str:
+    """The canonical URI for ``system`` (unchanged when it has no known alias); "" when
+    it is absent or not a string."""
+    if not isinstance(system, str) or not system:
         return ""
     return _ALIASES.get(system, _ALIASES.get(system.lower(), system))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, lru_cache
 from typing import Any
 
 from fhir_mappings.codes import RXNORM, SNOMED
@@ -52,14 +52,17 @@ def identify_drug(concept: Any) -> DrugIdentity | None:
     """The drug family of a medication concept: by RxNorm code list, then by name."""
     if concept is None:
         return None
-    rxnorm_codes = [
-        (code, display) for system, code, display in codings(concept) if system == RXNORM
-    ]
-    for family, codes, _ in _families():
+    # A record names the same few drugs over and over: identify each naming once.
+    return _identify(tuple(codings(concept)), concept_text(concept))
+
+
+@lru_cache(maxsize=4096)
+def _identify(codes: tuple[tuple[str, str, str], ...], text: str) -> DrugIdentity | None:
+    rxnorm_codes = [(code, display) for system, code, display in codes if system == RXNORM]
+    for family, family_codes, _ in _families():
         for code, display in rxnorm_codes:
-            if code in codes:
+            if code in family_codes:
                 return DrugIdentity(family, display or code, f"RxNorm code {code}")
-    text = concept_text(concept)
     for family, _, patterns in _families():
         for pattern in patterns:
             match = pattern.search(text)
@@ -127,8 +130,18 @@ def dosage_route(order: Any) -> tuple[str | None, str]:
 
 def names_oral_antispasmodic(concept: Any) -> str | None:
     """The oral antispasmodic a medication concept names (by ingredient name), if any."""
-    text = concept_text(concept)
-    for name in binding("drugs")["oral_antispasmodics"]["names"]:
-        if re.search(rf"\b{re.escape(name)}\b", text, re.IGNORECASE):
-            return str(name)
+    return _oral_antispasmodic(concept_text(concept))
+
+
+@cache
+def _oral_antispasmodic_patterns() -> tuple[tuple[str, re.Pattern[str]], ...]:
+    names = binding("drugs")["oral_antispasmodics"]["names"]
+    return tuple((str(n), re.compile(rf"\b{re.escape(n)}\b", re.IGNORECASE)) for n in names)
+
+
+@lru_cache(maxsize=4096)
+def _oral_antispasmodic(text: str) -> str | None:
+    for name, pattern in _oral_antispasmodic_patterns():
+        if pattern.search(text):
+            return name
     return None

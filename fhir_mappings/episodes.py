@@ -13,8 +13,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date
+from types import SimpleNamespace
 from typing import Any
 
+from fhir_mappings.bundles import resources_in
 from fhir_mappings.codes import HCPCS
 from fhir_mappings.dates import as_date
 from fhir_mappings.drugs import (
@@ -28,8 +30,10 @@ from fhir_mappings.r4 import (
     FhirModel,
     InvalidResource,
     ResourceProblem,
+    load_models,
     parse_element,
     parse_resource,
+    shown_id,
 )
 from fhir_mappings.record import PatientRecord, binding, codings
 
@@ -84,45 +88,88 @@ class PumpEpisode:
         return f"{drug} by {kind}infusion pump{code}"
 
 
-class InvalidPumpOrder(InvalidResource):
-    """A draft order that names an infusion pump or a drug the policy names is not valid
-    FHIR: it cannot be left out, since it is what the request asks about."""
+@dataclass(frozen=True, slots=True)
+class InvalidOrderInScope:
+    """A draft order that is not valid FHIR but names an infusion pump, or a policy drug
+    given by pump: what the request asks about, so it is answered (never left out
+    silently), though it cannot be decided or carry a system action."""
+
+    reference: str
+    problem: ResourceProblem
+    label: str  # how clinicians name it: "insulin by infusion pump order"
 
 
-def _names_a_pump_or_pump_drug(raw: Mapping[str, Any]) -> bool:
-    """Whether an order that failed validation still names a pump or a policy drug."""
-    if raw.get("resourceType") == "DeviceRequest":
-        concept = parse_element("CodeableConcept", raw.get("codeCodeableConcept") or {})
-        pumps = binding("pumps")["hcpcs"]
-        return any(s == HCPCS and c.upper() in pumps for s, c, _ in codings(concept))
-    if raw.get("resourceType") == "MedicationRequest":
-        concept = parse_element("CodeableConcept", raw.get("medicationCodeableConcept") or {})
-        return identify_drug(concept) is not None
-    return False
+def _pump_code_in(raw: Mapping[str, Any]) -> str | None:
+    if raw.get("resourceType") != "DeviceRequest":
+        return None
+    concept = parse_element("CodeableConcept", raw.get("codeCodeableConcept") or {})
+    pumps = binding("pumps")["hcpcs"]
+    found = (c.upper() for s, c, _ in codings(concept) if s == HCPCS and c.upper() in pumps)
+    return next(found, None)
+
+
+def _dosage_of_invalid_order(raw: Mapping[str, Any]) -> SimpleNamespace:
+    """The dosage elements of an order that failed validation, each read on its own (an
+    unreadable one is skipped), in the shape the dosage readers take."""
+    dosages = raw.get("dosageInstruction")
+    readable = [
+        parse_element("Dosage", d)
+        for d in (dosages if isinstance(dosages, list) else [])
+        if isinstance(d, dict)
+    ]
+    return SimpleNamespace(dosageInstruction=[d for d in readable if d is not None])
+
+
+def _in_scope_label(raw: Mapping[str, Any], bundle_orders_a_pump: bool) -> str | None:
+    """How to name an order that failed validation when it is in scope, else None.
+
+    In scope: a DeviceRequest for an infusion pump; a MedicationRequest for a policy drug
+    that is ordered with a pump or whose dosage says it runs by pump. Anything else (an
+    oral drug, a hospital bed) is out of scope, valid or not."""
+    if (hcpcs := _pump_code_in(raw)) is not None:
+        return f"infusion pump order ({hcpcs})"
+    if raw.get("resourceType") != "MedicationRequest":
+        return None
+    concept = parse_element("CodeableConcept", raw.get("medicationCodeableConcept") or {})
+    drug = identify_drug(concept)
+    if drug is None:
+        return None
+    if bundle_orders_a_pump or dosage_says_pump(_dosage_of_invalid_order(raw)):
+        return f"{drug.name} by infusion pump order"
+    return None
 
 
 def parse_draft_orders(
     bundle: Mapping[str, Any], path: str
-) -> tuple[list[DraftOrder], list[ResourceProblem]]:
-    """The order resources of a context Bundle; invalid ones are left out and named.
-
-    Raises ``InvalidPumpOrder`` for an invalid order that names a pump or a policy drug."""
-    orders, problems = [], []
-    for index, item in enumerate(bundle.get("entry") or []):
-        raw = item.get("resource") if isinstance(item, dict) else None
-        where = f"{path}.entry[{index}]"
-        if not isinstance(raw, dict) or raw.get("resourceType") not in ORDER_TYPES:
+) -> tuple[list[DraftOrder], list[ResourceProblem], list[InvalidOrderInScope]]:
+    """The order resources of a context Bundle. Invalid ones are left out: named as
+    problems, or, when in scope, returned apart so the answer can say they were not
+    decided."""
+    found = [(raw, where) for raw, _, where in resources_in(bundle, path)]
+    orders_a_pump: bool | None = None  # looked at only when an order is invalid
+    orders: list[DraftOrder] = []
+    problems: list[ResourceProblem] = []
+    invalid_in_scope: list[InvalidOrderInScope] = []
+    for index, (raw, where) in enumerate(found):
+        resource_type = raw.get("resourceType")
+        if not isinstance(resource_type, str) or resource_type not in ORDER_TYPES:
             continue
+        resource_id = raw.get("id", index)
+        shown = resource_id if isinstance(resource_id, int) else shown_id(raw)
+        reference = f"{resource_type}/{shown}"
         try:
             model = parse_resource(raw, where)
         except InvalidResource as exc:
-            if _names_a_pump_or_pump_drug(raw):
-                raise InvalidPumpOrder(exc.problem) from exc
-            problems.append(exc.problem)
+            if orders_a_pump is None:
+                orders_a_pump = any(_pump_code_in(other) for other, _ in found)
+            label = _in_scope_label(raw, orders_a_pump)
+            if label is None:
+                problems.append(exc.problem)
+            else:
+                invalid_in_scope.append(InvalidOrderInScope(reference, exc.problem, label))
             continue
-        reference = f"{raw['resourceType']}/{raw.get('id', index)}"
         orders.append(DraftOrder(reference, raw, model))
-    return orders, problems
+    return orders, problems, invalid_in_scope
 
 
 def pump_hcpcs(order: DraftOrder) -> tuple[str, str] | None:
@@ -252,3 +299,17 @@ def find_pump_episodes(
             )
         )
     return episodes
+
+
+def preload() -> None:
+    """Load now what reading orders and records loads on first use: the R4B models of the
+    order types, the code bindings, the drug name patterns. A server calls this before
+    it forks, so no worker's first call pays for it."""
+    from fhir_mappings import drugs, record
+
+    load_models((*sorted(ORDER_TYPES), "CodeableConcept"))
+    for name in ("devices", "drugs", "labs", "pumps", "routes"):
+        binding(name)
+    record._relevant_loinc_codes()
+    drugs._families()
+    drugs._oral_antispasmodic_patterns()

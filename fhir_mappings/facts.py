@@ -7,6 +7,7 @@ looked for and not found.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import date
 
 from coverage_policy.model import Evidence, FactValue, Policy
@@ -14,7 +15,7 @@ from fhir_mappings.allergies import drug_allergy
 from fhir_mappings.conditions import facts_from_condition
 from fhir_mappings.coverage import part_a_status
 from fhir_mappings.dates import as_date
-from fhir_mappings.devices import facts_from_device
+from fhir_mappings.devices import implanted_devices
 from fhir_mappings.documentation import documentation_facts
 from fhir_mappings.drugs import dosage_route
 from fhir_mappings.encounters import face_to_face_date, last_visit_date, order_setting
@@ -28,13 +29,53 @@ FACT_SOURCES = {
     "patient.conditions": ("conditions",),
     "patient.age_years": ("patient",),
     "patient.drug_allergy": ("allergies",),
-    "patient.implanted_devices": ("devices",),
+    "patient.implanted_devices": ("devices", "conditions", "procedures"),
     "coverage.": ("coverage",),
     "lab.": ("observations",),
     "med.": ("medicationRequests",),
     "encounter.": ("encounters",),
     "doc.": ("questionnaireResponses",),
 }
+
+
+# Further prefetch keys a fact may read without being unknown when they are missing.
+_ALSO_READ = {
+    "order.setting": ("encounter", "encounters"),
+    "episode.route": ("medicationRequests",),  # the active order a pump's drug came from
+}
+
+
+def prefetch_keys_read(fact_names: Iterable[str]) -> frozenset[str]:
+    """The prefetch keys the data of these facts comes from."""
+    keys: set[str] = set()
+    for name in fact_names:
+        keys |= {k for prefix, ks in FACT_SOURCES.items() if name.startswith(prefix) for k in ks}
+        keys |= set(_ALSO_READ.get(name, ()))
+    return frozenset(keys)
+
+
+def facts_of_keys(keys: Iterable[str], fact_names: Iterable[str]) -> frozenset[str]:
+    """Those of ``fact_names`` whose data comes from any of these prefetch keys (and is
+    left out, unknown, when one of them could not be had)."""
+    wanted = set(keys)
+    return frozenset(
+        name
+        for name in fact_names
+        if any(name.startswith(p) and wanted & set(ks) for p, ks in FACT_SOURCES.items())
+    )
+
+
+def facts_settled_by_orders(episode: PumpEpisode) -> dict[str, FactValue]:
+    """The facts the draft orders settle whatever the record holds (to know, before any
+    patient data is read, which rules may apply). A pump ordered alone may take its drug
+    from the record, and a pump kind the order does not give may be documented, so those
+    stay unknown here."""
+    facts = _episode_facts(episode)
+    if episode.drug is None:
+        del facts["episode.drug_family"]
+    if episode.pump_kind is None:
+        del facts["episode.pump_kind"]
+    return facts
 
 
 def _episode_facts(episode: PumpEpisode) -> dict[str, FactValue]:
@@ -139,9 +180,7 @@ def facts_for_episode(
     facts["patient.age_years"] = _age_years(record, as_of)
     family = episode.drug.family if episode.drug else None
     facts["patient.drug_allergy"] = drug_allergy(record, family)
-    facts["patient.implanted_devices"] = FactValue(
-        tuple(item for entry in record.of_type("Device") for item in facts_from_device(entry))
-    )
+    facts["patient.implanted_devices"] = FactValue(implanted_devices(record))
     weights = lab_results(record, "body_weight", as_of)
     facts["lab.body_weight_kg"] = latest_value(weights, "Body weight")
     facts["lab.bmi"] = latest_value(lab_results(record, "bmi", as_of), "BMI")

@@ -73,9 +73,15 @@ def lab_results(record: PatientRecord, kind: str, as_of: date) -> list[LabResult
 
 
 def _describe(result: LabResult, name: str) -> Evidence:
+    """What a lab showed, rounded as a lab report shows it: "HbA1c 8.2 % on 2026-10-01"."""
+    decimals = binding("labs")["labs"][result.kind]["decimals"]
     on = f" on {result.on.isoformat()}" if result.on else ""
-    low = f" (lab lower limit {result.low:g} {result.unit})" if result.low is not None else ""
-    return Evidence(result.reference, f"{name} {result.value:g} {result.unit}{low}{on}")
+    low = (
+        f" (lab lower limit {result.low:.{decimals}f} {result.unit})"
+        if result.low is not None
+        else ""
+    )
+    return Evidence(result.reference, f"{name} {result.value:.{decimals}f} {result.unit}{low}{on}")
 
 
 def latest_value(results: Iterable[LabResult], name: str) -> FactValue:

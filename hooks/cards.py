@@ -13,23 +13,28 @@ Card types and their CRD response-type topics (``source.topic``), each switchabl
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date
 from functools import cache
 from importlib import resources
 from typing import Any
 
-from coverage_policy.model import CriterionResult, Needs, Outcome, Policy, RuleResult, Truth
+from coverage_policy.model import (
+    CriterionResult,
+    Decision,
+    Needs,
+    Outcome,
+    Policy,
+    RuleResult,
+    Truth,
+)
 from fhir_mappings.codes import HCPCS
-from fhir_mappings.episodes import PumpEpisode
+from fhir_mappings.episodes import InvalidOrderInScope, PumpEpisode
+from hooks.crd_dialect import CrdDialect
 from hooks.decide import Deliberation, EpisodeDecision
+from hooks.request import NOT_SENT
 
-CARD_TYPE_SYSTEMS = {
-    "2.0": "http://hl7.org/fhir/us/davinci-crd/CodeSystem/temp",
-    "2.1": "http://hl7.org/fhir/us/davinci-crd/CodeSystem/temp",
-    "2.2": "http://terminology.hl7.org/CodeSystem/cdshooks-card-type",
-}
 CARD_TYPE_DISPLAYS = {
     "guideline": "Guideline",
     "claim": "Claim",
@@ -51,26 +56,52 @@ class CardContext:
 
     policy: Policy
     payer_name: str
-    crd_version: str
+    crd: CrdDialect
     new_uuid: Callable[[], str]
     questionnaire_link: str
+    decision_page_url: str | None = None
 
     def source(self, card_type: str) -> dict[str, Any]:
         return {
             "label": self.payer_name,
             "url": self.policy.url,
             "topic": {
-                "system": CARD_TYPE_SYSTEMS[self.crd_version],
+                "system": self.crd.card_type_system,
                 "code": card_type,
                 "display": CARD_TYPE_DISPLAYS[card_type],
             },
         }
 
-    def links(self) -> list[dict[str, str]]:
+    def links(self, position: int | None = None) -> list[dict[str, str]]:
+        """The policy and its sources; with a decision page, the page first (the anchor
+        of this decision on it)."""
         sources = [self.policy.sources[self.policy.id], *self.policy.links]
-        return [{"label": s.label, "url": s.url, "type": "absolute"} for s in sources]
+        links = [{"label": s.label, "url": s.url, "type": "absolute"} for s in sources]
+        if self.decision_page_url and position is not None:
+            label = card_text()["detail"]["details_link"]
+            url = f"{self.decision_page_url}#decision-{position + 1}"
+            links.insert(0, {"label": label, "url": url, "type": "absolute"})
+        return links
 
-    def override_reasons(self) -> list[dict[str, str]]:
+    def override_reasons(self, item: EpisodeDecision) -> list[dict[str, str]]:
+        """The reasons to go ahead that fit this decision: no "will document" where no
+        documentation can change it, no "declined the alternative" where there is none."""
+        decision = item.decision
+        applies = {
+            "always": True,
+            "conditional": decision.outcome is Outcome.CONDITIONAL,
+            "record-can-change": decision.outcome is Outcome.CONDITIONAL
+            or any(
+                r.criterion.facts
+                for rule in decision.deciding_results
+                if rule.outcome is Outcome.NOT_COVERED
+                for r in rule.results
+                if r.deciding and r.truth is Truth.UNMET
+            ),
+            "has-alternative": bool(decision.indication.rule.alternatives),
+        }
+        if decision.outcome is Outcome.COVERED:
+            return []
         return [
             {
                 "system": card_text()["override_reason_system"],
@@ -78,6 +109,7 @@ class CardContext:
                 "display": r["display"],
             }
             for r in card_text()["override_reasons"]
+            if applies[r["when"]]
         ]
 
 
@@ -87,87 +119,88 @@ def summary(key: str, **values: str) -> str:
     return text if len(text) < 140 else text[:136].rstrip() + "..."
 
 
-def _citations(result: CriterionResult, policy: Policy) -> str:
-    return "; ".join(c.render(policy.sources) for c in result.criterion.citations)
+def decisive_result(decision: Decision) -> RuleResult:
+    """The rule result that gave the decision its outcome: the indication, unless a
+    requirement is worse (a contraindication, a missing face-to-face encounter)."""
+    return next(
+        (r for r in decision.deciding_results if r.outcome is decision.outcome),
+        decision.indication,
+    )
 
 
-def _evidence_text(evidence: tuple[Any, ...]) -> str:
-    return "; ".join(f"{e.summary} ({e.reference})" for e in evidence)
+def data_names(keys: Iterable[str]) -> str:
+    """Prefetch keys in the words a clinician knows them by: "lab results, visits"."""
+    names = card_text()["data_names"]
+    return ", ".join(dict.fromkeys(names.get(key, key) for key in sorted(keys)))
 
 
-def _criterion_line(result: CriterionResult, policy: Policy) -> str:
-    line = f"- {result.criterion.text}. *{_citations(result, policy)}*."
-    if not result.criterion.facts:  # decided by the policy alone, whatever the record says
-        return line
-    return f"{line} Seen: {_evidence_text(result.evidence) or card_text()['detail']['no_evidence']}"
-
-
-def _rule_section(result: RuleResult, policy: Policy) -> list[str]:
+def _seen(result: CriterionResult) -> str:
     words = card_text()["detail"]
-    lines = []
-    for truth, heading in ((Truth.UNMET, words["unmet"]), (Truth.UNKNOWN, words["unknown"])):
-        relevant = [r for r in result.results if r.deciding and r.truth is truth]
-        if relevant:
-            lines += [f"**{heading}**", *(_criterion_line(r, policy) for r in relevant), ""]
-    met = [r for r in result.results if r.deciding and r.truth is Truth.MET]
-    if met:
-        lines.append(f"**{words['met']}**: " + "; ".join(r.criterion.text for r in met))
-        lines.append("")
-    advisory = [r for r in result.results if not r.deciding]
-    for r in advisory:
-        truth = words["truth"][r.truth.value]
-        lines.append(f"*{r.criterion.text}*: {truth}. *{_citations(r, policy)}*")
-    if advisory:
-        lines.append("")
-    return lines
+    return "; ".join(e.summary for e in result.evidence) or words["no_evidence"]
 
 
-def guidance_message(guidance: RuleResult, indication: Outcome) -> str:
-    """A guidance rule's message for its truth; its "-if-not-covered" variant, where the
-    policy gives one, when the indication is not covered (e.g. no Part B for a pump drug
-    whose pump the LCD does not cover)."""
-    messages = guidance.rule.messages
-    if indication is Outcome.NOT_COVERED:
-        return messages.get(
-            f"{guidance.truth.value}-if-not-covered", messages[guidance.truth.value]
-        )
-    return messages[guidance.truth.value]
+def _finding(result: CriterionResult) -> str:
+    return f"- {result.criterion.text}: {_seen(result)}"
+
+
+def _section(heading: str, results: Iterable[CriterionResult]) -> list[str]:
+    lines = [_finding(r) for r in results]
+    return [f"**{heading}**", *lines, ""] if lines else []
+
+
+def _findings(item: EpisodeDecision, documentation_follows: bool) -> list[str]:
+    """Only what is against coverage or missing, each with what was seen; nothing about
+    criteria that are met or that do not apply to this order."""
+    decision = item.decision
+    words = card_text()["detail"]
+    if decision.outcome is Outcome.NOT_COVERED:
+        against = [
+            r
+            for rule in decision.deciding_results
+            if rule.outcome is Outcome.NOT_COVERED
+            for r in rule.results
+            # A criterion of the policy alone (nationally non-covered) is the reason
+            # already given; only what the record showed is listed.
+            if r.deciding and r.truth is Truth.UNMET and r.criterion.facts
+        ]
+        return _section(words["unmet"], against)
+    if decision.outcome is not Outcome.CONDITIONAL:
+        return []
+    missing = {c for needs in missing_needs(decision) for c in needs.criterion_ids()}
+    results = {r.criterion.id: r for rule in decision.deciding_results for r in rule.results}
+    if missing and documentation_follows:
+        lines = [words["see_documentation"], ""]
+    else:
+        lines = _section(words["unknown"], (r for c, r in results.items() if c in missing))
+    return lines + _section(words["not_checked"], decision.not_checked)
 
 
 def coverage_card(
-    item: EpisodeDecision, deliberation: Deliberation, ctx: CardContext
+    item: EpisodeDecision,
+    deliberation: Deliberation,
+    ctx: CardContext,
+    documentation_follows: bool = False,
+    position: int | None = None,
 ) -> dict[str, Any]:
+    """The decision and its reason in one sentence, then only what is against or missing.
+    The whole per-criterion trace is on the decision page the card links to."""
     decision = item.decision
     words = card_text()["detail"]
-    indication = decision.indication
-    rule = indication.rule
-    lines = [f"**{rule.title}** ({rule.id}): {rule.messages[indication.outcome.value]}", ""]
-    if indication.scope_evidence:
-        lines += [f"**{words['order']}**: {_evidence_text(indication.scope_evidence)}", ""]
-    lines += _rule_section(indication, ctx.policy)
-    for requirement in decision.requirements:
-        lines += [
-            f"**{words['requirements']}: {requirement.rule.title}** ({requirement.rule.id}): "
-            f"{requirement.rule.messages[requirement.outcome.value]}",
-            "",
-        ]
-        lines += _rule_section(requirement, ctx.policy)
-    if decision.guidance:
-        lines.append(f"**{words['guidance']}**")
-        lines += [
-            f"- {g.rule.title}: {guidance_message(g, indication.outcome)}"
-            for g in decision.guidance
-        ]
-        lines.append("")
-    if deliberation.record.unavailable:
-        lines.append(
-            f"**{words['unavailable']}**: "
-            + "; ".join(
-                f"{key} ({reason})"
-                for key, reason in sorted(deliberation.record.unavailable.items())
-            )
-        )
-        lines.append("")
+    not_retrieved = deliberation.not_retrieved
+    lines = []
+    if decision.provisional:
+        reasons = "; ".join(sorted(set(not_retrieved.values())))
+        lines += [words["provisional"].format(data=data_names(not_retrieved), reasons=reasons), ""]
+    reason = decisive_result(decision)
+    lines += [
+        f"**{words['outcome'][decision.outcome.value]}**: "
+        f"{reason.rule.messages[decision.outcome.value]}",
+        "",
+    ]
+    lines += _findings(item, documentation_follows)
+    not_sent = [k for k, r in deliberation.record.unavailable.items() if r == NOT_SENT]
+    if not_sent and decision.outcome is Outcome.CONDITIONAL:
+        lines += [words["not_sent"].format(data=data_names(not_sent)), ""]
     if deliberation.problems:
         lines.append(
             f"**{words['left_out']}**: "
@@ -183,10 +216,11 @@ def coverage_card(
         "detail": "\n".join(lines).strip(),
         "indicator": "info" if decision.outcome is Outcome.COVERED else "warning",
         "source": ctx.source("guideline"),
-        "links": ctx.links(),
+        "links": ctx.links(position),
     }
-    if decision.outcome is not Outcome.COVERED:
-        card["overrideReasons"] = ctx.override_reasons()
+    reasons_offered = ctx.override_reasons(item)
+    if reasons_offered:
+        card["overrideReasons"] = reasons_offered
     return _associate(card, item.episode)
 
 
@@ -203,22 +237,15 @@ def _needs_lines(needs: Needs | str, policy: Policy, depth: int = 0) -> list[str
     indent = "  " * depth
     if isinstance(needs, str):
         criterion = policy.criteria[needs]
-        form = (
-            (
-                f" (form item{'s' if len(criterion.documentation) > 1 else ''} "
-                f"{', '.join(f'`{d}`' for d in criterion.documentation)})"
-            )
-            if criterion.documentation
-            else ""
-        )
-        return [f"{indent}- {criterion.text}{form}"]
+        hints = [words["order_hints"][f] for f in criterion.facts if f in words["order_hints"]]
+        return [f"{indent}- {'; '.join([criterion.text, *hints])}"]
     lines = [f"{indent}- {words['all_of' if needs.mode == 'all' else 'one_of']}:"]
     for item in needs.items:
         lines += _needs_lines(item, policy, depth + 1)
     return lines
 
 
-def missing_needs(decision: Any) -> list[Needs]:
+def missing_needs(decision: Decision) -> list[Needs]:
     return [r.missing for r in decision.deciding_results if r.missing is not None]
 
 
@@ -324,7 +351,7 @@ def alternatives_card(item: EpisodeDecision, ctx: CardContext) -> dict[str, Any]
         "source": ctx.source(card_type),
         "suggestions": suggestions,
         "selectionBehavior": "at-most-one",
-        "overrideReasons": ctx.override_reasons(),
+        "overrideReasons": ctx.override_reasons(item),
     }
     return _associate(card, item.episode)
 
@@ -342,6 +369,20 @@ def deceased_card(episode: PumpEpisode, died: Any, ctx: CardContext) -> dict[str
     return _associate(card, episode)
 
 
+def invalid_order_card(order: InvalidOrderInScope, ctx: CardContext) -> dict[str, Any]:
+    """An in-scope order that is not valid FHIR: said, not decided (no system action)."""
+    return {
+        "uuid": ctx.new_uuid(),
+        "summary": summary("invalid-order", label=order.label[:1].upper() + order.label[1:]),
+        "detail": card_text()["detail"]["invalid-order"].format(
+            reference=order.reference, message=order.problem.message
+        ),
+        "indicator": "warning",
+        "source": ctx.source("guideline"),
+        "extension": {"davinci-crd.associated-resource": [{"reference": order.reference}]},
+    }
+
+
 def coverage_unconfirmed_card(ctx: CardContext) -> dict[str, Any]:
     return {
         "uuid": ctx.new_uuid(),
@@ -354,23 +395,27 @@ def coverage_unconfirmed_card(ctx: CardContext) -> dict[str, Any]:
 
 def build_cards(
     deliberation: Deliberation, ctx: CardContext, enabled: Mapping[str, bool], max_cards: int
-) -> list[dict[str, Any]]:
-    """Every card of the response, most important first, within ``max_cards``."""
-    cards: list[tuple[int, dict[str, Any]]] = []
-    for item in deliberation.decisions:
+) -> list[tuple[dict[str, Any], int | None]]:
+    """Every card of the response, most important first, within ``max_cards``, each with
+    the index of the decision it is about (None for a card about the whole call)."""
+    cards: list[tuple[int, dict[str, Any], int | None]] = []
+    for position, item in enumerate(deliberation.decisions):
         severity = {Outcome.NOT_COVERED: 0, Outcome.CONDITIONAL: 1}.get(item.decision.outcome, 3)
+        documentation = documentation_card(item, ctx) if enabled["claim"] else None
         if enabled["guideline"]:
-            cards.append((severity, coverage_card(item, deliberation, ctx)))
+            card = coverage_card(item, deliberation, ctx, documentation is not None, position)
+            cards.append((severity, card, position))
         alternatives = alternatives_card(item, ctx)
         if alternatives and enabled[alternatives["source"]["topic"]["code"]]:
-            cards.append((severity, alternatives))
-        documentation = documentation_card(item, ctx)
-        if documentation and enabled["claim"]:
-            cards.append((2, documentation))
+            cards.append((severity, alternatives, position))
+        if documentation:
+            cards.append((2, documentation, position))
     for episode, died in deliberation.deceased:
         if enabled["guideline"]:
-            cards.append((0, deceased_card(episode, died, ctx)))
+            cards.append((0, deceased_card(episode, died, ctx), None))
+    for invalid in deliberation.invalid_in_scope:
+        cards.append((0, invalid_order_card(invalid, ctx), None))
     if deliberation.decisions and deliberation.coverage is None and enabled["insurance"]:
-        cards.append((4, coverage_unconfirmed_card(ctx)))
-    cards.sort(key=lambda pair: pair[0])
-    return [card for _, card in cards[:max_cards]]
+        cards.append((4, coverage_unconfirmed_card(ctx), None))
+    cards.sort(key=lambda entry: entry[0])
+    return [(card, position) for _, card, position in cards[:max_cards]]

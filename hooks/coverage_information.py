@@ -1,14 +1,7 @@
 """Decisions → Da Vinci CRD coverage-information system actions, in the requested dialect.
 
 One ``update`` per in-scope order, adding the ``ext-coverage-information`` extension and
-changing nothing else (CRD resp-37). Dialects (``davinci-crd.requestedVersion``):
-
-- 2.0 (default, what the CRD 2.0.1 test kit checks): one ``doc-needed`` code
-  (clinical | admin | both), codes from the CRD ``temp`` code system, no ``indeterminate``,
-  no ``detail.category``;
-- 2.1: ``doc-needed`` repeats;
-- 2.2: adds ``indeterminate`` and ``detail.category``; the detail codes move to
-  ``crd-coverage-detail``.
+changing nothing else (CRD resp-37), in the dialect of ``hooks.crd_dialect``.
 
 Invariants honoured in every dialect: ``pa-needed`` whenever not ``not-covered`` and never
 with it (q2 of 2.0.1 and of 2.2); ``info-needed`` with every ``conditional`` (q3); a
@@ -20,34 +13,29 @@ documentation is asked for (CRD hook-19).
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
 from coverage_policy.model import Outcome, Policy
-from hooks.cards import card_text, missing_needs
+from hooks.cards import card_text, data_names, decisive_result, missing_needs
+from hooks.crd_dialect import TEMP_SYSTEM, CrdDialect
 from hooks.decide import CoverageRef, EpisodeDecision
-from hooks.request import NOT_SENT
 
 EXTENSION_URL = "http://hl7.org/fhir/us/davinci-crd/StructureDefinition/ext-coverage-information"
-TEMP_SYSTEM = "http://hl7.org/fhir/us/davinci-crd/CodeSystem/temp"
-DETAIL_SYSTEMS = {
-    "2.0": TEMP_SYSTEM,
-    "2.1": TEMP_SYSTEM,
-    "2.2": "http://terminology.hl7.org/CodeSystem/crd-coverage-detail",
-}
 
 
 @dataclass(frozen=True, slots=True)
 class AssertionContext:
     policy: Policy
-    crd_version: str
+    crd: CrdDialect
     secondary_hook: bool
     coverage: CoverageRef
     assertion_id: str
     today: date
     payer_name: str
-    unavailable: dict[str, str]
+    not_retrieved: Mapping[str, str]  # prefetch key -> why a query failed to bring it
 
 
 def _sub(url: str, kind: str, value: Any) -> dict[str, Any]:
@@ -58,13 +46,13 @@ def _detail(
     ctx: AssertionContext, code: str, category: str, kind: str, value: Any
 ) -> dict[str, Any]:
     parts = []
-    if ctx.crd_version == "2.2":
+    if ctx.crd.detail_has_category:
         parts.append(_sub("category", "valueCode", category))
     parts.append(
         _sub(
             "code",
             "valueCodeableConcept",
-            {"coding": [{"system": DETAIL_SYSTEMS[ctx.crd_version], "code": code}]},
+            {"coding": [{"system": ctx.crd.detail_code_system, "code": code}]},
         )
     )
     parts.append(_sub("value", kind, value))
@@ -88,35 +76,16 @@ def _doc_types(criterion_ids: list[str], policy: Policy) -> list[str]:
 
 
 def _instructions(criterion_ids: list[str], policy: Policy) -> str:
-    lines = []
-    for criterion_id in criterion_ids:
-        criterion = policy.criteria[criterion_id]
-        form = (
-            f" (form items: {', '.join(criterion.documentation)})"
-            if criterion.documentation
-            else ""
-        )
-        lines.append(f"{criterion.text}{form}")
-    return "; ".join(lines)
-
-
-def _not_covered_message(decision: Any) -> str:
-    """Why it is not covered: the first deciding rule (indication, then requirements) that
-    is not covered, e.g. a contraindication to implantation under a met indication."""
-    result = next(
-        (r for r in decision.deciding_results if r.outcome is Outcome.NOT_COVERED),
-        decision.indication,
-    )
-    return str(result.rule.messages["not-covered"])
+    """What to document, in the criteria's words (the questionnaire names the items)."""
+    return "; ".join(policy.criteria[c].text for c in criterion_ids)
 
 
 def coverage_information(item: EpisodeDecision, ctx: AssertionContext) -> dict[str, Any]:
     """The ``ext-coverage-information`` extension for one decision."""
     decision, policy = item.decision, ctx.policy
     reasons = card_text()["reason"]
-    technical = {k: r for k, r in ctx.unavailable.items() if r != NOT_SENT}
     covered = decision.outcome.value
-    if covered == Outcome.CONDITIONAL and technical and ctx.crd_version == "2.2":
+    if decision.provisional and ctx.crd.indeterminate_allowed:
         covered = Outcome.INDETERMINATE.value
     parts = [
         _sub("coverage", "valueReference", {"reference": ctx.coverage.reference}),
@@ -128,38 +97,33 @@ def coverage_information(item: EpisodeDecision, ctx: AssertionContext) -> dict[s
     doc_types = _doc_types(missing, policy)
     asks_documentation = bool(missing) and not ctx.secondary_hook
     if asks_documentation:
-        if ctx.crd_version == "2.0":
+        if ctx.crd.doc_needed_repeats:
+            parts += [_sub("doc-needed", "valueCode", t) for t in doc_types]
+        else:
             parts.append(
                 _sub("doc-needed", "valueCode", "both" if len(doc_types) > 1 else doc_types[0])
             )
-        else:
-            parts += [_sub("doc-needed", "valueCode", t) for t in doc_types]
         parts.append(_sub("doc-purpose", "valueCode", "withclaim"))
     if covered in (Outcome.CONDITIONAL, Outcome.INDETERMINATE):
         parts.append(_sub("info-needed", "valueCode", "OTH"))
     reason_text = (
-        reasons["not-covered"].format(message=_not_covered_message(decision))
+        reasons["not-covered"].format(message=decisive_result(decision).rule.messages[covered])
         if covered == Outcome.NOT_COVERED
+        else reasons["not-checked"].format(
+            data=data_names(ctx.not_retrieved), rule=decision.rule_id, policy=policy.id
+        )
+        if decision.provisional
         else reasons["conditional"].format(rule=decision.rule_id, policy=policy.id)
         if covered == Outcome.CONDITIONAL
         else None
     )
     if covered == Outcome.INDETERMINATE:
-        parts.append(
-            _sub(
-                "reason",
-                "valueCodeableConcept",
-                {
-                    "coding": [{"system": TEMP_SYSTEM, "code": "technical"}],
-                    "text": reasons["technical"].format(keys=", ".join(sorted(technical))),
-                },
-            )
-        )
+        # CRD 2.2: an outcome a technical failure left open says so (crd-ci-q9, resp-43).
+        reason = {"coding": [{"system": TEMP_SYSTEM, "code": "technical"}], "text": reason_text}
+        parts.append(_sub("reason", "valueCodeableConcept", reason))
     elif reason_text:
         parts.append(_sub("reason", "valueCodeableConcept", {"text": reason_text[:1000]}))
-    # CRD 2.0.1's detail.value has no url type: the link goes as a string there.
-    link_type = "valueUrl" if ctx.crd_version == "2.2" else "valueString"
-    parts.append(_detail(ctx, "policy-link", "cat-other", link_type, policy.url))
+    parts.append(_detail(ctx, "policy-link", "cat-other", ctx.crd.link_value_type, policy.url))
     if asks_documentation:
         instructions = _instructions(missing, policy)
         parts.append(_detail(ctx, "instructions", "cat-decisional", "valueString", instructions))
@@ -172,12 +136,16 @@ def coverage_information(item: EpisodeDecision, ctx: AssertionContext) -> dict[s
 
 def coverage_system_actions(
     decisions: tuple[EpisodeDecision, ...], ctx: AssertionContext
-) -> list[dict[str, Any]]:
-    """One ``update`` per in-scope order, the order unchanged but for the extension."""
+) -> tuple[list[dict[str, Any]], tuple[str | None, ...]]:
+    """One ``update`` per in-scope order, the order unchanged but for the extension; and
+    per decision the assertion id it was issued under (None when every order of it
+    already carried the same decision, so nothing was issued)."""
     actions = []
+    issued: list[str | None] = []
     description = card_text()["action"]["coverage-information"].format(payer=ctx.payer_name)
     for item in decisions:
         extension = coverage_information(item, ctx)
+        updated = False
         for order in item.episode.orders:
             resource = copy.deepcopy(dict(order.raw))
             existing = resource.get("extension") or []
@@ -188,7 +156,9 @@ def coverage_system_actions(
             kept = [e for e in existing if not _for_coverage(e, ctx.coverage.reference)]
             resource["extension"] = [*kept, extension]
             actions.append({"type": "update", "description": description, "resource": resource})
-    return actions
+            updated = True
+        issued.append(ctx.assertion_id if updated else None)
+    return actions, tuple(issued)
 
 
 def _for_coverage(extension: Any, coverage_reference: str) -> bool:

@@ -3,21 +3,26 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
-from coverage_policy.engine import evaluate_policy
+from coverage_policy.engine import evaluate_policy, facts_that_may_be_read
 from coverage_policy.model import Decision, Policy
 from fhir_mappings.dates import as_date
 from fhir_mappings.episodes import (
     DraftOrder,
-    InvalidPumpOrder,
+    InvalidOrderInScope,
     PumpEpisode,
     find_pump_episodes,
     parse_draft_orders,
 )
-from fhir_mappings.facts import facts_for_episode
+from fhir_mappings.facts import (
+    facts_for_episode,
+    facts_of_keys,
+    facts_settled_by_orders,
+    prefetch_keys_read,
+)
 from fhir_mappings.r4 import ResourceProblem
 from fhir_mappings.record import PatientRecord, build_record
 from hooks.request import (
@@ -25,8 +30,12 @@ from hooks.request import (
     CoverageProblem,
     DataUnavailable,
     HookRequest,
-    InvalidOrder,
+    retrieval_failures,
 )
+
+# Read for every decision: the Patient (a deceased patient's orders are not decided) and
+# the Coverage the coverage-information is about.
+ALWAYS_READ = frozenset({"patient", "coverage"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +60,19 @@ class CoverageRef:
 
 
 @dataclass(frozen=True, slots=True)
+class OrderScope:
+    """What a call asks about, read from its orders alone, before any patient data."""
+
+    bundle: Mapping[str, Any]  # the orders as a Bundle: draft orders, or those dispatched
+    orders: tuple[DraftOrder, ...]
+    problems: tuple[ResourceProblem, ...]  # invalid orders of anything else, left out
+    invalid_in_scope: tuple[InvalidOrderInScope, ...]
+    # The prefetch keys deciding these orders may read; empty when nothing is decided.
+    prefetch_keys: frozenset[str]
+    draft_record: PatientRecord  # the orders' Bundle read once, for both steps
+
+
+@dataclass(frozen=True, slots=True)
 class Deliberation:
     """Everything a response is built from."""
 
@@ -59,7 +81,9 @@ class Deliberation:
     coverage: CoverageRef | None
     record: PatientRecord
     problems: tuple[ResourceProblem, ...]
-    as_of: date
+    invalid_in_scope: tuple[InvalidOrderInScope, ...] = ()
+    # Prefetch keys a query failed to bring back, with why (``ClinicalInput.not_retrieved``).
+    not_retrieved: Mapping[str, str] = field(default_factory=dict)
 
 
 def _as_of(orders: Iterable[DraftOrder], today: date) -> date:
@@ -109,34 +133,41 @@ def _deceased_on(record: PatientRecord) -> date | None:
     return None
 
 
-def parse_orders(
-    bundle: Mapping[str, Any], path: str
-) -> tuple[list[DraftOrder], list[ResourceProblem]]:
-    """The request's orders; an invalid pump order makes the request unanswerable."""
-    try:
-        return parse_draft_orders(bundle, path)
-    except InvalidPumpOrder as exc:
-        problem = exc.problem
-        raise InvalidOrder(
-            f"{problem.resource_type}/{problem.resource_id} is not valid FHIR R4: "
-            f"{problem.message}",
-            problem.path,
-        ) from exc
+def find_scope(bundle: Mapping[str, Any], path: str, policy: Policy, today: date) -> OrderScope:
+    """The orders of ``bundle``, which of them are in scope, and the patient data deciding
+    them may read (minimum necessary: nothing when no order is in scope)."""
+    orders, problems, invalid_in_scope = parse_draft_orders(bundle, path)
+    draft_record = build_record({"draftOrders": bundle})
+    episodes = find_pump_episodes(orders, PatientRecord(), draft_record)
+    facts: set[str] = set()
+    for episode in episodes:
+        known = facts_settled_by_orders(episode)
+        facts |= facts_that_may_be_read(policy, known, _as_of(episode.orders, today))
+    keys = set(prefetch_keys_read(facts))
+    if episodes:
+        keys |= ALWAYS_READ
+    if any(episode.drug_order is None for episode in episodes):
+        keys.add("medicationRequests")  # a pump ordered alone takes its drug from them
+    return OrderScope(
+        bundle=bundle,
+        orders=tuple(orders),
+        problems=tuple(problems),
+        invalid_in_scope=tuple(invalid_in_scope),
+        prefetch_keys=frozenset(keys),
+        draft_record=draft_record,
+    )
 
 
 def deliberate(
     hook_request: HookRequest,
     clinical: ClinicalInput,
-    orders: list[DraftOrder],
-    order_problems: list[ResourceProblem],
+    scope: OrderScope,
     policy: Policy,
     today: date,
-    draft_bundle: Mapping[str, Any] | None = None,
 ) -> Deliberation:
-    """Decide every pump episode among ``orders`` on the patient's record."""
+    """Decide every pump episode among the orders in ``scope`` on the patient's record."""
     record = build_record(clinical.data, clinical.unavailable)
-    draft_record = build_record({"draftOrders": draft_bundle or {}})
-    episodes = find_pump_episodes(orders, record, draft_record)
+    episodes = find_pump_episodes(list(scope.orders), record, scope.draft_record)
     if episodes and not clinical.data:
         reasons = "; ".join(sorted(set(clinical.unavailable.values())))
         raise DataUnavailable(
@@ -149,6 +180,10 @@ def deliberate(
     user_id = hook_request.context.get("userId")
     user_reference = user_id if isinstance(user_id, str) else None
     deceased_on = _deceased_on(record)
+    # Data that a query failed to bring back or that came unreadable (not merely data the
+    # EHR did not send): the record adds the Bundles it cannot read to what prefetch found.
+    not_retrieved = retrieval_failures(record.unavailable)
+    facts_not_retrieved = facts_of_keys(not_retrieved, policy.facts)
     decisions, deceased = [], []
     for episode in episodes:
         as_of = _as_of(episode.orders, today)
@@ -158,7 +193,7 @@ def deliberate(
         facts = facts_for_episode(
             episode, record, policy, as_of, encounter_reference, user_reference
         )
-        decision = evaluate_policy(policy, facts, as_of)
+        decision = evaluate_policy(policy, facts, as_of, facts_not_retrieved)
         if decision is not None:
             decisions.append(EpisodeDecision(episode, decision))
     return Deliberation(
@@ -166,6 +201,7 @@ def deliberate(
         deceased=tuple(deceased),
         coverage=coverage,
         record=record,
-        problems=(*order_problems, *record.problems),
-        as_of=_as_of(orders, today),
+        problems=(*scope.problems, *record.problems),
+        invalid_in_scope=scope.invalid_in_scope,
+        not_retrieved=not_retrieved,
     )

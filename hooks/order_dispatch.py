@@ -2,21 +2,23 @@
 
 Accepts both context versions: 1.1 (``dispatchedOrders``, ``performer``,
 ``fulfillmentTasks``) and 1.0 as the CRD 2.0.1 test kit sends it (``order``,
-``performer``, ``task``). The orders are not in the context: they are read from the
-prefetch (or fetched) by reference.
+``performer``, ``task``). The orders are not in the context: they are read by reference,
+from the prefetch or from fhirServer, before anything else (they say what is decided).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import date
 from typing import Any
 
-from fhir_mappings.episodes import DraftOrder
-from hooks.decide import deliberate, parse_orders
+from coverage_policy.model import Policy
+from hooks import order_sign
+from hooks.decide import OrderScope, find_scope
 from hooks.order_sign import MAX_DRAFT_ORDERS
-from hooks.request import ClinicalInput, DataUnavailable, HookRequest
-from hooks.respond import CONFIGURATION_OPTIONS, build_response
-from hooks.service import PATIENT_PREFETCH, HookEnvironment, HookResult, ServiceDefinition
+from hooks.request import DataUnavailable, HookRequest
+from hooks.respond import CONFIGURATION_OPTIONS
+from hooks.service import PATIENT_PREFETCH, ServiceDefinition
 
 HOOK = "order-dispatch"
 
@@ -49,34 +51,16 @@ def dispatched_references(context: Mapping[str, Any]) -> list[str]:
     return [context["order"]]
 
 
-def _find_orders(references: list[str], clinical: ClinicalInput) -> dict[str, Any]:
-    """A Bundle of the dispatched orders found among the prefetch values."""
-    wanted, found = set(references), {}
-    for value in clinical.data.values():
-        candidates = (
-            [e.get("resource") for e in value.get("entry") or [] if isinstance(e, dict)]
-            if isinstance(value, dict) and value.get("resourceType") == "Bundle"
-            else [value]
-        )
-        for resource in candidates:
-            if isinstance(resource, dict):
-                reference = f"{resource.get('resourceType')}/{resource.get('id')}"
-                if reference in wanted:
-                    found[reference] = resource
-    return {
+def dispatched_order_scope(
+    request: HookRequest, read: Mapping[str, Any], policy: Policy, today: date
+) -> OrderScope:
+    """The dispatched orders, as read by reference (from the prefetch or fhirServer)."""
+    references = dispatched_references(request.context)
+    bundle = {
         "resourceType": "Bundle",
         "type": "collection",
-        "entry": [{"resource": found[r]} for r in references if r in found],
+        "entry": [{"resource": read[r]} for r in references if r in read],
     }
-
-
-def handle(
-    request: HookRequest, clinical: ClinicalInput, environment: HookEnvironment
-) -> HookResult:
-    references = dispatched_references(request.context)
-    bundle = _find_orders(references, clinical)
-    orders: list[DraftOrder]
-    orders, problems = parse_orders(bundle, "dispatchedOrders")
     if not bundle["entry"]:
         pump_related = [
             r for r in references if r.split("/")[0] in ("DeviceRequest", "MedicationRequest")
@@ -87,10 +71,7 @@ def handle(
                 "retrievable from fhirServer",
                 "context.dispatchedOrders",
             )
-    deliberation = deliberate(
-        request, clinical, orders, problems, environment.policy, environment.now.date(), bundle
-    )
-    return build_response(request, deliberation, environment, secondary_hook=False)
+    return find_scope(bundle, "dispatchedOrders", policy, today)
 
 
 SERVICE = ServiceDefinition(
@@ -107,6 +88,8 @@ SERVICE = ServiceDefinition(
     ),
     prefetch={**PATIENT_PREFETCH, "deviceRequests": "DeviceRequest?patient={{context.patientId}}"},
     context_schema=CONTEXT_SCHEMA,
-    handler=handle,
+    scope=dispatched_order_scope,
+    handler=order_sign.handle,  # dispatched orders are decided as signed ones are
+    context_reads=dispatched_references,
     configuration_options=CONFIGURATION_OPTIONS,
 )

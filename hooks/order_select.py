@@ -9,8 +9,9 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from hooks.decide import deliberate, parse_orders
+from hooks.decide import OrderScope, deliberate
 from hooks.order_sign import CONTEXT_SCHEMA as ORDER_SIGN_CONTEXT
+from hooks.order_sign import draft_order_scope
 from hooks.request import ClinicalInput, HookRequest
 from hooks.respond import CONFIGURATION_OPTIONS, build_response
 from hooks.service import (
@@ -34,13 +35,12 @@ CONTEXT_SCHEMA: dict[str, Any] = {
 
 
 def handle(
-    request: HookRequest, clinical: ClinicalInput, environment: HookEnvironment
+    request: HookRequest,
+    scope: OrderScope,
+    clinical: ClinicalInput,
+    environment: HookEnvironment,
 ) -> HookResult:
-    bundle = request.context["draftOrders"]
-    orders, problems = parse_orders(bundle, "context.draftOrders")
-    deliberation = deliberate(
-        request, clinical, orders, problems, environment.policy, environment.now.date(), bundle
-    )
+    deliberation = deliberate(request, clinical, scope, environment.policy, environment.now.date())
     selected = set(request.context["selections"])
     focused = replace(
         deliberation,
@@ -54,6 +54,7 @@ def handle(
             for e, died in deliberation.deceased
             if any(o.reference in selected for o in e.orders)
         ),
+        invalid_in_scope=tuple(o for o in deliberation.invalid_in_scope if o.reference in selected),
     )
     return build_response(request, focused, environment, secondary_hook=True)
 
@@ -71,6 +72,7 @@ SERVICE = ServiceDefinition(
     ),
     prefetch={**PATIENT_PREFETCH, **ENCOUNTER_PREFETCH},
     context_schema=CONTEXT_SCHEMA,
+    scope=draft_order_scope,
     handler=handle,
     configuration_options=CONFIGURATION_OPTIONS,
 )

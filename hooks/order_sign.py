@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from datetime import date
 from typing import Any
 
-from hooks.decide import deliberate, parse_orders
+from coverage_policy.model import Policy
+from hooks.decide import OrderScope, deliberate, find_scope
 from hooks.request import ClinicalInput, HookRequest
 from hooks.respond import CONFIGURATION_OPTIONS, build_response
 from hooks.service import (
@@ -38,14 +41,20 @@ CONTEXT_SCHEMA: dict[str, Any] = {
 }
 
 
+def draft_order_scope(
+    request: HookRequest, read: Mapping[str, Any], policy: Policy, today: date
+) -> OrderScope:
+    """The draft orders of the context (order-sign, order-select)."""
+    return find_scope(request.context["draftOrders"], "context.draftOrders", policy, today)
+
+
 def handle(
-    request: HookRequest, clinical: ClinicalInput, environment: HookEnvironment
+    request: HookRequest,
+    scope: OrderScope,
+    clinical: ClinicalInput,
+    environment: HookEnvironment,
 ) -> HookResult:
-    bundle = request.context["draftOrders"]
-    orders, problems = parse_orders(bundle, "context.draftOrders")
-    deliberation = deliberate(
-        request, clinical, orders, problems, environment.policy, environment.now.date(), bundle
-    )
+    deliberation = deliberate(request, clinical, scope, environment.policy, environment.now.date())
     return build_response(request, deliberation, environment, secondary_hook=False)
 
 
@@ -67,6 +76,7 @@ SERVICE = ServiceDefinition(
     ),
     prefetch={**PATIENT_PREFETCH, **ENCOUNTER_PREFETCH},
     context_schema=CONTEXT_SCHEMA,
+    scope=draft_order_scope,
     handler=handle,
     configuration_options=CONFIGURATION_OPTIONS,
 )

@@ -6,10 +6,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from hooks.crd_dialect import CrdDialect, crd_dialect
+
 CRD_REQUESTED_VERSION = "davinci-crd.requestedVersion"
 CRD_CONFIGURATION = "davinci-crd.configuration"
-SUPPORTED_CRD_VERSIONS = ("2.0", "2.1", "2.2")
-DEFAULT_CRD_VERSION = "2.0"
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,14 +36,13 @@ class HookRequest:
     extension: Mapping[str, Any] = field(default_factory=dict)
 
     @property
+    def crd(self) -> CrdDialect:
+        """The CRD dialect to answer in (``davinci-crd.requestedVersion``)."""
+        return crd_dialect(self.extension.get(CRD_REQUESTED_VERSION))
+
+    @property
     def crd_version(self) -> str:
-        """The CRD dialect to answer in: ``davinci-crd.requestedVersion`` major.minor."""
-        requested = self.extension.get(CRD_REQUESTED_VERSION)
-        if isinstance(requested, str):
-            major_minor = ".".join(requested.strip().split(".")[:2])
-            if major_minor in SUPPORTED_CRD_VERSIONS:
-                return major_minor
-        return DEFAULT_CRD_VERSION
+        return self.crd.version
 
     @property
     def configuration(self) -> Mapping[str, Any]:
@@ -70,6 +69,18 @@ class ClinicalInput:
     unavailable: Mapping[str, str] = field(default_factory=dict)
     fetch_seconds: float = 0.0  # time spent querying fhirServer for what was not sent
 
+    @property
+    def not_retrieved(self) -> dict[str, str]:
+        """The unavailable keys a query failed to bring back (a timeout, an error, only
+        part of the results), as opposed to those there was no way to fetch."""
+        return retrieval_failures(self.unavailable)
+
+
+def retrieval_failures(unavailable: Mapping[str, str]) -> dict[str, str]:
+    """The unavailable keys whose data was there to have but could not be had or read
+    (a failed query, a Bundle that cannot be read), as opposed to those never sent."""
+    return {k: r for k, r in unavailable.items() if r != NOT_SENT}
+
 
 # Why a prefetch key could not be had; any other reason is a technical failure.
 NOT_SENT = "not sent by the EHR and not fetched"
@@ -86,10 +97,6 @@ class RequestNotAnswerable(ValueError):
 
 class CoverageProblem(RequestNotAnswerable):
     """A CRD request without exactly one usable Coverage (CRD hook-13: HTTP 400)."""
-
-
-class InvalidOrder(RequestNotAnswerable):
-    """A pump order (or pump drug order) in the request is not valid FHIR (HTTP 400)."""
 
 
 class DataUnavailable(RequestNotAnswerable):

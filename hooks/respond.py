@@ -9,7 +9,7 @@ from hooks.cards import CardContext, build_cards, card_text
 from hooks.coverage_information import AssertionContext, coverage_system_actions
 from hooks.decide import Deliberation
 from hooks.request import HookRequest
-from hooks.service import ConfigurationOption, HookEnvironment, HookResult
+from hooks.service import ConfigurationOption, HookEnvironment, HookResult, IssuedCard
 
 # One boolean per card type the service emits, plus max-cards (CRD dev-4/5); wording is data.
 CONFIGURATION_OPTIONS = tuple(
@@ -49,27 +49,44 @@ def build_response(
 ) -> HookResult:
     policy = environment.policy
     configuration = effective_configuration(hook_request.configuration)
-    crd_version = hook_request.crd_version
     card_context = CardContext(
         policy=policy,
         payer_name=environment.payer_name,
-        crd_version=crd_version,
+        crd=hook_request.crd,
         new_uuid=environment.new_uuid,
         questionnaire_link=f"{environment.base_url}/fhir/Questionnaire/{policy.questionnaire_id}",
+        decision_page_url=environment.decision_page_url,
     )
-    response: dict[str, Any] = {
-        "cards": build_cards(deliberation, card_context, configuration, configuration["max-cards"])
-    }
+    cards = build_cards(deliberation, card_context, configuration, configuration["max-cards"])
+    response: dict[str, Any] = {"cards": [card for card, _ in cards]}
+    assertion_ids: tuple[str | None, ...] = (None,) * len(deliberation.decisions)
     if deliberation.decisions and deliberation.coverage and configuration["coverage-info"]:
         assertion = AssertionContext(
             policy=policy,
-            crd_version=crd_version,
+            crd=hook_request.crd,
             secondary_hook=secondary_hook,
             coverage=deliberation.coverage,
             assertion_id=environment.new_uuid(),
             today=environment.now.date(),
             payer_name=environment.payer_name,
-            unavailable=dict(deliberation.record.unavailable),
+            not_retrieved=deliberation.not_retrieved,
         )
-        response["systemActions"] = coverage_system_actions(deliberation.decisions, assertion)
-    return HookResult(response, deliberation.decisions)
+        response["systemActions"], assertion_ids = coverage_system_actions(
+            deliberation.decisions, assertion
+        )
+    return HookResult(
+        response,
+        deliberation.decisions,
+        assertion_ids,
+        tuple(_issued(card, position) for card, position in cards),
+    )
+
+
+def _issued(card: Mapping[str, Any], position: int | None) -> IssuedCard:
+    return IssuedCard(
+        uuid=str(card["uuid"]).lower(),
+        card_type=card["source"]["topic"]["code"],
+        indicator=card["indicator"],
+        suggestion_uuids=tuple(str(s["uuid"]).lower() for s in card.get("suggestions", ())),
+        decision=position,
+    )

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
-from hooks.request import SUPPORTED_CRD_VERSIONS
+from coverage_policy.model import Policy
+from hooks.crd_dialect import SUPPORTED_CRD_VERSIONS
+from hooks.decide import EpisodeDecision, OrderScope
 
 # Prefetch templates valid in CDS Hooks 2.0: only root-level primitive context tokens.
 # Keys are shared by every hook so a client can satisfy them once for all services.
@@ -51,9 +54,15 @@ class ConfigurationOption:
         }
 
 
+def _no_reads(context: Mapping[str, Any]) -> list[str]:
+    return []
+
+
 @dataclass(frozen=True, slots=True)
 class ServiceDefinition:
-    """One CDS service: discovery metadata, the hook context it accepts, its handler."""
+    """One CDS service: discovery metadata, the hook context it accepts, and its handler
+    in two steps: ``scope`` finds what the call asks about from the orders alone (so
+    that only the data deciding them is fetched), ``handler`` decides it."""
 
     id: str
     hook: str
@@ -62,8 +71,15 @@ class ServiceDefinition:
     usage_requirements: str
     prefetch: Mapping[str, str]
     context_schema: Mapping[str, Any]
-    handler: Callable[..., Any] = field(compare=False)
+    # (request, resources read for context_reads, policy, today) -> OrderScope
+    scope: Callable[..., OrderScope] = field(compare=False)
+    # (request, scope, clinical input, environment) -> HookResult
+    handler: Callable[..., HookResult] = field(compare=False)
     configuration_options: tuple[ConfigurationOption, ...] = ()
+    # References the context names that must be read before the scope is known.
+    context_reads: Callable[[Mapping[str, Any]], list[str]] = field(
+        default=_no_reads, compare=False
+    )
 
     def discovery_entry(self) -> dict[str, Any]:
         return {
@@ -86,16 +102,33 @@ class ServiceDefinition:
 class HookEnvironment:
     """What a handler needs besides the request: the clock, ids and deployment settings."""
 
-    now: Any  # datetime (timezone-aware), injected so responses are reproducible
+    now: datetime  # timezone-aware, injected so responses are reproducible
     new_uuid: Callable[[], str]
     payer_name: str
     base_url: str
-    policy: Any  # coverage_policy.model.Policy, loaded and checked at start-up
+    policy: Policy  # loaded and checked at start-up
+    # Where this call's decision page will be (None: no page, e.g. no audit trail).
+    decision_page_url: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedCard:
+    """A card of the response, as the audit trail and feedback know it."""
+
+    uuid: str
+    card_type: str  # the CRD response type (``source.topic.code``)
+    indicator: str
+    suggestion_uuids: tuple[str, ...]
+    decision: int | None  # index into ``HookResult.decisions``; None for a call-wide card
 
 
 @dataclass(frozen=True, slots=True)
 class HookResult:
-    """A handler's answer: the CDS Hooks response body and the decisions behind it."""
+    """A handler's answer: the CDS Hooks response body, the decisions behind it, the
+    coverage-assertion-id each decision was issued under (None when no system action
+    carries it) and the cards issued."""
 
     response: dict[str, Any]
-    decisions: tuple[Any, ...] = ()
+    decisions: tuple[EpisodeDecision, ...] = ()
+    assertion_ids: tuple[str | None, ...] = ()
+    cards: tuple[IssuedCard, ...] = ()

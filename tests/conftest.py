@@ -30,6 +30,12 @@ def sequential_uuids() -> Callable[[], str]:
     return lambda: f"00000000-0000-4000-8000-{next(counter):012d}"
 
 
+def sequential_page_tokens() -> Callable[[], str]:
+    """Deterministic decision page ids for golden responses."""
+    counter = itertools.count(1)
+    return lambda: f"decision-page-{next(counter):032d}"
+
+
 _APPS: list[Flask] = []
 
 
@@ -43,9 +49,16 @@ def make_app(config: dict[str, Any] | None = None) -> Flask:
         "AUTH": "optional",
         "PAYER_NAME": "Example Medicare Advantage Plan",
         "DATABASE_URL": "sqlite://",
+        # Tests and benchmarks call from one address many times a second.
+        "RATE_LIMIT_PER_S": 0,
         **(config or {}),
     }
-    app = create_app(settings, clock=lambda: FIXED_NOW, new_uuid=sequential_uuids())
+    app = create_app(
+        settings,
+        clock=lambda: FIXED_NOW,
+        new_uuid=sequential_uuids(),
+        new_page_token=sequential_page_tokens(),
+    )
     _APPS.append(app)
     return app
 

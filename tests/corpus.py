@@ -27,7 +27,6 @@ import csv
 import difflib
 import io
 import json
-import re
 import sys
 import uuid
 from collections import Counter
@@ -38,6 +37,8 @@ from typing import Any
 
 from flask.testing import FlaskClient
 
+from cds_service.audit import audit_for_assertion
+from cds_service.store import Store
 from hooks.coverage_information import EXTENSION_URL
 from hooks.service import PATIENT_PREFETCH
 from tests.conftest import ORDER_SIGN, SHARED, make_app
@@ -66,7 +67,6 @@ _PREFETCH_TYPES = {
 }
 # The coverage card names each deciding rule: "**Title** (RULE-ID): message", the
 # indication first, then "**Also required: Title** (RULE-ID): ..." per requirement.
-_RULE_IN_CARD = re.compile(r"^\*\*.+?\*\* \(([A-Z0-9]+(?:-[A-Z0-9]+)*)\):", re.MULTILINE)
 _HOOK_INSTANCES = uuid.UUID("6f1c2d9e-3b4a-4c5d-8e7f-0a1b2c3d4e5f")
 
 
@@ -130,13 +130,27 @@ def _hook_instance(patient_file: str, order: PumpOrder) -> str:
     return str(uuid.uuid5(_HOOK_INSTANCES, f"{patient_file}/{order.label}"))
 
 
-def _covered(action: Mapping[str, Any]) -> str | None:
+def _coverage_part(action: Mapping[str, Any], name: str) -> str | None:
     for extension in action.get("resource", {}).get("extension", []):
         if extension.get("url") == EXTENSION_URL:
             for part in extension["extension"]:
-                if part["url"] == "covered":
-                    return str(part["valueCode"])
+                if part["url"] == name:
+                    return str(part.get("valueCode") or part.get("valueString"))
     return None
+
+
+def _covered(action: Mapping[str, Any]) -> str | None:
+    return _coverage_part(action, "covered")
+
+
+def _deciding_rules(store: Store, assertion_id: str, orders: set[str]) -> str:
+    """The indication and requirement rules the audit trail recorded for the decision."""
+    for item in audit_for_assertion(store, assertion_id):
+        if set(item["orders"]) == orders:
+            kinds = ("indication", "requirement")
+            rules = [c["rule_id"] for c in item["criteria"] if c["rule_kind"] in kinds]
+            return "+".join(dict.fromkeys(rules))
+    return "-"
 
 
 def _cards_about(response: Mapping[str, Any], reference: str) -> Iterator[Mapping[str, Any]]:
@@ -152,9 +166,12 @@ def summarize_response(
     device: Mapping[str, Any],
     medication: Mapping[str, Any],
     response: Mapping[str, Any],
+    store: Store,
 ) -> SummaryRow:
-    """The rule and outcome the response gives the pump order (and its drug order)."""
+    """The rule and outcome the response gives the pump order (and its drug order), the
+    rules as the audit trail recorded them."""
     outcomes = []
+    assertion_ids = []
     for resource in (device, medication):
         for action in response.get("systemActions", []):
             target = action.get("resource", {})
@@ -163,14 +180,13 @@ def summarize_response(
                 resource["id"],
             ):
                 outcomes.append(_covered(action) or "none")
+                assertion_ids.append(_coverage_part(action, "coverage-assertion-id"))
     device_reference = f"DeviceRequest/{device['id']}"
-    rule = "-"
-    deceased = False
-    for card in _cards_about(response, device_reference):
-        rules = _RULE_IN_CARD.findall(card.get("detail", ""))
-        if rules and card["source"]["topic"]["code"] == "guideline":
-            rule = "+".join(rules)
-        deceased = deceased or "deceased" in card.get("summary", "")
+    orders = {device_reference, f"MedicationRequest/{medication['id']}"}
+    rule = next((_deciding_rules(store, a, orders) for a in assertion_ids if a), "-")
+    deceased = any(
+        "deceased" in card.get("summary", "") for card in _cards_about(response, device_reference)
+    )
     outcome = "|".join(dict.fromkeys(outcomes)) or ("deceased" if deceased else "none")
     return SummaryRow(patient_file, order.label, rule, outcome)
 
@@ -193,7 +209,8 @@ def decide_record(client: FlaskClient, path: Path) -> list[SummaryRow]:
             raise RuntimeError(f"{path.name} {order.label}: HTTP {response.status_code} {answer}")
         answer = response.get_json()
         validate_cds_response(answer)
-        rows.append(summarize_response(path.name, order, device, medication, answer))
+        store = client.application.extensions["cds_store"]
+        rows.append(summarize_response(path.name, order, device, medication, answer, store))
     return rows
 
 

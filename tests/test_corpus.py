@@ -13,14 +13,17 @@ Skipped when ``../shared/synthea-r4`` is absent.
 
 from __future__ import annotations
 
+import json
+import uuid
 from functools import cache
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
-from hooks.coverage_information import EXTENSION_URL
 from hooks.service import PATIENT_PREFETCH
+from tests.conftest import ORDER_SIGN, make_app
 from tests.corpus import (
     SUMMARY,
     SummaryRow,
@@ -32,7 +35,8 @@ from tests.corpus import (
     synthea_records,
     totals,
 )
-from tests.order_requests import PUMP_ORDERS, pump_order_resources
+from tests.hook_requests import patient_and_coverage_prefetch
+from tests.order_requests import PUMP_ORDERS, order_sign_request, pump_order_resources
 
 
 @pytest.fixture
@@ -134,35 +138,19 @@ def test_record_prefetch_fills_every_template_key() -> None:
     assert prefetch["questionnaireResponses"]["entry"] == []
 
 
-def _response(
-    device: dict[str, Any], medication: dict[str, Any], covered: str, detail: str
-) -> dict[str, Any]:
-    def action(resource: dict[str, Any]) -> dict[str, Any]:
-        extension = {"url": EXTENSION_URL, "extension": [{"url": "covered", "valueCode": covered}]}
-        return {"type": "update", "resource": {**resource, "extension": [extension]}}
-
-    card = {
-        "summary": "...",
-        "detail": detail,
-        "source": {"topic": {"code": "guideline"}},
-        "extension": {
-            "davinci-crd.associated-resource": [{"reference": f"DeviceRequest/{device['id']}"}]
-        },
-    }
-    return {"cards": [card], "systemActions": [action(device), action(medication)]}
-
-
 def test_summarize_response_reads_rules_and_outcome() -> None:
-    """The outcome from coverage-information; the indication then each requirement rule."""
+    """The outcome from coverage-information; the indication then each requirement rule,
+    as the audit trail recorded the decision."""
     order = PUMP_ORDERS[0]
     device, medication = pump_order_resources(order, "p1")
-    detail = (
-        "**External insulin pump** (EIP-CSII): text\n\n**Not met**\n- x\n\n"
-        "**Also required: Face to face** (DME-F2F): text"
+    app = make_app()
+    body = order_sign_request(
+        "p1", (device, medication), {}, "5b0b9a3c-1d2e-4f5a-8b6c-7d8e9f0a1b2c"
     )
-    row = summarize_response(
-        "a.json", order, device, medication, _response(device, medication, "conditional", detail)
-    )
+    body["prefetch"] = patient_and_coverage_prefetch("p1")
+    answer = app.test_client().post(ORDER_SIGN, json=body).get_json()
+    store = app.extensions["cds_store"]
+    row = summarize_response("a.json", order, device, medication, answer, store)
     assert row == SummaryRow("a.json", order.label, "EIP-CSII+DME-F2F", "conditional")
 
 
@@ -178,9 +166,10 @@ def test_summarize_response_without_decision() -> None:
             "davinci-crd.associated-resource": [{"reference": f"DeviceRequest/{device['id']}"}]
         },
     }
-    deceased = summarize_response("a.json", order, device, medication, {"cards": [card]})
+    store = make_app().extensions["cds_store"]
+    deceased = summarize_response("a.json", order, device, medication, {"cards": [card]}, store)
     assert (deceased.rule, deceased.outcome) == ("-", "deceased")
-    nothing = summarize_response("a.json", order, device, medication, {"cards": []})
+    nothing = summarize_response("a.json", order, device, medication, {"cards": []}, store)
     assert (nothing.rule, nothing.outcome) == ("-", "none")
 
 
@@ -201,3 +190,31 @@ def test_summary_totals_and_diff() -> None:
     diff = summary_diff(text, changed)
     assert "-b.json\tE0784+insulin\tEIP-CSII\tconditional" in diff
     assert "+b.json\tE0784+insulin\tEIP-CSII\tcovered" in diff
+
+
+def test_a_synthea_defibrillator_implantation_contraindicates_an_implanted_pump(
+    shared_dir: Path,
+) -> None:
+    """The Synthea record whose only trace of a defibrillator is the Procedure that
+    implanted it (SNOMED CT 447365002, 2016): an implantable baclofen pump is not covered,
+    and the card names that Procedure."""
+    path = shared_dir / "synthea-r4" / "control__Adolfo_Marquardt__50635536.json"
+    bundle = json.loads(path.read_text(encoding="utf-8"))
+    patient_id, prefetch = record_prefetch(bundle)
+    order = next(o for o in PUMP_ORDERS if o.label == "E0783+baclofen intrathecal")
+    device, medication = pump_order_resources(order, patient_id)
+    body = order_sign_request(patient_id, (device, medication), prefetch, str(uuid.uuid4()))
+    app = make_app()
+    response = app.test_client().post(ORDER_SIGN, json=body)
+    assert response.status_code == 200
+    answer = response.get_json()
+    store = app.extensions["cds_store"]
+    row = summarize_response(path.name, order, device, medication, answer, store)
+    assert row.outcome == "not-covered"
+    guideline = next(c for c in answer["cards"] if c["source"]["topic"]["code"] == "guideline")
+    assert "**Against coverage**" in guideline["detail"]
+    # The audit trail (and so the decision page) names the Procedure as the evidence.
+    page = urlsplit(guideline["links"][0]["url"]).path
+    assert "Procedure/23cdafbd-65e1-4948-98a6-e239cc924607" in app.test_client().get(page).get_data(
+        as_text=True
+    )

@@ -20,7 +20,6 @@ from cds_service.store import Store
 from cds_service.tables import criterion_result, decision, issued_card, metadata, service_call
 from hooks.coverage_information import EXTENSION_URL
 from hooks.request import HookRequest
-from hooks.service import HookResult
 from tests.cds_service.hook_requests import (
     CONDITION_NOTE,
     INSULIN_PUMP,
@@ -291,15 +290,51 @@ def test_recording_resumes_when_the_database_comes_back(
             server.drop_database(url)
 
 
-def test_cards_without_uuid_cannot_get_feedback_and_are_not_recorded() -> None:
-    request = HookRequest(hook="order-sign", hook_instance="h", context={}, prefetch={})
-    result = HookResult({"cards": [{"summary": "no uuid", "indicator": "info"}]}, ())
+def test_issued_cards_are_the_response_cards_with_the_decision_each_is_about(
+    service: Flask,
+) -> None:
+    """The hook hands over every card it issued; none is read back from the response."""
+    from hooks import SERVICES
+    from hooks.request import ClinicalInput
+    from hooks.service import HookEnvironment
+
+    body = order_sign_request(INSULIN_PUMP)
+    request = HookRequest(
+        hook="order-sign",
+        hook_instance=body["hookInstance"],
+        context=body["context"],
+        prefetch=body["prefetch"],
+    )
+    environment = HookEnvironment(
+        now=FIXED_NOW,
+        new_uuid=service.extensions["cds_new_uuid"],
+        payer_name="Plan",
+        base_url="https://cds.example.org",
+        policy=service.extensions["cds_policy"],
+    )
+    order_sign = SERVICES["infusion-pump-coverage-order-sign"]
+    scope = order_sign.scope(request, {}, environment.policy, FIXED_NOW.date())
+    clinical = ClinicalInput(data=body["prefetch"])
+    result = order_sign.handler(request, scope, clinical, environment)
+    cards = result.response["cards"]
+    assert [c.uuid for c in result.cards] == [c["uuid"] for c in cards]
+    assert [c.card_type for c in result.cards] == [c["source"]["topic"]["code"] for c in cards]
+    for issued, card in zip(result.cards, cards, strict=True):
+        assert issued.decision is not None
+        decided = result.decisions[issued.decision]
+        assert {o.reference for o in decided.episode.orders} == {
+            a["reference"] for a in card["extension"]["davinci-crd.associated-resource"]
+        }
     record = build_audit_record(
-        service_id="s",
+        service_id=order_sign.id,
         hook_request=request,
         client_iss=None,
         result=result,
         timings=CallTimings(0, 0, 0, 0),
         recorded_at=FIXED_NOW,
     )
-    assert record.cards == ()
+    assert [c.card_uuid for c in record.cards] == [c["uuid"] for c in cards]
+    (assertion_id,) = set(result.assertion_ids)
+    assert [d.coverage_assertion_id for d in record.decisions] == [assertion_id] * len(
+        result.decisions
+    )

@@ -18,6 +18,7 @@ from typing import Any
 
 import jwt
 import pytest
+import requests
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from flask import Flask
@@ -33,6 +34,7 @@ from cds_service.config import ConfigError, load_settings
 from tests.conftest import ORDER_SIGN, make_app
 from tests.hook_requests import order_sign_request, patient_and_coverage_prefetch
 from tests.misbehaving_fhir_server import MisbehavingFhirServer
+from tests.served_process import ServedProcess, free_port
 
 ISSUER = "https://ehr.example.org"
 OTHER_ISSUER = "https://other-ehr.example.net"
@@ -158,7 +160,10 @@ def auth_app(issuers: dict[str, Any], **settings: Any) -> Flask:
 def app_with_inline_keys(keys: Keys, jwks_server: JwksServer) -> Flask:
     """Auth required; the trusted issuer's keys inline, one jku allowlisted."""
     jwks_server.sets["/allowed-jwks"] = {"keys": [keys.es384.public_jwk]}
-    jwks_server.sets["/attacker-jwks"] = {"keys": [keys.attacker.public_jwk]}
+    attacker_only = SigningKey("attacker-1", "ES384", keys.attacker.private_key)
+    jwks_server.sets["/attacker-jwks"] = {
+        "keys": [keys.attacker.public_jwk, attacker_only.public_jwk]
+    }
     issuers = {
         ISSUER: {
             "jwks": {"keys": [keys.es384.public_jwk, keys.rs384.public_jwk]},
@@ -286,9 +291,15 @@ ATTACKS: dict[str, tuple[Attack, str]] = {
         lambda k, s: sign(k.es384, claims(iss=OTHER_ISSUER)),
         "unknown kid",
     ),
-    "jku not allowlisted": (
+    "jku not allowlisted, trusted kid": (
         lambda k, s: sign(k.attacker, jku=s.url("/attacker-jwks")),
-        "jku not on the issuer's allowlist",
+        "InvalidSignatureError",
+    ),
+    "jku not allowlisted, kid only there": (
+        lambda k, s: sign(
+            SigningKey("attacker-1", "ES384", k.attacker.private_key), jku=s.url("/attacker-jwks")
+        ),
+        "unknown kid",
     ),
     "missing jti": (lambda k, s: sign(k.es384, claims(jti=None)), "MissingRequiredClaimError"),
     "missing exp": (lambda k, s: sign(k.es384, claims(exp=None)), "MissingRequiredClaimError"),
@@ -629,3 +640,168 @@ def test_numeric_string_iat_is_refused_not_500(app_with_inline_keys: Flask, keys
     response = call(app_with_inline_keys.test_client(), token)
     assert response.status_code == 401
     assert response.headers["WWW-Authenticate"] == "Bearer"
+
+
+# --- the CDS Hooks sandbox ------------------------------------------------------------
+# The public sandbox (github.com/cds-hooks/sandbox, src/retrieve-data-helpers/
+# jwt-generator.js) signs every call with ES384 and the header
+# {"alg": "ES384", "typ": "JWT", "kid": SANDBOX_KID, "jku": SANDBOX_JKU}; its claims are
+# iss, aud (the service URL called), exp = iat + 300, iat and jti. It publishes the P-384
+# public key under that kid at SANDBOX_JKU. These tests sign with a key of their own
+# under the same kid and serve it from loopback as the issuer's configured jwks_url: the
+# token's jku (the sandbox's public URL) is not on any allowlist and must never be fetched.
+
+SANDBOX_ISSUER = "https://sandbox.cds-hooks.org"
+SANDBOX_KID = "44823f3d-0b01-4a6c-a80e-b9d3e8a7226f"
+SANDBOX_JKU = "https://sandbox.cds-hooks.org/.well-known/jwks.json"
+
+
+@pytest.fixture(scope="module")
+def sandbox_key() -> SigningKey:
+    """A P-384 key under the sandbox's kid (the sandbox's own private key is not ours)."""
+    return SigningKey(SANDBOX_KID, "ES384", ec.generate_private_key(ec.SECP384R1()))
+
+
+def sandbox_token(key: SigningKey, aud: str = ENDPOINT, jku: str = SANDBOX_JKU) -> str:
+    """A token of exactly the sandbox's shape: its header fields in its order, its claims."""
+    now = int(time.time())
+    payload = {
+        "iss": SANDBOX_ISSUER,
+        "aud": aud,
+        "exp": now + 300,
+        "iat": now,
+        "jti": str(uuid.uuid4()),
+    }
+    header = {"alg": "ES384", "typ": "JWT", "kid": key.kid, "jku": jku}
+    return jwt.encode(payload, key.private_key, algorithm="ES384", headers=header)
+
+
+def test_sandbox_token_verifies_with_its_issuers_jwks_url(
+    sandbox_key: SigningKey, jwks_server: JwksServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    jwks_server.sets["/.well-known/jwks.json"] = {"keys": [sandbox_key.public_jwk]}
+    app = auth_app({SANDBOX_ISSUER: {"jwks_url": jwks_server.url("/.well-known/jwks.json")}})
+    client = app.test_client()
+    caplog.set_level(logging.INFO, logger="cds_service.auth")
+    for _ in range(2):
+        response = call(client, sandbox_token(sandbox_key))
+        assert response.status_code == 200, response.json
+        assert response.json["cards"]
+    assert jwks_server.fetches == {"/.well-known/jwks.json": 1}
+    assert not [r for r in caplog.records if r.name == "cds_service.auth"]
+
+
+def test_sandbox_token_verifies_with_its_issuers_inline_keys(sandbox_key: SigningKey) -> None:
+    app = auth_app({SANDBOX_ISSUER: {"jwks": {"keys": [sandbox_key.public_jwk]}}})
+    assert call(app.test_client(), sandbox_token(sandbox_key)).status_code == 200
+
+
+def test_sandbox_jku_equal_to_the_configured_jwks_url_is_that_url(
+    sandbox_key: SigningKey, jwks_server: JwksServer
+) -> None:
+    """Configured as the README says (jwks_url = the sandbox's jku): one fetch, accepted."""
+    url = jwks_server.url("/.well-known/jwks.json")
+    jwks_server.sets["/.well-known/jwks.json"] = {"keys": [sandbox_key.public_jwk]}
+    app = auth_app({SANDBOX_ISSUER: {"jwks_url": url}})
+    assert call(app.test_client(), sandbox_token(sandbox_key, jku=url)).status_code == 200
+    assert jwks_server.fetches == {"/.well-known/jwks.json": 1}
+
+
+def test_sandbox_token_for_another_endpoint_or_another_key_is_refused(
+    sandbox_key: SigningKey, keys: Keys
+) -> None:
+    app = auth_app({SANDBOX_ISSUER: {"jwks": {"keys": [sandbox_key.public_jwk]}}})
+    client = app.test_client()
+    other_service = f"{PUBLIC_URL}/cds-services/infusion-pump-coverage-order-select"
+    assert call(client, sandbox_token(sandbox_key, aud=other_service)).status_code == 401
+    impostor = SigningKey(SANDBOX_KID, "ES384", keys.attacker.private_key)
+    assert call(client, sandbox_token(impostor)).status_code == 401
+
+
+def test_listing_a_jku_keeps_the_configured_keys(
+    keys: Keys, sandbox_key: SigningKey, jwks_server: JwksServer
+) -> None:
+    """An issuer with a jku allowlist and configured keys: tokens naming another jku, no
+    jku, or an allowlisted jku whose set lacks the kid, all find the kid configured."""
+    jwks_server.sets["/listed"] = {"keys": [keys.rs384.public_jwk]}
+    jwks_server.sets["/configured"] = {"keys": [sandbox_key.public_jwk]}
+    app = auth_app(
+        {
+            SANDBOX_ISSUER: {
+                "jwks_url": jwks_server.url("/configured"),
+                "jku": [jwks_server.url("/listed"), jwks_server.url("/down")],
+            }
+        }
+    )
+    client = app.test_client()
+    assert call(client, sandbox_token(sandbox_key)).status_code == 200
+    assert (
+        call(client, sandbox_token(sandbox_key, jku=jwks_server.url("/listed"))).status_code == 200
+    )
+    assert call(client, sandbox_token(sandbox_key, jku=jwks_server.url("/down"))).status_code == 200
+    no_jku = sign(sandbox_key, claims(iss=SANDBOX_ISSUER))
+    assert call(client, no_jku).status_code == 200
+    rs384 = sign(keys.rs384, claims(iss=SANDBOX_ISSUER), jku=jwks_server.url("/listed"))
+    assert call(client, rs384).status_code == 200  # the listed jku still supplies its keys
+    assert jwks_server.fetches["/configured"] == 1
+
+
+def test_only_an_unlisted_jku_and_no_configured_keys_is_refused(
+    sandbox_key: SigningKey, jwks_server: JwksServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    jwks_server.sets["/.well-known/jwks.json"] = {"keys": [sandbox_key.public_jwk]}
+    app = auth_app({SANDBOX_ISSUER: {"jku": [jwks_server.url("/listed")]}})
+    caplog.set_level(logging.INFO, logger="cds_service.auth")
+    token = sandbox_token(sandbox_key, jku=jwks_server.url("/.well-known/jwks.json"))
+    assert call(app.test_client(), token).status_code == 401
+    assert jwks_server.fetches == {}
+    assert "issuer has no keys for this token" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        {"jku": "https://sandbox.cds-hooks.org/.well-known/jwks.json"},
+        {"jwks_url": ["https://sandbox.cds-hooks.org/.well-known/jwks.json"]},
+        {"jwks": [{"kty": "EC"}]},
+    ],
+)
+def test_issuer_key_source_of_the_wrong_shape_is_refused_at_start(entry: dict[str, Any]) -> None:
+    """A jku given as one string would be matched as a substring: refused, not guessed."""
+    with pytest.raises(ConfigError):
+        load_settings({"TRUSTED_ISSUERS": {SANDBOX_ISSUER: entry}}, environ={})
+
+
+def test_served_service_accepts_the_sandbox_with_auth_required(
+    sandbox_key: SigningKey, jwks_server: JwksServer, tmp_path: Path
+) -> None:
+    """``infusion-pump-cds serve`` configured as the README says for the sandbox (with the
+    JWKS on loopback), called over HTTP with a sandbox-shaped token: decided; unsigned: 401."""
+    jwks_server.sets["/.well-known/jwks.json"] = {"keys": [sandbox_key.public_jwk]}
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = {
+        "CDS_AUTH": "required",
+        "CDS_PUBLIC_URL": base,
+        "CDS_TRUSTED_ISSUERS": json.dumps(
+            {SANDBOX_ISSUER: {"jwks_url": jwks_server.url("/.well-known/jwks.json")}}
+        ),
+        "CDS_DATABASE_URL": f"sqlite:///{tmp_path / 'audit.sqlite3'}",
+    }
+    process = ServedProcess(env, port=port).start()
+    try:
+        body = order_sign_request("p1", prefetch=patient_and_coverage_prefetch("p1"))
+        token = sandbox_token(sandbox_key, aud=f"{base}{ORDER_SIGN}")
+        signed = requests.post(
+            f"{base}{ORDER_SIGN}",
+            json=body,
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=10,
+        )
+        assert signed.status_code == 200, signed.text
+        assert signed.json()["cards"]
+        unsigned = requests.post(f"{base}{ORDER_SIGN}", json=body, timeout=10)
+        assert unsigned.status_code == 401
+        assert jwks_server.fetches == {"/.well-known/jwks.json": 1}
+    finally:
+        process.stop()

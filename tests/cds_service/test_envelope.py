@@ -106,7 +106,22 @@ def test_operation_outcome_prefetch_is_named_as_not_retrieved(
 ) -> None:
     sign_body["prefetch"]["conditions"] = {"resourceType": "OperationOutcome", "issue": []}
     card = _post(client, sign_body).json["cards"][0]
-    assert "conditions (the EHR reported an error for this query)" in card["detail"]
+    first_line = card["detail"].splitlines()[0]
+    assert "diagnoses" in first_line
+    assert "the EHR reported an error for this query" in first_line
+
+
+def test_unreadable_prefetch_bundle_is_not_checked_and_not_asked_for(
+    client: FlaskClient, sign_body: dict[str, Any]
+) -> None:
+    """A Bundle whose entry is not a list hides what it holds: its data is "not checked"
+    with the reason, as for a failed query, and never asked to be documented."""
+    sign_body["prefetch"]["conditions"] = {"resourceType": "Bundle", "entry": {"x": 1}}
+    cards = _post(client, sign_body).json["cards"]
+    first_line = cards[0]["detail"].splitlines()[0]
+    assert "diagnoses" in first_line
+    assert "a Bundle whose entry is not a list" in first_line
+    assert not any(c["summary"].startswith("Document before signing") for c in cards)
 
 
 def test_invalid_resource_is_left_out_and_named(
@@ -155,17 +170,110 @@ def test_invalid_order_of_something_else_is_left_out(
     )
 
 
-@pytest.mark.parametrize("entry", [0, 1])
-def test_invalid_pump_or_pump_drug_order_is_400_naming_it(
-    client: FlaskClient, sign_body: dict[str, Any], entry: int
+@pytest.mark.parametrize(("entry", "decided"), [(0, "medreq-lispro-pump"), (1, "devreq-e0784")])
+def test_invalid_pump_or_pump_drug_order_gets_a_warning_card_and_the_rest_is_decided(
+    client: FlaskClient, sign_body: dict[str, Any], entry: int, decided: str
 ) -> None:
-    """The order the request asks about cannot be left out: the answer says where it is wrong."""
-    sign_body["context"]["draftOrders"]["entry"][entry]["resource"]["authoredOn"] = "28/11/2026"
+    """An in-scope order that is not valid FHIR is named with what is wrong and not
+    decided (an update cannot carry an invalid resource); the other order still is."""
+    invalid = sign_body["context"]["draftOrders"]["entry"][entry]["resource"]
+    invalid["authoredOn"] = "28/11/2026"
     response = _post(client, sign_body)
-    assert response.status_code == 400
-    (issue,) = response.json["issue"]
-    assert issue["expression"] == [f"context.draftOrders.entry[{entry}]"]
-    assert "authoredOn" in issue["diagnostics"]
+    assert response.status_code == 200
+    warnings = [c for c in response.json["cards"] if "not valid FHIR" in c["summary"]]
+    (card,) = warnings
+    reference = f"{invalid['resourceType']}/{invalid['id']}"
+    assert card["indicator"] == "warning"
+    assert reference in card["detail"]
+    assert "authoredOn" in card["detail"]
+    assert card["extension"]["davinci-crd.associated-resource"] == [{"reference": reference}]
+    updated = [a["resource"]["id"] for a in response.json["systemActions"]]
+    assert updated == [decided]
+
+
+# The CDS Hooks sandbox's Rx Sign: MedicationRequests whose category is an object, not
+# the array R4 requires, for drugs the policy names but not given by pump.
+SANDBOX_ORAL_ORDERS = [
+    ("vancomycin", "1807516", "vancomycin 125 MG Oral Capsule"),
+    ("morphine", "892494", "morphine sulfate 15 MG Oral Tablet"),
+    ("baclofen", "197391", "baclofen 10 MG Oral Tablet"),
+    ("acetaminophen", "313782", "acetaminophen 325 MG Oral Tablet"),
+]
+
+
+def _sandbox_rx_sign(code: str, display: str) -> dict[str, Any]:
+    return {
+        "hook": "order-sign",
+        "hookInstance": "3a1c2f4e-8b1d-4c55-9d0e-6f8a1b2c3d4e",
+        "context": {
+            "userId": "Practitioner/COREPRACTITIONER1",
+            "patientId": "smart-1288992",
+            "draftOrders": {
+                "resourceType": "Bundle",
+                "entry": [
+                    {
+                        "resource": {
+                            "resourceType": "MedicationRequest",
+                            "id": "request-123",
+                            "status": "draft",
+                            "intent": "order",
+                            "category": {
+                                "coding": [
+                                    {
+                                        "system": "http://terminology.hl7.org/CodeSystem/"
+                                        "medicationrequest-category",
+                                        "code": "outpatient",
+                                    }
+                                ]
+                            },
+                            "medicationCodeableConcept": {
+                                "text": display,
+                                "coding": [
+                                    {
+                                        "display": display,
+                                        "system": "http://www.nlm.nih.gov/research/umls/rxnorm",
+                                        "code": code,
+                                    }
+                                ],
+                            },
+                            "subject": {"reference": "Patient/smart-1288992"},
+                            "dosageInstruction": [
+                                {
+                                    "text": "1 tablet by mouth daily",
+                                    "timing": {"repeat": {"frequency": 1, "period": 1}},
+                                    "route": {"text": "oral"},
+                                }
+                            ],
+                        }
+                    }
+                ],
+            },
+        },
+    }
+
+
+@pytest.mark.parametrize(("name", "code", "display"), SANDBOX_ORAL_ORDERS)
+def test_an_invalid_order_out_of_scope_never_fails_the_call(
+    client: FlaskClient, name: str, code: str, display: str
+) -> None:
+    response = _post(client, _sandbox_rx_sign(code, display))
+    assert response.status_code == 200, response.json
+    assert response.json == {"cards": []}
+
+
+def test_an_invalid_pump_drug_order_whose_dosage_says_pump_is_in_scope(
+    client: FlaskClient,
+) -> None:
+    body = _sandbox_rx_sign("1807516", "vancomycin 1 G Injection")
+    dosage = body["context"]["draftOrders"]["entry"][0]["resource"]["dosageInstruction"][0]
+    dosage.update(text="1 g IV every 12 hours by infusion pump", route={"text": "intravenous"})
+    response = _post(client, body)
+    assert response.status_code == 200
+    (card,) = response.json["cards"]
+    assert card["summary"].startswith("Vancomycin by infusion pump order: not decided")
+    assert "MedicationRequest/request-123" in card["detail"]
+    assert "category" in card["detail"]
+    assert "systemActions" not in response.json
 
 
 def test_order_select_requires_selections(client: FlaskClient, sign_body: dict[str, Any]) -> None:
@@ -228,18 +336,33 @@ def test_deeply_nested_json_is_400_not_500(client: FlaskClient) -> None:
     assert "nests JSON too deeply" in response.json["issue"][0]["diagnostics"]
 
 
-def test_deeply_nested_resource_is_left_out_not_500(
+def test_deeply_nested_unread_element_is_not_looked_at(
     client: FlaskClient, sign_body: dict[str, Any]
 ) -> None:
+    """Extensions are not read by any fact: nesting them deeply changes nothing."""
     nested: dict[str, Any] = {"url": "http://example.org/x", "valueString": "leaf"}
     for _ in range(400):
         nested = {"url": "http://example.org/x", "extension": [nested]}
     sign_body["prefetch"]["conditions"]["entry"][0]["resource"]["extension"] = [nested]
     response = _post(client, sign_body)
     assert response.status_code == 200
+    assert "Condition/cond-t1dm" not in response.json["cards"][0]["detail"]
+
+
+def test_deeply_nested_read_element_is_left_out_not_500(
+    client: FlaskClient, sign_body: dict[str, Any]
+) -> None:
+    """QuestionnaireResponse items nested deeper than the reader follows: left out, named."""
+    item: dict[str, Any] = {"linkId": "leaf"}
+    for _ in range(100):
+        item = {"linkId": "x", "item": [item]}
+    sign_body["prefetch"]["questionnaireResponses"]["entry"][0]["resource"]["item"] = [item]
+    response = _post(client, sign_body)
+    assert response.status_code == 200
     assert "nested too deeply" not in response.get_data(as_text=True)  # named, not detailed
     assert (
-        "Condition/cond-t1dm at prefetch.conditions.entry[0]" in response.json["cards"][0]["detail"]
+        "QuestionnaireResponse/qr-csii at prefetch.questionnaireResponses.entry[0]"
+        in response.json["cards"][0]["detail"]
     )
 
 

@@ -157,10 +157,12 @@ def test_documentation_card_link_resolves(
     status, questionnaire = _fhir(client, urlsplit(link).path)
     assert status == 200
     assert questionnaire["resourceType"] == "Questionnaire"
+    policy = app.extensions["cds_policy"]
     asked = {
-        d.id
-        for d in app.extensions["cds_policy"].documentation.values()
-        if f"`{d.id}`" in card["detail"]
+        item
+        for criterion in policy.criteria.values()
+        if f"- {criterion.text}" in card["detail"]
+        for item in criterion.documentation
     }
     assert asked
     assert asked <= {item["linkId"] for item in questionnaire["item"]}

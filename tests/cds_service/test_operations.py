@@ -4,10 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,19 +16,13 @@ from prometheus_client import REGISTRY
 
 from cds_service.config import ConfigError
 from cds_service.operations import JsonLogFormatter, fhir_failure_code, jwt_refusal_code
-from hooks.service import PATIENT_PREFETCH
 from tests.conftest import FIXTURES, ORDER_SIGN, load_json, make_app
 from tests.hook_requests import order_sign_request
 from tests.misbehaving_fhir_server import MisbehavingFhirServer
+from tests.served_process import ServedProcess, free_port
 
 COVERED = FIXTURES / "requests" / "order-sign__e0784-insulin__covered.json"
 SERVICE_ID = "infusion-pump-coverage-order-sign"
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def _value(name: str, **labels: str) -> float:
@@ -41,7 +31,7 @@ def _value(name: str, **labels: str) -> float:
 
 def _down_database_url() -> str:
     """A PostgreSQL URL where nothing listens: connections are refused at once."""
-    return f"postgresql://cds@127.0.0.1:{_free_port()}/cds"
+    return f"postgresql://cds@127.0.0.1:{free_port()}/cds"
 
 
 def test_healthz(client: FlaskClient) -> None:
@@ -133,8 +123,11 @@ def test_metrics_count_fhir_fetch_failures(fhir_faults: MisbehavingFhirServer) -
     refused = _value("cds_fhir_fetch_failures_total", reason="refused")
     not_allowed = _value("cds_fhir_fetch_failures_total", reason="not_allowed")
     body = order_sign_request("p1", fhir_server=fhir_faults.base("status-401"))
+    seen_before = len(fhir_faults.requests_seen)
     assert client.post(ORDER_SIGN, json=body).status_code == 412
-    queries = len(PATIENT_PREFETCH)  # no encounterId: the encounter key is not fetched
+    # One refusal per query the decision needed (only the keys its rules can read).
+    queries = len(fhir_faults.requests_seen) - seen_before
+    assert queries > 0
     assert _value("cds_fhir_fetch_failures_total", reason="refused") == refused + queries
     strict = make_app({}).test_client()  # no FHIR server allowed
     assert strict.post(ORDER_SIGN, json=body).status_code == 412
@@ -236,38 +229,19 @@ def test_json_log_lines_carry_the_hook_instance(
 def served_workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     """``serve --workers 3`` with JSON logs; its base URL and the file its stderr goes to."""
     folder = tmp_path_factory.mktemp("workers")
-    port = _free_port()
     env = {
-        **os.environ,
         "CDS_AUTH": "optional",
         "CDS_DATABASE_URL": f"sqlite:///{folder / 'audit.sqlite3'}",
         "CDS_LOG_FORMAT": "json",
     }
-    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     log = folder / "stderr.log"
-    command = [sys.executable, "-m", "cds_service.cli", "serve", "--host", "127.0.0.1"]
-    with log.open("wb") as stderr:
-        process = subprocess.Popen(
-            [*command, "--port", str(port), "--workers", "3"],
-            env=env,
-            stdout=stderr,
-            stderr=stderr,
-        )
-    base = f"http://127.0.0.1:{port}"
+    served = ServedProcess(
+        env, workers=3, log_path=log, unset=("PROMETHEUS_MULTIPROC_DIR",)
+    ).start()
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                requests.get(f"{base}/healthz", timeout=1)
-                break
-            except requests.ConnectionError:
-                if time.monotonic() > deadline or process.poll() is not None:
-                    pytest.fail("infusion-pump-cds serve did not start: " + log.read_text())
-                time.sleep(0.2)
-        yield base, log
+        yield served.base, log
     finally:
-        process.terminate()
-        process.wait(timeout=20)
+        served.stop()
 
 
 def _sample(text: str, prefix: str) -> float:

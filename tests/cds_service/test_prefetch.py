@@ -23,6 +23,7 @@ from cds_service.fhir_client import (
 from cds_service.prefetch import (
     EHR_REPORTED_ERROR,
     ONLY_FIRST_PAGE,
+    read_context_resources,
     render_template,
     resolve_prefetch,
 )
@@ -291,17 +292,17 @@ def test_dispatched_orders_missing_from_prefetch_are_read_by_reference(
             "entry": [{"resource": {"resourceType": "MedicationRequest", "id": "mr-1"}}],
         }
     }
-    clinical = resolve_prefetch(
+    read = read_context_resources(
         DISPATCH_SERVICE,
         _hook_request(
             prefetch, fhir_server=fhir_faults.base("ok"), context=context, hook="order-dispatch"
         ),
         _settings(),
     )
-    orders = clinical.data["dispatchedOrders"]
-    assert [e["resource"]["id"] for e in orders["entry"]] == ["dr-1"]
-    reads = sorted(s.path for s in fhir_faults.requests_seen if "?" not in s.path)
-    assert reads == ["/ok/fhir/DeviceRequest/dr-1", "/ok/fhir/Patient/p1"]
+    assert sorted(read) == ["DeviceRequest/dr-1", "MedicationRequest/mr-1"]
+    assert read["MedicationRequest/mr-1"] is prefetch["medicationRequests"]["entry"][0]["resource"]
+    # Only what the prefetch lacks is read, and nothing else.
+    assert [s.path for s in fhir_faults.requests_seen] == ["/ok/fhir/DeviceRequest/dr-1"]
 
 
 # --- faults -----------------------------------------------------------------------------
@@ -343,9 +344,18 @@ def test_failing_fhir_server_leaves_keys_unavailable_in_time(
     elapsed = time.monotonic() - started
     assert response.status_code == 200, response.json
     assert elapsed < DEADLINE_S + MARGIN_S, f"{behaviour}: answered after {elapsed:.2f} s"
-    details = " ".join(card.get("detail", "") for card in response.json["cards"])
-    for key in ("conditions", "observations", "medicationRequests"):
-        assert f"{key} ({reason})" in details
+    coverage = next(
+        c for c in response.json["cards"] if c["source"]["topic"]["code"] == "guideline"
+    )
+    first_line = coverage["detail"].splitlines()[0]
+    # Said first, in clinical words: what could not be retrieved, why, and that it is provisional.
+    assert first_line.startswith("**Provisional**")
+    assert reason in first_line
+    for words in ("diagnoses", "lab results", "medication orders"):
+        assert words in first_line
+    assert "Diagnosis of diabetes mellitus" not in " ".join(
+        c["detail"] for c in response.json["cards"] if c["source"]["topic"]["code"] == "claim"
+    )
     # A technical failure makes a CRD 2.2 answer indeterminate, never a guess.
     assert set(covered_codes(response.json)) == {"indeterminate"}
     assert elsewhere.requests_seen == []
@@ -418,3 +428,44 @@ def test_paginated_prefetch_that_cannot_be_completed_is_unavailable(
         ORDER_SIGN_SERVICE, _hook_request(offsite, fhir_server=fhir_faults.base("ok")), _settings()
     )
     assert elsewhere.unavailable["conditions"] == NOT_ALLOWED
+
+
+# --- minimum necessary ------------------------------------------------------------------
+
+
+def test_a_call_that_decides_nothing_fetches_nothing(
+    fault_client: FlaskClient, fhir_faults: MisbehavingFhirServer
+) -> None:
+    """An acetaminophen order with a token and no prefetch: no query of the record."""
+    body = order_sign_request("p1", fhir_server=fhir_faults.base("ok"))
+    body["context"]["draftOrders"]["entry"] = [
+        {
+            "resource": {
+                "resourceType": "MedicationRequest",
+                "id": "mr-apap",
+                "status": "draft",
+                "intent": "order",
+                "subject": {"reference": "Patient/p1"},
+                "medicationCodeableConcept": {"text": "acetaminophen 325 MG Oral Tablet"},
+            }
+        }
+    ]
+    response = fault_client.post(ORDER_SIGN, json=body)
+    assert response.status_code == 200
+    assert response.json == {"cards": []}
+    assert fhir_faults.requests_seen == []
+
+
+def test_only_the_keys_the_decision_reads_are_fetched(
+    fault_client: FlaskClient, fhir_faults: MisbehavingFhirServer
+) -> None:
+    body = order_sign_request("p1", fhir_server=fhir_faults.base("ok"))
+    response = fault_client.post(ORDER_SIGN, json=body)
+    assert response.status_code == 200
+    queried = {
+        s.path.split("/fhir/")[1].split("?")[0].split("/")[0] for s in fhir_faults.requests_seen
+    }
+    # An insulin pump's decision reads no allergies, devices or procedures.
+    assert "AllergyIntolerance" not in queried
+    assert "Procedure" not in queried
+    assert {"Patient", "Coverage", "Condition", "Observation"} <= queried

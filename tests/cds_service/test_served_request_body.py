@@ -6,11 +6,7 @@ The Flask test client never produces a malformed chunked encoding; a real client
 from __future__ import annotations
 
 import json
-import os
 import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,45 +14,21 @@ import pytest
 import requests
 
 from tests.conftest import FIXTURES, ORDER_SIGN
+from tests.served_process import ServedProcess
 
-START_TIMEOUT_S = 30
 SIGN_FIXTURE = FIXTURES / "requests" / "order-sign__e0784-insulin__covered.json"
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The service under ``serve`` (one worker, unsigned calls accepted); its base URL."""
-    port = _free_port()
     database = tmp_path_factory.mktemp("served") / "audit.sqlite3"
-    env = {**os.environ, "CDS_AUTH": "optional", "CDS_DATABASE_URL": f"sqlite:///{database}"}
-    command = [sys.executable, "-m", "cds_service.cli", "serve", "--host", "127.0.0.1"]
-    process = subprocess.Popen(
-        [*command, "--port", str(port), "--workers", "1"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    base = f"http://127.0.0.1:{port}"
+    env = {"CDS_AUTH": "optional", "CDS_DATABASE_URL": f"sqlite:///{database}"}
+    process = ServedProcess(env, workers=1).start()
     try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            try:
-                requests.get(f"{base}/cds-services", timeout=1)
-                break
-            except requests.ConnectionError:
-                if time.monotonic() > deadline or process.poll() is not None:
-                    pytest.fail("infusion-pump-cds serve did not start")
-                time.sleep(0.2)
-        yield base
+        yield process.base
     finally:
-        process.terminate()
-        process.wait(timeout=10)
+        process.stop()
 
 
 def _raw_post(base: str, path: str, chunked_body: bytes) -> tuple[int, bytes]:

@@ -14,7 +14,14 @@ from cds_service.audit import write_audit_record
 from cds_service.config import ConfigError
 from cds_service.migrations import MIGRATIONS
 from cds_service.store import SQLITE_FILE_NAME, Store, open_store, resolve_database_url
-from cds_service.tables import metadata, schema_version
+from cds_service.tables import (
+    criterion_result,
+    decision,
+    issued_card,
+    metadata,
+    schema_version,
+    service_call,
+)
 from tests.cds_service.store_workers import migrate_in_process, synthetic_record
 from tests.conftest import make_app
 
@@ -43,7 +50,7 @@ def test_connection_settings(store: Store) -> None:
         if store.backend == "sqlite":
             assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
             assert connection.exec_driver_sql("PRAGMA busy_timeout").scalar() == 5000
-            assert connection.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
+            assert connection.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL
             assert connection.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
         else:
             assert store.engine.driver == "psycopg"
@@ -128,3 +135,39 @@ def test_a_reader_never_holds_up_a_writer(store: Store) -> None:
         with store.transaction() as writer:
             write_audit_record(writer, synthetic_record("while-reading"))
         assert time.perf_counter() - started < 2.0
+
+
+def test_audit_sync_full_fsyncs_every_sqlite_commit(tmp_path: Path) -> None:
+    """``CDS_AUDIT_SYNC=full``: every commit is fsynced (rows survive a power loss)."""
+    store = open_store(f"sqlite:///{tmp_path / 'full.sqlite3'}", str(tmp_path), "full")
+    try:
+        with store.engine.connect() as connection:
+            assert connection.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
+    finally:
+        store.dispose()
+
+
+def test_audit_sync_is_normal_or_full() -> None:
+    from cds_service.config import load_settings
+
+    assert load_settings({}, environ={})["AUDIT_SYNC"] == "normal"
+    assert load_settings({}, environ={"CDS_AUDIT_SYNC": "full"})["AUDIT_SYNC"] == "full"
+    with pytest.raises(ConfigError):
+        load_settings({}, environ={"CDS_AUDIT_SYNC": "off"})
+
+
+def test_start_up_warms_the_audit_write_and_leaves_no_row(tmp_path: Path) -> None:
+    """The audit statements are compiled at start-up by a write that is rolled back."""
+    store = open_store(f"sqlite:///{tmp_path / 'warm.sqlite3'}", str(tmp_path))
+    try:
+        store.migrate()
+        compiled = store.engine._compiled_cache  # the engine's cache of compiled statements
+        before = len(compiled)
+        store.migrate_at_startup()
+        assert len(compiled) >= before + 4  # the four audit inserts
+        with store.reading() as connection:
+            for table in (service_call, decision, criterion_result, issued_card):
+                count = sa.select(sa.func.count()).select_from(table)
+                assert connection.execute(count).scalar_one() == 0
+    finally:
+        store.dispose()

@@ -7,18 +7,14 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
 
+from cds_service import try_as_ehr
 from cds_service.cli import main
 from cds_service.fhir_load import ProgressBar, assign_ids, service_reads
 from cds_service.try_as_ehr import ROUTES, OrderSpec, TryFailed, draft_orders, find_drug
@@ -26,6 +22,7 @@ from tests.conftest import FIXED_NOW, SHARED
 from tests.corpus import SUMMARY, summarize_response
 from tests.medplum_server import MedplumServer, start_medplum
 from tests.order_requests import PUMP_ORDERS, PumpOrder, active_coverage
+from tests.served_process import ServedProcess
 
 TOKEN = "try-and-load-token-8d2e"
 RECORDS = (
@@ -91,7 +88,12 @@ def test_try_decides_a_loaded_record_as_the_corpus_does(
     loaded: dict[str, str],
     record: str,
     capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    # The corpus names the deciding rules as the audit trail recorded them: keep the
+    # in-process service's (throwaway) audit trail open until it is read.
+    kept: list[Any] = []
+    monkeypatch.setattr(try_as_ehr._InProcess, "close", lambda self: kept.append(self))
     expected = _corpus_rows()
     as_of = FIXED_NOW.date().isoformat()
     for order in PUMP_ORDERS:
@@ -109,7 +111,9 @@ def test_try_decides_a_loaded_record_as_the_corpus_does(
         )
         device = {"resourceType": "DeviceRequest", "id": "pump-1"}
         medication = {"resourceType": "MedicationRequest", "id": "drug-1"}
-        row = summarize_response(record, order, device, medication, response)
+        store = kept[-1].app.extensions["cds_store"]
+        row = summarize_response(record, order, device, medication, response, store)
+        store.dispose()
         assert (row.rule, row.outcome) == expected[(record, order.label)], order.label
 
 
@@ -209,30 +213,14 @@ def test_try_a_running_service(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """``--service URL``: the same request over HTTP to ``infusion-pump-cds serve``."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
     env = {
-        **os.environ,
         "CDS_AUTH": "optional",
         "CDS_FHIR_SERVERS": "http://127.0.0.1",
         "CDS_DATABASE_URL": f"sqlite:///{tmp_path / 'audit.sqlite3'}",
     }
-    command = [sys.executable, "-m", "cds_service.cli", "serve", "--port", str(port)]
-    process = subprocess.Popen(
-        [*command, "--workers", "1"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    base = f"http://127.0.0.1:{port}"
+    served = ServedProcess(env).start()
+    base = served.base
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                requests.get(f"{base}/healthz", timeout=1)
-                break
-            except requests.ConnectionError:
-                assert time.monotonic() < deadline
-                assert process.poll() is None
-                time.sleep(0.2)
         args = ["--fhir-server", medplum.base, "--token", TOKEN, "--patient", loaded[RECORDS[0]]]
         response = _try_json(
             capsys, *args, "--order", "E0781", "--drug", "vancomycin", "--service", base
@@ -251,8 +239,7 @@ def test_try_a_running_service(
         )
         assert "not with --service" in capsys.readouterr().err
     finally:
-        process.terminate()
-        process.wait(timeout=20)
+        served.stop()
     assert main(["try", *args, "--order", "E0784", "--service", base]) == 2
     assert "cannot reach the service" in capsys.readouterr().err
 

@@ -268,3 +268,64 @@ def test_rules_out_of_effect_are_skipped() -> None:
 def test_no_decision_outside_the_policy_effective_period() -> None:
     policy = _policy_with([_rule("IND", "indication", "C-MET")], [_criterion("C-MET", "met")])
     assert evaluate_policy(policy, {}, date(2019, 12, 31)) is None
+
+
+ANSWER_OR_RECORD = {
+    "answer": {"fact": "doc.csii-mdi-6-months", "op": "is_true"},
+    "record": {"fact": "med.insulin_mdi_days", "op": "gte", "value": 182},
+}
+
+
+@pytest.mark.parametrize(
+    ("answer", "record", "expected"),
+    [
+        (None, None, UNKNOWN),
+        (None, 30, UNKNOWN),  # the record against, unanswered: an answer may still meet it
+        (None, 200, MET),
+        (False, None, UNMET),  # an explicit No outweighs a record that shows nothing
+        (False, 30, UNMET),
+        (False, 200, MET),  # unless the record shows it met
+        (True, None, MET),
+        (True, 30, MET),
+        ("missing", "missing", UNKNOWN),
+        (False, "missing", UNMET),  # the record could not be had: the answer decides
+    ],
+)
+def test_an_explicit_answer_decides_unless_the_record_shows_it_met(
+    answer: Any, record: Any, expected: Truth
+) -> None:
+    facts = {}
+    if answer != "missing":
+        facts["doc.csii-mdi-6-months"] = FactValue(answer)
+    if record != "missing":
+        facts["med.insulin_mdi_days"] = FactValue(record)
+    assert evaluate_leaf(ANSWER_OR_RECORD, facts) is expected
+
+
+@pytest.mark.parametrize(
+    ("statuses", "expected"),
+    [
+        (("active",), MET),
+        (("inactive",), UNMET),
+        (("unconfirmed",), UNKNOWN),  # shown but not confirmed: never read as absent
+        (("unconfirmed", "inactive"), UNKNOWN),
+        (("active", "unconfirmed"), MET),
+        ((), UNMET),  # looked for, not found: the leaf's absent truth
+    ],
+)
+def test_a_code_shown_only_unconfirmed_is_unknown(
+    statuses: tuple[str, ...], expected: Truth
+) -> None:
+    node = {
+        "fact": "patient.implanted_devices",
+        "op": "has_code",
+        "valueset": "implanted-stimulators",
+        "absent": "unmet",
+    }
+    items = tuple(
+        CodedItem(
+            "http://hl7.org/fhir/sid/icd-10-cm", "Z95.0", "", status, Evidence(f"Condition/{i}", "")
+        )
+        for i, status in enumerate(statuses)
+    )
+    assert evaluate_leaf(node, {"patient.implanted_devices": FactValue(items)}) is expected

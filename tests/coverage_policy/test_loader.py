@@ -109,3 +109,59 @@ def test_guidance_may_add_only_if_not_covered_messages(raw_policy: dict[str, Any
     assert "met-if-not-covered" in billing["messages"]
     billing["messages"]["met-if-covered"] = "not a message key"
     assert "optionally also" in _problems(raw_policy)
+
+
+def test_an_answer_beside_the_record_in_any_is_refused(raw_policy: dict[str, Any]) -> None:
+    """Written as ``any`` an unknown record would outweigh an explicit "no" answer."""
+    _criterion(raw_policy, "EIP-CSII-MDI")["logic"] = {
+        "any": [
+            {"fact": "doc.csii-mdi-6-months", "op": "is_true"},
+            {"fact": "med.insulin_mdi_days", "op": "gte", "value": 182},
+        ]
+    }
+    assert "must be written as {answer, record}" in _problems(raw_policy)
+
+
+@pytest.mark.parametrize(
+    ("logic", "problem"),
+    [
+        (
+            {
+                "answer": {"fact": "med.insulin_mdi_days", "op": "gte", "value": 182},
+                "record": {"fact": "doc.csii-mdi-6-months", "op": "is_true"},
+            },
+            "an answer must be a leaf on a doc.* fact",
+        ),
+        (
+            {
+                "answer": {"fact": "doc.csii-mdi-6-months", "op": "is_true"},
+                "record": {
+                    "any": [
+                        {"fact": "med.insulin_mdi_days", "op": "gte", "value": 182},
+                        {"fact": "doc.csii-diabetes-education", "op": "is_true"},
+                    ]
+                },
+            },
+            "answer reads doc.* facts and record reads the rest",
+        ),
+    ],
+)
+def test_answer_and_record_read_their_own_facts(
+    raw_policy: dict[str, Any], logic: dict[str, Any], problem: str
+) -> None:
+    criterion = _criterion(raw_policy, "EIP-CSII-MDI")
+    criterion["logic"] = logic
+    criterion["facts"] = sorted(
+        {"doc.csii-mdi-6-months", "med.insulin_mdi_days", "doc.csii-diabetes-education"}
+        & set(json.dumps(logic).replace('"', " ").split())
+    )
+    assert problem in _problems(raw_policy)
+
+
+def test_answer_and_record_only_in_criteria(raw_policy: dict[str, Any]) -> None:
+    rule = next(r for r in raw_policy["rules"] if r["id"] == "EIP-CSII")
+    rule["applies_when"] = {
+        "answer": {"fact": "doc.pump-kind", "op": "exists"},
+        "record": {"fact": "episode.pump_kind", "op": "exists"},
+    }
+    assert "answer/record belongs in a criterion's logic" in _problems(raw_policy)

@@ -27,6 +27,9 @@ from coverage_policy.model import (
 )
 
 AS_OF = date(2026, 11, 20)
+CPT = "http://www.ama-assn.org/go/cpt"
+# The other implanted device's programmability, not documented.
+NO_DEVICE_ANSWER: dict[str, Any] = {"doc.implanted-device-not-programmable": None}
 ICD = "http://hl7.org/fhir/sid/icd-10-cm"
 SCT = "http://snomed.info/sct"
 KIND = "http://infusion-pump-cds.org/fhir/CodeSystem/implanted-device-kind"
@@ -467,6 +470,66 @@ CASES: list[tuple[str, dict[str, Any], Truth]] = [
         UNMET,
     ),
     ("IIP-CI-NO-OTHER-PROGRAMMABLE-DEVICE", {"order.hcpcs": "E0783"}, UNKNOWN),
+    # Every kind of evidence and every device kind: status codes of Conditions, SNOMED CT
+    # findings, implantation Procedures (CPT, SNOMED CT), device kinds read from words.
+    *[
+        (
+            "IIP-CI-NO-OTHER-PROGRAMMABLE-DEVICE",
+            {**NO_DEVICE_ANSWER, "patient.implanted_devices": (device,), "order.hcpcs": "E0783"},
+            UNMET,
+        )
+        for device in (
+            item("Z95.0"),
+            item("Z950"),  # ICD-10-CM sent without its dot
+            item("Z95.810"),
+            item("Z96.82"),
+            item("Z96.21"),
+            item("441509002", system=SCT),
+            item("447365002", system=SCT),
+            item("43252007", system=SCT),
+            item("33208", system=CPT),
+            item("63685", system=CPT),
+            item("64568", system=CPT),
+            item("69930", system=CPT),
+            item("62362", system=CPT),
+            item("cochlear-implant", system=KIND),
+            item("neurostimulator", system=KIND),
+        )
+    ],
+    # Shown but of unclear programmability, or unconfirmed: unknown, never silently met.
+    *[
+        (
+            "IIP-CI-NO-OTHER-PROGRAMMABLE-DEVICE",
+            {**NO_DEVICE_ANSWER, "patient.implanted_devices": (device,), "order.hcpcs": "E0783"},
+            UNKNOWN,
+        )
+        for device in (
+            item("Z95.811"),
+            item("Z95.818"),
+            item("Z96.29"),
+            item("Z96.41"),
+            item("360066001", system=SCT),
+            item("ventricular-assist-device", system=KIND),
+            item("auditory-implant", system=KIND),
+            item("Z95.0", "unconfirmed"),
+            item("pacemaker", "unconfirmed", KIND),
+        )
+    ],
+    # Removed (resolved status code, inactive device) or not a programmable device at all.
+    *[
+        (
+            "IIP-CI-NO-OTHER-PROGRAMMABLE-DEVICE",
+            {**NO_DEVICE_ANSWER, "patient.implanted_devices": (device,), "order.hcpcs": "E0783"},
+            MET,
+        )
+        for device in (
+            item("Z95.0", "inactive"),
+            item("Z95.811", "inactive"),
+            item("Z95.2"),  # prosthetic heart valve
+            item("Z96.22"),  # myringotomy tubes
+            item("Z95.1"),  # coronary bypass graft
+        )
+    ],
     # DME face-to-face
     (
         "DME-F2F-ENCOUNTER",
@@ -570,7 +633,7 @@ CASES: list[tuple[str, dict[str, Any], Truth]] = [
     ),
     (
         "BILLING-NO-PART-A-FOR-STAY",
-        {"coverage.part_a_status": "none", "doc.part-a-coverage-status": "active"},
+        {"coverage.part_a_status": "active", "doc.part-a-coverage-status": "active"},
         UNMET,
     ),
     (
@@ -585,6 +648,133 @@ for _criterion, _item in DOC_CRITERIA.items():
         (_criterion, {f"doc.{_item}": False}, UNMET),
         (_criterion, {f"doc.{_item}": None}, UNKNOWN),
     ]
+
+# -- an explicit answer decides --------------------------------------------------------
+# Criteria an answer or the record can settle: (the answer that says no, the answer that
+# says yes, the record facts when they show nothing, the record facts showing it met).
+# "Answered no" makes the criterion unmet, whatever the record does not show, unless the
+# record itself shows the criterion met.
+ANSWER_OR_RECORD: dict[str, tuple[Any, Any, dict[str, Any], dict[str, Any]]] = {
+    "EIP-CSII-MDI": (
+        ("doc.csii-mdi-6-months", False, True),
+        {"med.insulin_mdi_days": None},
+        {"med.insulin_mdi_days": 200},
+    ),
+    "EIP-CSII-SMBG": (
+        ("doc.csii-smbg-4-per-day", False, True),
+        {"lab.glucose_checks_per_day_60d": None},
+        {"lab.glucose_checks_per_day_60d": 4.5},
+    ),
+    "EIP-CSII-GLYCEMIC-PROBLEM": (
+        ("doc.csii-glycemic-problem", "none", "hypoglycemia"),
+        {"lab.hba1c_percent": None},
+        {"lab.hba1c_percent": 8.1},
+    ),
+    "EIP-CSII-CGM-PUMP": (
+        ("doc.csii-cgm-criteria-met", False, True),
+        {"order.hcpcs": "E0787"},  # the order is the record here: E0787 needs the answer
+        {"order.hcpcs": "E0784"},
+    ),
+    "EIP-MORPHINE-INTRACTABLE-PAIN": (
+        ("doc.intractable-cancer-pain", False, True),
+        {"patient.conditions": ()},
+        {"patient.conditions": (item("G89.3"),)},
+    ),
+    "IIP-SPASTICITY-SIX-WEEK-TRIAL": (
+        ("doc.noninvasive-spasticity-therapy-failed-6-weeks", False, True),
+        {"med.oral_antispasmodic_trial_days": None},
+        {"med.oral_antispasmodic_trial_days": 60},
+    ),
+    "DME-F2F-ENCOUNTER": (
+        ("doc.face-to-face-within-6-months", days_ago(300), days_ago(100)),
+        {"encounter.f2f_with_orderer_date": None},
+        {"encounter.f2f_with_orderer_date": days_ago(30)},
+    ),
+    "BILLING-NO-PART-A-FOR-STAY": (
+        ("doc.part-a-coverage-status", "active", "exhausted"),
+        {"coverage.part_a_status": None},
+        {"coverage.part_a_status": "none"},
+    ),
+    "IIP-CI-NO-OTHER-PROGRAMMABLE-DEVICE": (
+        ("doc.implanted-device-not-programmable", False, True),
+        # Silent on programmability: the record shows a ventricular assist device.
+        {"patient.implanted_devices": (item("Z95.811"),), "order.hcpcs": "E0783"},
+        {"patient.implanted_devices": (), "order.hcpcs": "E0783"},
+    ),
+    "SCOPE-PUMP-KIND-KNOWN": (
+        ("doc.pump-kind", None, "implantable"),  # every answer names a kind: no "no" answer
+        {"episode.pump_kind": None},
+        {"episode.pump_kind": "external"},
+    ),
+}
+# Criteria reading an answer beside other facts that the record cannot show met: the
+# answer alone settles them, and the DOC_CRITERIA table tests it.
+ANSWER_DECIDES_ALONE = {
+    "IIP-CI-BODY-SIZE": "weight and BMI are shown as evidence, they never show size enough",
+    "EIP-MORPHINE-DRUG": "the answer matters only for another opioid than morphine",
+}
+
+
+def _answer_cases() -> list[tuple[str, str, dict[str, Any], Truth]]:
+    cases = []
+    for cid, ((fact, no, yes), silent, shows) in ANSWER_OR_RECORD.items():
+        if no is not None:
+            # The order's own facts are always had; the record's may not be.
+            order_only = {k: v for k, v in silent.items() if k.startswith(("order.", "episode."))}
+            cases += [
+                (cid, "answered no, record silent", {fact: no, **silent}, UNMET),
+                (cid, "answered no, record not had", {fact: no, **order_only}, UNMET),
+                (cid, "answered no, record shows it", {fact: no, **shows}, MET),
+            ]
+        cases += [
+            (cid, "answered yes, record silent", {fact: yes, **silent}, MET),
+            (cid, "not answered, record shows it", {fact: None, **shows}, MET),
+        ]
+    return cases
+
+
+@pytest.mark.parametrize(
+    ("criterion_id", "case", "values", "expected"),
+    _answer_cases(),
+    ids=[f"{c}-{case}" for c, case, _, _ in _answer_cases()],
+)
+def test_an_explicit_answer_decides_unless_the_record_shows_it_met(
+    policy: Policy, criterion_id: str, case: str, values: dict[str, Any], expected: Truth
+) -> None:
+    assert criterion_truth(policy, criterion_id, values) is expected
+
+
+def test_every_criterion_an_answer_or_the_record_settles_is_tested(policy: Policy) -> None:
+    """A criterion reading a documentation answer and facts of the record is in the table."""
+    mixed = {
+        cid
+        for cid, criterion in policy.criteria.items()
+        if any(f.startswith("doc.") for f in criterion.facts)
+        and any(not f.startswith("doc.") for f in criterion.facts)
+    }
+    assert mixed == set(ANSWER_OR_RECORD) | set(ANSWER_DECIDES_ALONE)
+
+
+def test_an_answer_no_shows_the_answer_as_evidence(policy: Policy) -> None:
+    values = {"doc.csii-mdi-6-months": False, "med.insulin_mdi_days": None}
+    probe = Rule(
+        id="PROBE",
+        kind=RuleKind.INDICATION,
+        title="probe",
+        citations=(),
+        applies_when={"const": "met"},
+        decides={"criterion": "EIP-CSII-MDI"},
+        criteria=("EIP-CSII-MDI",),
+        messages={"covered": "", "not-covered": "", "conditional": ""},
+    )
+    decision = evaluate_policy(dataclasses.replace(policy, rules=(probe,)), as_facts(values), AS_OF)
+    assert decision is not None
+    assert decision.outcome is Outcome.NOT_COVERED
+    assert decision.indication.missing is None
+    result = decision.indication.results[0]
+    assert result.truth is UNMET
+    assert result.evidence[0].reference == "Basic/doc.csii-mdi-6-months"
+
 
 # Criteria whose truth is fixed by the policy: a non-covered indication or a note.
 FIXED = {

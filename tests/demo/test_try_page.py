@@ -5,21 +5,17 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import subprocess
-import sys
 import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import requests
 
 from cds_service.fhir_load import load_resources
 from demo.data import DemoPatient, fixture_patients
 from demo.try_page import create_page
 from tests.medplum_server import MedplumServer, start_medplum
+from tests.served_process import ServedProcess
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_FLAGS = [
@@ -46,12 +42,6 @@ def chromium_or_skip() -> str:
     return CHROMIUM
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def fhir() -> Iterator[tuple[MedplumServer, list[DemoPatient]]]:
     """The demo FHIR server (no token), loaded with a few fixture patients."""
@@ -68,32 +58,16 @@ def fhir() -> Iterator[tuple[MedplumServer, list[DemoPatient]]]:
 @pytest.fixture(scope="module")
 def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """``infusion-pump-cds serve`` with the demo's development settings; its base URL."""
-    port = _free_port()
     env = {
-        **os.environ,
         "CDS_AUTH": "optional",
         "CDS_FHIR_SERVERS": "http://127.0.0.1",
         "CDS_DATABASE_URL": f"sqlite:///{tmp_path_factory.mktemp('page') / 'audit.sqlite3'}",
     }
-    command = [sys.executable, "-m", "cds_service.cli", "serve", "--port", str(port)]
-    process = subprocess.Popen(
-        [*command, "--workers", "1"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    base = f"http://127.0.0.1:{port}"
+    served = ServedProcess(env).start()
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                requests.get(f"{base}/healthz", timeout=1)
-                break
-            except requests.ConnectionError:
-                if time.monotonic() > deadline or process.poll() is not None:
-                    pytest.fail("the service did not start")
-                time.sleep(0.2)
-        yield base
+        yield served.base
     finally:
-        process.terminate()
-        process.wait(timeout=20)
+        served.stop()
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +113,7 @@ def page(browser: Any, page_url: str) -> Iterator[Any]:
     assert errors == []  # no script error on the page
 
 
-def test_signing_renders_cards_and_coverage_information(page: Any) -> None:
+def test_signing_renders_cards_and_coverage_information(page: Any, service: str) -> None:
     page.select_option("#patient", "fx-e0781-vancomycin--not-covered")
     assert page.input_value("#hcpcs") == "E0781"  # the patient's suggested order
     assert page.input_value("#drug") == "vancomycin"
@@ -155,7 +129,8 @@ def test_signing_renders_cards_and_coverage_information(page: Any) -> None:
     links = first.locator(".links a")
     assert links.count() >= 1
     assert links.first.get_attribute("target") == "_blank"
-    assert links.first.get_attribute("href").startswith("https://")
+    # The first link is the decision page the service serves from its audit trail.
+    assert links.first.get_attribute("href").startswith(f"{service}/decisions/")
     suggestions = page.locator(".suggestions button")
     assert suggestions.count() >= 1  # the covered alternatives
     suggestions.first.click()

@@ -57,7 +57,7 @@ def drug(
 
 def episodes_of(*orders: dict[str, Any], history: tuple[dict[str, Any], ...] = ()) -> list[Any]:
     bundle = {"resourceType": "Bundle", "entry": [{"resource": o} for o in orders]}
-    parsed, problems = parse_draft_orders(bundle, "context.draftOrders")
+    parsed, problems, _ = parse_draft_orders(bundle, "context.draftOrders")
     assert problems == []
     return find_pump_episodes(parsed, record_of(*history), build_record({"d": bundle}))
 
@@ -194,7 +194,7 @@ def test_medication_reference_resolves_in_the_draft_bundle() -> None:
             {"resource": medication},
         ],
     }
-    parsed, _ = parse_draft_orders(bundle, "context.draftOrders")
+    parsed, _, _ = parse_draft_orders(bundle, "context.draftOrders")
     (episode,) = find_pump_episodes(parsed, record_of(), build_record({"d": bundle}))
     assert episode.drug is not None
     assert episode.drug.family == "deferoxamine"

@@ -9,13 +9,13 @@ from typing import Any
 
 import pytest
 
-from coverage_policy.engine import evaluate_policy
+from coverage_policy.engine import code_in_valueset, evaluate_policy
 from coverage_policy.loader import load_fact_catalog, load_policy
 from coverage_policy.model import Outcome
 from fhir_mappings.allergies import drug_allergy
 from fhir_mappings.conditions import facts_from_condition
 from fhir_mappings.coverage import part_a_status
-from fhir_mappings.devices import facts_from_device
+from fhir_mappings.devices import facts_from_device, implanted_devices
 from fhir_mappings.documentation import documentation_facts
 from fhir_mappings.drugs import dosage_route, identify_drug
 from fhir_mappings.encounters import face_to_face_date
@@ -448,7 +448,7 @@ def test_medication_reference_resolves_by_relative_absolute_and_urn() -> None:
             "dosageInstruction": [{"text": "intrathecal infusion by implanted pump"}],
         }
         bundle = {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": order}]}
-        orders, _ = parse_draft_orders(bundle, "context.draftOrders")
+        orders, _, _ = parse_draft_orders(bundle, "context.draftOrders")
         episodes = find_pump_episodes(orders, PatientRecord(), draft_record)
         assert episodes[0].drug is not None
         assert episodes[0].drug.family == family, reference
@@ -479,9 +479,14 @@ def test_encounter_resolves_by_urn_uuid() -> None:
 
 def fixture_facts(name: str, unavailable: dict[str, str] | None = None) -> dict[str, Any]:
     body = json.loads((FIXTURES / "requests" / name).read_text(encoding="utf-8"))
+    return body_facts(body, unavailable)
+
+
+def body_facts(body: dict[str, Any], unavailable: dict[str, str] | None = None) -> dict[str, Any]:
+    """The facts of the first pump episode of a request body."""
     record = build_record(body["prefetch"], unavailable)
     draft = build_record({"draftOrders": body["context"]["draftOrders"]})
-    orders, _ = parse_draft_orders(body["context"]["draftOrders"], "context.draftOrders")
+    orders, _, _ = parse_draft_orders(body["context"]["draftOrders"], "context.draftOrders")
     episode = find_pump_episodes(orders, record, draft)[0]
     return facts_for_episode(
         episode, record, load_policy(), AS_OF, "Encounter/enc-1", body["context"]["userId"]
@@ -497,7 +502,19 @@ def test_spasticity_request_facts() -> None:
     # The order is written in the orderer's current (in-progress) visit: that is the F2F.
     assert facts["encounter.f2f_with_orderer_date"].value == date(2026, 11, 20)
     assert facts["patient.drug_allergy"].value is False
-    assert facts["patient.implanted_devices"].value == ()
+    device_sets = [
+        load_policy().valuesets[name]
+        for name in (
+            "implanted-stimulators",
+            "implanted-infusion-pumps",
+            "implanted-devices-programmability-unclear",
+        )
+    ]
+    assert not [
+        i
+        for i in facts["patient.implanted_devices"].value
+        if any(code_in_valueset(vs, i.system, i.code) for vs in device_sets)
+    ]
     assert facts["lab.body_weight_kg"].value == 72.5
     assert facts["patient.age_years"].value == 75
     assert facts["coverage.part_a_status"].value is None
@@ -527,3 +544,272 @@ def test_policy_reads_only_catalog_and_documentation_facts() -> None:
     documentation = {f"doc.{item}" for item in policy.documentation}
     read = {fact for criterion in policy.criteria.values() for fact in criterion.facts}
     assert read <= set(load_fact_catalog()) | documentation
+
+
+# -- implanted devices from Conditions and Procedures -------------------------------------
+
+ICD = "http://hl7.org/fhir/sid/icd-10-cm"
+CPT = "http://www.ama-assn.org/go/cpt"
+KIND = "http://infusion-pump-cds.org/fhir/CodeSystem/implanted-device-kind"
+CONDITION_CLINICAL = "http://terminology.hl7.org/CodeSystem/condition-clinical"
+CONDITION_VERIFICATION = "http://terminology.hl7.org/CodeSystem/condition-ver-status"
+
+
+def status_condition(
+    id_: str,
+    system: str,
+    code: str,
+    display: str,
+    clinical: str = "active",
+    verification: str = "confirmed",
+) -> dict[str, Any]:
+    """A US Core problem-list Condition coded with a device status code or finding."""
+    return {
+        "resourceType": "Condition",
+        "id": id_,
+        "clinicalStatus": {"coding": [{"system": CONDITION_CLINICAL, "code": clinical}]},
+        "verificationStatus": {
+            "coding": [{"system": CONDITION_VERIFICATION, "code": verification}]
+        },
+        "category": [
+            {
+                "coding": [
+                    {
+                        "system": "http://terminology.hl7.org/CodeSystem/condition-category",
+                        "code": "problem-list-item",
+                    }
+                ]
+            }
+        ],
+        "code": {"coding": [{"system": system, "code": code, "display": display}], "text": display},
+        "subject": {"reference": "Patient/p"},
+        "recordedDate": "2024-03-02",
+    }
+
+
+def implant_procedure(
+    id_: str, system: str, code: str, display: str, status: str = "completed"
+) -> dict[str, Any]:
+    """A Procedure as Synthea writes one (performedPeriod, urn:uuid subject)."""
+    return {
+        "resourceType": "Procedure",
+        "id": id_,
+        "status": status,
+        "code": {"coding": [{"system": system, "code": code, "display": display}], "text": display},
+        "subject": {"reference": "urn:uuid:63731047-b5a9-4b05-a14b-8cf6507efc98"},
+        "performedPeriod": {
+            "start": "2016-04-26T09:21:52+00:00",
+            "end": "2016-04-26T09:36:52+00:00",
+        },
+    }
+
+
+def device_items(*resources: dict[str, Any]) -> set[tuple[str, str, str, str]]:
+    return {
+        (i.evidence.reference, i.system, i.code, i.status)
+        for i in implanted_devices(record_of(*resources))
+    }
+
+
+def test_device_status_conditions_give_their_codes_and_kinds() -> None:
+    items = device_items(
+        status_condition("pm", ICD, "Z95.0", "Presence of cardiac pacemaker"),
+        status_condition(
+            "icd",
+            ICD,
+            "Z95.810",
+            "Presence of automatic (implantable) cardiac defibrillator",
+            clinical="resolved",
+        ),
+        status_condition(
+            "ns", ICD, "Z96.82", "Presence of neurostimulator", verification="provisional"
+        ),
+        status_condition("ci", ICD, "Z96.21", "Cochlear implant status"),
+        status_condition("sct", SCT, "441509002", "Cardiac pacemaker in situ"),
+    )
+    assert {
+        ("Condition/pm", ICD, "Z95.0", "active"),
+        ("Condition/pm", KIND, "pacemaker", "active"),
+        ("Condition/icd", ICD, "Z95.810", "inactive"),
+        ("Condition/icd", KIND, "defibrillator", "inactive"),
+        ("Condition/ns", ICD, "Z96.82", "unconfirmed"),
+        ("Condition/ns", KIND, "neurostimulator", "unconfirmed"),
+        ("Condition/ci", KIND, "cochlear-implant", "active"),
+        ("Condition/sct", SCT, "441509002", "active"),
+        ("Condition/sct", KIND, "pacemaker", "active"),
+    } <= items
+
+
+def test_a_condition_naming_a_device_without_saying_it_is_present_gives_no_kind() -> None:
+    """'Wandering atrial pacemaker' is a rhythm, not a device; 'pacemaker syndrome' too
+    would need its status code to count."""
+    items = device_items(status_condition("wap", SCT, "49260003", "Wandering atrial pacemaker"))
+    assert items == {("Condition/wap", SCT, "49260003", "active")}
+
+
+def test_implantation_procedures_give_their_codes_and_kinds() -> None:
+    items = device_items(
+        implant_procedure(
+            "crtd",
+            SCT,
+            "447365002",
+            "Insertion of biventricular implantable cardioverter defibrillator",
+        ),
+        implant_procedure(
+            "scs",
+            CPT,
+            "63685",
+            "Insertion or replacement of spinal neurostimulator pulse generator or receiver",
+        ),
+        implant_procedure(
+            "hgns", SCT, "0", "Implantation of hypoglossal nerve stimulator", status="in-progress"
+        ),
+        implant_procedure(
+            "vns-out",
+            CPT,
+            "64570",
+            "Removal of cranial nerve (eg, vagus nerve) neurostimulator electrode array and"
+            " pulse generator",
+        ),
+        implant_procedure("never", CPT, "69930", "Cochlear device implantation", status="not-done"),
+    )
+    assert ("Procedure/crtd", SCT, "447365002", "active") in items
+    assert ("Procedure/crtd", KIND, "defibrillator", "active") in items
+    assert ("Procedure/scs", KIND, "neurostimulator", "active") in items
+    assert ("Procedure/hgns", KIND, "neurostimulator", "unconfirmed") in items
+    assert ("Procedure/vns-out", KIND, "neurostimulator", "active") not in items
+    assert not any(reference == "Procedure/never" for reference, *_ in items)
+
+
+def test_procedure_evidence_says_what_was_done_and_when() -> None:
+    record = record_of(
+        implant_procedure(
+            "crtd",
+            SCT,
+            "447365002",
+            "Insertion of biventricular implantable cardioverter defibrillator",
+        )
+    )
+    summaries = {i.evidence.summary for i in implanted_devices(record)}
+    assert any("procedure on 2016-04-26" in s and "447365002" in s for s in summaries)
+
+
+def with_prefetch(name: str, key: str, *resources: dict[str, Any]) -> dict[str, Any]:
+    """A fixture request body with ``resources`` added to its ``key`` prefetch Bundle."""
+    body = json.loads((FIXTURES / "requests" / name).read_text(encoding="utf-8"))
+    bundle = body["prefetch"][key]
+    bundle.setdefault("entry", []).extend({"resource": r} for r in resources)
+    return body
+
+
+def decide_body(body: dict[str, Any]) -> Any:
+    decision = evaluate_policy(load_policy(), body_facts(body), AS_OF)
+    assert decision is not None
+    return decision
+
+
+SPASTICITY_COVERED = "order-sign__iip-spasticity-baclofen__covered.json"
+
+
+@pytest.mark.parametrize(
+    ("key", "resource", "outcome"),
+    [
+        (
+            "conditions",
+            status_condition("pm", ICD, "Z95.0", "Presence of cardiac pacemaker"),
+            Outcome.NOT_COVERED,
+        ),
+        (
+            "conditions",
+            status_condition("sct", SCT, "441509002", "Cardiac pacemaker in situ"),
+            Outcome.NOT_COVERED,
+        ),
+        (
+            "conditions",
+            status_condition(
+                "pm", ICD, "Z95.0", "Presence of cardiac pacemaker", clinical="resolved"
+            ),
+            Outcome.COVERED,
+        ),
+        (
+            "conditions",
+            status_condition("lvad", ICD, "Z95.811", "Presence of heart assist device"),
+            Outcome.CONDITIONAL,
+        ),
+        (
+            "conditions",
+            status_condition(
+                "ns", ICD, "Z96.82", "Presence of neurostimulator", verification="provisional"
+            ),
+            Outcome.CONDITIONAL,
+        ),
+        (
+            "procedures",
+            implant_procedure(
+                "crtd",
+                SCT,
+                "447365002",
+                "Insertion of biventricular implantable cardioverter defibrillator",
+            ),
+            Outcome.NOT_COVERED,
+        ),
+        (
+            "procedures",
+            implant_procedure(
+                "vns",
+                CPT,
+                "64568",
+                "Incision for implantation of cranial nerve (eg, vagus nerve) neurostimulator"
+                " electrode array and pulse generator",
+            ),
+            Outcome.NOT_COVERED,
+        ),
+        (
+            "procedures",
+            implant_procedure("sacral", SCT, "0", "Implantation of sacral nerve stimulator"),
+            Outcome.NOT_COVERED,
+        ),
+        (
+            "procedures",
+            implant_procedure(
+                "pump", CPT, "62362", "Implantation of programmable intrathecal drug infusion pump"
+            ),
+            Outcome.NOT_COVERED,
+        ),
+        ("procedures", implant_procedure("appy", SCT, "80146002", "Appendectomy"), Outcome.COVERED),
+        (
+            "devices",
+            device("pm", "unknown", code="706004007", text="Implantable cardiac pacemaker"),
+            Outcome.CONDITIONAL,
+        ),
+    ],
+    ids=lambda v: v.get("id") if isinstance(v, dict) else str(v),
+)
+def test_implanted_device_evidence_decides_the_contraindication(
+    key: str, resource: dict[str, Any], outcome: Outcome
+) -> None:
+    """A covered spasticity request (no contraindication) plus one record of a device."""
+    decision = decide_body(with_prefetch(SPASTICITY_COVERED, key, resource))
+    assert decision.outcome is outcome
+    requirement = next(r for r in decision.requirements if r.rule.id == "IIP-CONTRAINDICATIONS")
+    result = next(
+        r for r in requirement.results if r.criterion.id == "IIP-CI-NO-OTHER-PROGRAMMABLE-DEVICE"
+    )
+    if outcome is not Outcome.COVERED:
+        assert any(e.reference.endswith(f"/{resource['id']}") for e in result.evidence)
+
+
+def test_device_of_unclear_programmability_asks_for_the_orderers_word() -> None:
+    lvad = status_condition("lvad", ICD, "Z95.811", "Presence of heart assist device")
+    decision = decide_body(with_prefetch(SPASTICITY_COVERED, "conditions", lvad))
+    requirement = next(r for r in decision.requirements if r.rule.id == "IIP-CONTRAINDICATIONS")
+    assert requirement.missing is not None
+    assert requirement.missing.criterion_ids() == ("IIP-CI-NO-OTHER-PROGRAMMABLE-DEVICE",)
+    criterion = load_policy().criteria["IIP-CI-NO-OTHER-PROGRAMMABLE-DEVICE"]
+    assert criterion.documentation == ("implanted-device-not-programmable",)
+
+
+@pytest.mark.parametrize("key", ["devices", "conditions", "procedures"])
+def test_implanted_devices_unknown_when_any_of_their_sources_could_not_be_had(key: str) -> None:
+    facts = fixture_facts(SPASTICITY_COVERED, {key: "not sent"})
+    assert "patient.implanted_devices" not in facts

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fhir_mappings.record import build_record
 from tests.fhir_mappings.helpers import observation, record_of
 
@@ -86,3 +88,78 @@ def test_unavailable_keys_are_remembered() -> None:
     record = build_record({}, {"conditions": "timed out"})
     assert not record.has_data("conditions")
     assert record.has_data("observations")
+
+
+def _bundle(*entries: Any) -> dict[str, Any]:
+    return {"resourceType": "Bundle", "type": "searchset", "entry": list(entries)}
+
+
+def test_malformed_bundles_and_entries_are_left_out_and_named() -> None:
+    condition = {"resourceType": "Condition", "id": "c1", "code": {"text": "diabetes"}}
+    record = build_record(
+        {
+            "conditions": _bundle(
+                5,
+                {"resource": 5},
+                {"resource": {"resourceType": ["Condition"], "id": "c2"}},
+                {"resource": {"resourceType": {"name": "Condition"}}},
+                {"fullUrl": {"id": "c3"}, "resource": {**condition, "id": "c3"}},
+                {"fullUrl": "urn:uuid:0b1d", "resource": condition},
+                {"search": {"mode": "include"}},  # no resource: nothing to leave out
+            ),
+            "observations": {"resourceType": "Bundle", "id": "b1", "entry": 7},
+        }
+    )
+    assert [e.reference for e in record.of_type("Condition")] == ["Condition/c1"]
+    named = [(p.resource_type, p.resource_id, p.path, p.message) for p in record.problems]
+    assert named == [
+        ("(none)", "(no id)", "prefetch.conditions.entry[0]", "not a Bundle entry (an object)"),
+        ("(none)", "(no id)", "prefetch.conditions.entry[1]", "resource: expected an object"),
+        ("(none)", "c2", "prefetch.conditions.entry[2]", "resourceType: expected a string"),
+        ("(none)", "(no id)", "prefetch.conditions.entry[3]", "resourceType: expected a string"),
+        ("Condition", "c3", "prefetch.conditions.entry[4]", "fullUrl: expected a uri"),
+        ("Bundle", "b1", "prefetch.observations", "entry: expected a list"),
+    ]
+    # What a malformed Bundle holds cannot be known: its key counts as unavailable.
+    assert not record.has_data("observations")
+    assert record.has_data("conditions")
+
+
+def test_each_type_is_read_when_a_fact_first_asks_for_it() -> None:
+    """A deceased patient's record is not read beyond the Patient; problems name the
+    malformed resources of the types read so far, in prefetch order."""
+    record = record_of(
+        {"resourceType": "Condition", "id": "bad-1", "onsetDateTime": "soon"},
+        {"resourceType": "Patient", "id": "p", "deceasedDateTime": "2020-01-01"},
+        {"resourceType": "Observation", "id": "bad-2", "status": 5, "code": {"text": 5}},
+        {"resourceType": "Encounter", "id": "bad-3", "class": "AMB"},
+    )
+    (patient,) = record.of_type("Patient")
+    assert patient.resource.deceasedDateTime == "2020-01-01"
+    assert record.problems == []
+    record.of_type("Encounter")
+    record.of_type("Condition")
+    assert [p.resource_id for p in record.problems] == ["bad-1", "bad-3"]
+
+
+def test_resolving_a_reference_reads_only_its_type() -> None:
+    record = record_of(
+        {"resourceType": "Medication", "id": "m1", "code": {"text": "insulin lispro"}},
+        {"resourceType": "Condition", "id": "bad", "code": "E10"},
+    )
+    found = record.resolve("Medication/m1")
+    assert found is not None
+    assert found.resource.code.text == "insulin lispro"
+    assert record.problems == []
+    assert record.resolve({"reference": "Medication/m1"}) is None  # type: ignore[arg-type]
+
+
+def test_types_no_fact_reads_are_not_read_at_all() -> None:
+    """Non-draft DeviceRequests, Claims: kept out, and never named as problems."""
+    record = record_of(
+        {"resourceType": "Claim", "id": "claim", "status": ["active"]},
+        {"resourceType": "DeviceRequest", "id": "dr", "status": 5},
+    )
+    assert record.of_type("Claim") == []
+    assert record.of_type("DeviceRequest") == []
+    assert record.problems == []

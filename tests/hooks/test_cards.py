@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from flask.testing import FlaskClient
@@ -37,27 +38,37 @@ def test_covered_is_info_with_links_and_evidence(client: FlaskClient) -> None:
         "NCD 280.14 Infusion Pumps",
         "LCD L33794 External Infusion Pumps",
     }
+    assert all(link["type"] == "absolute" for link in card["links"])
     assert all(
-        link["type"] == "absolute" and link["url"].startswith("https://") for link in card["links"]
+        link["url"].startswith("https://")
+        for link in card["links"]
+        if not link["label"].startswith("Decision details")
     )
-    assert "Observation/obs-cpeptide" in card["detail"] or "Met" in card["detail"]
+    # A covered decision is one sentence: no criteria met, nothing "not shown".
+    assert card["detail"].startswith("**Covered**: ")
+    assert "\n" not in card["detail"]
     assert len(card["summary"]) < 140
 
 
 def test_unmet_criteria_are_listed_with_citation_and_evidence(client: FlaskClient) -> None:
     card = cards_for(client, fixture("order-sign__e0784-insulin__not-covered"))[0]
     assert card["indicator"] == "warning"
-    assert "**Not met**" in card["detail"]
-    assert "NCD 280.14 Infusion Pumps, B.2.e CSII" in card["detail"]
-    assert "Observation/obs-cpeptide" in card["detail"]  # the C-peptide seen
-    assert "QuestionnaireResponse/qr-csii" in card["detail"]  # the autoantibody answer
+    assert "**Against coverage**" in card["detail"]
+    # What was seen, rounded like a lab report; no machine ids (citations are on the page).
+    assert (
+        "Fasting C-peptide 2.10 ng/mL (lab lower limit 0.80 ng/mL) on 2026-10-14" in card["detail"]
+    )
+    assert "Observation/" not in card["detail"]
+    assert "Not shown" not in card["detail"]
     assert all(r["display"] for r in card["overrideReasons"])
 
 
 def test_documentation_prompt_lists_exactly_what_to_document(client: FlaskClient) -> None:
     cards = cards_for(client, fixture("order-sign__e0784-insulin__conditional"))
     (prompt,) = [c for c in cards if c["source"]["topic"]["code"] == "claim"]
-    assert "`csii-diabetes-education`" in prompt["detail"]
+    assert "Completed a comprehensive diabetes education program" in prompt["detail"]
+    assert "`" not in prompt["detail"]
+    assert "csii-" not in prompt["detail"]
     assert "one of:" in prompt["detail"]
     assert "Insulin pump for use in the home setting" not in prompt["detail"]  # met already
     assert "links" not in prompt
@@ -159,8 +170,14 @@ def test_deceased_patient_gets_a_warning_not_a_decision(client: FlaskClient) -> 
 
 def test_no_bill_part_b_when_the_pump_is_not_covered(client: FlaskClient) -> None:
     """Part B covers a pump drug only when the LCD covers the pump: not for vancomycin."""
-    card = cards_for(client, fixture("order-sign__e0781-vancomycin__not-covered"))[0]
-    assert "Bill Part B" not in card["detail"]
-    assert "Not Part B: drugs given through a pump are Part B only when" in card["detail"]
-    covered = cards_for(client, fixture("order-sign__e0784-insulin__covered"))[0]
-    assert "Bill Part B" in covered["detail"]
+    vancomycin = decision_page(client, fixture("order-sign__e0781-vancomycin__not-covered"))
+    assert "Bill Part B" not in vancomycin
+    assert "Not Part B: drugs given through a pump are Part B only when" in vancomycin
+    assert "Bill Part B" in decision_page(client, fixture("order-sign__e0784-insulin__covered"))
+
+
+def decision_page(client: FlaskClient, body: dict[str, Any]) -> str:
+    """The decision page the first coverage card links to (guidance is shown there)."""
+    card = cards_for(client, body)[0]
+    (url,) = [link["url"] for link in card["links"] if link["label"].startswith("Decision")]
+    return client.get(urlsplit(url).path).get_data(as_text=True)

@@ -194,6 +194,8 @@ def test_technical_failure_is_indeterminate_in_2_2_only(client: FlaskClient) -> 
     assert values(parts_22, "covered") == ["indeterminate"]
     (reason,) = values(parts_22, "reason")
     assert reason["coding"][0]["code"] == "technical"
-    assert "observations" in reason["text"]
+    assert "lab results could not be retrieved" in reason["text"]
     parts_20 = coverage_parts(sign(client, body, "2.0")["systemActions"][0])
     assert values(parts_20, "covered") == ["conditional"]
+    (reason_20,) = values(parts_20, "reason")
+    assert reason_20["text"].startswith("Provisional: lab results could not be retrieved")

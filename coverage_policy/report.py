@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from coverage_policy.loader import logic_nodes
-from coverage_policy.model import Period, Policy, Rule
+from coverage_policy.model import Outcome, Period, Policy, Rule, Truth
 
 FORMATS = ("text", "markdown", "json")
 MIN_WIDTH = 72
@@ -115,6 +115,16 @@ def _leaf(node: Mapping[str, Any], policy: Policy) -> str:
     if "absent" in node:
         text += f" [when not found: {node['absent']}]"
     return text
+
+
+def guidance_message(rule: Rule, truth: Truth, indication: Outcome) -> str:
+    """A guidance rule's message for its truth; its "-if-not-covered" variant, where the
+    policy gives one, when the indication is not covered (e.g. no Part B for a pump drug
+    whose pump the LCD does not cover)."""
+    messages = rule.messages
+    if indication is Outcome.NOT_COVERED:
+        return messages.get(f"{truth.value}-if-not-covered", messages[truth.value])
+    return messages[truth.value]
 
 
 def describe_logic(node: Mapping[str, Any], policy: Policy) -> str:

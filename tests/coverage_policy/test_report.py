@@ -8,7 +8,9 @@ from datetime import date
 
 import pytest
 
-from cds_service.policy_report import (
+from coverage_policy.loader import load_policy
+from coverage_policy.model import Period, Policy
+from coverage_policy.report import (
     Effective,
     PolicyReport,
     describe_logic,
@@ -18,8 +20,6 @@ from cds_service.policy_report import (
     render_report,
     render_text,
 )
-from coverage_policy.loader import load_policy
-from coverage_policy.model import Period, Policy
 
 
 @pytest.fixture
