@@ -10,7 +10,7 @@ from typing import Any
 
 from flask import Flask
 
-from cds_service import decision_page, fhir_routes
+from cds_service import decision_page, dtr_routes, fhir_routes
 from cds_service.auth import install_client_authentication
 from cds_service.config import load_settings
 from cds_service.cors import install_cors
@@ -76,6 +76,7 @@ def create_app(
     app.json.compact = True  # type: ignore[attr-defined]
     app.register_blueprint(blueprint)
     app.register_blueprint(fhir_routes.blueprint)
+    app.register_blueprint(dtr_routes.blueprint)
     app.register_blueprint(decision_page.blueprint)
     install_client_authentication(app)
     install_cors(app)

@@ -54,7 +54,7 @@ def discovery() -> Response:
     return jsonify({"services": [service.discovery_entry() for service in SERVICES.values()]})
 
 
-def _request_json() -> Any:
+def request_json() -> Any:
     """The request body as JSON; a body the HTTP layer cannot read is the client's 400."""
     try:
         raw = request.get_data()
@@ -78,7 +78,7 @@ def call_service(service_id: str) -> Response:
     )
     charge_verified_client(client)
     hook_request = parse_hook_request(
-        _request_json(),
+        request_json(),
         expected_hook=service.hook,
         context_validator=context_validator(service),
     )
@@ -158,7 +158,7 @@ def receive_feedback(service_id: str) -> Response:
         _settings(), endpoint_url=f"{public_base_url()}/cds-services/{service_id}/feedback"
     )
     charge_verified_client(client)
-    entries = parse_feedback(_request_json())
+    entries = parse_feedback(request_json())
     try:
         store_feedback(
             current_app.extensions["cds_store"],

@@ -314,3 +314,112 @@ def evaluate_policy(
         guidance=guidance,
         as_of=as_of,
     )
+
+
+def _top_answer_node(criterion: Criterion) -> bool:
+    return "answer" in criterion.logic
+
+
+def _scope_candidates(rule: Rule) -> list[dict[str, FactValue]]:
+    """Every assignment of the facts a rule's scope pins to a few values (``eq``, ``in``
+    leaves of its top ``all``): one of them holds for an order the rule decided."""
+    node = rule.applies_when
+    leaves = node.get("all", [node])
+    choices = [
+        (leaf["fact"], [leaf["value"]] if leaf["op"] == "eq" else list(leaf["values"]))
+        for leaf in leaves
+        if isinstance(leaf, Mapping) and leaf.get("op") in ("eq", "in") and "fact" in leaf
+    ]
+    assignments: list[dict[str, FactValue]] = [{}]
+    for fact, values in choices:
+        assignments = [{**a, fact: FactValue(v)} for a in assignments for v in values]
+    return assignments
+
+
+def _settled_by_scope(
+    policy: Policy,
+    indication: Rule,
+    criterion: Criterion,
+    earlier: Truth,
+    answers: Facts,
+    as_of: date,
+) -> Truth:
+    """A criterion mixing order facts and documentation (``drug is X, or drug is Y and
+    documented Z``) that the answers alone leave unknown: try each value the rule's scope
+    allows for the order facts, keep those that give the earlier truth unanswered, and
+    if all of them agree on the answered truth, that is it."""
+    unanswered = {**answers, **{f"doc.{d}": FactValue(None) for d in criterion.documentation}}
+    found: set[Truth] = set()
+    for candidate in _scope_candidates(indication):
+        if (
+            _Evaluator(policy, {**unanswered, **candidate}, as_of).logic(criterion.logic, [])
+            is not earlier
+        ):
+            continue
+        found.add(_Evaluator(policy, {**answers, **candidate}, as_of).logic(criterion.logic, []))
+    return found.pop() if len(found) == 1 else _UNKNOWN
+
+
+def redecide(
+    policy: Policy,
+    rule_ids: tuple[str, ...],
+    known: Mapping[str, tuple[Truth, bool]],
+    answers: Facts,
+    as_of: date,
+) -> Decision | None:
+    """Decide again from an earlier decision's criterion truths and new documentation.
+
+    For a DTR client that is not the EHR, the record itself is not at hand: what is
+    known is the earlier decision's rules (``rule_ids``, indication first), each
+    criterion's ``(truth, checked)`` then (``known``), and the answers given since
+    (``doc.*`` facts). A criterion reading no documentation keeps its truth. One that
+    does is evaluated on the answers with the record unknown; by monotonicity of
+    three-valued logic a definite result is the result the record would give too,
+    except that a record showing an answer-or-record criterion met outweighs the answer
+    (the earlier truth says so). If the answers leave it unknown it keeps its earlier
+    truth when none of its items was answered, else it stays unknown: the record must
+    show the rest, and only a decision on the record can tell."""
+    rules = {rule.id: rule for rule in policy.rules}
+    chosen = [rules[rule_id] for rule_id in rule_ids if rule_id in rules]
+    indication = next((r for r in chosen if r.kind is RuleKind.INDICATION), None)
+    if indication is None:
+        return None
+    evaluator = _Evaluator(policy, answers, as_of)
+    for rule in chosen:
+        for criterion_id in rule.criteria:
+            if criterion_id in evaluator.cache:
+                continue
+            criterion = policy.criteria[criterion_id]
+            truth, checked = known.get(criterion_id, (_UNKNOWN, True))
+            evidence: list[Evidence] = []
+            if criterion.documentation and not (truth is _MET and _top_answer_node(criterion)):
+                answered = any(
+                    answers.get(f"doc.{item}", FactValue(None)).value is not None
+                    for item in criterion.documentation
+                )
+                partial = evaluator.logic(criterion.logic, evidence)
+                if partial is not _UNKNOWN:
+                    truth, checked = partial, True
+                elif answered:
+                    truth = _settled_by_scope(policy, indication, criterion, truth, answers, as_of)
+            evaluator.cache[criterion_id] = CriterionResult(
+                criterion, truth, tuple(evidence), True, checked
+            )
+    decided = evaluator.rule(indication)
+    requirements = tuple(evaluator.rule(r) for r in chosen if r.kind is RuleKind.REQUIREMENT)
+    guidance = tuple(evaluator.rule(r) for r in chosen if r.kind is RuleKind.GUIDANCE)
+    outcome = max((decided.outcome, *(r.outcome for r in requirements)), key=_SEVERITY.__getitem__)
+    return Decision(
+        policy_id=policy.id,
+        policy_version=policy.version,
+        outcome=outcome,
+        indication=decided,
+        requirements=requirements,
+        guidance=guidance,
+        as_of=as_of,
+    )
+
+
+def logic_truth(policy: Policy, node: Mapping[str, Any], facts: Facts, as_of: date) -> Truth:
+    """The truth of one logic tree (a rule's scope, say) on partial facts."""
+    return _Evaluator(policy, facts, as_of).logic(node, [])
