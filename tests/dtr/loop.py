@@ -11,6 +11,8 @@ from typing import Any
 
 from flask.testing import FlaskClient
 
+from tests.dtr import conformance
+
 ORDER_SIGN = "/cds-services/infusion-pump-coverage-order-sign"
 COVERAGE_INFORMATION = (
     "http://hl7.org/fhir/us/davinci-crd/StructureDefinition/ext-coverage-information"
@@ -100,6 +102,8 @@ def walk(
         reply = next_question(client, current)
         assert reply.status_code == 200, reply.get_json()
         current = reply.get_json()["parameter"][0]["resource"]
+        problems = conformance.questionnaire_response(current, completed=False)
+        assert problems == [], problems
         form = current["contained"][0]
         answered = {item["linkId"] for item in current.get("item") or []}
         new = [item for item in form.get("item") or [] if item["linkId"] not in answered]
