@@ -30,7 +30,7 @@ from cds_service.audit import audit_for_assertion
 from cds_service.errors import BadRequest, Issue
 from cds_service.routes import public_base_url, request_json
 from coverage_policy.engine import evaluate_policy
-from coverage_policy.model import Decision, Policy, RuleKind, Truth
+from coverage_policy.model import Decision, Policy, RecordedCriterion, RuleKind, Truth
 from dtr.adaptive import (
     QR_CONTEXT,
     FormInputError,
@@ -127,14 +127,19 @@ _UNKNOWN_CONTEXT = (
 def _knowledge(report: Mapping[str, Any]) -> Knowledge:
     """A recorded decision as what the walk knows: its rules and criterion truths."""
     rule_ids = [report["rule_id"]]
-    known: dict[str, tuple[Truth, bool]] = {}
+    known: dict[str, RecordedCriterion] = {}
     for criterion in report["criteria"]:
         if (
             criterion["rule_kind"] == RuleKind.REQUIREMENT.value
             and criterion["rule_id"] not in rule_ids
         ):
             rule_ids.append(criterion["rule_id"])
-        known[criterion["criterion_id"]] = (Truth(criterion["truth"]), bool(criterion["checked"]))
+        if_answered = criterion.get("if_answered")
+        known[criterion["criterion_id"]] = RecordedCriterion(
+            Truth(criterion["truth"]),
+            bool(criterion["checked"]),
+            (Truth(if_answered[0]), Truth(if_answered[1])) if if_answered else None,
+        )
     return Knowledge(
         rule_ids=tuple(rule_ids),
         known=known,

@@ -31,6 +31,7 @@ from coverage_policy.model import (
     Needs,
     Outcome,
     Policy,
+    RecordedCriterion,
     Truth,
 )
 from dtr.forms import ADAPTIVE_EXTENSION, question
@@ -68,7 +69,7 @@ class Knowledge:
     """What the walk knows of the order besides the answers."""
 
     rule_ids: tuple[str, ...]  # indication first, then its requirements
-    known: Mapping[str, tuple[Truth, bool]]  # criterion id -> (truth, checked)
+    known: Mapping[str, RecordedCriterion]  # what the decision recorded, by criterion id
     as_of: date
     orders: tuple[str, ...] = ()
     assertion_id: str | None = None

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from coverage_policy.loader import load_policy
-from coverage_policy.model import FactValue, Outcome, Policy, Rule, Truth
+from coverage_policy.model import FactValue, Outcome, Policy, RecordedCriterion, Rule, Truth
 from dtr.adaptive import Knowledge, Step, read_answers, step
 from dtr.forms import form_items, indication_rules, requirements_with
 
@@ -39,7 +39,7 @@ def _record_shows_all_it_can(rule_ids: tuple[str, ...]) -> Knowledge:
     """A record that shows every criterion no documentation can settle met, and nothing
     of those documentation settles: what is left is the form's to ask."""
     known = {
-        c: (Truth.MET, True)
+        c: RecordedCriterion(Truth.MET)
         for c in _criteria(rule_ids)
         if not POLICY.criteria[c].documentation or c in MIXED
     }
@@ -100,9 +100,11 @@ def test_an_any_asks_one_alternative_at_a_time() -> None:
     show prior insulin management only the first, until it is answered 'no'."""
     rule_ids = ("EIP-CSII",)
     known = {
-        c: (Truth.MET, True) for c in _criteria(rule_ids) if not POLICY.criteria[c].documentation
+        c: RecordedCriterion(Truth.MET)
+        for c in _criteria(rule_ids)
+        if not POLICY.criteria[c].documentation
     }
-    known["EIP-CSII-C-PEPTIDE"] = (Truth.UNKNOWN, True)
+    known["EIP-CSII-C-PEPTIDE"] = RecordedCriterion(Truth.UNKNOWN)
     first = step(POLICY, Knowledge(rule_ids, known, AS_OF), read_answers(POLICY, {}))
     assert first is not None
     asked = [item.id for item in first.asked]
@@ -126,16 +128,21 @@ def test_the_pump_kind_moves_the_order_to_another_rule() -> None:
 def test_nothing_is_asked_for_a_criterion_not_checked() -> None:
     rule_ids = ("EIP-OTHER-INOTROPE",)
     known = {
-        c: (Truth.MET, True) for c in _criteria(rule_ids) if not POLICY.criteria[c].documentation
+        c: RecordedCriterion(Truth.MET)
+        for c in _criteria(rule_ids)
+        if not POLICY.criteria[c].documentation
     }
-    known["EIP-OTHER-INOTROPE-STAGE-D"] = (Truth.UNKNOWN, False)
+    known["EIP-OTHER-INOTROPE-STAGE-D"] = RecordedCriterion(Truth.UNKNOWN, False)
     first = step(POLICY, Knowledge(rule_ids, known, AS_OF), read_answers(POLICY, {}))
     assert first is not None
     assert "inotrope-heart-failure-stage-d" not in [i.id for i in first.asked]
 
 
-_TRUTHS = st.sampled_from(
-    [(Truth.MET, True), (Truth.UNMET, True), (Truth.UNKNOWN, True), (Truth.UNKNOWN, False)]
+_TRUTHS = st.builds(
+    RecordedCriterion,
+    st.sampled_from(list(Truth)),
+    st.booleans(),
+    st.one_of(st.none(), st.tuples(st.sampled_from(list(Truth)), st.sampled_from(list(Truth)))),
 )
 
 
