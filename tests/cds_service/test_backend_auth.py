@@ -35,7 +35,7 @@ from cds_service.backend_auth import (
 )
 from cds_service.config import ConfigError, load_settings
 from cds_service.tables import backend_access_token
-from tests.conftest import make_app
+from tests.conftest import ROOT, make_app
 from tests.served_process import ServedProcess, free_port
 
 PUBLIC_URL = "https://payer.example.org"
@@ -682,6 +682,17 @@ def test_bad_client_registrations_stop_the_start(clients: Any, message: str) -> 
 def test_unreadable_clients_file_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="CDS_BACKEND_CLIENTS"):
         load_settings(environ={"CDS_BACKEND_CLIENTS": str(tmp_path / "missing.json")})
+
+
+def test_the_readme_registration_example_loads() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    example = readme.split("export CDS_BACKEND_CLIENTS='", 1)[1].split("'", 1)[0]
+    clients = load_settings(environ={"CDS_BACKEND_CLIENTS": example})["BACKEND_CLIENTS"]
+    assert clients["ehr-dtr-app"]["scopes"] == [
+        "system/Questionnaire.rs",
+        "system/ValueSet.rs",
+        "system/Library.rs",
+    ]
 
 
 def test_jwks_url_on_loopback_may_be_plain_http() -> None:
