@@ -360,6 +360,8 @@ def _verify_client_assertion(form: Mapping[str, str], token_url: str, now: float
                 "verify_exp": False,
                 "verify_iat": False,
                 "verify_nbf": False,
+                # RSA keys under 2048 bits (RFC 7518 section 3.3) are refused.
+                "enforce_minimum_key_length": True,
             },
         )
     except jwt.InvalidSignatureError:

@@ -9,6 +9,7 @@ import logging
 import threading
 import time
 import uuid
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -23,6 +24,7 @@ import sqlalchemy as sa
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from flask import Blueprint, Flask, Response, jsonify
 from flask.testing import FlaskClient
+from jwt.warnings import InsecureKeyLengthWarning
 
 from cds_service.backend_auth import (
     ACCESS_TOKEN_LIFETIME_S,
@@ -334,6 +336,16 @@ def test_error_descriptions_say_what_is_wrong(client: FlaskClient, keys: Keys) -
     assert "expired" in expired.get_json()["error_description"]
     far = ask_token(client, token_form(assertion(keys.es384, exp=int(time.time()) + 3600)))
     assert "five minutes" in far.get_json()["error_description"]
+
+
+def test_short_rsa_key_is_refused(keys: Keys) -> None:
+    weak = SigningKey("rsa-weak", "RS384", rsa.generate_private_key(65537, 1024))
+    clients = {CLIENT: {"jwks": {"keys": [weak.public_jwk]}, "scopes": ["system/ValueSet.rs"]}}
+    client = payer_app(keys, BACKEND_CLIENTS=clients).test_client()
+    with warnings.catch_warnings():  # PyJWT warns when signing with it, too
+        warnings.simplefilter("ignore", InsecureKeyLengthWarning)
+        form = token_form(assertion(weak), scope="system/ValueSet.rs")
+    refused(ask_token(client, form), 401, "invalid_client")
 
 
 def test_exp_five_minutes_ahead_is_accepted(client: FlaskClient, keys: Keys) -> None:
