@@ -59,7 +59,8 @@ Protecting a route (the payer FHIR operations):
 
 or, inside a view, ``refusal = require_payer_scope("Questionnaire")``, returned when it is
 not None. Under ``CDS_AUTH=required`` a call without a bearer token, or with one that is
-unknown or expired, is refused 401 (OperationOutcome, ``WWW-Authenticate: Bearer``); a
+unknown, expired or issued to a client no longer registered, is refused 401
+(OperationOutcome, ``WWW-Authenticate: Bearer``); a
 token without ``system/<type>.rs`` (or ``.read``, ``system/*.rs``, or a broader scope) is
 refused 403. Under ``CDS_AUTH=optional`` a call without a token goes through with a
 warning logged, as unsigned service calls do; a token that is sent is still checked.
@@ -464,7 +465,7 @@ def _store_token(store: Store, client_id: str, scope: str, now: float) -> str:
 
 
 def _look_up_token(store: Store, token: str, now: float) -> BackendClient | None:
-    """The client an unexpired token was issued to, or None."""
+    """The client an unexpired token was issued to, while it is still registered, or None."""
     table = backend_access_token
     with store.reading() as connection:
         row = connection.execute(
@@ -473,6 +474,8 @@ def _look_up_token(store: Store, token: str, now: float) -> BackendClient | None
             )
         ).first()
     if row is None or row.expires_at <= datetime.fromtimestamp(now, UTC):
+        return None
+    if row.client_id not in _settings()["BACKEND_CLIENTS"]:  # registration withdrawn since
         return None
     return BackendClient(client_id=row.client_id, scopes=row.scopes)
 

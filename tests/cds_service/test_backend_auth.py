@@ -546,6 +546,18 @@ def test_missing_token_passes_with_a_warning_when_optional(
     assert any("CDS_AUTH=optional" in r.getMessage() for r in caplog.records)
 
 
+def test_token_of_a_client_no_longer_registered_is_401(tmp_path: Path, keys: Keys) -> None:
+    """A replica restarted without the client (its registration withdrawn) refuses the
+    tokens it was issued."""
+    database = f"sqlite:///{tmp_path / 'audit.sqlite3'}"
+    issuing = payer_app(keys, DATABASE_URL=database).test_client()
+    token = token_for(issuing, keys.es384)
+    remaining = {OTHER_CLIENT: clients_config(keys)[OTHER_CLIENT]}
+    withdrawn = payer_app(keys, DATABASE_URL=database, BACKEND_CLIENTS=remaining).test_client()
+    assert _is_401(withdrawn.get("/fhir/probe/Questionnaire", headers=bearer(token)))
+    assert issuing.get("/fhir/probe/Questionnaire", headers=bearer(token)).status_code == 200
+
+
 def test_token_of_one_client_names_that_client(client: FlaskClient, keys: Keys) -> None:
     token = token_for(
         client, keys.other_client, scope="system/ValueSet.rs", iss=OTHER_CLIENT, sub=OTHER_CLIENT
