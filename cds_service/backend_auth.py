@@ -108,6 +108,7 @@ ACCESS_TOKEN_LIFETIME_S = 300
 # SMART Backend Services: the assertion's exp is no more than five minutes in the future.
 MAX_ASSERTION_LIFETIME_S = 300
 MAX_ASSERTION_CHARS = 16 * 1024
+MAX_SCOPE_CHARS = 2048
 # Our tokens are 43 characters; anything much longer is not one and is not looked up.
 MAX_TOKEN_CHARS = 256
 # What DTR clients ask for (DTR 2.0.1 spells them in lower case; compared without case).
@@ -300,6 +301,8 @@ def _token_request_form() -> dict[str, str]:
         raise TokenRequestRefused(
             "invalid_request", "scope is required, e.g. " + " ".join(PAYER_SCOPES)
         )
+    if len(form["scope"]) > MAX_SCOPE_CHARS:
+        raise TokenRequestRefused("invalid_request", "scope is too long")
     return form
 
 

@@ -36,6 +36,7 @@ from cds_service.backend_auth import (
     require_payer_scope,
 )
 from cds_service.config import ConfigError, load_settings
+from cds_service.errors import ServiceUnavailable
 from cds_service.tables import backend_access_token
 from tests.conftest import ROOT, make_app
 from tests.served_process import ServedProcess, free_port
@@ -419,6 +420,25 @@ def test_repeated_parameter_is_invalid_request(client: FlaskClient, keys: Keys) 
     refused(response, 400, "invalid_request")
 
 
+def test_overlong_scope_is_invalid_request(client: FlaskClient, keys: Keys) -> None:
+    scope = " ".join(f"system/Questionnaire{'x' * n}.rs" for n in range(1, 80))
+    refused(
+        ask_token(client, token_form(assertion(keys.es384), scope=scope)), 400, "invalid_request"
+    )
+
+
+def test_database_down_is_503_and_nothing_issued(app: Flask, keys: Keys) -> None:
+    class Unavailable:
+        def remember(self, jti: str, iss: str, expires_at: float) -> bool:
+            raise ServiceUnavailable.single("down")
+
+    app.extensions["cds_replay_cache"] = Unavailable()
+    response = ask_token(app.test_client(), token_form(assertion(keys.es384)))
+    assert response.status_code == 503
+    assert response.get_json()["error"] == "temporarily_unavailable"
+    assert "access_token" not in response.get_json()
+
+
 def test_get_is_not_allowed(client: FlaskClient) -> None:
     assert client.get("/auth/token").status_code == 405
 
@@ -544,6 +564,21 @@ def test_missing_token_passes_with_a_warning_when_optional(
     assert response.status_code == 200
     assert response.get_json() == {"client": None}
     assert any("CDS_AUTH=optional" in r.getMessage() for r in caplog.records)
+
+
+def test_token_check_with_the_database_down_is_503(
+    app: Flask, client: FlaskClient, keys: Keys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    token = token_for(client, keys.es384)
+    store = app.extensions["cds_store"]
+
+    def broken() -> Any:
+        raise sa.exc.OperationalError("SELECT", {}, Exception("connection refused"))
+
+    monkeypatch.setattr(store, "reading", broken)
+    response = client.get("/fhir/probe/Questionnaire", headers=bearer(token))
+    assert response.status_code == 503
+    assert response.get_json()["resourceType"] == "OperationOutcome"
 
 
 def test_token_of_a_client_no_longer_registered_is_401(tmp_path: Path, keys: Keys) -> None:
