@@ -106,7 +106,7 @@ class _Checker:
         self.catalog = dict(catalog)
         for item in raw["documentation"]:
             self.catalog[f"doc.{item['id']}"] = {
-                "type": item["answer_type"],
+                "type": "number" if item["answer_type"] == "decimal" else item["answer_type"],
                 "values": [o["code"] for o in item.get("options", [])],
             }
         self.valuesets = valuesets
@@ -122,6 +122,13 @@ class _Checker:
                 if entry["id"] in seen:
                     self.problem(f"duplicate id {entry['id']} in {section}")
                 seen.add(entry["id"])
+
+    def check_stated_facts(self) -> None:
+        """An item may stand in only for a record fact the mappings produce."""
+        for item in self.raw["documentation"]:
+            for name in item.get("states", ()):
+                if name not in self.catalog or name.startswith("doc."):
+                    self.problem(f"documentation item {item['id']}: states unknown fact {name}")
 
     def check_citations(self, owner: str, citations: list[Mapping[str, str]]) -> None:
         for citation in citations:
@@ -250,6 +257,7 @@ def build_policy(
         raise PolicyLoadError([f"{e.json_path}: {e.message}" for e in errors])
     checker = _Checker(raw, catalog, valuesets)
     checker.check_ids()
+    checker.check_stated_facts()
     checker.check_criteria()
     checker.check_rules()
     checker.check_links()
@@ -265,8 +273,16 @@ def _citations(raw: list[Mapping[str, str]]) -> tuple[Citation, ...]:
 def _build(raw: Mapping[str, Any], catalog: dict[str, Any], valuesets: Mapping[str, Any]) -> Policy:
     sources = {k: Source(k, v["label"], v["url"]) for k, v in raw["sources"].items()}
     criteria = {}
+    stating: dict[str, list[str]] = {}  # record fact -> the items that can state it
+    for d in raw["documentation"]:
+        for name in d.get("states", ()):
+            stating.setdefault(name, []).append(d["id"])
     for c in raw["criteria"]:
-        docs = sorted({f[4:] for f in c["facts"] if f.startswith("doc.")})
+        # The items that settle a criterion: those it reads, and those that state a
+        # record fact it reads, in the policy's item order.
+        wanted = {f[4:] for f in c["facts"] if f.startswith("doc.")}
+        wanted |= {i for f in c["facts"] for i in stating.get(f, ())}
+        docs = [d["id"] for d in raw["documentation"] if d["id"] in wanted]
         criteria[c["id"]] = Criterion(
             c["id"],
             c["text"],
@@ -297,6 +313,8 @@ def _build(raw: Mapping[str, Any], catalog: dict[str, Any], valuesets: Mapping[s
             d["answer_type"],
             tuple((o["code"], o["display"]) for o in d.get("options", [])),
             d["doc_type"],
+            d.get("unit"),
+            tuple(d.get("states", ())),
         )
         for d in raw["documentation"]
     }
