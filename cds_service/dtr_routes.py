@@ -14,19 +14,35 @@ decision that the coverage-assertion-id (``context``) names, and only together w
 order that decision was about, so nobody reads another decision's criteria by guessing
 an id. Without a context a form starts from nothing known and its answers never yield
 coverage-information (DTR: a payer asserts coverage from a form only where CRD ran).
-Each call is logged with its client, operation, context and outcome (no PHI).
+The operations need a SMART Backend Services token with ``system/Questionnaire.rs``
+(``system/ValueSet.rs`` for ``$expand``; ``cds_service.backend_auth``); reading the
+forms themselves (``Questionnaire/<id>``, ``metadata``) needs none, as they hold no PHI
+and the documentation card links to them. Each answered call is audited like a service call
+(``service_id`` ``dtr``, ``hook`` the operation, the DTR client as ``client_iss``); a
+response completed with coverage-information records its decision under the new
+coverage-assertion-id, with the orders, so ``audit show`` finds it and a later form can
+name it as its context. Nothing of the answers themselves is kept (no PHI).
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Mapping
 from datetime import date, datetime
 from typing import Any, cast
 
 from flask import Blueprint, Response, current_app, request
 
-from cds_service.audit import audit_for_assertion
+from cds_service.audit import (
+    AuditRecord,
+    CallTimings,
+    DecisionRecord,
+    audit_for_assertion,
+    decision_record,
+    record_service_call,
+)
+from cds_service.backend_auth import current_backend_client, payer_scope_required
 from cds_service.errors import BadRequest, Issue
 from cds_service.routes import public_base_url, request_json
 from coverage_policy.engine import evaluate_policy
@@ -109,6 +125,28 @@ def served_forms() -> dict[str, dict[str, Any]]:
     return cast(dict[str, dict[str, Any]], cache[base])
 
 
+def _audit(
+    operation: str,
+    started: float,
+    crd_version: str = "",
+    decisions: tuple[DecisionRecord, ...] = (),
+) -> None:
+    """Record one answered DTR call (never fails the answer: see ``record_service_call``)."""
+    client = current_backend_client()
+    elapsed = time.perf_counter() - started
+    record = AuditRecord(
+        recorded_at=_now(),
+        service_id="dtr",
+        hook=operation,
+        hook_instance=cast(Callable[[], str], current_app.extensions["cds_new_uuid"])(),
+        client_iss=client.client_id if client else None,
+        crd_version=crd_version,
+        timings=CallTimings(prefetch=0.0, fetch=0.0, decide=elapsed, total=elapsed),
+        decisions=decisions,
+    )
+    record_service_call(current_app.extensions["cds_store"], record)
+
+
 def _reference(resource: Mapping[str, Any]) -> str | None:
     resource_id = resource.get("id")
     if not isinstance(resource_id, str) or not resource_id:
@@ -147,6 +185,7 @@ def _knowledge(report: Mapping[str, Any]) -> Knowledge:
         orders=tuple(report["orders"]),
         assertion_id=report["coverage_assertion_id"],
         crd_version=report["crd_version"],
+        order_facts=report["order_facts"],
     )
 
 
@@ -206,7 +245,9 @@ def _rules_for_orders(
 
 
 @blueprint.post("/Questionnaire/$questionnaire-package")
+@payer_scope_required("Questionnaire")
 def questionnaire_package() -> Response:
+    started = time.perf_counter()
     policy, now = _policy(), _now()
     try:
         asked = read_package_request(request_json())
@@ -281,9 +322,8 @@ def questionnaire_package() -> Response:
         bundles.append(package_bundle(form, binds, response, f"{public_base_url()}/fhir"))
     if not bundles and not notes:
         notes.append(("information", "informational", "No documentation form applies"))
-    logger.info(
-        "dtr questionnaire-package context=%s packages=%d", bool(asked.context), len(bundles)
-    )
+    crd_version = next((k.crd_version for _, k, _ in wanted if k and k.crd_version), "")
+    _audit("questionnaire-package", started, crd_version)
     return _fhir(package_parameters(bundles, outcome(notes)))
 
 
@@ -324,7 +364,9 @@ def _completed_coverage(
 
 @blueprint.post("/Questionnaire/$next-question")
 @blueprint.post("/$next-question")
+@payer_scope_required("Questionnaire")
 def next_question() -> Response:
+    started = time.perf_counter()
     policy = _policy()
     try:
         response = read_next_question_request(request_json())
@@ -379,13 +421,16 @@ def next_question() -> Response:
         advanced = advance(policy, response, done, information)
     except FormInputError as error:
         raise _bad(error) from None
-    logger.info(
-        "dtr next-question rule=%s asked=%d finished=%s outcome=%s",
-        rule.id,
-        len(done.asked),
-        done.finished,
-        done.decision.outcome.value,
-    )
+    recorded: tuple[DecisionRecord, ...] = ()
+    if information is not None:
+        new_id = next(
+            p["valueString"]
+            for p in information["extension"]
+            if p["url"] == "coverage-assertion-id"
+        )
+        orders_decided = tuple(sorted(orders & set(known.orders))) or known.orders
+        recorded = (decision_record(done.decision, new_id, orders_decided, known.order_facts),)
+    _audit("next-question", started, known.crd_version or "", recorded)
     return _fhir(
         {"resourceType": "Parameters", "parameter": [{"name": "return", "resource": advanced}]}
     )
@@ -395,12 +440,15 @@ def next_question() -> Response:
 
 
 @blueprint.get("/ValueSet/$expand")
+@payer_scope_required("ValueSet")
 def expand_valueset() -> Response:
+    started = time.perf_counter()
     canonical = request.args.get("url", "")
     url, bar, version = canonical.partition("|")
     valueset = answer_valuesets(_policy(), _now()).get(url)
     if valueset is None or (bar and version != valueset["version"]):
         raise BadRequest.single(f"No ValueSet '{canonical}' here", "url")
+    _audit("expand", started)
     return _fhir(valueset)
 
 
@@ -470,7 +518,9 @@ def capability_statement() -> Response:
 
 
 @blueprint.post("/Questionnaire/$log-questionnaire-errors")
+@payer_scope_required("Questionnaire")
 def log_questionnaire_errors() -> Response:
+    started = time.perf_counter()
     try:
         canonicals, outcomes = read_logged_errors(request_json())
     except FormInputError as error:
@@ -480,4 +530,5 @@ def log_questionnaire_errors() -> Response:
     logger.warning(
         "dtr questionnaire errors reported: %s (%d issues)", ", ".join(canonicals)[:500], issues
     )
+    _audit("log-questionnaire-errors", started)
     return Response(status=200)
