@@ -29,9 +29,11 @@ from typing import Any
 
 import sqlalchemy as sa
 from jsonschema import Draft202012Validator
+from jsonschema.exceptions import ValidationError
 from sqlalchemy.engine import Connection
 
 from cds_service.errors import BadRequest, Issue
+from cds_service.schema_issues import schema_issues
 from cds_service.store import Store
 from cds_service.tables import decision, feedback, issued_card, service_call
 
@@ -61,35 +63,19 @@ class FeedbackEntry:
     outcome_timestamp: datetime
 
 
-def _where(path: Sequence[Any]) -> str:
-    where = ""
-    for part in path:
-        where += f"[{part}]" if isinstance(part, int) else (f".{part}" if where else str(part))
-    return where or "(request body)"
-
-
 def _uuid(value: str) -> str:
     return value.removeprefix("urn:uuid:").lower()
 
 
-def _schema_issues(body: Any) -> list[Issue]:
-    issues = []
-    errors = sorted(
-        _feedback_validator().iter_errors(body), key=lambda e: list(map(str, e.absolute_path))
-    )
-    for error in errors:
-        where = _where(error.absolute_path)
-        message = _RULES.get(str(error.validator), error.message)
-        if error.validator == "required" and "acceptedSuggestions" in error.message:
-            message = "an accepted outcome needs acceptedSuggestions (cds-fb-2)"
-        elif error.validator == "pattern" and where.endswith("outcomeTimestamp"):
-            message = (
-                "outcomeTimestamp must be an RFC 3339 date-time in UTC, e.g. 2026-11-28T15:04:05Z"
-            )
-        elif error.validator == "pattern":
-            message = "must be a uuid"
-        issues.append(Issue(f"{where}: {message}", where))
-    return issues
+def _describe(error: ValidationError, where: str) -> str:
+    """The feedback rule a schema violation breaks, in words a client developer knows."""
+    if error.validator == "required" and "acceptedSuggestions" in error.message:
+        return "an accepted outcome needs acceptedSuggestions (cds-fb-2)"
+    if error.validator == "pattern" and where.endswith("outcomeTimestamp"):
+        return "outcomeTimestamp must be an RFC 3339 date-time in UTC, e.g. 2026-11-28T15:04:05Z"
+    if error.validator == "pattern":
+        return "must be a uuid"
+    return _RULES.get(str(error.validator), str(error.message))
 
 
 def _timestamp(text: str, where: str) -> datetime:
@@ -103,7 +89,7 @@ def _timestamp(text: str, where: str) -> datetime:
 
 def parse_feedback(body: Any) -> list[FeedbackEntry]:
     """The entries of a feedback request body, or ``BadRequest`` naming every problem."""
-    issues = _schema_issues(body)
+    issues = schema_issues(_feedback_validator(), body, describe=_describe)
     if issues:
         raise BadRequest(issues)
     entries = []

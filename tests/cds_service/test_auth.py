@@ -31,8 +31,8 @@ from cds_service.auth import (
     allowed_fhir_servers,
 )
 from cds_service.config import ConfigError, load_settings
+from tests.builders import order_sign_request, patient_and_coverage_prefetch
 from tests.conftest import ORDER_SIGN, make_app
-from tests.hook_requests import order_sign_request, patient_and_coverage_prefetch
 from tests.misbehaving_fhir_server import MisbehavingFhirServer
 from tests.served_process import ServedProcess, free_port
 

@@ -29,13 +29,13 @@ from cds_service.prefetch import (
 )
 from hooks import SERVICES
 from hooks.request import NOT_SENT, FhirAuthorization, HookRequest
-from tests.conftest import ORDER_SIGN, make_app
-from tests.hook_requests import (
+from tests.builders import (
     ORDER_SIGN_PREFETCH_KEYS,
     covered_codes,
     order_sign_request,
     patient_and_coverage_prefetch,
 )
+from tests.conftest import ORDER_SIGN, make_app
 from tests.misbehaving_fhir_server import MisbehavingFhirServer
 
 ORDER_SIGN_SERVICE = SERVICES["infusion-pump-coverage-order-sign"]
