@@ -255,6 +255,14 @@ def feedback_stats(store: Store, since: datetime | None = None) -> FeedbackStats
     nobody gave feedback on show up as the difference. ``since`` filters feedback by
     ``outcomeTimestamp`` and cards by the time of the call that issued them.
     """
+    with store.reading() as connection:
+        rules = _rule_stats(connection, since)
+        reasons = _reason_stats(connection, since)
+    return FeedbackStats(since=since.date() if since else None, rules=rules, reasons=reasons)
+
+
+def _rule_stats(connection: Connection, since: datetime | None) -> tuple[RuleStats, ...]:
+    """Cards issued and feedback by outcome, per rule (or card type without a decision)."""
     card_rule = (
         sa.select(
             issued_card.c.id.label("card_id"),
@@ -275,6 +283,28 @@ def feedback_stats(store: Store, since: datetime | None = None) -> FeedbackStats
         .select_from(feedback.join(card_rule, card_rule.c.card_id == feedback.c.card_id))
         .group_by(card_rule.c.rule_id, card_rule.c.card_type, feedback.c.outcome)
     )
+    if since is not None:
+        issued_query = issued_query.where(service_call.c.recorded_at >= since)
+        feedback_query = feedback_query.where(feedback.c.outcome_timestamp >= since)
+    counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for rule_id, card_type, count in connection.execute(issued_query):
+        counts[_rule_label(rule_id, card_type)]["issued"] += count
+    for rule_id, card_type, outcome, count in connection.execute(feedback_query):
+        counts[_rule_label(rule_id, card_type)][outcome] += count
+    return tuple(
+        RuleStats(
+            rule=label,
+            cards_issued=c["issued"],
+            feedback=c["accepted"] + c["overridden"],
+            accepted=c["accepted"],
+            overridden=c["overridden"],
+        )
+        for label, c in sorted(counts.items())
+    )
+
+
+def _reason_stats(connection: Connection, since: datetime | None) -> tuple[ReasonStats, ...]:
+    """Overrides per reason coding, most frequent first, each with its share."""
     reason_query = (
         sa.select(
             feedback.c.override_system,
@@ -286,28 +316,10 @@ def feedback_stats(store: Store, since: datetime | None = None) -> FeedbackStats
         .group_by(feedback.c.override_system, feedback.c.override_code)
     )
     if since is not None:
-        issued_query = issued_query.where(service_call.c.recorded_at >= since)
-        feedback_query = feedback_query.where(feedback.c.outcome_timestamp >= since)
         reason_query = reason_query.where(feedback.c.outcome_timestamp >= since)
-    counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-    with store.reading() as connection:
-        for rule_id, card_type, count in connection.execute(issued_query):
-            counts[_rule_label(rule_id, card_type)]["issued"] += count
-        for rule_id, card_type, outcome, count in connection.execute(feedback_query):
-            counts[_rule_label(rule_id, card_type)][outcome] += count
-        reasons = connection.execute(reason_query).all()
-    rules = tuple(
-        RuleStats(
-            rule=label,
-            cards_issued=c["issued"],
-            feedback=c["accepted"] + c["overridden"],
-            accepted=c["accepted"],
-            overridden=c["overridden"],
-        )
-        for label, c in sorted(counts.items())
-    )
+    reasons = connection.execute(reason_query).all()
     total_overrides = sum(count for *_, count in reasons)
-    reason_stats = tuple(
+    return tuple(
         sorted(
             (
                 ReasonStats(
@@ -322,4 +334,3 @@ def feedback_stats(store: Store, since: datetime | None = None) -> FeedbackStats
             key=lambda r: (-r.overridden, r.code or ""),
         )
     )
-    return FeedbackStats(since=since.date() if since else None, rules=rules, reasons=reason_stats)

@@ -119,7 +119,7 @@ def read_context_resources(
         started = time.monotonic() if started is None else started
         fetched = _fetch(hook_request, settings, client, missing, started) or {}
         for reference, result in fetched.items():
-            if isinstance(result, dict) and not isinstance(result, FhirQueryFailed):
+            if isinstance(result, dict):
                 found[reference] = result
     return found
 

@@ -12,6 +12,7 @@ from collections.abc import Iterator, Mapping
 from datetime import date
 from functools import cache
 from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +55,7 @@ class PolicyLoadError(ValueError):
         self.problems = problems
 
 
-def _read_json(path: Path | Any) -> Any:
+def _read_json(path: Path | Traversable) -> Any:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
@@ -262,34 +263,37 @@ def _citations(raw: list[Mapping[str, str]]) -> tuple[Citation, ...]:
     return tuple(Citation(c["source"], c["section"]) for c in raw)
 
 
+def _criterion(c: Mapping[str, Any]) -> Criterion:
+    docs = sorted({f[4:] for f in c["facts"] if f.startswith("doc.")})
+    return Criterion(
+        c["id"],
+        c["text"],
+        _citations(c["citations"]),
+        tuple(c["facts"]),
+        c["logic"],
+        tuple(docs),
+    )
+
+
+def _rule(r: Mapping[str, Any]) -> Rule:
+    return Rule(
+        id=r["id"],
+        kind=RuleKind(r["kind"]),
+        title=r["title"],
+        citations=_citations(r["citations"]),
+        applies_when=r["applies_when"],
+        decides=r["decides"],
+        criteria=tuple(r["criteria"]),
+        messages=dict(r["messages"]),
+        alternatives=tuple(r.get("alternatives", ())),
+        effective=_period(r.get("effective")),
+    )
+
+
 def _build(raw: Mapping[str, Any], catalog: dict[str, Any], valuesets: Mapping[str, Any]) -> Policy:
     sources = {k: Source(k, v["label"], v["url"]) for k, v in raw["sources"].items()}
-    criteria = {}
-    for c in raw["criteria"]:
-        docs = sorted({f[4:] for f in c["facts"] if f.startswith("doc.")})
-        criteria[c["id"]] = Criterion(
-            c["id"],
-            c["text"],
-            _citations(c["citations"]),
-            tuple(c["facts"]),
-            c["logic"],
-            tuple(docs),
-        )
-    rules = tuple(
-        Rule(
-            id=r["id"],
-            kind=RuleKind(r["kind"]),
-            title=r["title"],
-            citations=_citations(r["citations"]),
-            applies_when=r["applies_when"],
-            decides=r["decides"],
-            criteria=tuple(r["criteria"]),
-            messages=dict(r["messages"]),
-            alternatives=tuple(r.get("alternatives", ())),
-            effective=_period(r.get("effective")),
-        )
-        for r in raw["rules"]
-    )
+    criteria = {c["id"]: _criterion(c) for c in raw["criteria"]}
+    rules = tuple(_rule(r) for r in raw["rules"])
     documentation = {
         d["id"]: DocumentationItem(
             d["id"],

@@ -8,7 +8,7 @@ from datetime import date
 from typing import Any
 
 from coverage_policy.engine import evaluate_policy, facts_that_may_be_read
-from coverage_policy.model import Decision, Policy
+from coverage_policy.model import Decision, Outcome, Policy
 from fhir_mappings.dates import as_date
 from fhir_mappings.episodes import (
     DraftOrder,
@@ -50,7 +50,7 @@ class EpisodeDecision:
         return self.decision.rule_id
 
     @property
-    def outcome(self) -> Any:
+    def outcome(self) -> Outcome:
         return self.decision.outcome
 
 
