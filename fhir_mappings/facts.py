@@ -22,27 +22,45 @@ from fhir_mappings.encounters import face_to_face_date, last_visit_date, order_s
 from fhir_mappings.episodes import PumpEpisode
 from fhir_mappings.labs import c_peptide_facts, glucose_checks_per_day, lab_results, latest_value
 from fhir_mappings.medication_history import insulin_mdi_days, oral_antispasmodic_trial_days
+from fhir_mappings.prefetch_keys import (
+    ALLERGIES,
+    CONDITIONS,
+    COVERAGE,
+    DEVICES,
+    ENCOUNTER,
+    ENCOUNTERS,
+    MEDICATION_REQUESTS,
+    OBSERVATIONS,
+    PATIENT,
+    PROCEDURES,
+    QUESTIONNAIRE_RESPONSES,
+)
 from fhir_mappings.record import PatientRecord
 
 # Which prefetch keys each group of facts comes from.
 FACT_SOURCES = {
-    "patient.conditions": ("conditions",),
-    "patient.age_years": ("patient",),
-    "patient.drug_allergy": ("allergies",),
-    "patient.implanted_devices": ("devices", "conditions", "procedures"),
-    "coverage.": ("coverage",),
-    "lab.": ("observations",),
-    "med.": ("medicationRequests",),
-    "encounter.": ("encounters",),
-    "doc.": ("questionnaireResponses",),
+    "patient.conditions": (CONDITIONS,),
+    "patient.age_years": (PATIENT,),
+    "patient.drug_allergy": (ALLERGIES,),
+    "patient.implanted_devices": (DEVICES, CONDITIONS, PROCEDURES),
+    "coverage.": (COVERAGE,),
+    "lab.": (OBSERVATIONS,),
+    "med.": (MEDICATION_REQUESTS,),
+    "encounter.": (ENCOUNTERS,),
+    "doc.": (QUESTIONNAIRE_RESPONSES,),
 }
 
 
 # Further prefetch keys a fact may read without being unknown when they are missing.
 _ALSO_READ = {
-    "order.setting": ("encounter", "encounters"),
-    "episode.route": ("medicationRequests",),  # the active order a pump's drug came from
+    "order.setting": (ENCOUNTER, ENCOUNTERS),
+    "episode.route": (MEDICATION_REQUESTS,),  # the active order a pump's drug came from
 }
+
+# Every prefetch key some fact reads: the only ones ever fetched.
+KEYS_FACTS_READ = frozenset(
+    key for keys in (*FACT_SOURCES.values(), *_ALSO_READ.values()) for key in keys
+)
 
 
 def prefetch_keys_read(fact_names: Iterable[str]) -> frozenset[str]:

@@ -277,6 +277,28 @@ def test_no_allowed_server_and_no_prefetch_leaves_nothing(
     assert fhir_faults.requests_seen == []
 
 
+def test_a_key_no_fact_reads_is_never_fetched(fhir_faults: MisbehavingFhirServer) -> None:
+    """order-dispatch's DeviceRequests key says where a client may send the dispatched
+    orders; no fact reads it, so it is not fetched even when every other key is."""
+    context = {
+        "patientId": "p1",
+        "performer": "Organization/dme-1",
+        "dispatchedOrders": ["DeviceRequest/dr-1"],
+    }
+    clinical = resolve_prefetch(
+        DISPATCH_SERVICE,
+        _hook_request(
+            {}, fhir_server=fhir_faults.base("ok"), context=context, hook="order-dispatch"
+        ),
+        _settings(),
+    )
+    assert "deviceRequests" in DISPATCH_SERVICE.prefetch
+    assert "deviceRequests" not in {*clinical.data, *clinical.unavailable}
+    paths = {seen.path.split("?")[0] for seen in fhir_faults.requests_seen}
+    assert "/ok/fhir/MedicationRequest" in paths
+    assert "/ok/fhir/DeviceRequest" not in paths
+
+
 def test_dispatched_orders_missing_from_prefetch_are_read_by_reference(
     fhir_faults: MisbehavingFhirServer,
 ) -> None:
