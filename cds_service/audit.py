@@ -36,7 +36,6 @@ from cds_service.tables import (
     issued_card,
     service_call,
 )
-from coverage_policy.model import RuleResult
 from hooks.decide import EpisodeDecision
 from hooks.request import HookRequest
 from hooks.service import HookResult
@@ -109,11 +108,6 @@ class AuditRecord:
 
 def _criteria(item: EpisodeDecision) -> tuple[CriterionRecord, ...]:
     decided = item.decision
-    rule_results: tuple[RuleResult, ...] = (
-        decided.indication,
-        *decided.requirements,
-        *decided.guidance,
-    )
     return tuple(
         CriterionRecord(
             rule_id=rule_result.rule.id,
@@ -124,8 +118,7 @@ def _criteria(item: EpisodeDecision) -> tuple[CriterionRecord, ...]:
             evidence_references=tuple(dict.fromkeys(e.reference for e in result.evidence)),
             checked=result.checked,
         )
-        for rule_result in rule_results
-        for result in rule_result.results
+        for rule_result, result in decided.criterion_rows(decided.rule_results)
     )
 
 
