@@ -10,8 +10,9 @@ from typing import Any
 
 from flask import Flask
 
-from cds_service import decision_page, fhir_routes
+from cds_service import decision_page, dtr_routes, fhir_routes
 from cds_service.auth import install_client_authentication
+from cds_service.backend_auth import install_backend_auth
 from cds_service.config import load_settings
 from cds_service.cors import install_cors
 from cds_service.decision_page import new_decision_page_token
@@ -76,11 +77,14 @@ def create_app(
     app.json.compact = True  # type: ignore[attr-defined]
     app.register_blueprint(blueprint)
     app.register_blueprint(fhir_routes.blueprint)
+    app.register_blueprint(dtr_routes.blueprint)
     app.register_blueprint(decision_page.blueprint)
     install_client_authentication(app)
     install_cors(app)
     install_operations(app)
     install_rate_limits(app)
+    # After the operations: the retention sweep also drops expired DTR client tokens.
+    install_backend_auth(app)
     if app.config["CDS"]["AUTH"] == "optional":
         logger.warning("CDS_AUTH=optional: unsigned service calls are accepted")
     return app

@@ -305,7 +305,8 @@ def verify_client_token(
     jti = claims["jti"]
     if not isinstance(jti, str) or not jti:
         raise ClientAuthenticationFailed("jti is not a string")
-    if not replay_cache.remember(jti, issuer, float(claims["exp"])):
+    # Kept as long as the token could still pass the exp check (CLOCK_SKEW_S past exp).
+    if not replay_cache.remember(jti, issuer, float(claims["exp"]) + CLOCK_SKEW_S):
         raise ClientAuthenticationFailed("jti replayed")
     tenant = claims.get("tenant")
     return ClientIdentity(

@@ -1,8 +1,9 @@
 """A read-only FHIR endpoint for the service's own definitional resources.
 
 ``GET /fhir/Questionnaire/<id>`` and ``GET /fhir/Questionnaire?url=<canonical>[|version]``
-serve the documentation Questionnaire generated from the policy, so the link on the
-documentation card and the canonical in the CRD ``questionnaire`` sub-extension resolve.
+serve the documentation Questionnaires generated from the policy (the whole-policy form
+and the per-rule adaptive DTR forms), so the link on the documentation card and the
+canonical in the CRD ``questionnaire`` sub-extension resolve.
 Answers are ``application/fhir+json``; an unknown id is a 404 OperationOutcome, a search
 that matches nothing an empty ``searchset`` Bundle.
 """
@@ -15,6 +16,7 @@ from urllib.parse import urlencode
 
 from flask import Blueprint, Response, current_app, request
 
+from cds_service.dtr_routes import served_forms
 from cds_service.errors import operation_outcome
 from cds_service.routes import public_base_url
 from hooks.questionnaire import matches_canonical, searchset_bundle
@@ -32,7 +34,8 @@ def _fhir_response(body: Mapping[str, Any], status: int = 200) -> Response:
 
 
 def _questionnaires() -> list[Mapping[str, Any]]:
-    return [current_app.extensions["cds_questionnaire"]]
+    """The whole-policy form, then the per-rule adaptive DTR forms."""
+    return [current_app.extensions["cds_questionnaire"], *served_forms().values()]
 
 
 @blueprint.get("/Questionnaire/<questionnaire_id>")

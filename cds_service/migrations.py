@@ -154,8 +154,26 @@ def _decision_pages(connection: Connection) -> None:
     )
 
 
+def _backend_access_tokens(connection: Connection) -> None:
+    """Version 4: access tokens issued to DTR clients (SMART Backend Services), kept as the
+    SHA-256 of the token with the client, its scopes and its expiry."""
+    m = sa.MetaData()
+    sa.Table(
+        "backend_access_token",
+        m,
+        sa.Column("token_sha256", sa.String(64), primary_key=True),
+        sa.Column("client_id", sa.Text, nullable=False),
+        sa.Column("scopes", sa.Text, nullable=False),
+        sa.Column("issued_at", UtcDateTime, nullable=False),
+        sa.Column("expires_at", UtcDateTime, nullable=False),
+        sa.Index("ix_backend_access_token_expires_at", "expires_at"),
+    )
+    m.create_all(connection)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "audit trail, issued cards and feedback", _audit_and_feedback),
     Migration(2, "JWT replay cache", _jwt_replay),
     Migration(3, "decision pages; criteria not checked", _decision_pages),
+    Migration(4, "access tokens of DTR clients", _backend_access_tokens),
 )

@@ -13,7 +13,7 @@ from werkzeug.exceptions import ClientDisconnected, HTTPException
 
 from cds_service import operations
 from cds_service.audit import CallTimings, build_audit_record, record_service_call
-from cds_service.auth import ClientIdentity, authenticate_client
+from cds_service.auth import authenticate_client
 from cds_service.decision_page import DECISION_PAGE_PATH
 from cds_service.envelope import parse_hook_request, parse_json_body
 from cds_service.errors import (
@@ -31,8 +31,8 @@ from cds_service.prefetch import read_context_resources, resolve_prefetch
 from cds_service.rate_limit import charge_verified_client
 from cds_service.serving import error_page, is_people_page
 from hooks import SERVICES, context_validator
-from hooks.request import CoverageProblem, DataUnavailable, HookRequest
-from hooks.service import HookEnvironment, HookResult
+from hooks.request import CoverageProblem, DataUnavailable
+from hooks.service import HookEnvironment
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ def discovery() -> Response:
     return jsonify({"services": [service.discovery_entry() for service in SERVICES.values()]})
 
 
-def _request_json() -> Any:
+def request_json() -> Any:
     """The request body as JSON; a body the HTTP layer cannot read is the client's 400."""
     try:
         raw = request.get_data()
@@ -78,14 +78,21 @@ def call_service(service_id: str) -> Response:
     )
     charge_verified_client(client)
     hook_request = parse_hook_request(
-        _request_json(),
+        request_json(),
         expected_hook=service.hook,
         context_validator=context_validator(service),
     )
     operations.bind_hook_instance(hook_request.hook_instance)
     prefetch_started = time.perf_counter()
     page_token = current_app.extensions["cds_new_page_token"]()
-    environment = _hook_environment(page_token)
+    environment = HookEnvironment(
+        now=current_app.extensions["cds_clock"](),
+        new_uuid=current_app.extensions["cds_new_uuid"],
+        payer_name=_settings()["PAYER_NAME"],
+        base_url=public_base_url(),
+        policy=current_app.extensions["cds_policy"],
+        decision_page_url=f"{public_base_url()}{DECISION_PAGE_PATH}{page_token}",
+    )
     fhir_started = time.monotonic()  # one FHIR deadline for everything the call reads
     try:
         read = read_context_resources(service, hook_request, _settings(), client, fhir_started)
@@ -105,39 +112,6 @@ def call_service(service_id: str) -> Response:
     except DataUnavailable as problem:
         raise PreconditionFailed.single(problem.diagnostics, problem.expression) from problem
     finished = time.perf_counter()
-    timings = CallTimings(
-        prefetch=decide_started - prefetch_started,
-        fetch=clinical.fetch_seconds,
-        decide=finished - decide_started,
-        total=finished - started,
-    )
-    _record_answer(service_id, hook_request, client, result, timings, environment, page_token)
-    return jsonify(result.response)
-
-
-def _hook_environment(page_token: str) -> HookEnvironment:
-    """The clock, ids, settings and policy a handler answers this call with."""
-    return HookEnvironment(
-        now=current_app.extensions["cds_clock"](),
-        new_uuid=current_app.extensions["cds_new_uuid"],
-        payer_name=_settings()["PAYER_NAME"],
-        base_url=public_base_url(),
-        policy=current_app.extensions["cds_policy"],
-        decision_page_url=f"{public_base_url()}{DECISION_PAGE_PATH}{page_token}",
-    )
-
-
-def _record_answer(
-    service_id: str,
-    hook_request: HookRequest,
-    client: ClientIdentity | None,
-    result: HookResult,
-    timings: CallTimings,
-    environment: HookEnvironment,
-    page_token: str,
-) -> None:
-    """Count, audit and log an answered call; without its audit record, the answer links
-    to no decision page."""
     operations.count_decisions(service_id, result.decisions)
     call_id = record_service_call(
         current_app.extensions["cds_store"],
@@ -146,7 +120,12 @@ def _record_answer(
             hook_request=hook_request,
             client_iss=client.issuer if client else None,
             result=result,
-            timings=timings,
+            timings=CallTimings(
+                prefetch=decide_started - prefetch_started,
+                fetch=clinical.fetch_seconds,
+                decide=finished - decide_started,
+                total=finished - started,
+            ),
             recorded_at=environment.now,
             decision_page_token=page_token,
         ),
@@ -159,6 +138,7 @@ def _record_answer(
         hook_request.hook_instance,
         [(d.rule_id, d.outcome.value) for d in result.decisions],
     )
+    return jsonify(result.response)
 
 
 def _drop_links_to(response: dict[str, Any], page_url: str) -> None:
@@ -178,7 +158,7 @@ def receive_feedback(service_id: str) -> Response:
         _settings(), endpoint_url=f"{public_base_url()}/cds-services/{service_id}/feedback"
     )
     charge_verified_client(client)
-    entries = parse_feedback(_request_json())
+    entries = parse_feedback(request_json())
     try:
         store_feedback(
             current_app.extensions["cds_store"],

@@ -4,7 +4,7 @@ Queries use these tables. The schema itself is created and changed only by the s
 ``cds_service.migrations``; a test checks that a migrated database matches this module.
 
 What is stored is identifiers, codes, outcomes and timings: never names, free text,
-tokens or resource bodies.
+tokens or resource bodies (an access token we issue is kept only as its SHA-256).
 
     service_call        one row per answered service call (also calls with no decision)
      +-- decision        one row per coverage decision of that call
@@ -13,6 +13,7 @@ tokens or resource bodies.
      +-- issued_card     each card returned, its suggestion uuids, the decision it is about
           +-- feedback   each feedback entry a client sent about that card
     jwt_replay          client JWT ids seen, until they expire (replay protection)
+    backend_access_token  SHA-256 of each access token issued to a DTR client, until it expires
     schema_version      the migration steps applied
 """
 
@@ -178,4 +179,15 @@ jwt_replay = sa.Table(
     sa.Column("jti", sa.Text, primary_key=True),
     sa.Column("expires_at", UtcDateTime, nullable=False),
     sa.Index("ix_jwt_replay_expires_at", "expires_at"),
+)
+
+backend_access_token = sa.Table(
+    "backend_access_token",
+    metadata,
+    sa.Column("token_sha256", sa.String(64), primary_key=True),
+    sa.Column("client_id", sa.Text, nullable=False),
+    sa.Column("scopes", sa.Text, nullable=False),
+    sa.Column("issued_at", UtcDateTime, nullable=False),
+    sa.Column("expires_at", UtcDateTime, nullable=False),
+    sa.Index("ix_backend_access_token_expires_at", "expires_at"),
 )

@@ -31,6 +31,7 @@ from coverage_policy.model import (
     Needs,
     Outcome,
     Policy,
+    RecordedCriterion,
     Rule,
     RuleKind,
     RuleResult,
@@ -121,9 +122,12 @@ class _Evaluator:
         self.as_of = as_of
         self.not_retrieved = not_retrieved
         self.cache: dict[str, CriterionResult] = {}
+        self.forced_answers: Truth | None = None  # every doc.* leaf taken as this truth
 
     # -- fact leaves -----------------------------------------------------------------
     def leaf(self, node: Mapping[str, Any]) -> tuple[Truth, tuple[Evidence, ...]]:
+        if self.forced_answers is not None and node["fact"].startswith("doc."):
+            return self.forced_answers, ()
         fact = self.facts.get(node["fact"])
         if fact is None:
             return _UNKNOWN, ()
@@ -185,7 +189,9 @@ class _Evaluator:
         from_record: list[Evidence] = []
         record = self.logic(node["record"], from_record)
         answer_fact = self.facts.get(node["answer"]["fact"])
-        answered = answer_fact is not None and answer_fact.value not in (None, ())
+        answered = self.forced_answers is not None or (
+            answer_fact is not None and answer_fact.value not in (None, ())
+        )
         from_answer: list[Evidence] = []
         answer = self.logic(node["answer"], from_answer)
         if record is _MET:
@@ -203,13 +209,29 @@ class _Evaluator:
             evidence: list[Evidence] = []
             truth = self.logic(criterion.logic, evidence)
             checked = truth is not _UNKNOWN or not self.not_retrieved & set(criterion.facts)
+            if_answered = (
+                (self._answered_as(criterion, _MET), self._answered_as(criterion, _UNMET))
+                if truth is _UNKNOWN and criterion.documentation
+                else None
+            )
             self.cache[criterion_id] = CriterionResult(
-                criterion, truth, tuple(evidence), True, checked
+                criterion, truth, tuple(evidence), True, checked, if_answered
             )
         result = self.cache[criterion_id]
         if result.deciding != deciding:
             return replace(result, deciding=deciding)
         return result
+
+    def answers_hold(self, criterion: Criterion) -> Truth:
+        """Whether the answers given to ``criterion``'s items hold (every doc.* leaf of it
+        met), fail (every one unmet), or neither."""
+        truths = {self.leaf(node)[0] for node in _doc_leaves(criterion.logic)}
+        return truths.pop() if len(truths) == 1 else _UNKNOWN
+
+    def _answered_as(self, criterion: Criterion, answers: Truth) -> Truth:
+        forced = _Evaluator(self.policy, self.facts, self.as_of, self.not_retrieved)
+        forced.forced_answers = answers
+        return forced.logic(criterion.logic, [])
 
     def needs(self, node: Mapping[str, Any]) -> Needs | str | None:
         """The unknown part of a decision tree: what documenting would settle it. A
@@ -259,6 +281,15 @@ def _criteria_in(node: Mapping[str, Any]) -> set[str]:
         return {node["criterion"]}
     children = node.get("all") or node.get("any") or ([node["not"]] if "not" in node else [])
     return set().union(*(_criteria_in(child) for child in children)) if children else set()
+
+
+def _doc_leaves(node: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    if "fact" in node:
+        return [node] if node["fact"].startswith("doc.") else []
+    if "answer" in node:
+        return _doc_leaves(node["answer"]) + _doc_leaves(node["record"])
+    children = node.get("all") or node.get("any") or ([node["not"]] if "not" in node else [])
+    return [leaf for child in children for leaf in _doc_leaves(child)]
 
 
 def _facts_in(node: Mapping[str, Any]) -> set[str]:
@@ -314,3 +345,121 @@ def evaluate_policy(
         guidance=guidance,
         as_of=as_of,
     )
+
+
+def _top_answer_node(criterion: Criterion) -> bool:
+    return "answer" in criterion.logic
+
+
+def _scope_candidates(rule: Rule) -> list[dict[str, FactValue]]:
+    """Every assignment of the facts a rule's scope pins to a few values (``eq``, ``in``
+    leaves of its top ``all``): one of them holds for an order the rule decided."""
+    node = rule.applies_when
+    leaves = node.get("all", [node])
+    choices = [
+        (leaf["fact"], [leaf["value"]] if leaf["op"] == "eq" else list(leaf["values"]))
+        for leaf in leaves
+        if isinstance(leaf, Mapping) and leaf.get("op") in ("eq", "in") and "fact" in leaf
+    ]
+    assignments: list[dict[str, FactValue]] = [{}]
+    for fact, values in choices:
+        assignments = [{**a, fact: FactValue(v)} for a in assignments for v in values]
+    return assignments
+
+
+def _settled_by_scope(
+    policy: Policy,
+    indication: Rule,
+    criterion: Criterion,
+    earlier: Truth,
+    answers: Facts,
+    as_of: date,
+) -> Truth:
+    """A criterion mixing order facts and documentation (``drug is X, or drug is Y and
+    documented Z``) that the answers alone leave unknown: try each value the rule's scope
+    allows for the order facts, keep those that give the earlier truth unanswered, and
+    if all of them agree on the answered truth, that is it."""
+    unanswered = {**answers, **{f"doc.{d}": FactValue(None) for d in criterion.documentation}}
+    found: set[Truth] = set()
+    for candidate in _scope_candidates(indication):
+        if (
+            _Evaluator(policy, {**unanswered, **candidate}, as_of).logic(criterion.logic, [])
+            is not earlier
+        ):
+            continue
+        found.add(_Evaluator(policy, {**answers, **candidate}, as_of).logic(criterion.logic, []))
+    return found.pop() if len(found) == 1 else _UNKNOWN
+
+
+def redecide(
+    policy: Policy,
+    rule_ids: tuple[str, ...],
+    known: Mapping[str, RecordedCriterion],
+    answers: Facts,
+    as_of: date,
+) -> Decision | None:
+    """Decide again from an earlier decision's criterion truths and new documentation.
+
+    For a DTR client that is not the EHR, the record itself is not at hand: what is
+    known is the earlier decision's rules (``rule_ids``, indication first), what it
+    recorded of each criterion (``known``), and the answers given since (``doc.*``
+    facts). A criterion reading no documentation keeps its truth. One that does is
+    evaluated on the answers with the record unknown; by monotonicity of three-valued
+    logic a definite result is the result the record would give too, except that a
+    record showing an answer-or-record criterion met outweighs the answer (the earlier
+    truth says so). If the answers leave it unknown, its recorded ``if_answered`` says
+    what the record made of answers that hold or do not; without one, the values the
+    rule's scope allows for the order facts are tried; else it stays unknown (only a
+    decision on the record can tell). Unanswered, it keeps its earlier truth."""
+    rules = {rule.id: rule for rule in policy.rules}
+    chosen = [rules[rule_id] for rule_id in rule_ids if rule_id in rules]
+    indication = next((r for r in chosen if r.kind is RuleKind.INDICATION), None)
+    if indication is None:
+        return None
+    evaluator = _Evaluator(policy, answers, as_of)
+    for rule in chosen:
+        for criterion_id in rule.criteria:
+            if criterion_id in evaluator.cache:
+                continue
+            criterion = policy.criteria[criterion_id]
+            recorded = known.get(criterion_id, RecordedCriterion(_UNKNOWN))
+            truth, checked = recorded.truth, recorded.checked
+            evidence: list[Evidence] = []
+            if criterion.documentation and not (truth is _MET and _top_answer_node(criterion)):
+                answered = any(
+                    answers.get(f"doc.{item}", FactValue(None)).value is not None
+                    for item in criterion.documentation
+                )
+                partial = evaluator.logic(criterion.logic, evidence)
+                if partial is not _UNKNOWN:
+                    truth, checked = partial, True
+                elif (
+                    answered
+                    and recorded.if_answered
+                    and evaluator.answers_hold(criterion) is not _UNKNOWN
+                ):
+                    holds = evaluator.answers_hold(criterion)
+                    truth = recorded.if_answered[0 if holds is _MET else 1]
+                elif answered:
+                    truth = _settled_by_scope(policy, indication, criterion, truth, answers, as_of)
+            evaluator.cache[criterion_id] = CriterionResult(
+                criterion, truth, tuple(evidence), True, checked
+            )
+    decided = evaluator.rule(indication)
+    requirements = tuple(evaluator.rule(r) for r in chosen if r.kind is RuleKind.REQUIREMENT)
+    guidance = tuple(evaluator.rule(r) for r in chosen if r.kind is RuleKind.GUIDANCE)
+    outcome = max((decided.outcome, *(r.outcome for r in requirements)), key=_SEVERITY.__getitem__)
+    return Decision(
+        policy_id=policy.id,
+        policy_version=policy.version,
+        outcome=outcome,
+        indication=decided,
+        requirements=requirements,
+        guidance=guidance,
+        as_of=as_of,
+    )
+
+
+def logic_truth(policy: Policy, node: Mapping[str, Any], facts: Facts, as_of: date) -> Truth:
+    """The truth of one logic tree (a rule's scope, say) on partial facts."""
+    return _Evaluator(policy, facts, as_of).logic(node, [])

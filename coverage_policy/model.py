@@ -160,6 +160,19 @@ class CriterionResult:
     # False when the truth is unknown because data it reads could not be retrieved (a
     # failed or timed-out query): not checked, which documentation cannot settle.
     checked: bool = True
+    # For an unknown criterion that documentation can settle: its truth once its items
+    # are answered so that they hold, and so that they do not (the record as it is).
+    # A DTR form decides on these where the record itself is not at hand.
+    if_answered: tuple[Truth, Truth] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedCriterion:
+    """What an earlier decision recorded of one criterion (the audit trail keeps it)."""
+
+    truth: Truth
+    checked: bool = True
+    if_answered: tuple[Truth, Truth] | None = None  # as ``CriterionResult.if_answered``
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,7 +1,8 @@
 """QuestionnaireResponse → documentation item answers (POLICY-BRIEF section 6).
 
-Only completed or amended responses to the service's own documentation Questionnaire
-count; items are read by linkId, and the most recent answer per item wins.
+Only completed or amended responses to the service's own documentation Questionnaires
+count (the whole-policy form, and the per-rule adaptive DTR forms, whose answers come
+back with the form contained); items are read by linkId, and the most recent answer per item wins.
 """
 
 from __future__ import annotations
@@ -33,10 +34,30 @@ def _answer_value(answer: Any, answer_type: str) -> Any:
     return None
 
 
-def _same_questionnaire(canonical: str | None, questionnaire_url: str) -> bool:
-    if not canonical:
+def _ours(canonical: Any, questionnaire_url: str) -> bool:
+    """The whole-policy form, or one of the per-rule DTR forms, whose urls extend it
+    (``<url>-<rule>``); any version, so answers to an older version still count."""
+    if not isinstance(canonical, str) or not canonical:
         return False
-    return canonical.split("|")[0] == questionnaire_url.split("|")[0]
+    url, ours = canonical.split("|")[0], questionnaire_url.split("|")[0]
+    return url == ours or url.startswith(f"{ours}-")
+
+
+def _same_questionnaire(response: Any, questionnaire_url: str) -> bool:
+    """Whether ``response`` answers one of our forms: by its ``questionnaire`` canonical,
+    or, for an adaptive response, by the contained form it points at (``#id``), which
+    is ours when its url or ``derivedFrom`` is."""
+    canonical = response.questionnaire
+    if not isinstance(canonical, str) or not canonical.startswith("#"):
+        return _ours(canonical, questionnaire_url)
+    for contained in response.contained or []:
+        if getattr(contained, "id", None) == canonical[1:]:
+            named = [
+                getattr(contained, "url", None),
+                *(getattr(contained, "derivedFrom", None) or []),
+            ]
+            return any(_ours(c, questionnaire_url) for c in named)
+    return False
 
 
 def documentation_facts(
@@ -51,7 +72,7 @@ def documentation_facts(
         response = entry.resource
         if response.status not in ("completed", "amended"):
             continue
-        if not _same_questionnaire(response.questionnaire, questionnaire_url):
+        if not _same_questionnaire(response, questionnaire_url):
             continue
         authored = as_date(response.authored) or date.min
         if authored > as_of:

@@ -7,7 +7,7 @@ looked for and not found.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import date
 
 from coverage_policy.model import Evidence, FactValue, Policy
@@ -162,6 +162,12 @@ def _age_years(record: PatientRecord, as_of: date) -> FactValue:
     return FactValue(None)
 
 
+def stated_scope_facts(documentation: Mapping[str, FactValue]) -> dict[str, FactValue]:
+    """Order facts an answer states where the orders do not: the pump kind."""
+    stated_kind = documentation.get("doc.pump-kind")
+    return {"episode.pump_kind": stated_kind} if stated_kind and stated_kind.value else {}
+
+
 def facts_for_episode(
     episode: PumpEpisode,
     record: PatientRecord,
@@ -185,9 +191,9 @@ def facts_for_episode(
         record, policy.documentation, policy.questionnaire_url, as_of
     )
     facts.update(documentation)
-    stated_kind = documentation.get("doc.pump-kind")
-    if facts["episode.pump_kind"].value is None and stated_kind and stated_kind.value:
-        facts["episode.pump_kind"] = stated_kind  # the orderer answered the pump-kind question
+    for name, stated in stated_scope_facts(documentation).items():
+        if facts[name].value is None:
+            facts[name] = stated  # the orderer answered the question, e.g. the pump kind
     return _facts_with_data(facts, record)
 
 

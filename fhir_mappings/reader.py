@@ -203,6 +203,7 @@ SHAPES: dict[str, dict[str, str]] = {
     "Location": {"id": "id", "type": "CodeableConcept[]"},
     "QuestionnaireResponse": {
         "id": "id",
+        "contained": "Resource[]",
         "questionnaire": "canonical",
         "status": "code",
         "authored": "dateTime",
@@ -221,6 +222,8 @@ SHAPES: dict[str, dict[str, str]] = {
         "valueCoding": "Coding",
         "item": "QuestionnaireResponseItem[]",
     },
+    # Only as contained in a QuestionnaireResponse: the adaptive form it answers.
+    "Questionnaire": {"id": "id", "url": "uri", "derivedFrom": "canonical[]"},
 }
 
 # A contained resource of a type without a shape: only what finds it.
@@ -243,6 +246,9 @@ READ_TYPES = frozenset(
         "QuestionnaireResponse",
     }
 )
+
+# The resource types read when contained: those of the record, and an adaptive form.
+CONTAINED_TYPES = READ_TYPES | {"Questionnaire"}
 
 
 class Element:
@@ -324,7 +330,7 @@ def _resource_reader(value: Any, depth: int) -> Element:
         error = _ShapeError("a resource type")
         error.parts.append("resourceType")
         raise error
-    shape = _COMPILED[resource_type] if resource_type in READ_TYPES else _COMPILED_ANY
+    shape = _COMPILED[resource_type] if resource_type in CONTAINED_TYPES else _COMPILED_ANY
     values = _read_object(shape, value, depth + 1)
     values["resourceType"] = resource_type
     return Element(values)

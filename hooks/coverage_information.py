@@ -18,10 +18,11 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
-from coverage_policy.model import Outcome, Policy
+from coverage_policy.model import Decision, Outcome, Policy
 from hooks.cards import card_text, data_names, decisive_result, missing_needs
 from hooks.crd_dialect import TEMP_SYSTEM, CrdDialect
 from hooks.decide import CoverageRef, EpisodeDecision
+from hooks.questionnaire import rule_questionnaire_canonical
 
 EXTENSION_URL = "http://hl7.org/fhir/us/davinci-crd/StructureDefinition/ext-coverage-information"
 
@@ -59,9 +60,9 @@ def _detail(
     return {"url": "detail", "extension": parts}
 
 
-def _missing_criteria(item: EpisodeDecision) -> list[str]:
+def _missing_criteria(decision: Decision) -> list[str]:
     ids: list[str] = []
-    for needs in missing_needs(item.decision):
+    for needs in missing_needs(decision):
         ids += [c for c in needs.criterion_ids() if c not in ids]
     return ids
 
@@ -82,7 +83,13 @@ def _instructions(criterion_ids: list[str], policy: Policy) -> str:
 
 def coverage_information(item: EpisodeDecision, ctx: AssertionContext) -> dict[str, Any]:
     """The ``ext-coverage-information`` extension for one decision."""
-    decision, policy = item.decision, ctx.policy
+    return coverage_information_for(item.decision, ctx)
+
+
+def coverage_information_for(decision: Decision, ctx: AssertionContext) -> dict[str, Any]:
+    """The ``ext-coverage-information`` extension for a decision (an order's, or one a
+    DTR form reached)."""
+    policy = ctx.policy
     reasons = card_text()["reason"]
     covered = decision.outcome.value
     if decision.provisional and ctx.crd.indeterminate_allowed:
@@ -93,7 +100,7 @@ def coverage_information(item: EpisodeDecision, ctx: AssertionContext) -> dict[s
     ]
     if covered != Outcome.NOT_COVERED:
         parts.append(_sub("pa-needed", "valueCode", "no-auth"))
-    missing = _missing_criteria(item) if covered != Outcome.NOT_COVERED else []
+    missing = _missing_criteria(decision) if covered != Outcome.NOT_COVERED else []
     doc_types = _doc_types(missing, policy)
     asks_documentation = bool(missing) and not ctx.secondary_hook
     if asks_documentation:
@@ -128,7 +135,8 @@ def coverage_information(item: EpisodeDecision, ctx: AssertionContext) -> dict[s
         instructions = _instructions(missing, policy)
         parts.append(_detail(ctx, "instructions", "cat-decisional", "valueString", instructions))
         if any(policy.criteria[c].documentation for c in missing):
-            parts.append(_sub("questionnaire", "valueCanonical", policy.questionnaire_url))
+            form = rule_questionnaire_canonical(policy, decision.rule_id)
+            parts.append(_sub("questionnaire", "valueCanonical", form))
     parts.append(_sub("date", "valueDate", ctx.today.isoformat()))
     parts.append(_sub("coverage-assertion-id", "valueString", ctx.assertion_id))
     return {"url": EXTENSION_URL, "extension": parts}

@@ -40,6 +40,19 @@ def questionnaire_canonical(policy: Policy) -> tuple[str, str]:
     return url, version
 
 
+def rule_questionnaire_id(policy: Policy, rule_id: str) -> str:
+    """The id of the DTR form for one indication rule (``...-eip-csii``)."""
+    return f"{policy.questionnaire_id}-{rule_id.lower()}"
+
+
+def rule_questionnaire_canonical(policy: Policy, rule_id: str) -> str:
+    """``url|version`` of the DTR form for one indication rule: the form a
+    coverage-information ``questionnaire`` names for an order decided under that rule."""
+    _, version = questionnaire_canonical(policy)
+    form_id = rule_questionnaire_id(policy, rule_id)
+    return f"{terminology_base(policy)}/Questionnaire/{form_id}|{version}"
+
+
 def terminology_base(policy: Policy) -> str:
     """Where our own code systems live: the questionnaire url up to ``/Questionnaire/``."""
     url, _ = questionnaire_canonical(policy)

@@ -1,0 +1,483 @@
+"""The payer side of Da Vinci DTR 2.0.1 under ``/fhir``.
+
+- ``POST /fhir/Questionnaire/$questionnaire-package``: the adaptive form of each order's
+  rule, its answer ValueSets and a draft QuestionnaireResponse, per order decided.
+- ``POST /fhir/Questionnaire/$next-question`` (also ``/fhir/$next-question``): the
+  response so far → the next questions that could still change the outcome, or the
+  completed response with a new coverage-information at its root.
+- ``GET /fhir/ValueSet/$expand?url=``: the answer ValueSets the forms bind.
+- ``GET /fhir/metadata``: the CapabilityStatement of these operations.
+- ``POST /fhir/Questionnaire/$log-questionnaire-errors``: what a client reports, logged.
+
+What a form knows of the order besides its answers comes from the audit trail: the
+decision that the coverage-assertion-id (``context``) names, and only together with an
+order that decision was about, so nobody reads another decision's criteria by guessing
+an id. Without a context a form starts from nothing known and its answers never yield
+coverage-information (DTR: a payer asserts coverage from a form only where CRD ran).
+Each call is logged with its client, operation, context and outcome (no PHI).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from datetime import date, datetime
+from typing import Any, cast
+
+from flask import Blueprint, Response, current_app, request
+
+from cds_service.audit import audit_for_assertion
+from cds_service.errors import BadRequest, Issue
+from cds_service.routes import public_base_url, request_json
+from coverage_policy.engine import evaluate_policy
+from coverage_policy.model import Decision, Policy, RecordedCriterion, RuleKind, Truth
+from dtr.adaptive import (
+    QR_CONTEXT,
+    FormInputError,
+    Knowledge,
+    advance,
+    assertion_extension_url,
+    contained_form,
+    extension_value,
+    initial_response,
+    read_answers,
+    step,
+)
+from dtr.forms import (
+    answer_valuesets,
+    form_items,
+    indication_rules,
+    requirements_with,
+    rule_for_canonical,
+    rule_forms,
+    valueset_canonical,
+)
+from dtr.package import (
+    outcome,
+    package_bundle,
+    package_parameters,
+    read_logged_errors,
+    read_next_question_request,
+    read_package_request,
+)
+from fhir_mappings.episodes import find_pump_episodes, parse_draft_orders
+from fhir_mappings.facts import facts_for_episode
+from fhir_mappings.record import PatientRecord, build_record
+from hooks.coverage_information import AssertionContext, coverage_information_for
+from hooks.crd_dialect import crd_dialect
+from hooks.decide import CoverageRef
+
+logger = logging.getLogger(__name__)
+FHIR_JSON = "application/fhir+json"
+blueprint = Blueprint("dtr", __name__, url_prefix="/fhir")
+
+
+def _policy() -> Policy:
+    return cast(Policy, current_app.extensions["cds_policy"])
+
+
+def _now() -> datetime:
+    return cast(Callable[[], datetime], current_app.extensions["cds_clock"])()
+
+
+def _fhir(body: Mapping[str, Any], status: int = 200) -> Response:
+    response = cast(Response, current_app.json.response(body))
+    response.status_code = status
+    response.mimetype = FHIR_JSON
+    return response
+
+
+def _bad(error: FormInputError) -> BadRequest:
+    return BadRequest([Issue(p.diagnostics, p.expression) for p in error.problems])
+
+
+def _next_question_base() -> str:
+    return f"{public_base_url()}/fhir/Questionnaire"
+
+
+def served_forms() -> dict[str, dict[str, Any]]:
+    """The per-rule adaptive forms by rule id, as this request's base URL names them
+    (built once per base URL: behind a proxy there is one)."""
+    cache = current_app.extensions.setdefault("cds_dtr_forms", {})
+    base = _next_question_base()
+    if base not in cache:
+        publisher = current_app.config["CDS"]["PAYER_NAME"]
+        forms = rule_forms(_policy(), base, publisher)
+        cache[base] = {
+            rule.id: form for rule, form in zip(indication_rules(_policy()), forms, strict=True)
+        }
+    return cast(dict[str, dict[str, Any]], cache[base])
+
+
+def _reference(resource: Mapping[str, Any]) -> str | None:
+    resource_id = resource.get("id")
+    if not isinstance(resource_id, str) or not resource_id:
+        return None
+    return f"{resource['resourceType']}/{resource_id}"
+
+
+# -- what is known of a decision ---------------------------------------------------------
+
+_UNKNOWN_CONTEXT = (
+    "No decision with this context for these orders: a context is honoured only together "
+    "with an order it was issued for"
+)
+
+
+def _knowledge(report: Mapping[str, Any]) -> Knowledge:
+    """A recorded decision as what the walk knows: its rules and criterion truths."""
+    rule_ids = [report["rule_id"]]
+    known: dict[str, RecordedCriterion] = {}
+    for criterion in report["criteria"]:
+        if (
+            criterion["rule_kind"] == RuleKind.REQUIREMENT.value
+            and criterion["rule_id"] not in rule_ids
+        ):
+            rule_ids.append(criterion["rule_id"])
+        if_answered = criterion.get("if_answered")
+        known[criterion["criterion_id"]] = RecordedCriterion(
+            Truth(criterion["truth"]),
+            bool(criterion["checked"]),
+            (Truth(if_answered[0]), Truth(if_answered[1])) if if_answered else None,
+        )
+    return Knowledge(
+        rule_ids=tuple(rule_ids),
+        known=known,
+        as_of=date.fromisoformat(report["as_of"]),
+        orders=tuple(report["orders"]),
+        assertion_id=report["coverage_assertion_id"],
+        crd_version=report["crd_version"],
+    )
+
+
+def _decisions_for(context: str, orders: set[str]) -> list[Knowledge]:
+    """The recorded decisions of ``context`` about any of ``orders`` (latest per rule)."""
+    found = [
+        _knowledge(report)
+        for report in audit_for_assertion(current_app.extensions["cds_store"], context)
+        if orders & set(report["orders"])
+    ]
+    if not found:
+        raise BadRequest.single(_UNKNOWN_CONTEXT, "context")
+    return found
+
+
+def _knowledge_without_context(policy: Policy, rule_id: str, today: date) -> Knowledge:
+    rules = {rule.id: rule for rule in policy.rules}
+    requirements = requirements_with(policy, rules[rule_id], today)
+    return Knowledge(rule_ids=(rule_id, *(r.id for r in requirements)), known={}, as_of=today)
+
+
+def _rules_for_orders(
+    policy: Policy,
+    orders: tuple[Mapping[str, Any], ...],
+    referenced: tuple[Mapping[str, Any], ...],
+    today: date,
+) -> list[tuple[str, tuple[str, ...]]]:
+    """(rule id, order references) of the pump episodes among ``orders``, decided on the
+    orders and the resources sent with them."""
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "collection",
+        "entry": [{"resource": dict(o)} for o in orders],
+    }
+    parsed, _, invalid = parse_draft_orders(bundle, "parameter.order")
+    if invalid:
+        raise BadRequest.single(
+            f"An order is not valid FHIR R4: {invalid[0].problem.message}", "parameter.order"
+        )
+    draft = build_record({"draftOrders": bundle})
+    sent = {
+        "resourceType": "Bundle",
+        "type": "collection",
+        "entry": [{"resource": dict(r)} for r in referenced],
+    }
+    record = build_record({"referenced": sent}) if referenced else PatientRecord()
+    found = []
+    for episode in find_pump_episodes(parsed, record, draft):
+        facts = facts_for_episode(episode, record, policy, today, None, None)
+        decision = evaluate_policy(policy, facts, today)
+        if decision is not None:
+            found.append((decision.rule_id, tuple(o.reference for o in episode.orders)))
+    return found
+
+
+# -- $questionnaire-package --------------------------------------------------------------
+
+
+@blueprint.post("/Questionnaire/$questionnaire-package")
+def questionnaire_package() -> Response:
+    policy, now = _policy(), _now()
+    try:
+        asked = read_package_request(request_json())
+    except FormInputError as error:
+        raise _bad(error) from None
+    coverage = _reference(asked.coverage)
+    if coverage is None:
+        raise BadRequest.single(
+            "The Coverage needs an id to be named in the response's context", "parameter.coverage"
+        )
+    patient = (asked.coverage.get("beneficiary") or {}).get("reference")
+    patient = patient if isinstance(patient, str) else None
+    order_refs = {ref for ref in (_reference(o) for o in asked.orders) if ref}
+    wanted: list[tuple[str, Knowledge | None, tuple[str, ...]]] = []  # rule, knowledge, orders
+    notes: list[tuple[str, str, str]] = []
+    if asked.context:
+        for recorded in _decisions_for(asked.context, order_refs):
+            decided = step(policy, recorded, read_answers(policy, {}))
+            if decided is None or decided.finished:
+                outcome_text = decided.decision.outcome.value if decided else "not decided"
+                notes.append(
+                    (
+                        "information",
+                        "informational",
+                        (
+                            f"No more documentation is needed for {', '.join(recorded.orders)}: "
+                            f"the decision is {outcome_text} under rule {recorded.rule_ids[0]}"
+                        ),
+                    )
+                )
+                continue
+            wanted.append((recorded.rule_ids[0], recorded, recorded.orders))
+    elif asked.orders:
+        found = _rules_for_orders(policy, asked.orders, asked.referenced, now.date())
+        if not found:
+            raise BadRequest.single(
+                "No order is in scope of this policy (no infusion pump or pump drug)",
+                "parameter.order",
+            )
+        wanted += [(rule_id, None, refs) for rule_id, refs in found]
+    for canonical in asked.questionnaires:
+        rule = rule_for_canonical(policy, canonical)
+        if rule is None:
+            if not wanted:
+                raise BadRequest.single(
+                    f"No Questionnaire '{canonical}' here", "parameter.questionnaire"
+                )
+            notes.append(("warning", "not-found", f"No Questionnaire '{canonical}' here"))
+            continue
+        if all(rule.id != w[0] for w in wanted):
+            wanted.append((rule.id, None, tuple(sorted(order_refs))))
+    forms = served_forms()
+    valuesets = answer_valuesets(policy, now)
+    bundles = []
+    for rule_id, known, orders in wanted:
+        rule = next(r for r in policy.rules if r.id == rule_id)
+        form = forms[rule_id]
+        binds = [
+            valuesets[valueset_canonical(policy, i).partition("|")[0]]
+            for i in form_items(policy, rule, now.date())
+            if i.answer_type == "choice"
+        ]
+        response = initial_response(
+            policy,
+            form,
+            patient=patient,
+            coverage=coverage,
+            orders=orders,
+            assertion_id=known.assertion_id if known else None,
+            authored=now.isoformat(),
+        )
+        bundles.append(package_bundle(form, binds, response, f"{public_base_url()}/fhir"))
+    if not bundles and not notes:
+        notes.append(("information", "informational", "No documentation form applies"))
+    logger.info(
+        "dtr questionnaire-package context=%s packages=%d", bool(asked.context), len(bundles)
+    )
+    return _fhir(package_parameters(bundles, outcome(notes)))
+
+
+# -- $next-question ----------------------------------------------------------------------
+
+
+def _context_of(
+    policy: Policy, response: Mapping[str, Any]
+) -> tuple[str | None, set[str], str | None]:
+    ids = extension_value(response, assertion_extension_url(policy), "valueString")
+    references: set[str] = {
+        r["reference"]
+        for r in extension_value(response, QR_CONTEXT, "valueReference")
+        if isinstance(r, Mapping) and isinstance(r.get("reference"), str)
+    }
+    coverage = next((r for r in references if r.startswith("Coverage/")), None)
+    orders = {r for r in references if not r.startswith("Coverage/")}
+    return (ids[0] if ids and isinstance(ids[0], str) else None), orders, coverage
+
+
+def _completed_coverage(
+    policy: Policy, known: Knowledge, decision: Decision, coverage: str | None
+) -> dict[str, Any] | None:
+    if known.assertion_id is None or coverage is None:
+        return None
+    ctx = AssertionContext(
+        policy=policy,
+        crd=crd_dialect(known.crd_version),
+        secondary_hook=False,
+        coverage=CoverageRef(coverage),
+        assertion_id=cast(Callable[[], str], current_app.extensions["cds_new_uuid"])(),
+        today=_now().date(),
+        payer_name=current_app.config["CDS"]["PAYER_NAME"],
+        not_retrieved={},
+    )
+    return coverage_information_for(decision, ctx)
+
+
+@blueprint.post("/Questionnaire/$next-question")
+@blueprint.post("/$next-question")
+def next_question() -> Response:
+    policy = _policy()
+    try:
+        response = read_next_question_request(request_json())
+    except FormInputError as error:
+        raise _bad(error) from None
+    form = contained_form(response)
+    if form is None:
+        raise BadRequest.single(
+            "'questionnaire' must point ('#id') at the contained adaptive Questionnaire",
+            "QuestionnaireResponse.questionnaire",
+        )
+    canonicals = [
+        c for c in [*(form.get("derivedFrom") or []), form.get("url")] if isinstance(c, str)
+    ]
+    rule = next((r for r in (rule_for_canonical(policy, c) for c in canonicals) if r), None)
+    if rule is None:
+        raise BadRequest.single(
+            "The contained Questionnaire is not derived from one of our forms",
+            "QuestionnaireResponse.contained",
+        )
+    asked = frozenset(
+        i["linkId"]
+        for i in form.get("item") or []
+        if isinstance(i, Mapping) and isinstance(i.get("linkId"), str)
+    )
+    try:
+        answers = read_answers(policy, response, asked)
+    except FormInputError as error:
+        raise _bad(error) from None
+    context, orders, coverage = _context_of(policy, response)
+    if context is None:
+        known = _knowledge_without_context(policy, rule.id, _now().date())
+    else:
+        matching = [k for k in _decisions_for(context, orders) if k.rule_ids[0] == rule.id]
+        if not matching:
+            raise BadRequest.single(
+                "The form is not the one of this context's decision",
+                "QuestionnaireResponse.contained",
+            )
+        known = matching[0]
+    done = step(policy, known, answers)
+    if done is None:  # the knowledge names a rule this policy no longer has
+        raise BadRequest.single(
+            "The decision's rule is not in the current policy", "QuestionnaireResponse"
+        )
+    information = (
+        _completed_coverage(policy, known, done.decision, coverage)
+        if done.finished and done.asserts
+        else None
+    )
+    try:
+        advanced = advance(policy, response, done, information)
+    except FormInputError as error:
+        raise _bad(error) from None
+    logger.info(
+        "dtr next-question rule=%s asked=%d finished=%s outcome=%s",
+        rule.id,
+        len(done.asked),
+        done.finished,
+        done.decision.outcome.value,
+    )
+    return _fhir(
+        {"resourceType": "Parameters", "parameter": [{"name": "return", "resource": advanced}]}
+    )
+
+
+# -- ValueSet/$expand, metadata, $log-questionnaire-errors ---------------------------------
+
+
+@blueprint.get("/ValueSet/$expand")
+def expand_valueset() -> Response:
+    canonical = request.args.get("url", "")
+    url, bar, version = canonical.partition("|")
+    valueset = answer_valuesets(_policy(), _now()).get(url)
+    if valueset is None or (bar and version != valueset["version"]):
+        raise BadRequest.single(f"No ValueSet '{canonical}' here", "url")
+    return _fhir(valueset)
+
+
+@blueprint.get("/metadata")
+def capability_statement() -> Response:
+    base = f"{public_base_url()}/fhir"
+    operations = [
+        (
+            "questionnaire-package",
+            "http://hl7.org/fhir/us/davinci-dtr/OperationDefinition/questionnaire-package",
+        ),
+        (
+            "next-question",
+            "http://hl7.org/fhir/uv/sdc/OperationDefinition/Questionnaire-next-question",
+        ),
+        (
+            "log-questionnaire-errors",
+            "http://hl7.org/fhir/us/davinci-dtr/OperationDefinition/log-questionnaire-errors",
+        ),
+    ]
+    return _fhir(
+        {
+            "resourceType": "CapabilityStatement",
+            "status": "active",
+            "date": (_policy().effective.start or _now().date()).isoformat(),
+            "publisher": current_app.config["CDS"]["PAYER_NAME"],
+            "kind": "instance",
+            "instantiates": [
+                "http://hl7.org/fhir/us/davinci-dtr/CapabilityStatement/dtr-payer-service"
+            ],
+            "implementation": {
+                "description": "Payer DTR service: adaptive documentation forms",
+                "url": base,
+            },
+            "fhirVersion": "4.0.1",
+            "format": ["json"],
+            "rest": [
+                {
+                    "mode": "server",
+                    "resource": [
+                        {
+                            "type": "Questionnaire",
+                            "interaction": [{"code": "read"}, {"code": "search-type"}],
+                            "searchParam": [
+                                {"name": "url", "type": "uri"},
+                                {"name": "_id", "type": "token"},
+                            ],
+                            "operation": [
+                                {"name": name, "definition": definition}
+                                for name, definition in operations
+                            ],
+                        },
+                        {
+                            "type": "ValueSet",
+                            "operation": [
+                                {
+                                    "name": "expand",
+                                    "definition": "http://hl7.org/fhir/OperationDefinition/ValueSet-expand",
+                                }
+                            ],
+                        },
+                    ],
+                }
+            ],
+        }
+    )
+
+
+@blueprint.post("/Questionnaire/$log-questionnaire-errors")
+def log_questionnaire_errors() -> Response:
+    try:
+        canonicals, outcomes = read_logged_errors(request_json())
+    except FormInputError as error:
+        raise _bad(error) from None
+    issues = sum(len(o.get("issue") or []) for o in outcomes)
+    # The canonicals and issue counts only: a client's diagnostics are free text.
+    logger.warning(
+        "dtr questionnaire errors reported: %s (%d issues)", ", ".join(canonicals)[:500], issues
+    )
+    return Response(status=200)
