@@ -37,7 +37,7 @@ from cds_service.tables import (
     issued_card,
     service_call,
 )
-from coverage_policy.model import Decision, RuleResult
+from coverage_policy.model import Decision
 from hooks.decide import EpisodeDecision
 from hooks.request import HookRequest
 from hooks.service import HookResult
@@ -111,11 +111,6 @@ class AuditRecord:
 
 
 def _criteria(decided: Decision) -> tuple[CriterionRecord, ...]:
-    rule_results: tuple[RuleResult, ...] = (
-        decided.indication,
-        *decided.requirements,
-        *decided.guidance,
-    )
     return tuple(
         CriterionRecord(
             rule_id=rule_result.rule.id,
@@ -131,8 +126,7 @@ def _criteria(decided: Decision) -> tuple[CriterionRecord, ...]:
                 else None
             ),
         )
-        for rule_result in rule_results
-        for result in rule_result.results
+        for rule_result, result in decided.criterion_rows(decided.rule_results)
     )
 
 
@@ -225,7 +219,13 @@ class _AuditRows:
 
 
 def _audit_rows(record: AuditRecord) -> _AuditRows:
-    call = {
+    return _AuditRows(
+        _call_row(record), _decision_rows(record), _card_rows(record), record.decision_page_token
+    )
+
+
+def _call_row(record: AuditRecord) -> dict[str, Any]:
+    return {
         "recorded_at": record.recorded_at,
         "service_id": record.service_id,
         "hook": record.hook,
@@ -239,7 +239,11 @@ def _audit_rows(record: AuditRecord) -> _AuditRows:
         "decide_ms": _ms(record.timings.decide),
         "total_ms": _ms(record.timings.total),
     }
-    decisions = [
+
+
+def _decision_rows(record: AuditRecord) -> list[tuple[dict[str, Any], list[dict[str, Any]]]]:
+    """Each decision's row with the rows of its criteria."""
+    return [
         (
             {
                 "position": position,
@@ -269,7 +273,11 @@ def _audit_rows(record: AuditRecord) -> _AuditRows:
         )
         for position, item in enumerate(record.decisions)
     ]
-    cards = [
+
+
+def _card_rows(record: AuditRecord) -> list[tuple[int | None, dict[str, Any]]]:
+    """Each card's row, with the position of the decision it belongs to (None: the call)."""
+    return [
         (
             card.decision_position,
             {
@@ -282,7 +290,6 @@ def _audit_rows(record: AuditRecord) -> _AuditRows:
         )
         for card in record.cards
     ]
-    return _AuditRows(call, decisions, cards, record.decision_page_token)
 
 
 def _insert_audit_rows(connection: Connection, rows: _AuditRows) -> int:
@@ -430,26 +437,8 @@ def audit_for_decision_page(
 
 
 def _decision_report(connection: Connection, row: sa.RowMapping) -> dict[str, Any]:
+    """One decision with its call (``row``), its criteria and the call's cards."""
     decision_id = row["decision_id"]
-    call_id = row["call_id"]
-    criteria = (
-        connection.execute(
-            sa.select(criterion_result)
-            .where(criterion_result.c.decision_id == decision_id)
-            .order_by(criterion_result.c.position)
-        )
-        .mappings()
-        .all()
-    )
-    cards = (
-        connection.execute(
-            sa.select(issued_card)
-            .where(issued_card.c.call_id == call_id)
-            .order_by(issued_card.c.id)
-        )
-        .mappings()
-        .all()
-    )
     return {
         "recorded_at": row["recorded_at"].isoformat(),
         "service_id": row["service_id"],
@@ -470,27 +459,45 @@ def _decision_report(connection: Connection, row: sa.RowMapping) -> dict[str, An
         "outcome": row["outcome"],
         "as_of": row["as_of"].isoformat(),
         "order_facts": dict(row["order_facts"] or {}),
-        "criteria": [
-            {
-                "rule_id": c["rule_id"],
-                "rule_kind": c["rule_kind"],
-                "criterion_id": c["criterion_id"],
-                "truth": c["truth"],
-                "deciding": c["deciding"],
-                "checked": c["checked"],
-                "if_answered": c["if_answered"],
-                "evidence": list(c["evidence_references"]),
-            }
-            for c in criteria
-        ],
-        "cards": [
-            {
-                "uuid": card["card_uuid"],
-                "type": card["card_type"],
-                "indicator": card["indicator"],
-                "suggestions": list(card["suggestion_uuids"]),
-                "about_this_decision": card["decision_id"] == decision_id,
-            }
-            for card in cards
-        ],
+        "criteria": _criteria_report(connection, decision_id),
+        "cards": _cards_report(connection, row["call_id"], decision_id),
     }
+
+
+def _criteria_report(connection: Connection, decision_id: int) -> list[dict[str, Any]]:
+    """The decision's criterion results, in the order they were recorded."""
+    criteria = connection.execute(
+        sa.select(criterion_result)
+        .where(criterion_result.c.decision_id == decision_id)
+        .order_by(criterion_result.c.position)
+    ).mappings()
+    return [
+        {
+            "rule_id": c["rule_id"],
+            "rule_kind": c["rule_kind"],
+            "criterion_id": c["criterion_id"],
+            "truth": c["truth"],
+            "deciding": c["deciding"],
+            "checked": c["checked"],
+            "if_answered": c["if_answered"],
+            "evidence": list(c["evidence_references"]),
+        }
+        for c in criteria
+    ]
+
+
+def _cards_report(connection: Connection, call_id: int, decision_id: int) -> list[dict[str, Any]]:
+    """The cards of the call, each saying whether it is about this decision."""
+    cards = connection.execute(
+        sa.select(issued_card).where(issued_card.c.call_id == call_id).order_by(issued_card.c.id)
+    ).mappings()
+    return [
+        {
+            "uuid": card["card_uuid"],
+            "type": card["card_type"],
+            "indicator": card["indicator"],
+            "suggestions": list(card["suggestion_uuids"]),
+            "about_this_decision": card["decision_id"] == decision_id,
+        }
+        for card in cards
+    ]

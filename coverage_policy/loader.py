@@ -12,6 +12,7 @@ from collections.abc import Iterator, Mapping
 from datetime import date
 from functools import cache
 from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +55,7 @@ class PolicyLoadError(ValueError):
         self.problems = problems
 
 
-def _read_json(path: Path | Any) -> Any:
+def _read_json(path: Path | Traversable) -> Any:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
@@ -270,42 +271,42 @@ def _citations(raw: list[Mapping[str, str]]) -> tuple[Citation, ...]:
     return tuple(Citation(c["source"], c["section"]) for c in raw)
 
 
+def _criterion(c: Mapping[str, Any], documentation: list[Mapping[str, Any]]) -> Criterion:
+    # The items that settle a criterion: those it reads, and those that state a record
+    # fact it reads, in the policy's item order.
+    read = set(c["facts"])
+    wanted = {f[4:] for f in read if f.startswith("doc.")}
+    wanted |= {d["id"] for d in documentation if read & set(d.get("states", ()))}
+    docs = [d["id"] for d in documentation if d["id"] in wanted]
+    return Criterion(
+        c["id"],
+        c["text"],
+        _citations(c["citations"]),
+        tuple(c["facts"]),
+        c["logic"],
+        tuple(docs),
+    )
+
+
+def _rule(r: Mapping[str, Any]) -> Rule:
+    return Rule(
+        id=r["id"],
+        kind=RuleKind(r["kind"]),
+        title=r["title"],
+        citations=_citations(r["citations"]),
+        applies_when=r["applies_when"],
+        decides=r["decides"],
+        criteria=tuple(r["criteria"]),
+        messages=dict(r["messages"]),
+        alternatives=tuple(r.get("alternatives", ())),
+        effective=_period(r.get("effective")),
+    )
+
+
 def _build(raw: Mapping[str, Any], catalog: dict[str, Any], valuesets: Mapping[str, Any]) -> Policy:
     sources = {k: Source(k, v["label"], v["url"]) for k, v in raw["sources"].items()}
-    criteria = {}
-    stating: dict[str, list[str]] = {}  # record fact -> the items that can state it
-    for d in raw["documentation"]:
-        for name in d.get("states", ()):
-            stating.setdefault(name, []).append(d["id"])
-    for c in raw["criteria"]:
-        # The items that settle a criterion: those it reads, and those that state a
-        # record fact it reads, in the policy's item order.
-        wanted = {f[4:] for f in c["facts"] if f.startswith("doc.")}
-        wanted |= {i for f in c["facts"] for i in stating.get(f, ())}
-        docs = [d["id"] for d in raw["documentation"] if d["id"] in wanted]
-        criteria[c["id"]] = Criterion(
-            c["id"],
-            c["text"],
-            _citations(c["citations"]),
-            tuple(c["facts"]),
-            c["logic"],
-            tuple(docs),
-        )
-    rules = tuple(
-        Rule(
-            id=r["id"],
-            kind=RuleKind(r["kind"]),
-            title=r["title"],
-            citations=_citations(r["citations"]),
-            applies_when=r["applies_when"],
-            decides=r["decides"],
-            criteria=tuple(r["criteria"]),
-            messages=dict(r["messages"]),
-            alternatives=tuple(r.get("alternatives", ())),
-            effective=_period(r.get("effective")),
-        )
-        for r in raw["rules"]
-    )
+    criteria = {c["id"]: _criterion(c, raw["documentation"]) for c in raw["criteria"]}
+    rules = tuple(_rule(r) for r in raw["rules"])
     documentation = {
         d["id"]: DocumentationItem(
             d["id"],

@@ -27,7 +27,6 @@ from coverage_policy.model import (
     Outcome,
     Policy,
     RuleResult,
-    Truth,
 )
 from fhir_mappings.codes import HCPCS
 from fhir_mappings.episodes import InvalidOrderInScope, PumpEpisode
@@ -91,13 +90,7 @@ class CardContext:
             "always": True,
             "conditional": decision.outcome is Outcome.CONDITIONAL,
             "record-can-change": decision.outcome is Outcome.CONDITIONAL
-            or any(
-                r.criterion.facts
-                for rule in decision.deciding_results
-                if rule.outcome is Outcome.NOT_COVERED
-                for r in rule.results
-                if r.deciding and r.truth is Truth.UNMET
-            ),
+            or any(r.criterion.facts for r in decision.against_coverage()),
             "has-alternative": bool(decision.indication.rule.alternatives),
         }
         if decision.outcome is Outcome.COVERED:
@@ -154,20 +147,14 @@ def _findings(item: EpisodeDecision, documentation_follows: bool) -> list[str]:
     decision = item.decision
     words = card_text()["detail"]
     if decision.outcome is Outcome.NOT_COVERED:
-        against = [
-            r
-            for rule in decision.deciding_results
-            if rule.outcome is Outcome.NOT_COVERED
-            for r in rule.results
-            # A criterion of the policy alone (nationally non-covered) is the reason
-            # already given; only what the record showed is listed.
-            if r.deciding and r.truth is Truth.UNMET and r.criterion.facts
-        ]
+        # A criterion of the policy alone (nationally non-covered) is the reason already
+        # given; only what the record showed is listed.
+        against = [r for r in decision.against_coverage() if r.criterion.facts]
         return _section(words["unmet"], against)
     if decision.outcome is not Outcome.CONDITIONAL:
         return []
     missing = {c for needs in missing_needs(decision) for c in needs.criterion_ids()}
-    results = {r.criterion.id: r for rule in decision.deciding_results for r in rule.results}
+    results = {r.criterion.id: r for _, r in decision.criterion_rows()}
     if missing and documentation_follows:
         lines = [words["see_documentation"], ""]
     else:

@@ -8,7 +8,7 @@ from datetime import date
 from typing import Any
 
 from coverage_policy.engine import evaluate_policy, facts_that_may_be_read
-from coverage_policy.model import Decision, FactValue, Policy
+from coverage_policy.model import Decision, FactValue, Outcome, Policy
 from fhir_mappings.dates import as_date
 from fhir_mappings.episodes import (
     DraftOrder,
@@ -23,6 +23,7 @@ from fhir_mappings.facts import (
     facts_settled_by_orders,
     prefetch_keys_read,
 )
+from fhir_mappings.prefetch_keys import COVERAGE, MEDICATION_REQUESTS, PATIENT
 from fhir_mappings.r4 import ResourceProblem
 from fhir_mappings.record import PatientRecord, build_record
 from hooks.request import (
@@ -35,7 +36,7 @@ from hooks.request import (
 
 # Read for every decision: the Patient (a deceased patient's orders are not decided) and
 # the Coverage the coverage-information is about.
-ALWAYS_READ = frozenset({"patient", "coverage"})
+ALWAYS_READ = frozenset({PATIENT, COVERAGE})
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +54,7 @@ class EpisodeDecision:
         return self.decision.rule_id
 
     @property
-    def outcome(self) -> Any:
+    def outcome(self) -> Outcome:
         return self.decision.outcome
 
 
@@ -117,7 +118,7 @@ def select_coverage(record: PatientRecord, hook_request: HookRequest) -> Coverag
     ]
     if len(active) == 1:
         return CoverageRef(active[0].reference)
-    if hook_request.is_crd_request and not active and not record.has_data("coverage"):
+    if hook_request.is_crd_request and not active and not record.has_data(COVERAGE):
         raise DataUnavailable(
             "The patient's Coverage is neither in prefetch 'coverage' nor retrievable "
             f"({record.unavailable['coverage']})",
@@ -162,7 +163,7 @@ def find_scope(bundle: Mapping[str, Any], path: str, policy: Policy, today: date
     if episodes:
         keys |= ALWAYS_READ
     if any(episode.drug_order is None for episode in episodes):
-        keys.add("medicationRequests")  # a pump ordered alone takes its drug from them
+        keys.add(MEDICATION_REQUESTS)  # a pump ordered alone takes its drug from them
     return OrderScope(
         bundle=bundle,
         orders=tuple(orders),

@@ -312,7 +312,7 @@ class Fuzzer:
             self._check_outcome(response.status_code, response.mimetype, data, path, example)
 
     def _check_outcome(
-        self, status: int, mimetype: str, data: bytes, path: str, example: str
+        self, status: int, mimetype: str | None, data: bytes, path: str, example: str
     ) -> None:
         if is_people_page(path.split("?")[0]) and mimetype == "text/html":
             return

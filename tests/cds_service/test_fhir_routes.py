@@ -17,15 +17,15 @@ from coverage_policy.loader import load_policy
 from coverage_policy.model import RuleKind
 from hooks.coverage_information import EXTENSION_URL
 from hooks.questionnaire import documentation_questionnaire
-from tests.conftest import ORDER_SIGN
-from tests.order_requests import (
+from tests.builders import (
     PAYER,
     PUMP_ORDERS,
-    active_coverage,
+    coverage,
     order_sign_request,
     pump_order_resources,
     searchset,
 )
+from tests.conftest import ORDER_SIGN
 
 QUESTIONNAIRE = "/fhir/Questionnaire"
 
@@ -55,8 +55,8 @@ def conditional_response(client: FlaskClient) -> dict[str, Any]:
     )
     prefetch = {
         "patient": patient,
-        "coverage": searchset([(None, active_coverage("p1"))]),
-        **{key: searchset([]) for key in empty_keys},
+        "coverage": searchset(coverage("p1")),
+        **{key: searchset() for key in empty_keys},
     }
     orders = pump_order_resources(PUMP_ORDERS[0], "p1")
     body = order_sign_request("p1", orders, prefetch, "8c6f4b1e-52d4-4b6a-9a43-0d5e3c1b7f21")

@@ -153,7 +153,7 @@ def package_parameters(parameters: Mapping[str, Any]) -> list[str]:
         else:
             problems += questionnaire_response(responses[0], completed=False)
         bound = {
-            i.get("answerValueSet")
+            str(i["answerValueSet"])
             for i in _items(entries[0].get("item"))
             if i.get("answerValueSet")
         }

@@ -30,9 +30,9 @@ def main() -> None:
         for answer in (favourable, unfavourable):
             _, asked = walk(client, draft, answer)
             counts.setdefault(path.name.split("__")[1], []).append(len(asked))
-    for name, asked in sorted(counts.items()):
-        print(f"{name:48} {' / '.join(map(str, asked))}")
-    every = [n for asked in counts.values() for n in asked]
+    for name, numbers in sorted(counts.items()):
+        print(f"{name:48} {' / '.join(map(str, numbers))}")
+    every = [n for numbers in counts.values() for n in numbers]
     print(
         f"{len(counts)} fixtures, {len(every)} walks: questions min {min(every)}, "
         f"median {statistics.median(every)}, max {max(every)}; "
