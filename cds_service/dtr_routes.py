@@ -56,6 +56,7 @@ from dtr.adaptive import (
     contained_form,
     extension_value,
     initial_response,
+    knowledge_of,
     read_answers,
     step,
 )
@@ -81,7 +82,7 @@ from fhir_mappings.facts import facts_for_episode
 from fhir_mappings.record import PatientRecord, build_record
 from hooks.coverage_information import AssertionContext, coverage_information_for
 from hooks.crd_dialect import crd_dialect
-from hooks.decide import CoverageRef
+from hooks.decide import CoverageRef, order_facts_of
 
 logger = logging.getLogger(__name__)
 FHIR_JSON = "application/fhir+json"
@@ -179,6 +180,7 @@ def _knowledge(report: Mapping[str, Any]) -> Knowledge:
             (Truth(if_answered[0]), Truth(if_answered[1])) if if_answered else None,
         )
     return Knowledge(
+        from_crd=not (report["service_id"] == "dtr" and report["hook"] == "questionnaire-package"),
         rule_ids=tuple(rule_ids),
         known=known,
         as_of=date.fromisoformat(report["as_of"]),
@@ -207,14 +209,15 @@ def _knowledge_without_context(policy: Policy, rule_id: str, today: date) -> Kno
     return Knowledge(rule_ids=(rule_id, *(r.id for r in requirements)), known={}, as_of=today)
 
 
-def _rules_for_orders(
+def _decide_sent(
     policy: Policy,
     orders: tuple[Mapping[str, Any], ...],
     referenced: tuple[Mapping[str, Any], ...],
     today: date,
-) -> list[tuple[str, tuple[str, ...]]]:
-    """(rule id, order references) of the pump episodes among ``orders``, decided on the
-    orders and the resources sent with them."""
+) -> list[tuple[Decision, tuple[str, ...], dict[str, Any]]]:
+    """The pump episodes among ``orders``, each decided on the orders and the resources
+    sent with them: (decision, order references, order facts). The resources show what
+    they show; what they do not show is unknown, never absent (they are not a record)."""
     bundle = {
         "resourceType": "Bundle",
         "type": "collection",
@@ -234,10 +237,15 @@ def _rules_for_orders(
     record = build_record({"referenced": sent}) if referenced else PatientRecord()
     found = []
     for episode in find_pump_episodes(parsed, record, draft):
-        facts = facts_for_episode(episode, record, policy, today, None, None)
+        facts = {
+            name: fact
+            for name, fact in facts_for_episode(episode, record, policy, today, None).items()
+            if name.startswith("doc.") or fact.value not in (None, ())
+        }
         decision = evaluate_policy(policy, facts, today)
         if decision is not None:
-            found.append((decision.rule_id, tuple(o.reference for o in episode.orders)))
+            references = tuple(o.reference for o in episode.orders)
+            found.append((decision, references, order_facts_of(facts)))
     return found
 
 
@@ -262,32 +270,46 @@ def questionnaire_package() -> Response:
     patient = patient if isinstance(patient, str) else None
     order_refs = {ref for ref in (_reference(o) for o in asked.orders) if ref}
     wanted: list[tuple[str, Knowledge | None, tuple[str, ...]]] = []  # rule, knowledge, orders
+    recorded: list[DecisionRecord] = []
     notes: list[tuple[str, str, str]] = []
+    candidates: list[Knowledge] = []
     if asked.context:
-        for recorded in _decisions_for(asked.context, order_refs):
-            decided = step(policy, recorded, read_answers(policy, {}))
-            if decided is None or decided.finished:
-                outcome_text = decided.decision.outcome.value if decided else "not decided"
-                notes.append(
-                    (
-                        "information",
-                        "informational",
-                        (
-                            f"No more documentation is needed for {', '.join(recorded.orders)}: "
-                            f"the decision is {outcome_text} under rule {recorded.rule_ids[0]}"
-                        ),
-                    )
-                )
-                continue
-            wanted.append((recorded.rule_ids[0], recorded, recorded.orders))
+        candidates = _decisions_for(asked.context, order_refs)
     elif asked.orders:
-        found = _rules_for_orders(policy, asked.orders, asked.referenced, now.date())
+        found = _decide_sent(policy, asked.orders, asked.referenced, now.date())
         if not found:
             raise BadRequest.single(
                 "No order is in scope of this policy (no infusion pump or pump drug)",
                 "parameter.order",
             )
-        wanted += [(rule_id, None, refs) for rule_id, refs in found]
+        for decision, refs, order_facts in found:
+            # Recorded under an id of its own, which the draft response carries, so the
+            # walk knows what the resources showed; not a CRD decision, so never asserted.
+            new_id = cast(Callable[[], str], current_app.extensions["cds_new_uuid"])()
+            recorded.append(decision_record(decision, new_id, refs, order_facts))
+            candidates.append(
+                knowledge_of(
+                    decision,
+                    orders=refs,
+                    order_facts=order_facts,
+                    assertion_id=new_id,
+                    from_crd=False,
+                )
+            )
+    for known in candidates:
+        decided = step(policy, known, read_answers(policy, {}))
+        if decided is None or decided.finished:
+            outcome_text = decided.decision.outcome.value if decided else "not decided"
+            notes.append(
+                (
+                    "information",
+                    "informational",
+                    f"No more documentation is needed for {', '.join(known.orders)}: "
+                    f"the decision is {outcome_text} under rule {known.rule_ids[0]}",
+                )
+            )
+            continue
+        wanted.append((known.rule_ids[0], known, known.orders))
     for canonical in asked.questionnaires:
         rule = rule_for_canonical(policy, canonical)
         if rule is None:
@@ -302,7 +324,7 @@ def questionnaire_package() -> Response:
     forms = served_forms()
     valuesets = answer_valuesets(policy, now)
     bundles = []
-    for rule_id, known, orders in wanted:
+    for rule_id, knowing, orders in wanted:
         rule = next(r for r in policy.rules if r.id == rule_id)
         form = forms[rule_id]
         binds = [
@@ -316,14 +338,14 @@ def questionnaire_package() -> Response:
             patient=patient,
             coverage=coverage,
             orders=orders,
-            assertion_id=known.assertion_id if known else None,
+            assertion_id=knowing.assertion_id if knowing else None,
             authored=now.isoformat(),
         )
         bundles.append(package_bundle(form, binds, response, f"{public_base_url()}/fhir"))
     if not bundles and not notes:
         notes.append(("information", "informational", "No documentation form applies"))
     crd_version = next((k.crd_version for _, k, _ in wanted if k and k.crd_version), "")
-    _audit("questionnaire-package", started, crd_version)
+    _audit("questionnaire-package", started, crd_version, tuple(recorded))
     return _fhir(package_parameters(bundles, outcome(notes)))
 
 
@@ -347,7 +369,7 @@ def _context_of(
 def _completed_coverage(
     policy: Policy, known: Knowledge, decision: Decision, coverage: str | None
 ) -> dict[str, Any] | None:
-    if known.assertion_id is None or coverage is None:
+    if known.assertion_id is None or coverage is None or not known.from_crd:
         return None
     ctx = AssertionContext(
         policy=policy,

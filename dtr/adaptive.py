@@ -79,6 +79,35 @@ class Knowledge:
     coverage: str | None = None
     # The order's facts the rules' scopes read; empty when not known (no context).
     order_facts: Mapping[str, Any] = field(default_factory=dict)
+    # Whether the decision is a CRD one: only a form completed for a CRD decision may
+    # carry coverage-information (DTR).
+    from_crd: bool = True
+
+
+def knowledge_of(
+    decision: Decision,
+    *,
+    orders: tuple[str, ...],
+    order_facts: Mapping[str, Any],
+    assertion_id: str | None,
+    from_crd: bool,
+) -> Knowledge:
+    """What a walk knows of a decision made here and now (on the resources a client
+    sent, or on the record our own app read)."""
+    known = {
+        result.criterion.id: RecordedCriterion(result.truth, result.checked, result.if_answered)
+        for rule in decision.rule_results
+        for result in rule.results
+    }
+    return Knowledge(
+        rule_ids=(decision.rule_id, *(r.rule.id for r in decision.requirements)),
+        known=known,
+        as_of=decision.as_of,
+        orders=orders,
+        assertion_id=assertion_id,
+        order_facts=order_facts,
+        from_crd=from_crd,
+    )
 
 
 @dataclass(frozen=True, slots=True)

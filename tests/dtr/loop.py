@@ -71,6 +71,8 @@ def package(client: FlaskClient, body: Mapping[str, Any], context: str | None, *
         parameters.append({"name": "context", "valueString": context})
     for canonical in extra.get("questionnaires", ()):
         parameters.append({"name": "questionnaire", "valueCanonical": canonical})
+    for resource in extra.get("referenced", ()):
+        parameters.append({"name": "referenced", "resource": resource})
     return client.post(
         "/fhir/Questionnaire/$questionnaire-package",
         json={"resourceType": "Parameters", "parameter": parameters},

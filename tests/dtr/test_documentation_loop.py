@@ -296,3 +296,27 @@ def test_a_completed_form_is_audited_under_its_new_assertion_id() -> None:
     again = package(client, body, new_id)
     assert again.status_code == 200
     assert [p["name"] for p in again.get_json()["parameter"]] == ["outcome"]
+
+
+def test_resources_sent_with_the_order_are_what_the_form_knows(client: FlaskClient) -> None:
+    """Without a context, the order and the resources sent as ``referenced`` decide which
+    questions are open: sent the whole prefetch, a form asks what the CRD context's
+    form asks, and never asserts coverage."""
+    path = FIXTURES / "order-sign__eip-csii-insulin-lispro__conditional.json"
+    body, extension = _signed(client, path)
+    with_context = package(client, body, part(extension, "coverage-assertion-id")).get_json()
+    first_draft = with_context["parameter"][0]["resource"]["entry"][-1]["resource"]
+    _, asked_with_context = walk(client, first_draft, favourable)
+    referenced = [
+        entry["resource"]
+        for key, bundle in body["prefetch"].items()
+        if key != "coverage" and isinstance(bundle, dict)
+        for entry in bundle.get("entry") or []
+        if entry["resource"]["resourceType"] != "Patient"
+    ]
+    reply = package(client, body, None, referenced=referenced)
+    assert reply.status_code == 200, reply.get_json()
+    draft = reply.get_json()["parameter"][0]["resource"]["entry"][-1]["resource"]
+    completed, asked = walk(client, draft, favourable)
+    assert asked == asked_with_context
+    assert not [e for e in completed["extension"] if e["url"] == COVERAGE_INFORMATION]
