@@ -12,8 +12,10 @@
 What a form knows of the order besides its answers comes from the audit trail: the
 decision that the coverage-assertion-id (``context``) names, and only together with an
 order that decision was about, so nobody reads another decision's criteria by guessing
-an id. Without a context a form starts from nothing known and its answers never yield
-coverage-information (DTR: a payer asserts coverage from a form only where CRD ran).
+an id. Without a context, a package asked for by orders is decided on them and the
+resources sent as ``referenced``, recorded under an id of its own; one asked for by a
+canonical alone knows nothing. Neither yields coverage-information (DTR: a payer asserts
+coverage from a form only where CRD ran).
 The operations need a SMART Backend Services token with ``system/Questionnaire.rs``
 (``system/ValueSet.rs`` for ``$expand``; ``cds_service.backend_auth``); reading the
 forms themselves (``Questionnaire/<id>``, ``metadata``) needs none, as they hold no PHI
@@ -70,6 +72,7 @@ from dtr.forms import (
     valueset_canonical,
 )
 from dtr.package import (
+    PackageRequest,
     outcome,
     package_bundle,
     package_parameters,
@@ -118,6 +121,8 @@ def served_forms() -> dict[str, dict[str, Any]]:
     cache = current_app.extensions.setdefault("cds_dtr_forms", {})
     base = _next_question_base()
     if base not in cache:
+        if len(cache) >= 4:  # Host headers are the client's: never let them grow this
+            cache.clear()
         publisher = current_app.config["CDS"]["PAYER_NAME"]
         forms = rule_forms(_policy(), base, publisher)
         cache[base] = {
@@ -192,15 +197,14 @@ def _knowledge(report: Mapping[str, Any]) -> Knowledge:
 
 
 def _decisions_for(context: str, orders: set[str]) -> list[Knowledge]:
-    """The recorded decisions of ``context`` about any of ``orders`` (latest per rule)."""
-    found = [
-        _knowledge(report)
-        for report in audit_for_assertion(current_app.extensions["cds_store"], context)
-        if orders & set(report["orders"])
-    ]
-    if not found:
+    """The recorded decisions of ``context`` about any of ``orders``, the latest per rule."""
+    latest: dict[str, Knowledge] = {}
+    for report in audit_for_assertion(current_app.extensions["cds_store"], context):
+        if orders & set(report["orders"]):  # oldest first: a later one replaces it
+            latest[report["rule_id"]] = _knowledge(report)
+    if not latest:
         raise BadRequest.single(_UNKNOWN_CONTEXT, "context")
-    return found
+    return list(latest.values())
 
 
 def _knowledge_without_context(policy: Policy, rule_id: str, today: date) -> Knowledge:
@@ -249,6 +253,39 @@ def _decide_sent(
     return found
 
 
+def _known_for_request(
+    policy: Policy,
+    asked: PackageRequest,
+    order_refs: set[str],
+    today: date,
+    recorded: list[DecisionRecord],
+) -> list[Knowledge]:
+    """What the forms of a package know: the decisions of its context, or those made on
+    its orders and the resources sent with them (appended to ``recorded``)."""
+    if asked.context:
+        return _decisions_for(asked.context, order_refs)
+    if not asked.orders:
+        return []
+    found = _decide_sent(policy, asked.orders, asked.referenced, today)
+    if not found:
+        raise BadRequest.single(
+            "No order is in scope of this policy (no infusion pump or pump drug)",
+            "parameter.order",
+        )
+    candidates = []
+    for decision, refs, order_facts in found:
+        # Recorded under an id of its own, which the draft response carries, so the walk
+        # knows what the resources showed; not a CRD decision, so never asserted.
+        new_id = cast(Callable[[], str], current_app.extensions["cds_new_uuid"])()
+        recorded.append(decision_record(decision, new_id, refs, order_facts))
+        candidates.append(
+            knowledge_of(
+                decision, orders=refs, order_facts=order_facts, assertion_id=new_id, from_crd=False
+            )
+        )
+    return candidates
+
+
 # -- $questionnaire-package --------------------------------------------------------------
 
 
@@ -272,30 +309,7 @@ def questionnaire_package() -> Response:
     wanted: list[tuple[str, Knowledge | None, tuple[str, ...]]] = []  # rule, knowledge, orders
     recorded: list[DecisionRecord] = []
     notes: list[tuple[str, str, str]] = []
-    candidates: list[Knowledge] = []
-    if asked.context:
-        candidates = _decisions_for(asked.context, order_refs)
-    elif asked.orders:
-        found = _decide_sent(policy, asked.orders, asked.referenced, now.date())
-        if not found:
-            raise BadRequest.single(
-                "No order is in scope of this policy (no infusion pump or pump drug)",
-                "parameter.order",
-            )
-        for decision, refs, order_facts in found:
-            # Recorded under an id of its own, which the draft response carries, so the
-            # walk knows what the resources showed; not a CRD decision, so never asserted.
-            new_id = cast(Callable[[], str], current_app.extensions["cds_new_uuid"])()
-            recorded.append(decision_record(decision, new_id, refs, order_facts))
-            candidates.append(
-                knowledge_of(
-                    decision,
-                    orders=refs,
-                    order_facts=order_facts,
-                    assertion_id=new_id,
-                    from_crd=False,
-                )
-            )
+    candidates = _known_for_request(policy, asked, order_refs, now.date(), recorded)
     for known in candidates:
         decided = step(policy, known, read_answers(policy, {}))
         if decided is None or decided.finished:
