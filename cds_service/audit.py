@@ -294,9 +294,13 @@ def _insert_audit_rows(connection: Connection, rows: _AuditRows) -> int:
     return int(call_id)
 
 
-def warm_up_write(connection: Connection) -> None:
+def warm_up_write(connection: Connection, record: AuditRecord | None = None) -> None:
     """Run every statement of an audit write once on ``connection`` (whose transaction
-    the caller rolls back), so their compiled forms are cached before the first call."""
+    the caller rolls back), so their compiled forms are cached before the first call:
+    the statements of ``record``, else of a made-up record that has them all."""
+    if record is not None:
+        _insert_audit_rows(connection, _audit_rows(record))
+        return
     now = datetime.now(UTC)
     record = AuditRecord(
         recorded_at=now,
