@@ -20,6 +20,7 @@ from jsonschema.exceptions import ValidationError
 
 from cds_service.errors import BadRequest, Issue
 from cds_service.json_input import NESTED_TOO_DEEPLY, UnreadableJson, loads_untrusted
+from cds_service.schema_check import Check, compile_check
 from hooks.request import FhirAuthorization, HookRequest
 
 
@@ -36,8 +37,25 @@ def _json_path(parts: Iterable[Any]) -> str:
     return path
 
 
+# The compiled yes/no check of each validator's schema, by the validator's identity (it
+# is kept alongside, so an id is never taken for another validator's).
+_CHECKS: dict[int, tuple[Draft202012Validator, Check | None]] = {}
+
+
+def _quick_check(validator: Draft202012Validator) -> Check | None:
+    known = _CHECKS.get(id(validator))
+    if known is None or known[0] is not validator:
+        known = (validator, compile_check(validator.schema))
+        _CHECKS[id(validator)] = known
+    return known[1]
+
+
 def schema_issues(validator: Draft202012Validator, document: Any, prefix: str = "") -> list[Issue]:
-    """Every schema violation as an issue whose expression points at the offending member."""
+    """Every schema violation as an issue whose expression points at the offending member
+    (``jsonschema`` is asked only when the compiled check finds the document invalid)."""
+    check = _quick_check(validator)
+    if check is not None and check(document):
+        return []
     issues = []
     errors: list[ValidationError] = sorted(
         validator.iter_errors(document), key=lambda e: list(map(str, e.absolute_path))
@@ -126,6 +144,9 @@ def preload_validators() -> None:
     (compiling their patterns); each is built on first use otherwise."""
     from hooks import SERVICES, context_validator
 
-    schema_issues(_envelope_validator(), _WARM_UP_BODY)
-    for service in SERVICES.values():
-        schema_issues(context_validator(service), _WARM_UP_BODY["context"])
+    validators = [(_envelope_validator(), _WARM_UP_BODY)] + [
+        (context_validator(service), _WARM_UP_BODY["context"]) for service in SERVICES.values()
+    ]
+    for validator, document in validators:
+        schema_issues(validator, document)  # compiles the quick check
+        list(validator.iter_errors(document))  # jsonschema's, for the first invalid request
