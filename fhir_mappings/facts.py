@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import date
+from functools import cache
 
 from coverage_policy.model import Evidence, FactValue, Policy
 from fhir_mappings.allergies import drug_allergy
@@ -45,11 +46,20 @@ _ALSO_READ = {
 }
 
 
+@cache
+def sources_of(name: str) -> frozenset[str]:
+    """The prefetch keys the data of the fact ``name`` comes from (without which it is
+    unknown)."""
+    return frozenset(
+        k for prefix, ks in FACT_SOURCES.items() if name.startswith(prefix) for k in ks
+    )
+
+
 def prefetch_keys_read(fact_names: Iterable[str]) -> frozenset[str]:
     """The prefetch keys the data of these facts comes from."""
     keys: set[str] = set()
     for name in fact_names:
-        keys |= {k for prefix, ks in FACT_SOURCES.items() if name.startswith(prefix) for k in ks}
+        keys |= sources_of(name)
         keys |= set(_ALSO_READ.get(name, ()))
     return frozenset(keys)
 
@@ -57,12 +67,10 @@ def prefetch_keys_read(fact_names: Iterable[str]) -> frozenset[str]:
 def facts_of_keys(keys: Iterable[str], fact_names: Iterable[str]) -> frozenset[str]:
     """Those of ``fact_names`` whose data comes from any of these prefetch keys (and is
     left out, unknown, when one of them could not be had)."""
-    wanted = set(keys)
-    return frozenset(
-        name
-        for name in fact_names
-        if any(name.startswith(p) and wanted & set(ks) for p, ks in FACT_SOURCES.items())
-    )
+    wanted = frozenset(keys)
+    if not wanted:
+        return frozenset()
+    return frozenset(name for name in fact_names if sources_of(name) & wanted)
 
 
 def facts_settled_by_orders(episode: PumpEpisode) -> dict[str, FactValue]:
@@ -196,12 +204,4 @@ def facts_for_episode(
     stated_kind = documentation.get("doc.pump-kind")
     if facts["episode.pump_kind"].value is None and stated_kind and stated_kind.value:
         facts["episode.pump_kind"] = stated_kind  # the orderer answered the pump-kind question
-    return {
-        name: value
-        for name, value in facts.items()
-        if all(
-            record.has_data(*keys)
-            for prefix, keys in FACT_SOURCES.items()
-            if name.startswith(prefix)
-        )
-    }
+    return {name: value for name, value in facts.items() if record.has_data(*sources_of(name))}
