@@ -19,6 +19,7 @@ is answered and the failure is logged as an error.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
@@ -36,6 +37,7 @@ from cds_service.tables import (
     issued_card,
     service_call,
 )
+from coverage_policy.model import Decision
 from hooks.decide import EpisodeDecision
 from hooks.request import HookRequest
 from hooks.service import HookResult
@@ -67,6 +69,7 @@ class CriterionRecord:
     deciding: bool
     evidence_references: tuple[str, ...]
     checked: bool = True
+    if_answered: tuple[str, str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +82,7 @@ class DecisionRecord:
     outcome: str
     as_of: date
     criteria: tuple[CriterionRecord, ...]
+    order_facts: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,8 +110,7 @@ class AuditRecord:
     decision_page_token: str | None = None  # the unguessable id of its decision page
 
 
-def _criteria(item: EpisodeDecision) -> tuple[CriterionRecord, ...]:
-    decided = item.decision
+def _criteria(decided: Decision) -> tuple[CriterionRecord, ...]:
     return tuple(
         CriterionRecord(
             rule_id=rule_result.rule.id,
@@ -117,23 +120,39 @@ def _criteria(item: EpisodeDecision) -> tuple[CriterionRecord, ...]:
             deciding=result.deciding,
             evidence_references=tuple(dict.fromkeys(e.reference for e in result.evidence)),
             checked=result.checked,
+            if_answered=(
+                (result.if_answered[0].value, result.if_answered[1].value)
+                if result.if_answered
+                else None
+            ),
         )
         for rule_result, result in decided.criterion_rows(decided.rule_results)
     )
 
 
-def _decision_record(item: EpisodeDecision, assertion_id: str | None) -> DecisionRecord:
-    decided = item.decision
+def decision_record(
+    decided: Decision,
+    assertion_id: str | None,
+    orders: tuple[str, ...],
+    order_facts: Mapping[str, Any],
+) -> DecisionRecord:
+    """What is recorded of one decision: an order's, or one a DTR form reached."""
     return DecisionRecord(
         coverage_assertion_id=assertion_id,
-        order_references=tuple(order.reference for order in item.episode.orders),
+        order_references=orders,
         policy_id=decided.policy_id,
         policy_version=decided.policy_version,
         rule_id=decided.rule_id,
         outcome=decided.outcome.value,
         as_of=decided.as_of,
-        criteria=_criteria(item),
+        criteria=_criteria(decided),
+        order_facts=dict(order_facts),
     )
+
+
+def _decision_record(item: EpisodeDecision, assertion_id: str | None) -> DecisionRecord:
+    orders = tuple(order.reference for order in item.episode.orders)
+    return decision_record(item.decision, assertion_id, orders, item.order_facts)
 
 
 def build_audit_record(
@@ -235,6 +254,7 @@ def _decision_rows(record: AuditRecord) -> list[tuple[dict[str, Any], list[dict[
                 "rule_id": item.rule_id,
                 "outcome": item.outcome,
                 "as_of": item.as_of,
+                "order_facts": dict(item.order_facts),
             },
             [
                 {
@@ -246,6 +266,7 @@ def _decision_rows(record: AuditRecord) -> list[tuple[dict[str, Any], list[dict[
                     "deciding": c.deciding,
                     "evidence_references": list(c.evidence_references),
                     "checked": c.checked,
+                    "if_answered": list(c.if_answered) if c.if_answered else None,
                 }
                 for index, c in enumerate(item.criteria)
             ],
@@ -437,6 +458,7 @@ def _decision_report(connection: Connection, row: sa.RowMapping) -> dict[str, An
         "rule_id": row["rule_id"],
         "outcome": row["outcome"],
         "as_of": row["as_of"].isoformat(),
+        "order_facts": dict(row["order_facts"] or {}),
         "criteria": _criteria_report(connection, decision_id),
         "cards": _cards_report(connection, row["call_id"], decision_id),
     }
@@ -457,6 +479,7 @@ def _criteria_report(connection: Connection, decision_id: int) -> list[dict[str,
             "truth": c["truth"],
             "deciding": c["deciding"],
             "checked": c["checked"],
+            "if_answered": c["if_answered"],
             "evidence": list(c["evidence_references"]),
         }
         for c in criteria

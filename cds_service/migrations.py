@@ -171,9 +171,17 @@ def _backend_access_tokens(connection: Connection) -> None:
     m.create_all(connection)
 
 
+def _dtr_knowledge(connection: Connection) -> None:
+    """Version 5: what a DTR form needs to decide again without the record: the order
+    facts of each decision, and each open criterion's truth once answered."""
+    connection.execute(sa.text("ALTER TABLE decision ADD COLUMN order_facts JSON"))
+    connection.execute(sa.text("ALTER TABLE criterion_result ADD COLUMN if_answered JSON"))
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "audit trail, issued cards and feedback", _audit_and_feedback),
     Migration(2, "JWT replay cache", _jwt_replay),
     Migration(3, "decision pages; criteria not checked", _decision_pages),
     Migration(4, "access tokens of DTR clients", _backend_access_tokens),
+    Migration(5, "order facts and answered truths for DTR forms", _dtr_knowledge),
 )

@@ -100,6 +100,8 @@ decision = sa.Table(
     sa.Column("rule_id", sa.String(100), nullable=False),
     sa.Column("outcome", sa.String(20), nullable=False),
     sa.Column("as_of", sa.Date, nullable=False),
+    # The order facts the rules' scopes read (codes; None for decisions recorded before).
+    sa.Column("order_facts", sa.JSON),
     sa.Index("ix_decision_call_id", "call_id"),
     sa.Index("ix_decision_coverage_assertion_id", "coverage_assertion_id"),
 )
@@ -120,6 +122,8 @@ criterion_result = sa.Table(
     sa.Column("evidence_references", sa.JSON, nullable=False),
     # False: unknown because the data it reads could not be retrieved (not checked).
     sa.Column("checked", sa.Boolean, nullable=False, server_default=sa.true()),
+    # [truth if its answers hold, truth if they do not] (CriterionResult.if_answered).
+    sa.Column("if_answered", sa.JSON),
     sa.Index("ix_criterion_result_decision_id", "decision_id"),
 )
 

@@ -107,7 +107,7 @@ class _Checker:
         self.catalog = dict(catalog)
         for item in raw["documentation"]:
             self.catalog[f"doc.{item['id']}"] = {
-                "type": item["answer_type"],
+                "type": "number" if item["answer_type"] == "decimal" else item["answer_type"],
                 "values": [o["code"] for o in item.get("options", [])],
             }
         self.valuesets = valuesets
@@ -123,6 +123,13 @@ class _Checker:
                 if entry["id"] in seen:
                     self.problem(f"duplicate id {entry['id']} in {section}")
                 seen.add(entry["id"])
+
+    def check_stated_facts(self) -> None:
+        """An item may stand in only for a record fact the mappings produce."""
+        for item in self.raw["documentation"]:
+            for name in item.get("states", ()):
+                if name not in self.catalog or name.startswith("doc."):
+                    self.problem(f"documentation item {item['id']}: states unknown fact {name}")
 
     def check_citations(self, owner: str, citations: list[Mapping[str, str]]) -> None:
         for citation in citations:
@@ -251,6 +258,7 @@ def build_policy(
         raise PolicyLoadError([f"{e.json_path}: {e.message}" for e in errors])
     checker = _Checker(raw, catalog, valuesets)
     checker.check_ids()
+    checker.check_stated_facts()
     checker.check_criteria()
     checker.check_rules()
     checker.check_links()
@@ -263,8 +271,13 @@ def _citations(raw: list[Mapping[str, str]]) -> tuple[Citation, ...]:
     return tuple(Citation(c["source"], c["section"]) for c in raw)
 
 
-def _criterion(c: Mapping[str, Any]) -> Criterion:
-    docs = sorted({f[4:] for f in c["facts"] if f.startswith("doc.")})
+def _criterion(c: Mapping[str, Any], documentation: list[Mapping[str, Any]]) -> Criterion:
+    # The items that settle a criterion: those it reads, and those that state a record
+    # fact it reads, in the policy's item order.
+    read = set(c["facts"])
+    wanted = {f[4:] for f in read if f.startswith("doc.")}
+    wanted |= {d["id"] for d in documentation if read & set(d.get("states", ()))}
+    docs = [d["id"] for d in documentation if d["id"] in wanted]
     return Criterion(
         c["id"],
         c["text"],
@@ -292,7 +305,7 @@ def _rule(r: Mapping[str, Any]) -> Rule:
 
 def _build(raw: Mapping[str, Any], catalog: dict[str, Any], valuesets: Mapping[str, Any]) -> Policy:
     sources = {k: Source(k, v["label"], v["url"]) for k, v in raw["sources"].items()}
-    criteria = {c["id"]: _criterion(c) for c in raw["criteria"]}
+    criteria = {c["id"]: _criterion(c, raw["documentation"]) for c in raw["criteria"]}
     rules = tuple(_rule(r) for r in raw["rules"])
     documentation = {
         d["id"]: DocumentationItem(
@@ -301,6 +314,8 @@ def _build(raw: Mapping[str, Any], catalog: dict[str, Any], valuesets: Mapping[s
             d["answer_type"],
             tuple((o["code"], o["display"]) for o in d.get("options", [])),
             d["doc_type"],
+            d.get("unit"),
+            tuple(d.get("states", ())),
         )
         for d in raw["documentation"]
     }

@@ -117,9 +117,11 @@ class Rule:
 class DocumentationItem:
     id: str
     text: str
-    answer_type: str  # "boolean" | "choice" | "date"
+    answer_type: str  # "boolean" | "choice" | "date" | "decimal"
     options: tuple[tuple[str, str], ...] = ()  # (code, display) for choice items
     doc_type: str = "clinical"  # "clinical" | "admin": who supplies it (CRD doc-needed)
+    unit: str | None = None  # UCUM unit of a decimal answer
+    states: tuple[str, ...] = ()  # record facts the answer stands in for (fhir_mappings)
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,7 +7,7 @@ looked for and not found.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from datetime import date
 
 from coverage_policy.model import Evidence, FactValue, Policy
@@ -16,7 +16,7 @@ from fhir_mappings.conditions import facts_from_condition
 from fhir_mappings.coverage import part_a_status
 from fhir_mappings.dates import as_date
 from fhir_mappings.devices import implanted_devices
-from fhir_mappings.documentation import documentation_facts
+from fhir_mappings.documentation import documentation_facts, stated_facts
 from fhir_mappings.drugs import dosage_route
 from fhir_mappings.encounters import face_to_face_date, last_visit_date, order_setting
 from fhir_mappings.episodes import PumpEpisode
@@ -162,12 +162,6 @@ def _age_years(record: PatientRecord, as_of: date) -> FactValue:
     return FactValue(None)
 
 
-def stated_scope_facts(documentation: Mapping[str, FactValue]) -> dict[str, FactValue]:
-    """Order facts an answer states where the orders do not: the pump kind."""
-    stated_kind = documentation.get("doc.pump-kind")
-    return {"episode.pump_kind": stated_kind} if stated_kind and stated_kind.value else {}
-
-
 def facts_for_episode(
     episode: PumpEpisode,
     record: PatientRecord,
@@ -191,10 +185,12 @@ def facts_for_episode(
         record, policy.documentation, policy.questionnaire_url, as_of
     )
     facts.update(documentation)
-    for name, stated in stated_scope_facts(documentation).items():
-        if facts[name].value is None:
-            facts[name] = stated  # the orderer answered the question, e.g. the pump kind
-    return _facts_with_data(facts, record)
+    had = _facts_with_data(facts, record)
+    # What the orderer answered stands in for what the record does not show.
+    for name, stated in stated_facts(documentation, as_of).items():
+        if had.get(name) is None or had[name].value is None:
+            had[name] = stated
+    return had
 
 
 def _current_encounter(episode: PumpEpisode, encounter_reference: str | None) -> str | None:

@@ -224,7 +224,14 @@ def _needs_lines(needs: Needs | str, policy: Policy, depth: int = 0) -> list[str
     indent = "  " * depth
     if isinstance(needs, str):
         criterion = policy.criteria[needs]
-        hints = [words["order_hints"][f] for f in criterion.facts if f in words["order_hints"]]
+        # How to settle it where the form does not (or besides the form, for a fact an
+        # item states): on the order itself, or in the record.
+        stated = {f for d in criterion.documentation for f in policy.documentation[d].states}
+        hints = [
+            words["settle_hints"][f]
+            for f in criterion.facts
+            if f in words["settle_hints"] and (not criterion.documentation or f in stated)
+        ]
         return [f"{indent}- {'; '.join([criterion.text, *hints])}"]
     lines = [f"{indent}- {words['all_of' if needs.mode == 'all' else 'one_of']}:"]
     for item in needs.items:

@@ -8,7 +8,7 @@ from datetime import date
 from typing import Any
 
 from coverage_policy.engine import evaluate_policy, facts_that_may_be_read
-from coverage_policy.model import Decision, Outcome, Policy
+from coverage_policy.model import Decision, FactValue, Outcome, Policy
 from fhir_mappings.dates import as_date
 from fhir_mappings.episodes import (
     DraftOrder,
@@ -45,6 +45,9 @@ class EpisodeDecision:
 
     episode: PumpEpisode
     decision: Decision
+    # The order's own facts the rules' scopes read (pump kind, drug family, HCPCS,
+    # setting): codes only, recorded so a DTR form can decide again without the record.
+    order_facts: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def rule_id(self) -> str:
@@ -85,6 +88,18 @@ class Deliberation:
     invalid_in_scope: tuple[InvalidOrderInScope, ...] = ()
     # Prefetch keys a query failed to bring back, with why (``ClinicalInput.not_retrieved``).
     not_retrieved: Mapping[str, str] = field(default_factory=dict)
+
+
+ORDER_FACT_PREFIXES = ("episode.", "order.")
+
+
+def order_facts_of(facts: Mapping[str, FactValue]) -> dict[str, Any]:
+    """The values of the order facts found (``episode.*``, ``order.*``)."""
+    return {
+        name: fact.value
+        for name, fact in sorted(facts.items())
+        if name.startswith(ORDER_FACT_PREFIXES) and isinstance(fact.value, str)
+    }
 
 
 def _as_of(orders: Iterable[DraftOrder], today: date) -> date:
@@ -196,7 +211,7 @@ def deliberate(
         )
         decision = evaluate_policy(policy, facts, as_of, facts_not_retrieved)
         if decision is not None:
-            decisions.append(EpisodeDecision(episode, decision))
+            decisions.append(EpisodeDecision(episode, decision, order_facts_of(facts)))
     return Deliberation(
         decisions=tuple(decisions),
         deceased=tuple(deceased),

@@ -13,6 +13,8 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from cds_service.fhir_routes import FHIR_JSON
+from coverage_policy.loader import load_policy
+from coverage_policy.model import RuleKind
 from hooks.coverage_information import EXTENSION_URL
 from hooks.questionnaire import documentation_questionnaire
 from tests.builders import (
@@ -120,9 +122,15 @@ def test_search_without_match_is_an_empty_bundle(
     assert "entry" not in bundle
 
 
-def test_search_without_parameters_lists_it(client: FlaskClient) -> None:
+def test_search_without_parameters_lists_every_form(client: FlaskClient) -> None:
+    """The whole-policy form first, then one adaptive DTR form per indication rule."""
     status, bundle = _fhir(client, QUESTIONNAIRE)
-    assert (status, bundle["total"]) == (200, 1)
+    policy = load_policy()
+    rules = [r for r in policy.rules if r.kind is RuleKind.INDICATION]
+    assert (status, bundle["total"]) == (200, 1 + len(rules))
+    ids = [e["resource"]["id"] for e in bundle["entry"]]
+    assert ids[0] == policy.questionnaire_id
+    assert ids[1:] == [f"{policy.questionnaire_id}-{r.id.lower()}" for r in rules]
 
 
 def test_crd_questionnaire_canonical_resolves(
