@@ -334,6 +334,24 @@ def facts_that_may_be_read(policy: Policy, known: Facts, as_of: date) -> frozens
     return frozenset(read)
 
 
+def _decision(evaluator: _Evaluator, indication: Rule, rules: list[Rule]) -> Decision:
+    """The decision under ``indication`` with the requirement and guidance rules among
+    ``rules``: the most severe outcome of the indication and the requirements."""
+    decided = evaluator.rule(indication)
+    requirements = tuple(evaluator.rule(r) for r in rules if r.kind is RuleKind.REQUIREMENT)
+    guidance = tuple(evaluator.rule(r) for r in rules if r.kind is RuleKind.GUIDANCE)
+    outcome = max((decided.outcome, *(r.outcome for r in requirements)), key=_SEVERITY.__getitem__)
+    return Decision(
+        policy_id=evaluator.policy.id,
+        policy_version=evaluator.policy.version,
+        outcome=outcome,
+        indication=decided,
+        requirements=requirements,
+        guidance=guidance,
+        as_of=evaluator.as_of,
+    )
+
+
 def evaluate_policy(
     policy: Policy, facts: Facts, as_of: date, not_retrieved: frozenset[str] = frozenset()
 ) -> Decision | None:
@@ -346,19 +364,7 @@ def evaluate_policy(
     indication = next((r for r in applicable if r.kind is RuleKind.INDICATION), None)
     if indication is None or not policy.effective.contains(as_of):
         return None
-    decided = evaluator.rule(indication)
-    requirements = tuple(evaluator.rule(r) for r in applicable if r.kind is RuleKind.REQUIREMENT)
-    guidance = tuple(evaluator.rule(r) for r in applicable if r.kind is RuleKind.GUIDANCE)
-    outcome = max((decided.outcome, *(r.outcome for r in requirements)), key=_SEVERITY.__getitem__)
-    return Decision(
-        policy_id=policy.id,
-        policy_version=policy.version,
-        outcome=outcome,
-        indication=decided,
-        requirements=requirements,
-        guidance=guidance,
-        as_of=as_of,
-    )
+    return _decision(evaluator, indication, applicable)
 
 
 def _top_answer_node(criterion: Criterion) -> bool:
@@ -459,19 +465,7 @@ def redecide(
             evaluator.cache[criterion_id] = CriterionResult(
                 criterion, truth, tuple(evidence), True, checked
             )
-    decided = evaluator.rule(indication)
-    requirements = tuple(evaluator.rule(r) for r in chosen if r.kind is RuleKind.REQUIREMENT)
-    guidance = tuple(evaluator.rule(r) for r in chosen if r.kind is RuleKind.GUIDANCE)
-    outcome = max((decided.outcome, *(r.outcome for r in requirements)), key=_SEVERITY.__getitem__)
-    return Decision(
-        policy_id=policy.id,
-        policy_version=policy.version,
-        outcome=outcome,
-        indication=decided,
-        requirements=requirements,
-        guidance=guidance,
-        as_of=as_of,
-    )
+    return _decision(evaluator, indication, chosen)
 
 
 def logic_truth(policy: Policy, node: Mapping[str, Any], facts: Facts, as_of: date) -> Truth:
