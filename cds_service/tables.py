@@ -4,7 +4,7 @@ Queries use these tables. The schema itself is created and changed only by the s
 ``cds_service.migrations``; a test checks that a migrated database matches this module.
 
 What is stored is identifiers, codes, outcomes and timings: never names, free text,
-tokens or resource bodies.
+tokens or resource bodies (the documentation app's sessions aside, below).
 
     service_call        one row per answered service call (also calls with no decision)
      +-- decision        one row per coverage decision of that call
@@ -13,6 +13,7 @@ tokens or resource bodies.
      +-- issued_card     each card returned, its suggestion uuids, the decision it is about
           +-- feedback   each feedback entry a client sent about that card
     jwt_replay          client JWT ids seen, until they expire (replay protection)
+    smart_app_session   the documentation app's server-side sessions (until they expire)
     schema_version      the migration steps applied
 """
 
@@ -178,4 +179,17 @@ jwt_replay = sa.Table(
     sa.Column("jti", sa.Text, primary_key=True),
     sa.Column("expires_at", UtcDateTime, nullable=False),
     sa.Index("ix_jwt_replay_expires_at", "expires_at"),
+)
+
+# The documentation app's sessions: the authorization in progress (state, PKCE verifier,
+# nonce), then the user's access token and launch context, until the session expires.
+# The one table that holds a token: it never leaves the server, and expired rows go.
+smart_app_session = sa.Table(
+    "smart_app_session",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),  # SHA-256 of the cookie value
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Column("expires_at", UtcDateTime, nullable=False),
+    sa.Column("data", sa.JSON, nullable=False),
+    sa.Index("ix_smart_app_session_expires_at", "expires_at"),
 )
