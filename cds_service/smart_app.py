@@ -36,6 +36,8 @@ from authlib.common.errors import AuthlibBaseError
 from authlib.integrations.requests_client import OAuth2Session
 from flask import Blueprint, Response, current_app, redirect, render_template, request
 
+from cds_service.dtr_routes import completed_coverage_information, served_forms
+from cds_service.errors import FhirQueryFailed
 from cds_service.fhir_client import (
     FhirQueryLimits,
     fhir_server_allowed,
@@ -44,6 +46,18 @@ from cds_service.fhir_client import (
 )
 from cds_service.json_input import UnreadableJson, loads_untrusted
 from cds_service.routes import public_base_url
+from cds_service.smart_form import (
+    FormUnavailable,
+    answer_json,
+    field_value,
+    knowledge_from_json,
+    knowledge_to_json,
+    launch_context,
+    open_form,
+    response_resource,
+    walk,
+    write_response,
+)
 from cds_service.smart_sessions import (
     SESSION_TTL_S,
     AppSession,
@@ -54,6 +68,8 @@ from cds_service.smart_sessions import (
     take_authorization,
 )
 from cds_service.store import Store
+from coverage_policy.model import Outcome, Policy, Truth
+from dtr.adaptive import Step
 
 logger = logging.getLogger(__name__)
 
@@ -550,3 +566,243 @@ def context_references(fhir_context: Any) -> list[str]:
         if isinstance(reference, str) and reference and reference not in found:
             found.append(reference)
     return found
+
+
+# -- the form ------------------------------------------------------------------------------
+
+_TRUTH_TEXT = {
+    Truth.MET: "met",
+    Truth.UNMET: "not met",
+    Truth.UNKNOWN: "not documented yet",
+}
+
+
+def _policy() -> Policy:
+    return cast(Policy, current_app.extensions["cds_policy"])
+
+
+def _form_state(session: AppSession) -> dict[str, Any]:
+    """The form's state, opened (the order and the record read, decided) on first use."""
+    state = session.data.get("form")
+    if isinstance(state, dict):
+        return state
+    data = session.data
+    context = launch_context(
+        data,
+        context_references(data.get("fhir_context")),
+        parse_app_context(data.get("app_context")),
+    )
+    started = time.monotonic()
+    try:
+        opened = open_form(_policy(), _settings(), _store(), data, context, _now().date())
+    except FormUnavailable as exc:
+        raise SmartAppError(exc.status, exc.title, exc.message) from None
+    note = None
+    if opened.source == "audit":
+        note = (
+            "The order is not on the EHR's FHIR server yet (a draft being signed), so this "
+            "form works from the coverage decision made when it was signed "
+            f"(coverage-assertion-id {opened.knowledge.assertion_id})."
+        )
+    state = {
+        "knowledge": knowledge_to_json(opened.knowledge),
+        "source": opened.source,
+        "order_text": opened.order_text,
+        "record_shows": list(opened.shown_in_record),
+        "note": note,
+        "patient": context.patient,
+        "author": context.fhir_user,
+        "shown": [],
+        "answers": {},
+        "qr_id": None,
+        "status": None,
+        "opened_ms": round((time.monotonic() - started) * 1000),
+    }
+    session.data["form"] = state
+    save_session(_store(), session)
+    logger.info(
+        "documentation app form opened from the %s in %d ms", opened.source, state["opened_ms"]
+    )
+    return state
+
+
+def _response(state: Mapping[str, Any], status: str, **extra: Any) -> dict[str, Any]:
+    known = knowledge_from_json(state["knowledge"])
+    return response_resource(
+        _policy(),
+        served_forms()[known.rule_ids[0]],
+        known,
+        patient=state["patient"],
+        author=state["author"],
+        shown=list(state["shown"]),
+        answers=state["answers"],
+        status=status,
+        resource_id=state["qr_id"],
+        authored=_now(),
+        **extra,
+    )
+
+
+def _step(state: dict[str, Any]) -> Step:
+    """Decide on the answers so far; the questions shown become those answered and
+    those still open."""
+    known = knowledge_from_json(state["knowledge"])
+    done = walk(
+        _policy(), known, _response({**state, "shown": list(state["answers"])}, "in-progress")
+    )
+    shown = [i for i in state["shown"] if i in state["answers"]]
+    shown += [i for i in state["answers"] if i not in shown]
+    shown += [item.id for item in done.asked if item.id not in shown]
+    state["shown"] = shown
+    return done
+
+
+def _sentence(state: Mapping[str, Any], done: Step) -> str:
+    outcome = done.decision.outcome
+    if outcome is Outcome.COVERED:
+        so_far = "covered"
+    elif outcome is Outcome.NOT_COVERED:
+        so_far = "not covered"
+    elif done.asked:
+        count = len(done.asked)
+        so_far = f"conditional: {count} question{'s' if count != 1 else ''} below could settle it"
+    else:
+        so_far = "conditional: the rest is for the payer to decide from the record"
+    return f"{state['order_text']}. Coverage so far: {so_far}."
+
+
+def _reasons(done: Step) -> list[dict[str, Any]]:
+    sections = []
+    for result in done.decision.deciding_results:
+        sections.append(
+            {
+                "title": result.rule.title,
+                "message": result.rule.messages.get(result.outcome.value, ""),
+                "criteria": [
+                    {
+                        "text": r.criterion.text,
+                        "truth": _TRUTH_TEXT[r.truth] if r.checked else "could not be checked",
+                    }
+                    for r in result.results
+                    if r.deciding
+                ],
+            }
+        )
+    return sections
+
+
+def _questions(state: Mapping[str, Any], done: Step) -> list[dict[str, Any]]:
+    policy = _policy()
+    open_ids = {item.id for item in done.asked}
+    return [
+        {
+            "item": policy.documentation[link_id],
+            "value": field_value(state["answers"].get(link_id)),
+            "answered": link_id not in open_ids,
+        }
+        for link_id in state["shown"]
+    ]
+
+
+def _check_csrf(session: AppSession) -> None:
+    given = request.form.get("csrf", "")
+    if not secrets.compare_digest(given, str(session.data.get("csrf", ""))):
+        raise SmartAppError(
+            403,
+            "Form expired",
+            "This form was not sent from the page this session showed. Reload the page "
+            "and try again.",
+        )
+
+
+@blueprint.get("/form")
+def show_form() -> Response:
+    session = current_session("authorized")
+    state = _form_state(session)
+    done = _step(state)
+    save_session(_store(), session)
+    return page(
+        "dtr_form.html",
+        sentence=_sentence(state, done),
+        state=state,
+        questions=_questions(state, done),
+        csrf=session.data["csrf"],
+        errors=[],
+        finished=done.finished,
+    )
+
+
+@blueprint.post("/form")
+def save_form() -> Response:
+    session = current_session("authorized")
+    _check_csrf(session)
+    state = _form_state(session)
+    policy = _policy()
+    _step(state)
+    errors = []
+    for link_id in list(state["shown"]):
+        item = policy.documentation[link_id]
+        raw = request.form.get(f"q-{link_id}", "")
+        value = answer_json(item, raw)
+        if value is None and raw.strip():
+            wanted = "a date (YYYY-MM-DD)" if item.answer_type == "date" else "one of the choices"
+            errors.append(f"“{item.text}” needs {wanted}.")
+            continue
+        if value is None:
+            state["answers"].pop(link_id, None)
+        else:
+            state["answers"][link_id] = value
+    done = _step(state)
+    if errors:
+        save_session(_store(), session)
+        return page(
+            "dtr_form.html",
+            400,
+            sentence=_sentence(state, done),
+            state=state,
+            questions=_questions(state, done),
+            csrf=session.data["csrf"],
+            errors=errors,
+            finished=done.finished,
+        )
+    finishing = request.form.get("action") == "finish"
+    information = None
+    known = knowledge_from_json(state["knowledge"])
+    if finishing and done.finished and done.asserts:
+        information = completed_coverage_information(policy, known, done.decision, known.coverage)
+    status = "completed" if finishing else "in-progress"
+    resource = _response(state, status, coverage_information=information)
+    save_session(_store(), session)  # the answers are kept even if the EHR fails now
+    try:
+        saved = write_response(
+            str(session.data["iss"]), str(session.data["access_token"]), resource, _settings()
+        )
+    except FhirQueryFailed as exc:
+        logger.warning("documentation app: response not saved to the EHR (%s)", exc.detail)
+        raise SmartAppError(
+            502,
+            "Not saved to the chart",
+            f"Your answers were not saved to the chart: {exc.reason}. They are kept in this "
+            "session: go back and press Save again.",
+        ) from None
+    state["qr_id"], state["status"] = saved, status
+    save_session(_store(), session)
+    logger.info("documentation app saved a %s response (%d answers)", status, len(state["answers"]))
+    return page_headers(cast(Response, redirect("/dtr/done" if finishing else "/dtr/form", 303)))
+
+
+@blueprint.get("/done")
+def show_result() -> Response:
+    session = current_session("authorized")
+    state = session.data.get("form")
+    if not isinstance(state, dict) or state.get("status") != "completed":
+        return page_headers(cast(Response, redirect("/dtr/form", 303)))
+    done = _step(state)
+    return page(
+        "dtr_done.html",
+        state=state,
+        outcome=done.decision.outcome.value,
+        asserts=done.asserts,
+        reasons=_reasons(done),
+        sentence=_sentence(state, done),
+    )
