@@ -92,6 +92,9 @@ def call_service(service_id: str) -> Response:
         base_url=public_base_url(),
         policy=current_app.extensions["cds_policy"],
         decision_page_url=f"{public_base_url()}{DECISION_PAGE_PATH}{page_token}",
+        documentation_app_url=(
+            f"{public_base_url()}/dtr/launch" if _settings()["DTR_CARD_LINK"] == "on" else None
+        ),
     )
     fhir_started = time.monotonic()  # one FHIR deadline for everything the call reads
     try:

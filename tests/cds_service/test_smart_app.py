@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -18,6 +20,8 @@ from cds_service import create_app
 from cds_service.fhir_client import close_shared_session
 from cds_service.smart_app import COOKIE, context_references, parse_app_context
 from cds_service.smart_sessions import load_session
+from tests.dtr.loop import part
+from tests.response_validation import validate_cds_response
 from tests.smart_authorization_server import SmartAuthorizationServer, serve_authorization_server
 
 CLIENT_ID = "documentation-app"
@@ -237,3 +241,68 @@ def test_fhir_context_entries_as_strings_and_objects() -> None:
     ) == ["DeviceRequest/a", "Coverage/b"]
     assert parse_app_context('{"coverage-assertion-id": "x"}') == {"coverage-assertion-id": "x"}
     assert parse_app_context("not json") == {}
+
+
+CONDITIONAL_REQUEST = (
+    Path(__file__).resolve().parents[2]
+    / "fixtures"
+    / "requests"
+    / "order-sign__eip-csii-insulin-lispro__conditional.json"
+)
+ORDER_SIGN = "/cds-services/infusion-pump-coverage-order-sign"
+
+
+def _sign(app: Flask, **extension: Any) -> dict[str, Any]:
+    body = json.loads(CONDITIONAL_REQUEST.read_text(encoding="utf-8"))
+    body.setdefault("extension", {}).update(extension)
+    answer = app.test_client().post(ORDER_SIGN, json=body)
+    assert answer.status_code == 200, answer.get_json()
+    response = dict(answer.get_json())
+    validate_cds_response(response, hook="order-sign")
+    return response
+
+
+def _app_links(response: dict[str, Any]) -> list[dict[str, Any]]:
+    return [
+        link
+        for card in response["cards"]
+        for link in card.get("links", [])
+        if link.get("type") == "smart"
+    ]
+
+
+def test_the_documentation_card_links_to_the_app_when_the_payer_turns_it_on(
+    ehr: SmartAuthorizationServer,
+) -> None:
+    response = _sign(_app(ehr, AUTH="optional", DTR_CARD_LINK="on"))
+    links = _app_links(response)
+    assert len(links) == 1
+    link = links[0]
+    assert link["label"] == "Complete the documentation"
+    assert link["url"] == "http://localhost/dtr/launch"
+    documentation = next(c for c in response["cards"] if link in c.get("links", []))
+    assert documentation["source"]["topic"]["code"] == "claim"
+    context = json.loads(link["appContext"])
+    extension = next(
+        e
+        for action in response["systemActions"]
+        for e in action["resource"]["extension"]
+        if e["url"].endswith("ext-coverage-information")
+    )
+    assert context["coverage-assertion-id"] == part(extension, "coverage-assertion-id")
+    assert context["questionnaire"] == part(extension, "questionnaire")
+    assert context["orders"] == [
+        f"{a['resource']['resourceType']}/{a['resource']['id']}" for a in response["systemActions"]
+    ]
+
+
+def test_no_app_link_by_default_nor_when_the_request_turns_it_off(
+    ehr: SmartAuthorizationServer,
+) -> None:
+    assert _app_links(_sign(_app(ehr, AUTH="optional"))) == []
+    turned_off = _sign(
+        _app(ehr, AUTH="optional", DTR_CARD_LINK="on"),
+        **{"davinci-crd.configuration": {"dtr-app-link": False}},
+    )
+    assert _app_links(turned_off) == []
+    assert any(c["source"]["topic"]["code"] == "claim" for c in turned_off["cards"])
