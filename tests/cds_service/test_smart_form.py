@@ -182,3 +182,95 @@ def test_the_form_decides_as_order_sign_does_on_the_saved_answers(
     covered_again, _ = coverage_of_response(resigned.get_json())
     if 'id="undecided"' not in done:  # the app asserted a decision of its own
         assert covered_again == outcome.group(1).replace(" ", "-")
+
+
+def _opened(ehr: Ehr, prefix: str) -> tuple[Flask, FlaskClient, dict[str, Any], str]:
+    """A conditional order signed and placed on the FHIR server, the app launched on it
+    and its form shown; the service, the browser, the request and the form's page."""
+    path = FIXTURES / "order-sign__eip-csii-insulin-lispro__conditional.json"
+    body = isolate(json.loads(path.read_text(encoding="utf-8")), prefix)
+    app = _service(ehr, _order_day(body))
+    signed = app.test_client().post(ORDER_SIGN, json=body)
+    _, assertion_id = coverage_of_response(signed.get_json())
+    place(ehr, body, with_orders=True)
+    browser = app.test_client()
+    _launch(browser, ehr, launch_context(body, assertion_id))
+    html = browser.get("/dtr/form").get_data(as_text=True)
+    return app, browser, body, html
+
+
+def _ours(ehr: Ehr, body: dict[str, Any]) -> list[dict[str, Any]]:
+    bundle = _saved_responses(ehr, body["context"]["patientId"])
+    return [
+        e["resource"]
+        for e in bundle.get("entry") or []
+        if e["resource"].get("author") == {"reference": "Practitioner/dr-doc"}
+    ]
+
+
+def test_nothing_is_written_until_save_and_a_post_without_its_csrf_token_is_refused(
+    ehr: Ehr,
+) -> None:
+    _, browser, body, html = _opened(ehr, "csrf")
+    assert _OPEN.findall(html)
+    assert _ours(ehr, body) == []  # the form is shown; nothing written yet
+    link_id = _OPEN.findall(html)[0]
+    refused = browser.post("/dtr/form", data={f"q-{link_id}": "yes", "action": "save"})
+    assert refused.status_code == 403
+    assert refused.mimetype == "text/html"
+    forged = browser.post(
+        "/dtr/form", data={f"q-{link_id}": "yes", "action": "save", "csrf": "x" * 43}
+    )
+    assert forged.status_code == 403
+    assert _ours(ehr, body) == []
+
+
+def test_an_answer_of_the_wrong_kind_is_shown_back_and_not_saved(ehr: Ehr) -> None:
+    _, browser, body, html = _opened(ehr, "wrongkind")
+    csrf = _CSRF.search(html)
+    assert csrf
+    link_id = _OPEN.findall(html)[0]
+    answer = browser.post(
+        "/dtr/form", data={f"q-{link_id}": "maybe", "action": "save", "csrf": csrf.group(1)}
+    )
+    assert answer.status_code == 400
+    assert 'id="errors"' in answer.get_data(as_text=True)
+    assert _ours(ehr, body) == []
+
+
+def test_a_fhir_server_that_refuses_the_save_keeps_the_answers_in_the_session(ehr: Ehr) -> None:
+    app, browser, body, html = _opened(ehr, "refused")
+    csrf = _CSRF.search(html)
+    assert csrf
+    link_id = _OPEN.findall(html)[0]
+    ehr.auth.tokens.clear()  # the EHR revoked the user's token
+    answer = browser.post(
+        "/dtr/form", data={f"q-{link_id}": "yes", "action": "save", "csrf": csrf.group(1)}
+    )
+    assert answer.status_code == 502
+    text = answer.get_data(as_text=True)
+    assert "not saved to the chart" in text
+    assert "refused access" in text
+    assert _ours(ehr, body) == []
+    again = browser.get("/dtr/form").get_data(as_text=True)
+    assert f'id="item-{link_id}" class="answered"' in again  # kept for the next Save
+
+
+def test_without_a_session_the_form_is_an_expired_session_page(ehr: Ehr) -> None:
+    app, _, _, _ = _opened(ehr, "nosession")
+    answer = app.test_client().get("/dtr/form")
+    assert answer.status_code == 401
+    assert "Open the documentation app again" in answer.get_data(as_text=True)
+
+
+def test_an_order_that_cannot_be_read_without_a_decision_to_work_from(ehr: Ehr) -> None:
+    app = _service(ehr, date(2026, 11, 28))
+    browser = app.test_client()
+    _launch(
+        browser,
+        ehr,
+        {"patient": "no-such-patient", "fhirContext": ["DeviceRequest/no-such-order"]},
+    )
+    answer = browser.get("/dtr/form")
+    assert answer.status_code == 502
+    assert "could not be read" in answer.get_data(as_text=True)
