@@ -9,6 +9,7 @@ times from launch to the form and from finish to the decision are printed."""
 
 from __future__ import annotations
 
+import copy
 import json
 import statistics
 import time
@@ -21,7 +22,11 @@ from typing import Any
 import pytest
 import requests
 
+from cds_service.fhir_load import assign_ids, load_resources, read_resources, service_reads
+from cds_service.try_as_ehr import OrderSpec, TryRequest, draft_orders, hook_request_body
 from coverage_policy.loader import load_policy
+from demo.data import medicare_advantage_coverage
+from tests.conftest import SHARED
 from tests.demo.test_try_page import CHROMIUM_FLAGS, chromium_or_skip
 from tests.documentation_app import (
     CLIENT_ID,
@@ -73,6 +78,10 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Ehr, str]]
             "CDS_SMART_CLIENTS": json.dumps({ehr.auth.iss: {"client_id": CLIENT_ID}}),
             "CDS_DTR_CARD_LINK": "on",
             "CDS_PUBLIC_URL": base,
+            # Medplum's in-memory search scans every resource: Synthea records are slow
+            # to search on a loaded machine, and a query past the deadline is not checked.
+            "CDS_FHIR_DEADLINE_S": "20",
+            "CDS_FHIR_CALL_TIMEOUT_S": "15",
         }
         served = ServedProcess(env, port=port).start()
         try:
@@ -143,6 +152,68 @@ def _launch(page: Any, ehr: Ehr, service: str, context: dict[str, Any]) -> float
     return time.perf_counter() - started
 
 
+def _document(
+    browser: Any,
+    ehr: Ehr,
+    service: str,
+    context: dict[str, Any],
+    *,
+    favourable: bool,
+    answer_all: bool,
+    draft: bool,
+    label: str,
+) -> str:
+    """The clinician's whole visit in the browser, keyboard only: launch, allow, answer
+    what is asked (saving as they go), finish. The decision the app shows."""
+    page = browser.new_page(viewport={"width": 1280, "height": 900}, locale="en-US")
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    try:
+        TIMINGS["launch_to_form_s"].append(_launch(page, ehr, service, context))
+        assert page.evaluate("document.documentElement.scrollWidth") <= 1280  # no sideways scroll
+        assert "Coverage so far: conditional" in page.inner_text("#summary")
+        assert page.is_visible("#note") is draft
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / f"documentation-form-{label}.png"), full_page=True)
+        shown = 0
+        for _ in range(10):
+            open_ids = [
+                i.removeprefix("item-")
+                for i in page.eval_on_selector_all("fieldset.open", "els => els.map(e => e.id)")
+            ]
+            if not open_ids:
+                break
+            shown += len(open_ids)
+            for link_id in open_ids if answer_all else open_ids[:1]:
+                _answer_with_keyboard(page, link_id, favourable)
+            _tab_to(page, "#save")
+            page.keyboard.press("Enter")
+            page.wait_for_selector("#saved")
+            if not answer_all:
+                break
+        QUESTIONS[label] = shown
+        _tab_to(page, "#finish")
+        started = time.perf_counter()
+        page.keyboard.press("Enter")
+        page.wait_for_selector("#outcome")
+        TIMINGS["finish_to_decision_s"].append(time.perf_counter() - started)
+        assert page.locator(".reason").count() >= 1
+        outcome = page.inner_text("#outcome").removeprefix("Decision: ").replace(" ", "-")
+    finally:
+        page.close()
+    assert errors == []
+    return str(outcome)
+
+
+def _ours(ehr: Ehr, patient: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    bundle = ehr.fhir.get(f"{ehr.fhir.base}/QuestionnaireResponse?patient={patient}")
+    return bundle, [
+        e["resource"]
+        for e in bundle.get("entry") or []
+        if e["resource"].get("author") == {"reference": "Practitioner/dr-doc"}
+    ]
+
+
 CASES = [
     # (fixture, favourable answers, answer every question, order on the FHIR server, outcome)
     ("order-sign__eip-csii-insulin-lispro__conditional.json", True, True, True, "covered"),
@@ -166,10 +237,9 @@ def test_a_clinician_documents_and_sees_the_new_decision(
     expected: str,
 ) -> None:
     ehr, service = world
-    prefix = uuid.uuid4().hex[:8]
     body = isolate(
         json.loads((FIXTURES / fixture).read_text(encoding="utf-8")),
-        prefix,
+        uuid.uuid4().hex[:8],
         order_date=date.today().isoformat(),
     )
     signed = _sign(service, body)
@@ -179,57 +249,94 @@ def test_a_clinician_documents_and_sees_the_new_decision(
     assert link["url"] == f"{service}/dtr/launch"
     place(ehr, body, with_orders=order_on_server)
     context = {**launch_context(body, assertion_id), "appContext": link["appContext"]}
-    page = browser.new_page(viewport={"width": 1280, "height": 900}, locale="en-US")
-    errors: list[str] = []
-    page.on("pageerror", lambda error: errors.append(str(error)))
-    try:
-        TIMINGS["launch_to_form_s"].append(_launch(page, ehr, service, context))
-        assert page.evaluate("document.documentElement.scrollWidth") <= 1280  # no sideways scroll
-        summary = page.inner_text("#summary")
-        assert "Coverage so far: conditional" in summary
-        assert page.is_visible("#note") is (not order_on_server)
-        ARTIFACTS.mkdir(exist_ok=True)
-        page.screenshot(path=str(ARTIFACTS / f"documentation-form-{expected}.png"), full_page=True)
-        shown = 0
-        for _ in range(10):
-            open_ids = [
-                i.removeprefix("item-")
-                for i in page.eval_on_selector_all("fieldset.open", "els => els.map(e => e.id)")
-            ]
-            if not open_ids:
-                break
-            shown += len(open_ids)
-            for link_id in open_ids if answer_all else open_ids[:1]:
-                _answer_with_keyboard(page, link_id, favourable)
-            _tab_to(page, "#save")
-            page.keyboard.press("Enter")
-            page.wait_for_selector("#saved")
-            if not answer_all:
-                break
-        QUESTIONS[expected] = shown
-        _tab_to(page, "#finish")
-        started = time.perf_counter()
-        page.keyboard.press("Enter")
-        page.wait_for_selector("#outcome")
-        TIMINGS["finish_to_decision_s"].append(time.perf_counter() - started)
-        outcome = page.inner_text("#outcome")
-        assert outcome == f"Decision: {expected.replace('-', ' ')}"
-        assert page.locator(".reason").count() >= 1
-    finally:
-        page.close()
-    assert errors == []
-    patient = body["context"]["patientId"]
-    bundle = ehr.fhir.get(f"{ehr.fhir.base}/QuestionnaireResponse?patient={patient}")
-    ours = [
-        e["resource"]
-        for e in bundle.get("entry") or []
-        if e["resource"].get("author") == {"reference": "Practitioner/dr-doc"}
-    ]
+    outcome = _document(
+        browser,
+        ehr,
+        service,
+        context,
+        favourable=favourable,
+        answer_all=answer_all,
+        draft=not order_on_server,
+        label=expected,
+    )
+    assert outcome == expected
+    bundle, ours = _ours(ehr, body["context"]["patientId"])
     assert [r["status"] for r in ours] == ["completed"]
     again = {**body, "hookInstance": str(uuid.uuid4())}
     again["prefetch"] = {**body["prefetch"], "questionnaireResponses": bundle}
     covered_again, _ = coverage_of_response(_sign(service, again))
     assert covered_again == expected
+
+
+SYNTHEA_RECORDS = (
+    "diabetes-insulin__Dirk_Kuhlman__1e503533.json",
+    "diabetes__Casimira_Nicolas__4dd15313.json",
+    "diabetes-insulin__Isaiah_Schaden__b6b36717.json",
+)
+
+
+def _synthea_record(name: str) -> tuple[str, list[dict[str, Any]]]:
+    """(patient id, the resources the service reads, and a Coverage) of a Synthea record."""
+    path = SHARED / "synthea-r4" / name
+    if not path.is_file():
+        pytest.skip("../shared (Synthea records) is not present")
+    resources = [r for r in assign_ids(read_resources(path)) if service_reads(r)]
+    patient = next(r["id"] for r in resources if r["resourceType"] == "Patient")
+    return patient, [*resources, medicare_advantage_coverage(patient)]
+
+
+@pytest.mark.parametrize("record", SYNTHEA_RECORDS, ids=lambda n: n.split("__")[0])
+def test_a_synthea_patient_documented_in_the_browser(
+    browser: Any, world: tuple[Ehr, str], record: str
+) -> None:
+    """The EHR sends no prefetch: the service reads the record from the FHIR server, at
+    signing and again after the documentation (which it then finds there)."""
+    ehr, service = world
+    patient, resources = _synthea_record(record)
+    assert not load_resources(resources, ehr.fhir.base, token=ehr.fhir.token).refused
+    short = patient[:8]
+    orders = copy.deepcopy(
+        draft_orders(
+            (OrderSpec(hcpcs="E0784", drug="insulin"),),
+            patient,
+            date.today(),
+            "Practitioner/dr-doc",
+        )
+    )
+    for order in orders:
+        order["id"] = f"{short}-{order['id']}"
+    request = TryRequest(
+        fhir_server=ehr.fhir.base, patient=patient, orders=(), token=ehr.fhir.token
+    )
+    body = hook_request_body(request, orders)
+    signed = _sign(service, body)
+    covered, _ = coverage_of_response(signed)
+    assert covered == "conditional"
+    link = _app_link(signed)
+    assert not load_resources(orders, ehr.fhir.base, token=ehr.fhir.token).refused
+    references = [f"{o['resourceType']}/{o['id']}" for o in orders]
+    context = {
+        "patient": patient,
+        "fhirContext": [*references, {"reference": f"Coverage/ma-{patient}"[:73]}],
+        "appContext": link["appContext"],
+        "fhirUser": "Practitioner/dr-doc",
+        "user": "dr-doc",
+    }
+    outcome = _document(
+        browser,
+        ehr,
+        service,
+        context,
+        favourable=True,
+        answer_all=True,
+        draft=False,
+        label=f"synthea-{record.split('__')[0]}",
+    )
+    _, ours = _ours(ehr, patient)
+    assert [r["status"] for r in ours] == ["completed"]
+    resigned = _sign(service, {**body, "hookInstance": str(uuid.uuid4())})
+    covered_again, _ = coverage_of_response(resigned)
+    assert covered_again == outcome, [c["summary"] for c in resigned["cards"]]
 
 
 def test_denied_consent_shows_an_error_page_and_saves_nothing(
