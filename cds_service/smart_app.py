@@ -393,6 +393,23 @@ def stylesheet() -> Response:
     return response
 
 
+_PRIVATE_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
+
+
+@blueprint.get("/.well-known/jwks.json")
+def published_keys() -> Response:
+    """The public keys of the app's confidential registrations (``jwks_private_key``),
+    for EHRs that verify its ``private_key_jwt`` client assertions."""
+    keys = [
+        {k: v for k, v in entry["jwks_private_key"].items() if k not in _PRIVATE_MEMBERS}
+        for entry in (_settings().get("SMART_CLIENTS") or {}).values()
+        if isinstance(entry.get("jwks_private_key"), dict)
+    ]
+    response = cast(Response, current_app.json.response({"keys": keys}))
+    response.headers["Cache-Control"] = "max-age=300"
+    return response
+
+
 @blueprint.get("/launch")
 def launch() -> Response:
     iss, launch_token = request.args.get("iss", ""), request.args.get("launch", "")

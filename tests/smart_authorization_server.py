@@ -23,7 +23,7 @@ import json
 import secrets
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -50,6 +50,8 @@ class TestClient(ClientMixin):  # type: ignore[misc]
     client_id: str
     redirect_uri: str
     client_secret: str | None = None
+    # A confidential client with a key: how to read its published JWKS.
+    jwks: Callable[[], dict[str, Any]] | None = None
 
     def get_client_id(self) -> str:
         return self.client_id
@@ -69,6 +71,8 @@ class TestClient(ClientMixin):  # type: ignore[misc]
         )
 
     def check_endpoint_auth_method(self, method: str, endpoint: str) -> bool:
+        if self.jwks is not None:
+            return method == "private_key_jwt"
         if self.client_secret:
             return method == "client_secret_basic"
         return method == "none"
@@ -125,8 +129,14 @@ class SmartAuthorizationServer:
     def iss(self) -> str:
         return f"{self.base}/fhir"
 
-    def register(self, client_id: str, redirect_uri: str, secret: str | None = None) -> None:
-        self.clients[client_id] = TestClient(client_id, redirect_uri, secret)
+    def register(
+        self,
+        client_id: str,
+        redirect_uri: str,
+        secret: str | None = None,
+        jwks: Callable[[], dict[str, Any]] | None = None,
+    ) -> None:
+        self.clients[client_id] = TestClient(client_id, redirect_uri, secret, jwks)
 
     def new_launch(self, context: dict[str, Any]) -> str:
         """A launch id for ``context`` (``patient``, ``fhirContext``, ``appContext``,
@@ -155,8 +165,36 @@ def build_app(server: SmartAuthorizationServer) -> Flask:
         save_token=lambda token, req: None,
     )
 
+    def authenticate_private_key_jwt(query_client: Any, req: Any) -> TestClient | None:
+        """RFC 7523 client assertion, verified against the client's published JWKS."""
+        data = req.payload.data
+        if data.get("client_assertion_type") != (
+            "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+        ):
+            return None
+        assertion = data.get("client_assertion", "")
+        try:
+            claimed = jwt.decode(assertion, options={"verify_signature": False})
+            client = server.clients.get(claimed.get("iss", ""))
+            if client is None or client.jwks is None or claimed.get("sub") != client.client_id:
+                return None
+            header = jwt.get_unverified_header(assertion)
+            key = next(k for k in client.jwks()["keys"] if k.get("kid") == header.get("kid"))
+            jwt.decode(
+                assertion,
+                jwt.PyJWK.from_dict(key).key,
+                algorithms=[header["alg"]],
+                audience=f"{server.base}/token",
+                options={"require": ["exp", "jti"]},
+            )
+        except (jwt.PyJWTError, StopIteration, KeyError):
+            return None
+        return client
+
+    oauth.register_client_auth_method("private_key_jwt", authenticate_private_key_jwt)
+
     class SmartCodeGrant(grants.AuthorizationCodeGrant):  # type: ignore[misc]
-        TOKEN_ENDPOINT_AUTH_METHODS = ["client_secret_basic", "none"]
+        TOKEN_ENDPOINT_AUTH_METHODS = ["private_key_jwt", "client_secret_basic", "none"]
 
         def save_authorization_code(self, code: str, req: Any) -> None:
             args = req.payload.data

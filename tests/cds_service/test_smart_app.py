@@ -11,8 +11,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import jwt
 import pytest
 import requests
+from cryptography.hazmat.primitives.asymmetric import ec
 from flask import Flask
 from flask.testing import FlaskClient
 
@@ -306,3 +308,55 @@ def test_no_app_link_by_default_nor_when_the_request_turns_it_off(
     )
     assert _app_links(turned_off) == []
     assert any(c["source"]["topic"]["code"] == "claim" for c in turned_off["cards"])
+
+
+def _exchange_works(app: Flask, ehr: SmartAuthorizationServer) -> None:
+    client = app.test_client()
+    query = _launch(client, ehr)
+    answer = client.get("/dtr/callback", query_string=_consent(ehr, query, "allow"))
+    assert answer.status_code == 303, answer.get_data(as_text=True)
+
+
+def test_a_confidential_client_with_a_secret(ehr: SmartAuthorizationServer) -> None:
+    ehr.register("confidential-app", "http://localhost/dtr/callback", secret="s3cret-value")
+    registration = {"client_id": "confidential-app", "client_secret": "s3cret-value"}
+    _exchange_works(_app(ehr, SMART_CLIENTS={ehr.iss: registration}), ehr)
+    wrong = {"client_id": "confidential-app", "client_secret": "not-it"}
+    app = _app(ehr, SMART_CLIENTS={ehr.iss: wrong})
+    client = app.test_client()
+    query = _launch(client, ehr)
+    assert (
+        client.get("/dtr/callback", query_string=_consent(ehr, query, "allow")).status_code == 502
+    )
+
+
+def test_a_confidential_client_with_a_key_publishes_its_jwks_and_signs_its_assertion(
+    ehr: SmartAuthorizationServer,
+) -> None:
+    key = ec.generate_private_key(ec.SECP384R1())
+    private = {**json.loads(jwt.algorithms.ECAlgorithm.to_jwk(key)), "kid": "k1", "alg": "ES384"}
+    app = _app(
+        ehr, SMART_CLIENTS={ehr.iss: {"client_id": "keyed-app", "jwks_private_key": private}}
+    )
+    published = app.test_client().get("/dtr/.well-known/jwks.json").get_json()
+    assert published["keys"] == [{k: v for k, v in private.items() if k != "d"}]
+    ehr.register(
+        "keyed-app",
+        "http://localhost/dtr/callback",
+        jwks=lambda: app.test_client().get("/dtr/.well-known/jwks.json").get_json(),
+    )
+    _exchange_works(app, ehr)
+    # Another key than the one published: the EHR refuses the assertion.
+    other = {
+        **json.loads(jwt.algorithms.ECAlgorithm.to_jwk(ec.generate_private_key(ec.SECP384R1()))),
+        "kid": "k1",
+        "alg": "ES384",
+    }
+    impostor = _app(
+        ehr, SMART_CLIENTS={ehr.iss: {"client_id": "keyed-app", "jwks_private_key": other}}
+    )
+    client = impostor.test_client()
+    query = _launch(client, ehr)
+    assert (
+        client.get("/dtr/callback", query_string=_consent(ehr, query, "allow")).status_code == 502
+    )
