@@ -360,3 +360,30 @@ def test_a_confidential_client_with_a_key_publishes_its_jwks_and_signs_its_asser
     assert (
         client.get("/dtr/callback", query_string=_consent(ehr, query, "allow")).status_code == 502
     )
+
+
+def test_over_https_the_session_cookie_is_secure_and_survives_an_embedding_frame(
+    ehr: SmartAuthorizationServer,
+) -> None:
+    app = _app(
+        ehr,
+        PUBLIC_URL="https://payer.example.org",
+        SMART_CLIENTS={
+            ehr.iss: {"client_id": CLIENT_ID, "frame_origins": ["https://ehr.example.org"]}
+        },
+    )
+    client = app.test_client()
+    launch = ehr.new_launch({"patient": "pat-1"})
+    answer = client.get(f"/dtr/launch?iss={ehr.iss}&launch={launch}")
+    assert answer.status_code == 302
+    cookie = answer.headers["Set-Cookie"]
+    for attribute in ("HttpOnly", "Secure", "SameSite=None", "Partitioned", "Path=/dtr/"):
+        assert attribute in cookie
+    assert (
+        "redirect_uri=https%3A%2F%2Fpayer.example.org%2Fdtr%2Fcallback"
+        in answer.headers["Location"]
+        or "redirect_uri=https://payer.example.org/dtr/callback" in answer.headers["Location"]
+    )
+    policy = client.get("/dtr/launch").headers["Content-Security-Policy"]
+    assert "frame-ancestors http://127.0.0.1:" in policy
+    assert "https://ehr.example.org" in policy
