@@ -8,7 +8,9 @@
   code exchanged for the user's token (authlib), the ``id_token`` verified (its
   signature, audience and ``nonce``), and the session kept server-side
   (``cds_service.smart_sessions``); the browser gets an opaque HttpOnly cookie only.
-- ``/dtr/form``: the documentation form (``cds_service.smart_form``).
+- ``GET``/``POST /dtr/form``: the documentation form, ``GET /dtr/done``: the new decision
+  (``cds_service.smart_form``); ``GET /dtr/.well-known/jwks.json``: the public keys of
+  confidential registrations; ``GET /dtr/app.css``.
 
 Every answer here is a page for people: errors are HTML pages (``SmartAppError``), each
 with a ``Content-Security-Policy`` that allows no script and no other origin, and
@@ -36,6 +38,7 @@ from authlib.common.errors import AuthlibBaseError
 from authlib.integrations.requests_client import OAuth2Session
 from flask import Blueprint, Response, current_app, redirect, render_template, request
 
+from cds_service.auth import allowed_fhir_servers
 from cds_service.dtr_routes import completed_coverage_information, served_forms
 from cds_service.errors import FhirQueryFailed
 from cds_service.fhir_client import (
@@ -216,7 +219,7 @@ def _call_limits() -> FhirQueryLimits:
 def _contactable(url: str, client: SmartClient) -> bool:
     """A URL the app may call on the EHR's behalf: under the issuer, or under a FHIR
     server prefix this service may contact, over https or loopback http."""
-    return fhir_server_allowed(url, [client.issuer, *(_settings().get("FHIR_SERVERS") or [])])
+    return fhir_server_allowed(url, [client.issuer, *allowed_fhir_servers(_settings(), None)])
 
 
 def _browser_url(url: Any) -> bool:
@@ -422,7 +425,7 @@ def launch() -> Response:
         )
     client = smart_client(_settings(), iss)
     if client is None or not fhir_server_allowed(
-        client.issuer, _settings().get("FHIR_SERVERS") or []
+        client.issuer, allowed_fhir_servers(_settings(), None)
     ):
         logger.warning("documentation app launched from an EHR not configured")
         raise SmartAppError(

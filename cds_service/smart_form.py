@@ -32,6 +32,7 @@ from typing import Any
 import requests
 
 from cds_service.audit import audit_for_assertion
+from cds_service.auth import allowed_fhir_servers
 from cds_service.dtr_routes import knowledge_of_report
 from cds_service.errors import FhirQueryFailed
 from cds_service.fhir_client import (
@@ -231,7 +232,7 @@ def open_form(
             "The EHR launched the app without an order or a coverage decision to document. "
             "Open it from the order's coverage information.",
         )
-    if not fhir_server_allowed(iss, settings.get("FHIR_SERVERS") or []):
+    if not fhir_server_allowed(iss, allowed_fhir_servers(settings, None)):
         raise FormUnavailable(403, "EHR not allowed", f"The app may not read {NOT_ALLOWED[4:]}.")
     started = time.monotonic()
     reader = _reader(iss, token, settings, started)
@@ -513,7 +514,7 @@ def write_response(
 ) -> str:
     """Create (POST) or update (PUT) the QuestionnaireResponse on the EHR's FHIR server
     with the user's token; its id there. ``FhirQueryFailed`` when it was not saved."""
-    if not fhir_server_allowed(iss, settings.get("FHIR_SERVERS") or []):
+    if not fhir_server_allowed(iss, allowed_fhir_servers(settings, None)):
         raise FhirQueryFailed(NOT_ALLOWED)
     limits = FhirQueryLimits.from_settings(settings)
     base = iss.rstrip("/")
