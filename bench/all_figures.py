@@ -55,9 +55,9 @@ from bench.bench_prefetch_fallback import (  # noqa: E402
     order_sign_body,
     start_delayed_fhir_server,
 )
+from tests.builders import PUMP_ORDERS, order_sign_request, pump_order_resources  # noqa: E402
 from tests.conftest import FIXTURES, ORDER_SIGN, SHARED, load_json  # noqa: E402
 from tests.corpus import record_prefetch, synthea_records  # noqa: E402
-from tests.order_requests import PUMP_ORDERS, order_sign_request, pump_order_resources  # noqa: E402
 
 SMALL_FIXTURE = FIXTURES / "requests" / "order-sign__e0784-insulin__covered.json"
 BIN = Path(sys.executable).parent

@@ -22,10 +22,10 @@ sys.path.insert(0, str(ROOT))
 
 from cds_service import routes  # noqa: E402
 from cds_service.audit import record_service_call  # noqa: E402
-from tests.cds_service.hook_requests import (  # noqa: E402
+from tests.builders import (  # noqa: E402
     INSULIN_PUMP,
     VANCOMYCIN_PUMP,
-    order_sign_request,
+    named_patient_request,
 )
 from tests.conftest import ORDER_SIGN, make_app  # noqa: E402
 
@@ -48,7 +48,7 @@ def main() -> int:
         app = make_app({"DATABASE_URL": url})
         client = app.test_client()
         for entries in (VANCOMYCIN_PUMP, INSULIN_PUMP):
-            response = client.post(ORDER_SIGN, json=order_sign_request(entries))
+            response = client.post(ORDER_SIGN, json=named_patient_request(entries))
             if response.status_code != 200:
                 raise RuntimeError(response.get_data(as_text=True)[:300])
         store = app.extensions["cds_store"]

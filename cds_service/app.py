@@ -12,6 +12,7 @@ from flask import Flask
 
 from cds_service import decision_page, dtr_routes, fhir_routes, smart_app
 from cds_service.auth import install_client_authentication
+from cds_service.backend_auth import install_backend_auth
 from cds_service.config import load_settings
 from cds_service.cors import install_cors
 from cds_service.decision_page import new_decision_page_token
@@ -83,6 +84,8 @@ def create_app(
     install_cors(app)
     install_operations(app)
     install_rate_limits(app)
+    # After the operations: the retention sweep also drops expired DTR client tokens.
+    install_backend_auth(app)
     if app.config["CDS"]["AUTH"] == "optional":
         logger.warning("CDS_AUTH=optional: unsigned service calls are accepted")
     return app

@@ -19,6 +19,7 @@ is answered and the failure is logged as an error.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
@@ -36,7 +37,7 @@ from cds_service.tables import (
     issued_card,
     service_call,
 )
-from coverage_policy.model import RuleResult
+from coverage_policy.model import Decision
 from hooks.decide import EpisodeDecision
 from hooks.request import HookRequest
 from hooks.service import HookResult
@@ -68,6 +69,7 @@ class CriterionRecord:
     deciding: bool
     evidence_references: tuple[str, ...]
     checked: bool = True
+    if_answered: tuple[str, str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +82,7 @@ class DecisionRecord:
     outcome: str
     as_of: date
     criteria: tuple[CriterionRecord, ...]
+    order_facts: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,13 +110,7 @@ class AuditRecord:
     decision_page_token: str | None = None  # the unguessable id of its decision page
 
 
-def _criteria(item: EpisodeDecision) -> tuple[CriterionRecord, ...]:
-    decided = item.decision
-    rule_results: tuple[RuleResult, ...] = (
-        decided.indication,
-        *decided.requirements,
-        *decided.guidance,
-    )
+def _criteria(decided: Decision) -> tuple[CriterionRecord, ...]:
     return tuple(
         CriterionRecord(
             rule_id=rule_result.rule.id,
@@ -123,24 +120,39 @@ def _criteria(item: EpisodeDecision) -> tuple[CriterionRecord, ...]:
             deciding=result.deciding,
             evidence_references=tuple(dict.fromkeys(e.reference for e in result.evidence)),
             checked=result.checked,
+            if_answered=(
+                (result.if_answered[0].value, result.if_answered[1].value)
+                if result.if_answered
+                else None
+            ),
         )
-        for rule_result in rule_results
-        for result in rule_result.results
+        for rule_result, result in decided.criterion_rows(decided.rule_results)
     )
 
 
-def _decision_record(item: EpisodeDecision, assertion_id: str | None) -> DecisionRecord:
-    decided = item.decision
+def decision_record(
+    decided: Decision,
+    assertion_id: str | None,
+    orders: tuple[str, ...],
+    order_facts: Mapping[str, Any],
+) -> DecisionRecord:
+    """What is recorded of one decision: an order's, or one a DTR form reached."""
     return DecisionRecord(
         coverage_assertion_id=assertion_id,
-        order_references=tuple(order.reference for order in item.episode.orders),
+        order_references=orders,
         policy_id=decided.policy_id,
         policy_version=decided.policy_version,
         rule_id=decided.rule_id,
         outcome=decided.outcome.value,
         as_of=decided.as_of,
-        criteria=_criteria(item),
+        criteria=_criteria(decided),
+        order_facts=dict(order_facts),
     )
+
+
+def _decision_record(item: EpisodeDecision, assertion_id: str | None) -> DecisionRecord:
+    orders = tuple(order.reference for order in item.episode.orders)
+    return decision_record(item.decision, assertion_id, orders, item.order_facts)
 
 
 def build_audit_record(
@@ -207,7 +219,13 @@ class _AuditRows:
 
 
 def _audit_rows(record: AuditRecord) -> _AuditRows:
-    call = {
+    return _AuditRows(
+        _call_row(record), _decision_rows(record), _card_rows(record), record.decision_page_token
+    )
+
+
+def _call_row(record: AuditRecord) -> dict[str, Any]:
+    return {
         "recorded_at": record.recorded_at,
         "service_id": record.service_id,
         "hook": record.hook,
@@ -221,7 +239,11 @@ def _audit_rows(record: AuditRecord) -> _AuditRows:
         "decide_ms": _ms(record.timings.decide),
         "total_ms": _ms(record.timings.total),
     }
-    decisions = [
+
+
+def _decision_rows(record: AuditRecord) -> list[tuple[dict[str, Any], list[dict[str, Any]]]]:
+    """Each decision's row with the rows of its criteria."""
+    return [
         (
             {
                 "position": position,
@@ -232,6 +254,7 @@ def _audit_rows(record: AuditRecord) -> _AuditRows:
                 "rule_id": item.rule_id,
                 "outcome": item.outcome,
                 "as_of": item.as_of,
+                "order_facts": dict(item.order_facts),
             },
             [
                 {
@@ -243,13 +266,18 @@ def _audit_rows(record: AuditRecord) -> _AuditRows:
                     "deciding": c.deciding,
                     "evidence_references": list(c.evidence_references),
                     "checked": c.checked,
+                    "if_answered": list(c.if_answered) if c.if_answered else None,
                 }
                 for index, c in enumerate(item.criteria)
             ],
         )
         for position, item in enumerate(record.decisions)
     ]
-    cards = [
+
+
+def _card_rows(record: AuditRecord) -> list[tuple[int | None, dict[str, Any]]]:
+    """Each card's row, with the position of the decision it belongs to (None: the call)."""
+    return [
         (
             card.decision_position,
             {
@@ -262,7 +290,6 @@ def _audit_rows(record: AuditRecord) -> _AuditRows:
         )
         for card in record.cards
     ]
-    return _AuditRows(call, decisions, cards, record.decision_page_token)
 
 
 def _insert_audit_rows(connection: Connection, rows: _AuditRows) -> int:
@@ -410,26 +437,8 @@ def audit_for_decision_page(
 
 
 def _decision_report(connection: Connection, row: sa.RowMapping) -> dict[str, Any]:
+    """One decision with its call (``row``), its criteria and the call's cards."""
     decision_id = row["decision_id"]
-    call_id = row["call_id"]
-    criteria = (
-        connection.execute(
-            sa.select(criterion_result)
-            .where(criterion_result.c.decision_id == decision_id)
-            .order_by(criterion_result.c.position)
-        )
-        .mappings()
-        .all()
-    )
-    cards = (
-        connection.execute(
-            sa.select(issued_card)
-            .where(issued_card.c.call_id == call_id)
-            .order_by(issued_card.c.id)
-        )
-        .mappings()
-        .all()
-    )
     return {
         "recorded_at": row["recorded_at"].isoformat(),
         "service_id": row["service_id"],
@@ -449,26 +458,46 @@ def _decision_report(connection: Connection, row: sa.RowMapping) -> dict[str, An
         "rule_id": row["rule_id"],
         "outcome": row["outcome"],
         "as_of": row["as_of"].isoformat(),
-        "criteria": [
-            {
-                "rule_id": c["rule_id"],
-                "rule_kind": c["rule_kind"],
-                "criterion_id": c["criterion_id"],
-                "truth": c["truth"],
-                "deciding": c["deciding"],
-                "checked": c["checked"],
-                "evidence": list(c["evidence_references"]),
-            }
-            for c in criteria
-        ],
-        "cards": [
-            {
-                "uuid": card["card_uuid"],
-                "type": card["card_type"],
-                "indicator": card["indicator"],
-                "suggestions": list(card["suggestion_uuids"]),
-                "about_this_decision": card["decision_id"] == decision_id,
-            }
-            for card in cards
-        ],
+        "order_facts": dict(row["order_facts"] or {}),
+        "criteria": _criteria_report(connection, decision_id),
+        "cards": _cards_report(connection, row["call_id"], decision_id),
     }
+
+
+def _criteria_report(connection: Connection, decision_id: int) -> list[dict[str, Any]]:
+    """The decision's criterion results, in the order they were recorded."""
+    criteria = connection.execute(
+        sa.select(criterion_result)
+        .where(criterion_result.c.decision_id == decision_id)
+        .order_by(criterion_result.c.position)
+    ).mappings()
+    return [
+        {
+            "rule_id": c["rule_id"],
+            "rule_kind": c["rule_kind"],
+            "criterion_id": c["criterion_id"],
+            "truth": c["truth"],
+            "deciding": c["deciding"],
+            "checked": c["checked"],
+            "if_answered": c["if_answered"],
+            "evidence": list(c["evidence_references"]),
+        }
+        for c in criteria
+    ]
+
+
+def _cards_report(connection: Connection, call_id: int, decision_id: int) -> list[dict[str, Any]]:
+    """The cards of the call, each saying whether it is about this decision."""
+    cards = connection.execute(
+        sa.select(issued_card).where(issued_card.c.call_id == call_id).order_by(issued_card.c.id)
+    ).mappings()
+    return [
+        {
+            "uuid": card["card_uuid"],
+            "type": card["card_type"],
+            "indicator": card["indicator"],
+            "suggestions": list(card["suggestion_uuids"]),
+            "about_this_decision": card["decision_id"] == decision_id,
+        }
+        for card in cards
+    ]

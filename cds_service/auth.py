@@ -34,13 +34,13 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 from urllib.parse import urlsplit
 
 import jwt
 import requests
 import urllib3.exceptions
-from flask import current_app, request
+from flask import Flask, current_app, request
 
 from cds_service import operations
 from cds_service.errors import ClientAuthenticationFailed, Unauthorized
@@ -85,29 +85,6 @@ class ReplayCache(Protocol):
     def remember(self, jti: str, iss: str, expires_at: float) -> bool:
         """Record the pair; True when it is new, False when it was seen (a replay)."""
         ...
-
-
-class InProcessReplayCache:
-    """A ``ReplayCache`` for one process (one worker); expired entries are dropped."""
-
-    def __init__(self, clock: Callable[[], float] = time.time) -> None:
-        self._seen: dict[tuple[str, str], float] = {}
-        self._lock = threading.Lock()
-        self._clock = clock
-        self._next_purge = 0.0
-
-    def remember(self, jti: str, iss: str, expires_at: float) -> bool:
-        now = self._clock()
-        with self._lock:
-            if now >= self._next_purge:
-                self._seen = {k: t for k, t in self._seen.items() if t > now}
-                self._next_purge = now + 60
-            key = (iss, jti)
-            if key in self._seen and self._seen[key] > now:
-                return False
-            # Kept past exp by the clock skew tolerated when checking exp.
-            self._seen[key] = expires_at + CLOCK_SKEW_S
-            return True
 
 
 class JwksCache:
@@ -200,24 +177,15 @@ def allowed_fhir_servers(
     return [str(prefix) for prefix in settings.get("FHIR_SERVERS") or []]
 
 
-def _extension(name: str, factory: Callable[[], Any]) -> Any:
-    """The app's shared object ``name`` (see ``install_client_authentication``)."""
-    extensions = current_app.extensions
-    if name not in extensions:
-        extensions[name] = factory()
-    return extensions[name]
-
-
-def install_client_authentication(app: Any) -> None:
-    """Give ``app`` its replay cache and JWKS cache unless the caller injected its own
-    (``app.extensions["cds_replay_cache"]`` may be any ``ReplayCache``, e.g. a database's)."""
+def install_client_authentication(app: Flask) -> None:
+    """Give ``app`` its JWKS cache unless the caller injected its own; its replay cache
+    (``app.extensions["cds_replay_cache"]``, any ``ReplayCache``) is the database's."""
     settings = app.config["CDS"]
     if settings["AUTH"] == "required" and not settings["PUBLIC_URL"]:
         logger.warning(
             "CDS_PUBLIC_URL is not set: the JWT aud is checked against the "
             "request's Host header; set it in production"
         )
-    app.extensions.setdefault("cds_replay_cache", InProcessReplayCache())
     app.extensions.setdefault("cds_jwks_cache", JwksCache())
 
 
@@ -262,8 +230,8 @@ def authenticate_client(settings: Mapping[str, Any], *, endpoint_url: str) -> Cl
             token,
             settings,
             endpoint_url=endpoint_url,
-            replay_cache=_extension("cds_replay_cache", InProcessReplayCache),
-            jwks_cache=_extension("cds_jwks_cache", JwksCache),
+            replay_cache=current_app.extensions["cds_replay_cache"],
+            jwks_cache=current_app.extensions["cds_jwks_cache"],
         )
     except ClientAuthenticationFailed as failure:
         _refuse(
@@ -271,10 +239,9 @@ def authenticate_client(settings: Mapping[str, Any], *, endpoint_url: str) -> Cl
             issuer if isinstance(issuer, str) else None,
             claims.get("jti") if isinstance(claims, dict) else None,
         )
-    return None  # not reached: _refuse raises
 
 
-def _refuse(reason: str, issuer: str | None, jti: Any) -> None:
+def _refuse(reason: str, issuer: str | None, jti: object) -> NoReturn:
     operations.count_jwt_refusal(reason)
     logger.info(
         "client authentication failed: %s (iss=%r, jti=%r)",
@@ -338,7 +305,8 @@ def verify_client_token(
     jti = claims["jti"]
     if not isinstance(jti, str) or not jti:
         raise ClientAuthenticationFailed("jti is not a string")
-    if not replay_cache.remember(jti, issuer, float(claims["exp"])):
+    # Kept as long as the token could still pass the exp check (CLOCK_SKEW_S past exp).
+    if not replay_cache.remember(jti, issuer, float(claims["exp"]) + CLOCK_SKEW_S):
         raise ClientAuthenticationFailed("jti replayed")
     tenant = claims.get("tenant")
     return ClientIdentity(

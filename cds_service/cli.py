@@ -21,13 +21,15 @@ import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     from cds_service.feedback import FeedbackStats
     from cds_service.store import Store
+
+    _Commands = argparse._SubParsersAction[argparse.ArgumentParser]  # the subcommands
 
 _T = TypeVar("_T")
 OUTCOMES = ("covered", "not-covered", "conditional", "indeterminate")
@@ -62,11 +64,9 @@ def _evaluate(args: argparse.Namespace) -> int:
     from cds_service.app import create_app
 
     body = Path(args.request).read_bytes()
-    # A dry run: its decisions go to a throwaway in-memory audit trail, not the real one.
-    settings: dict[str, Any] = {"DATABASE_URL": "sqlite://"}
-    if args.no_auth:
-        settings["AUTH"] = "optional"
-    app = create_app(settings)
+    # A dry run, unsigned: its decisions go to a throwaway in-memory audit trail, not the
+    # real one.
+    app = create_app({"DATABASE_URL": "sqlite://", "AUTH": "optional"})
     service_id = args.service or _service_for(json.loads(body))
     client = app.test_client()
     response = client.post(
@@ -335,9 +335,7 @@ class _OrderAction(argparse.Action):
         namespace.orders = orders
 
 
-def _date(text: str) -> Any:
-    from datetime import date
-
+def _date(text: str) -> date:
     try:
         return date.fromisoformat(text)
     except ValueError as exc:
@@ -385,9 +383,8 @@ def _service_for(body: Any) -> str:
     return next(iter(SERVICES))
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="infusion-pump-cds", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
+def _add_serve(commands: _Commands) -> None:
+    """Add the ``serve`` command: the service under gunicorn."""
     serve = commands.add_parser(
         "serve", help="run the service with gunicorn (gevent workers, safe against slow clients)"
     )
@@ -397,11 +394,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--workers", type=int, default=2, help="worker processes (default 2, one per core)"
     )
     serve.set_defaults(run=_serve)
+
+
+def _add_evaluate(commands: _Commands) -> None:
+    """Add the ``evaluate`` command: a request's response without a server."""
     evaluate = commands.add_parser("evaluate", help="print the response a request would get")
     evaluate.add_argument("request", help="a CDS Hooks request body (JSON file)")
     evaluate.add_argument("--service", help="service id (default: the one for the request's hook)")
-    evaluate.add_argument("--no-auth", action="store_true", default=True, help=argparse.SUPPRESS)
     evaluate.set_defaults(run=_evaluate)
+
+
+def _add_policy(commands: _Commands) -> None:
+    """Add the ``policy show`` command."""
     policy = commands.add_parser("policy", help="the coverage policy the service decides by")
     policy_commands = policy.add_subparsers(dest="policy_command", required=True)
     show = policy_commands.add_parser(
@@ -418,6 +422,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--width", type=_width, default=100, help="text width in columns (default 100)"
     )
     show.set_defaults(run=_policy_show)
+
+
+def _add_audit(commands: _Commands) -> None:
+    """Add the ``audit show|list|purge`` commands."""
     audit = commands.add_parser("audit", help="read the audit trail").add_subparsers(
         dest="audit_command", required=True
     )
@@ -449,6 +457,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--dry-run", action="store_true", help="only count what would be removed"
     )
     audit_purge.set_defaults(run=_audit_purge)
+
+
+def _add_feedback(commands: _Commands) -> None:
+    """Add the ``feedback stats`` command."""
     feedback = commands.add_parser("feedback", help="what clinicians did with the cards")
     stats = feedback.add_subparsers(dest="feedback_command", required=True).add_parser(
         "stats", help="acceptance and override rates per rule and per override reason"
@@ -461,6 +473,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     stats.add_argument("--json", action="store_true", help="print JSON")
     stats.set_defaults(run=_feedback_stats)
+
+
+def _add_fhir(commands: _Commands) -> None:
+    """Add the ``fhir load`` command."""
     fhir = commands.add_parser("fhir", help="work with a FHIR server").add_subparsers(
         dest="fhir_command", required=True
     )
@@ -476,6 +492,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="only what the service's prefetch reads (faster on in-memory servers)",
     )
     load.set_defaults(run=_fhir_load)
+
+
+def _add_try(commands: _Commands) -> None:
+    """Add the ``try`` command: act as the EHR against a FHIR server."""
     try_ = commands.add_parser(
         "try",
         help="act as the EHR: sign orders for a patient on a FHIR server, print the answer",
@@ -512,6 +532,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try_.add_argument("--json", action="store_true", help="print the raw response")
     try_.set_defaults(run=_try, orders=[])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="infusion-pump-cds", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    for add_command in (
+        _add_serve,
+        _add_evaluate,
+        _add_policy,
+        _add_audit,
+        _add_feedback,
+        _add_fhir,
+        _add_try,
+    ):
+        add_command(commands)
     args = parser.parse_args(argv)
     if args.command != "serve":
         # The service's own log lines are for operators of a running service; a command

@@ -6,11 +6,15 @@ with a bearer token, no CORS origin allowed.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
+
+from cds_service.smart_scopes import parse_system_scope
 
 DEFAULTS: dict[str, Any] = {
     # "required": every service and feedback call carries a valid client JWT.
@@ -18,6 +22,9 @@ DEFAULTS: dict[str, Any] = {
     "AUTH": "required",
     # iss -> {"jwks_url": ...} or {"jwks": {...}}, optional "fhir_servers" and "jku" lists.
     "TRUSTED_ISSUERS": {},
+    # DTR clients (SMART Backend Services): client id -> {"jwks": {...}} or {"jwks_url": ...},
+    # and the "scopes" it may be granted (cds_service.backend_auth).
+    "BACKEND_CLIENTS": {},
     # Base URL prefixes the service may call with a bearer token when no issuer list applies.
     "FHIR_SERVERS": [],
     # Public base URL (scheme://host[:port][/prefix]) used for the JWT aud check behind a proxy.
@@ -74,7 +81,7 @@ DEFAULTS: dict[str, Any] = {
 
 # Settings whose environment value is a list (comma-separated) or JSON (inline or a file path).
 _LIST_KEYS = {"FHIR_SERVERS", "CORS_ORIGINS", "METRICS_ALLOW"}
-_JSON_KEYS = {"TRUSTED_ISSUERS", "SMART_CLIENTS"}
+_JSON_KEYS = {"TRUSTED_ISSUERS", "BACKEND_CLIENTS", "SMART_CLIENTS"}
 _FLOAT_KEYS = {
     "FHIR_DEADLINE_S",
     "FHIR_CALL_TIMEOUT_S",
@@ -161,6 +168,7 @@ def load_settings(
     if settings["DTR_CARD_LINK"] not in ("on", "off"):
         raise ConfigError("CDS_DTR_CARD_LINK must be 'on' or 'off'")
     _check_smart_clients(settings["SMART_CLIENTS"])
+    _check_backend_clients(settings["BACKEND_CLIENTS"])
     if "*" in settings["CORS_ORIGINS"]:
         raise ConfigError("CDS_CORS_ORIGINS must list origins; '*' is not allowed")
     return settings
@@ -196,3 +204,67 @@ def _check_smart_clients(clients: Any) -> None:
         origins = entry.get("frame_origins", [])
         if not isinstance(origins, list) or not all(isinstance(o, str) for o in origins):
             raise ConfigError(f"CDS_SMART_CLIENTS: {issuer!r} 'frame_origins' must list origins")
+
+
+def _is_loopback(host: str | None) -> bool:
+    if host is None:
+        return False
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_backend_clients(clients: Any) -> None:
+    """``CDS_BACKEND_CLIENTS``: each client id maps to its public keys (an inline JWK Set,
+    or an https URL of one) and the non-empty list of system scopes it may be granted."""
+    name = "CDS_BACKEND_CLIENTS"
+    if not isinstance(clients, dict):
+        raise ConfigError(f"{name} must map each client id to its keys and scopes")
+    for client_id, entry in clients.items():
+        if not client_id:
+            raise ConfigError(f"{name}: a client id must not be empty")
+        if not isinstance(entry, dict) or not ({"jwks", "jwks_url"} & set(entry)):
+            raise ConfigError(f"{name}: {client_id!r} needs 'jwks' or 'jwks_url'")
+        unknown = set(entry) - {"jwks", "jwks_url", "scopes"}
+        if unknown:
+            raise ConfigError(f"{name}: {client_id!r} has unknown keys {sorted(unknown)}")
+        if "jwks" in entry:
+            jwks = entry["jwks"]
+            keys = jwks.get("keys") if isinstance(jwks, dict) else None
+            if not isinstance(keys, list) or not all(isinstance(key, dict) for key in keys):
+                raise ConfigError(
+                    f"{name}: {client_id!r} 'jwks' must be a JWK Set {{\"keys\": [...]}}"
+                )
+            if any(key.get("kty") == "oct" or "d" in key for key in keys):
+                raise ConfigError(
+                    f"{name}: {client_id!r} 'jwks' holds a secret or private key; "
+                    "register the client's public keys only"
+                )
+        if "jwks_url" in entry:
+            url = entry["jwks_url"]
+            parts = urlsplit(url) if isinstance(url, str) else None
+            if (
+                parts is None
+                or not parts.hostname
+                or not (
+                    parts.scheme == "https"
+                    or (parts.scheme == "http" and _is_loopback(parts.hostname))
+                )
+            ):
+                raise ConfigError(
+                    f"{name}: {client_id!r} 'jwks_url' must be an https URL "
+                    "(plain http only on loopback)"
+                )
+        scopes = entry.get("scopes")
+        if (
+            not isinstance(scopes, list)
+            or not scopes
+            or not all(isinstance(scope, str) and parse_system_scope(scope) for scope in scopes)
+        ):
+            raise ConfigError(
+                f"{name}: {client_id!r} 'scopes' must list system scopes such as "
+                "'system/Questionnaire.rs'"
+            )

@@ -12,21 +12,39 @@
 What a form knows of the order besides its answers comes from the audit trail: the
 decision that the coverage-assertion-id (``context``) names, and only together with an
 order that decision was about, so nobody reads another decision's criteria by guessing
-an id. Without a context a form starts from nothing known and its answers never yield
-coverage-information (DTR: a payer asserts coverage from a form only where CRD ran).
-Each call is logged with its client, operation, context and outcome (no PHI).
+an id. Without a context, a package asked for by orders is decided on them and the
+resources sent as ``referenced``, recorded under an id of its own; one asked for by a
+canonical alone knows nothing. Neither yields coverage-information (DTR: a payer asserts
+coverage from a form only where CRD ran).
+The operations need a SMART Backend Services token with ``system/Questionnaire.rs``
+(``system/ValueSet.rs`` for ``$expand``; ``cds_service.backend_auth``); reading the
+forms themselves (``Questionnaire/<id>``, ``metadata``) needs none, as they hold no PHI
+and the documentation card links to them. Each answered call is audited like a service call
+(``service_id`` ``dtr``, ``hook`` the operation, the DTR client as ``client_iss``); a
+response completed with coverage-information records its decision under the new
+coverage-assertion-id, with the orders, so ``audit show`` finds it and a later form can
+name it as its context. Nothing of the answers themselves is kept (no PHI).
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Mapping
 from datetime import date, datetime
 from typing import Any, cast
 
 from flask import Blueprint, Response, current_app, request
 
-from cds_service.audit import audit_for_assertion
+from cds_service.audit import (
+    AuditRecord,
+    CallTimings,
+    DecisionRecord,
+    audit_for_assertion,
+    decision_record,
+    record_service_call,
+)
+from cds_service.backend_auth import current_backend_client, payer_scope_required
 from cds_service.errors import BadRequest, Issue
 from cds_service.routes import public_base_url, request_json
 from coverage_policy.engine import evaluate_policy
@@ -40,6 +58,7 @@ from dtr.adaptive import (
     contained_form,
     extension_value,
     initial_response,
+    knowledge_of,
     read_answers,
     step,
 )
@@ -53,6 +72,7 @@ from dtr.forms import (
     valueset_canonical,
 )
 from dtr.package import (
+    PackageRequest,
     outcome,
     package_bundle,
     package_parameters,
@@ -65,7 +85,7 @@ from fhir_mappings.facts import facts_for_episode
 from fhir_mappings.record import PatientRecord, build_record
 from hooks.coverage_information import AssertionContext, coverage_information_for
 from hooks.crd_dialect import crd_dialect
-from hooks.decide import CoverageRef
+from hooks.decide import CoverageRef, order_facts_of
 
 logger = logging.getLogger(__name__)
 FHIR_JSON = "application/fhir+json"
@@ -101,12 +121,36 @@ def served_forms() -> dict[str, dict[str, Any]]:
     cache = current_app.extensions.setdefault("cds_dtr_forms", {})
     base = _next_question_base()
     if base not in cache:
+        if len(cache) >= 4:  # Host headers are the client's: never let them grow this
+            cache.clear()
         publisher = current_app.config["CDS"]["PAYER_NAME"]
         forms = rule_forms(_policy(), base, publisher)
         cache[base] = {
             rule.id: form for rule, form in zip(indication_rules(_policy()), forms, strict=True)
         }
     return cast(dict[str, dict[str, Any]], cache[base])
+
+
+def _audit(
+    operation: str,
+    started: float,
+    crd_version: str = "",
+    decisions: tuple[DecisionRecord, ...] = (),
+) -> None:
+    """Record one answered DTR call (never fails the answer: see ``record_service_call``)."""
+    client = current_backend_client()
+    elapsed = time.perf_counter() - started
+    record = AuditRecord(
+        recorded_at=_now(),
+        service_id="dtr",
+        hook=operation,
+        hook_instance=cast(Callable[[], str], current_app.extensions["cds_new_uuid"])(),
+        client_iss=client.client_id if client else None,
+        crd_version=crd_version,
+        timings=CallTimings(prefetch=0.0, fetch=0.0, decide=elapsed, total=elapsed),
+        decisions=decisions,
+    )
+    record_service_call(current_app.extensions["cds_store"], record)
 
 
 def _reference(resource: Mapping[str, Any]) -> str | None:
@@ -141,12 +185,14 @@ def _knowledge(report: Mapping[str, Any]) -> Knowledge:
             (Truth(if_answered[0]), Truth(if_answered[1])) if if_answered else None,
         )
     return Knowledge(
+        from_crd=not (report["service_id"] == "dtr" and report["hook"] == "questionnaire-package"),
         rule_ids=tuple(rule_ids),
         known=known,
         as_of=date.fromisoformat(report["as_of"]),
         orders=tuple(report["orders"]),
         assertion_id=report["coverage_assertion_id"],
         crd_version=report["crd_version"],
+        order_facts=report["order_facts"],
     )
 
 
@@ -156,15 +202,14 @@ def knowledge_of_report(report: Mapping[str, Any]) -> Knowledge:
 
 
 def _decisions_for(context: str, orders: set[str]) -> list[Knowledge]:
-    """The recorded decisions of ``context`` about any of ``orders`` (latest per rule)."""
-    found = [
-        _knowledge(report)
-        for report in audit_for_assertion(current_app.extensions["cds_store"], context)
-        if orders & set(report["orders"])
-    ]
-    if not found:
+    """The recorded decisions of ``context`` about any of ``orders``, the latest per rule."""
+    latest: dict[str, Knowledge] = {}
+    for report in audit_for_assertion(current_app.extensions["cds_store"], context):
+        if orders & set(report["orders"]):  # oldest first: a later one replaces it
+            latest[report["rule_id"]] = _knowledge(report)
+    if not latest:
         raise BadRequest.single(_UNKNOWN_CONTEXT, "context")
-    return found
+    return list(latest.values())
 
 
 def _knowledge_without_context(policy: Policy, rule_id: str, today: date) -> Knowledge:
@@ -173,14 +218,15 @@ def _knowledge_without_context(policy: Policy, rule_id: str, today: date) -> Kno
     return Knowledge(rule_ids=(rule_id, *(r.id for r in requirements)), known={}, as_of=today)
 
 
-def _rules_for_orders(
+def _decide_sent(
     policy: Policy,
     orders: tuple[Mapping[str, Any], ...],
     referenced: tuple[Mapping[str, Any], ...],
     today: date,
-) -> list[tuple[str, tuple[str, ...]]]:
-    """(rule id, order references) of the pump episodes among ``orders``, decided on the
-    orders and the resources sent with them."""
+) -> list[tuple[Decision, tuple[str, ...], dict[str, Any]]]:
+    """The pump episodes among ``orders``, each decided on the orders and the resources
+    sent with them: (decision, order references, order facts). The resources show what
+    they show; what they do not show is unknown, never absent (they are not a record)."""
     bundle = {
         "resourceType": "Bundle",
         "type": "collection",
@@ -200,18 +246,58 @@ def _rules_for_orders(
     record = build_record({"referenced": sent}) if referenced else PatientRecord()
     found = []
     for episode in find_pump_episodes(parsed, record, draft):
-        facts = facts_for_episode(episode, record, policy, today, None, None)
+        facts = {
+            name: fact
+            for name, fact in facts_for_episode(episode, record, policy, today, None).items()
+            if name.startswith("doc.") or fact.value not in (None, ())
+        }
         decision = evaluate_policy(policy, facts, today)
         if decision is not None:
-            found.append((decision.rule_id, tuple(o.reference for o in episode.orders)))
+            references = tuple(o.reference for o in episode.orders)
+            found.append((decision, references, order_facts_of(facts)))
     return found
+
+
+def _known_for_request(
+    policy: Policy,
+    asked: PackageRequest,
+    order_refs: set[str],
+    today: date,
+    recorded: list[DecisionRecord],
+) -> list[Knowledge]:
+    """What the forms of a package know: the decisions of its context, or those made on
+    its orders and the resources sent with them (appended to ``recorded``)."""
+    if asked.context:
+        return _decisions_for(asked.context, order_refs)
+    if not asked.orders:
+        return []
+    found = _decide_sent(policy, asked.orders, asked.referenced, today)
+    if not found:
+        raise BadRequest.single(
+            "No order is in scope of this policy (no infusion pump or pump drug)",
+            "parameter.order",
+        )
+    candidates = []
+    for decision, refs, order_facts in found:
+        # Recorded under an id of its own, which the draft response carries, so the walk
+        # knows what the resources showed; not a CRD decision, so never asserted.
+        new_id = cast(Callable[[], str], current_app.extensions["cds_new_uuid"])()
+        recorded.append(decision_record(decision, new_id, refs, order_facts))
+        candidates.append(
+            knowledge_of(
+                decision, orders=refs, order_facts=order_facts, assertion_id=new_id, from_crd=False
+            )
+        )
+    return candidates
 
 
 # -- $questionnaire-package --------------------------------------------------------------
 
 
 @blueprint.post("/Questionnaire/$questionnaire-package")
+@payer_scope_required("Questionnaire")
 def questionnaire_package() -> Response:
+    started = time.perf_counter()
     policy, now = _policy(), _now()
     try:
         asked = read_package_request(request_json())
@@ -226,32 +312,23 @@ def questionnaire_package() -> Response:
     patient = patient if isinstance(patient, str) else None
     order_refs = {ref for ref in (_reference(o) for o in asked.orders) if ref}
     wanted: list[tuple[str, Knowledge | None, tuple[str, ...]]] = []  # rule, knowledge, orders
+    recorded: list[DecisionRecord] = []
     notes: list[tuple[str, str, str]] = []
-    if asked.context:
-        for recorded in _decisions_for(asked.context, order_refs):
-            decided = step(policy, recorded, read_answers(policy, {}))
-            if decided is None or decided.finished:
-                outcome_text = decided.decision.outcome.value if decided else "not decided"
-                notes.append(
-                    (
-                        "information",
-                        "informational",
-                        (
-                            f"No more documentation is needed for {', '.join(recorded.orders)}: "
-                            f"the decision is {outcome_text} under rule {recorded.rule_ids[0]}"
-                        ),
-                    )
+    candidates = _known_for_request(policy, asked, order_refs, now.date(), recorded)
+    for known in candidates:
+        decided = step(policy, known, read_answers(policy, {}))
+        if decided is None or decided.finished:
+            outcome_text = decided.decision.outcome.value if decided else "not decided"
+            notes.append(
+                (
+                    "information",
+                    "informational",
+                    f"No more documentation is needed for {', '.join(known.orders)}: "
+                    f"the decision is {outcome_text} under rule {known.rule_ids[0]}",
                 )
-                continue
-            wanted.append((recorded.rule_ids[0], recorded, recorded.orders))
-    elif asked.orders:
-        found = _rules_for_orders(policy, asked.orders, asked.referenced, now.date())
-        if not found:
-            raise BadRequest.single(
-                "No order is in scope of this policy (no infusion pump or pump drug)",
-                "parameter.order",
             )
-        wanted += [(rule_id, None, refs) for rule_id, refs in found]
+            continue
+        wanted.append((known.rule_ids[0], known, known.orders))
     for canonical in asked.questionnaires:
         rule = rule_for_canonical(policy, canonical)
         if rule is None:
@@ -266,7 +343,7 @@ def questionnaire_package() -> Response:
     forms = served_forms()
     valuesets = answer_valuesets(policy, now)
     bundles = []
-    for rule_id, known, orders in wanted:
+    for rule_id, knowing, orders in wanted:
         rule = next(r for r in policy.rules if r.id == rule_id)
         form = forms[rule_id]
         binds = [
@@ -280,15 +357,14 @@ def questionnaire_package() -> Response:
             patient=patient,
             coverage=coverage,
             orders=orders,
-            assertion_id=known.assertion_id if known else None,
+            assertion_id=knowing.assertion_id if knowing else None,
             authored=now.isoformat(),
         )
         bundles.append(package_bundle(form, binds, response, f"{public_base_url()}/fhir"))
     if not bundles and not notes:
         notes.append(("information", "informational", "No documentation form applies"))
-    logger.info(
-        "dtr questionnaire-package context=%s packages=%d", bool(asked.context), len(bundles)
-    )
+    crd_version = next((k.crd_version for _, k, _ in wanted if k and k.crd_version), "")
+    _audit("questionnaire-package", started, crd_version, tuple(recorded))
     return _fhir(package_parameters(bundles, outcome(notes)))
 
 
@@ -312,7 +388,7 @@ def _context_of(
 def _completed_coverage(
     policy: Policy, known: Knowledge, decision: Decision, coverage: str | None
 ) -> dict[str, Any] | None:
-    if known.assertion_id is None or coverage is None:
+    if known.assertion_id is None or coverage is None or not known.from_crd:
         return None
     ctx = AssertionContext(
         policy=policy,
@@ -336,7 +412,9 @@ def completed_coverage_information(
 
 @blueprint.post("/Questionnaire/$next-question")
 @blueprint.post("/$next-question")
+@payer_scope_required("Questionnaire")
 def next_question() -> Response:
+    started = time.perf_counter()
     policy = _policy()
     try:
         response = read_next_question_request(request_json())
@@ -391,13 +469,16 @@ def next_question() -> Response:
         advanced = advance(policy, response, done, information)
     except FormInputError as error:
         raise _bad(error) from None
-    logger.info(
-        "dtr next-question rule=%s asked=%d finished=%s outcome=%s",
-        rule.id,
-        len(done.asked),
-        done.finished,
-        done.decision.outcome.value,
-    )
+    recorded: tuple[DecisionRecord, ...] = ()
+    if information is not None:
+        new_id = next(
+            p["valueString"]
+            for p in information["extension"]
+            if p["url"] == "coverage-assertion-id"
+        )
+        orders_decided = tuple(sorted(orders & set(known.orders))) or known.orders
+        recorded = (decision_record(done.decision, new_id, orders_decided, known.order_facts),)
+    _audit("next-question", started, known.crd_version or "", recorded)
     return _fhir(
         {"resourceType": "Parameters", "parameter": [{"name": "return", "resource": advanced}]}
     )
@@ -407,12 +488,15 @@ def next_question() -> Response:
 
 
 @blueprint.get("/ValueSet/$expand")
+@payer_scope_required("ValueSet")
 def expand_valueset() -> Response:
+    started = time.perf_counter()
     canonical = request.args.get("url", "")
     url, bar, version = canonical.partition("|")
     valueset = answer_valuesets(_policy(), _now()).get(url)
     if valueset is None or (bar and version != valueset["version"]):
         raise BadRequest.single(f"No ValueSet '{canonical}' here", "url")
+    _audit("expand", started)
     return _fhir(valueset)
 
 
@@ -482,7 +566,9 @@ def capability_statement() -> Response:
 
 
 @blueprint.post("/Questionnaire/$log-questionnaire-errors")
+@payer_scope_required("Questionnaire")
 def log_questionnaire_errors() -> Response:
+    started = time.perf_counter()
     try:
         canonicals, outcomes = read_logged_errors(request_json())
     except FormInputError as error:
@@ -492,4 +578,5 @@ def log_questionnaire_errors() -> Response:
     logger.warning(
         "dtr questionnaire errors reported: %s (%d issues)", ", ".join(canonicals)[:500], issues
     )
+    _audit("log-questionnaire-errors", started)
     return Response(status=200)

@@ -10,16 +10,15 @@ naming what is wrong and where.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
 from functools import cache
 from importlib import resources
 from typing import Any
 
 from jsonschema import Draft202012Validator
-from jsonschema.exceptions import ValidationError
 
-from cds_service.errors import BadRequest, Issue
+from cds_service.errors import BadRequest
 from cds_service.json_input import NESTED_TOO_DEEPLY, UnreadableJson, loads_untrusted
+from cds_service.schema_issues import schema_issues
 from hooks.request import FhirAuthorization, HookRequest
 
 
@@ -27,26 +26,6 @@ from hooks.request import FhirAuthorization, HookRequest
 def _envelope_validator() -> Draft202012Validator:
     text = resources.files("cds_service").joinpath("schemas/hook_request.schema.json").read_text()
     return Draft202012Validator(json.loads(text))
-
-
-def _json_path(parts: Iterable[Any]) -> str:
-    path = ""
-    for part in parts:
-        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
-    return path
-
-
-def schema_issues(validator: Draft202012Validator, document: Any, prefix: str = "") -> list[Issue]:
-    """Every schema violation as an issue whose expression points at the offending member."""
-    issues = []
-    errors: list[ValidationError] = sorted(
-        validator.iter_errors(document), key=lambda e: list(map(str, e.absolute_path))
-    )
-    for error in errors:
-        location = _json_path(error.absolute_path)
-        where = ".".join(filter(None, [prefix, location])) or prefix or "(request body)"
-        issues.append(Issue(f"{where}: {error.message}", where))
-    return issues
 
 
 def parse_json_body(raw: bytes) -> Any:

@@ -8,6 +8,11 @@
      +-- TooManyRequests            429: the client is over its rate limit (with Retry-After)
      +-- ServiceUnavailable         503: the feedback/audit database cannot be used now
 
+The OAuth token endpoint (``/auth/token``, ``cds_service.backend_auth``) answers in
+OAuth's own shape, not FHIR's:
+
+    TokenRequestRefused             400/401: an RFC 6749 error, ``{"error", "error_description"}``
+
 Hook handlers raise ``hooks.request.RequestNotAnswerable`` subclasses, answered as
 ``CoverageProblem`` → 400, ``DataUnavailable`` → 412.
 
@@ -119,6 +124,27 @@ class FhirQueryFailed(Exception):
         super().__init__(reason)
         self.reason = reason
         self.detail = detail or reason
+
+
+class TokenRequestRefused(Exception):
+    """A token request refused (RFC 6749 section 5.2). ``error`` is the OAuth error code,
+    ``description`` what the client is told (never its assertion), ``reason`` what is logged."""
+
+    STATUS = {
+        "invalid_request": 400,
+        "invalid_client": 401,
+        "invalid_grant": 400,
+        "unauthorized_client": 400,
+        "unsupported_grant_type": 400,
+        "invalid_scope": 400,
+    }
+
+    def __init__(self, error: str, description: str, reason: str = "") -> None:
+        super().__init__(f"{error}: {description}")
+        self.error = error
+        self.description = description
+        self.reason = reason or description
+        self.status = self.STATUS[error]
 
 
 class ClientAuthenticationFailed(Exception):

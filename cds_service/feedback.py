@@ -29,9 +29,11 @@ from typing import Any
 
 import sqlalchemy as sa
 from jsonschema import Draft202012Validator
+from jsonschema.exceptions import ValidationError
 from sqlalchemy.engine import Connection
 
 from cds_service.errors import BadRequest, Issue
+from cds_service.schema_issues import schema_issues
 from cds_service.store import Store
 from cds_service.tables import decision, feedback, issued_card, service_call
 
@@ -61,35 +63,19 @@ class FeedbackEntry:
     outcome_timestamp: datetime
 
 
-def _where(path: Sequence[Any]) -> str:
-    where = ""
-    for part in path:
-        where += f"[{part}]" if isinstance(part, int) else (f".{part}" if where else str(part))
-    return where or "(request body)"
-
-
 def _uuid(value: str) -> str:
     return value.removeprefix("urn:uuid:").lower()
 
 
-def _schema_issues(body: Any) -> list[Issue]:
-    issues = []
-    errors = sorted(
-        _feedback_validator().iter_errors(body), key=lambda e: list(map(str, e.absolute_path))
-    )
-    for error in errors:
-        where = _where(error.absolute_path)
-        message = _RULES.get(str(error.validator), error.message)
-        if error.validator == "required" and "acceptedSuggestions" in error.message:
-            message = "an accepted outcome needs acceptedSuggestions (cds-fb-2)"
-        elif error.validator == "pattern" and where.endswith("outcomeTimestamp"):
-            message = (
-                "outcomeTimestamp must be an RFC 3339 date-time in UTC, e.g. 2026-11-28T15:04:05Z"
-            )
-        elif error.validator == "pattern":
-            message = "must be a uuid"
-        issues.append(Issue(f"{where}: {message}", where))
-    return issues
+def _describe(error: ValidationError, where: str) -> str:
+    """The feedback rule a schema violation breaks, in words a client developer knows."""
+    if error.validator == "required" and "acceptedSuggestions" in error.message:
+        return "an accepted outcome needs acceptedSuggestions (cds-fb-2)"
+    if error.validator == "pattern" and where.endswith("outcomeTimestamp"):
+        return "outcomeTimestamp must be an RFC 3339 date-time in UTC, e.g. 2026-11-28T15:04:05Z"
+    if error.validator == "pattern":
+        return "must be a uuid"
+    return _RULES.get(str(error.validator), str(error.message))
 
 
 def _timestamp(text: str, where: str) -> datetime:
@@ -103,7 +89,7 @@ def _timestamp(text: str, where: str) -> datetime:
 
 def parse_feedback(body: Any) -> list[FeedbackEntry]:
     """The entries of a feedback request body, or ``BadRequest`` naming every problem."""
-    issues = _schema_issues(body)
+    issues = schema_issues(_feedback_validator(), body, describe=_describe)
     if issues:
         raise BadRequest(issues)
     entries = []
@@ -269,6 +255,14 @@ def feedback_stats(store: Store, since: datetime | None = None) -> FeedbackStats
     nobody gave feedback on show up as the difference. ``since`` filters feedback by
     ``outcomeTimestamp`` and cards by the time of the call that issued them.
     """
+    with store.reading() as connection:
+        rules = _rule_stats(connection, since)
+        reasons = _reason_stats(connection, since)
+    return FeedbackStats(since=since.date() if since else None, rules=rules, reasons=reasons)
+
+
+def _rule_stats(connection: Connection, since: datetime | None) -> tuple[RuleStats, ...]:
+    """Cards issued and feedback by outcome, per rule (or card type without a decision)."""
     card_rule = (
         sa.select(
             issued_card.c.id.label("card_id"),
@@ -289,6 +283,28 @@ def feedback_stats(store: Store, since: datetime | None = None) -> FeedbackStats
         .select_from(feedback.join(card_rule, card_rule.c.card_id == feedback.c.card_id))
         .group_by(card_rule.c.rule_id, card_rule.c.card_type, feedback.c.outcome)
     )
+    if since is not None:
+        issued_query = issued_query.where(service_call.c.recorded_at >= since)
+        feedback_query = feedback_query.where(feedback.c.outcome_timestamp >= since)
+    counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for rule_id, card_type, count in connection.execute(issued_query):
+        counts[_rule_label(rule_id, card_type)]["issued"] += count
+    for rule_id, card_type, outcome, count in connection.execute(feedback_query):
+        counts[_rule_label(rule_id, card_type)][outcome] += count
+    return tuple(
+        RuleStats(
+            rule=label,
+            cards_issued=c["issued"],
+            feedback=c["accepted"] + c["overridden"],
+            accepted=c["accepted"],
+            overridden=c["overridden"],
+        )
+        for label, c in sorted(counts.items())
+    )
+
+
+def _reason_stats(connection: Connection, since: datetime | None) -> tuple[ReasonStats, ...]:
+    """Overrides per reason coding, most frequent first, each with its share."""
     reason_query = (
         sa.select(
             feedback.c.override_system,
@@ -300,28 +316,10 @@ def feedback_stats(store: Store, since: datetime | None = None) -> FeedbackStats
         .group_by(feedback.c.override_system, feedback.c.override_code)
     )
     if since is not None:
-        issued_query = issued_query.where(service_call.c.recorded_at >= since)
-        feedback_query = feedback_query.where(feedback.c.outcome_timestamp >= since)
         reason_query = reason_query.where(feedback.c.outcome_timestamp >= since)
-    counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-    with store.reading() as connection:
-        for rule_id, card_type, count in connection.execute(issued_query):
-            counts[_rule_label(rule_id, card_type)]["issued"] += count
-        for rule_id, card_type, outcome, count in connection.execute(feedback_query):
-            counts[_rule_label(rule_id, card_type)][outcome] += count
-        reasons = connection.execute(reason_query).all()
-    rules = tuple(
-        RuleStats(
-            rule=label,
-            cards_issued=c["issued"],
-            feedback=c["accepted"] + c["overridden"],
-            accepted=c["accepted"],
-            overridden=c["overridden"],
-        )
-        for label, c in sorted(counts.items())
-    )
+    reasons = connection.execute(reason_query).all()
     total_overrides = sum(count for *_, count in reasons)
-    reason_stats = tuple(
+    return tuple(
         sorted(
             (
                 ReasonStats(
@@ -336,4 +334,3 @@ def feedback_stats(store: Store, since: datetime | None = None) -> FeedbackStats
             key=lambda r: (-r.overridden, r.code or ""),
         )
     )
-    return FeedbackStats(since=since.date() if since else None, rules=rules, reasons=reason_stats)

@@ -107,14 +107,6 @@ def _parse_base(url: str) -> _Origin | None:
     )
 
 
-def same_origin(first: str, second: str) -> bool:
-    """Same scheme, host and port."""
-    a, b = _parse_base(first), _parse_base(second)
-    return (
-        a is not None and b is not None and (a.scheme, a.host, a.port) == (b.scheme, b.host, b.port)
-    )
-
-
 def is_under(url: str, base: str, *, any_port_without_one: bool = False) -> bool:
     """Whether ``url`` lies under ``base``: same scheme, host and port, whole path segments.
 

@@ -27,6 +27,8 @@ from typing import IO, Any
 
 import requests
 
+from fhir_mappings.codes import LOINC
+from fhir_mappings.labs import lab_loinc_codes
 from hooks.service import PATIENT_PREFETCH
 
 BATCH_SIZE = 200
@@ -145,17 +147,12 @@ def service_reads(resource: Mapping[str, Any]) -> bool:
         return False
     if kind != "Observation":
         return True
-    wanted = _template_codes()
+    wanted = {(LOINC, code) for code in lab_loinc_codes()}  # those the template asks for
     return any(
         (coding.get("system"), coding.get("code")) in wanted
         for coding in (resource.get("code") or {}).get("coding") or []
         if isinstance(coding, dict)
     )
-
-
-def _template_codes() -> set[tuple[str, str]]:
-    query = PATIENT_PREFETCH["observations"].split("code=", 1)[1].split("&")[0]
-    return {tuple(part.split("|", 1)) for part in query.split(",") if "|" in part}  # type: ignore[misc]
 
 
 class ProgressBar:

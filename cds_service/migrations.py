@@ -154,8 +154,32 @@ def _decision_pages(connection: Connection) -> None:
     )
 
 
+def _backend_access_tokens(connection: Connection) -> None:
+    """Version 4: access tokens issued to DTR clients (SMART Backend Services), kept as the
+    SHA-256 of the token with the client, its scopes and its expiry."""
+    m = sa.MetaData()
+    sa.Table(
+        "backend_access_token",
+        m,
+        sa.Column("token_sha256", sa.String(64), primary_key=True),
+        sa.Column("client_id", sa.Text, nullable=False),
+        sa.Column("scopes", sa.Text, nullable=False),
+        sa.Column("issued_at", UtcDateTime, nullable=False),
+        sa.Column("expires_at", UtcDateTime, nullable=False),
+        sa.Index("ix_backend_access_token_expires_at", "expires_at"),
+    )
+    m.create_all(connection)
+
+
+def _dtr_knowledge(connection: Connection) -> None:
+    """Version 5: what a DTR form needs to decide again without the record: the order
+    facts of each decision, and each open criterion's truth once answered."""
+    connection.execute(sa.text("ALTER TABLE decision ADD COLUMN order_facts JSON"))
+    connection.execute(sa.text("ALTER TABLE criterion_result ADD COLUMN if_answered JSON"))
+
+
 def _smart_app_sessions(connection: Connection) -> None:
-    """Version 5: the documentation app's sessions (the authorization in progress, then the
+    """Version 6: the documentation app's sessions (the authorization in progress, then the
     user's access token), kept server-side and shared by every replica."""
     m = sa.MetaData()
     sa.Table(
@@ -174,5 +198,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "audit trail, issued cards and feedback", _audit_and_feedback),
     Migration(2, "JWT replay cache", _jwt_replay),
     Migration(3, "decision pages; criteria not checked", _decision_pages),
-    Migration(5, "documentation app sessions", _smart_app_sessions),
+    Migration(4, "access tokens of DTR clients", _backend_access_tokens),
+    Migration(5, "order facts and answered truths for DTR forms", _dtr_knowledge),
+    Migration(6, "documentation app sessions", _smart_app_sessions),
 )

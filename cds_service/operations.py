@@ -47,7 +47,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from flask import Blueprint, Flask, Response, current_app, g, has_request_context, jsonify, request
@@ -56,6 +56,12 @@ from sqlalchemy.exc import SQLAlchemyError
 from cds_service.config import ConfigError
 from cds_service.errors import operation_outcome
 from cds_service.retention import RetentionSweeper
+
+if TYPE_CHECKING:  # imported when first used: prometheus-client reads its directory then
+    from prometheus_client import Counter, Histogram
+
+    from cds_service.store import Store
+    from hooks.decide import EpisodeDecision
 
 logger = logging.getLogger(__name__)
 
@@ -99,12 +105,12 @@ _JWT_REASONS: tuple[tuple[str, str], ...] = (
 
 @dataclass(frozen=True, slots=True)
 class _Metrics:
-    calls: Any
-    call_seconds: Any
-    decisions: Any
-    fhir_failures: Any
-    audit_failures: Any
-    jwt_refusals: Any
+    calls: Counter
+    call_seconds: Histogram
+    decisions: Counter
+    fhir_failures: Counter
+    audit_failures: Counter
+    jwt_refusals: Counter
 
 
 @cache
@@ -151,14 +157,14 @@ def metrics() -> _Metrics:
 # -- what the rest of the service calls, one line each ----------------------------------
 
 
-def count_decisions(service_id: str, decisions: Iterable[Any]) -> None:
-    """Count each coverage decision of an answered call (``hooks.decide.EpisodeDecision``)."""
+def count_decisions(service_id: str, decisions: Iterable[EpisodeDecision]) -> None:
+    """Count each coverage decision of an answered call."""
     for item in decisions:
         decided = item.decision
         metrics().decisions.labels(service_id, decided.rule_id, decided.outcome.value).inc()
 
 
-def count_fhir_failures(results: Iterable[Any]) -> None:
+def count_fhir_failures(results: Iterable[object]) -> None:
     """Count the ``FhirQueryFailed`` among the results of a request's FHIR queries."""
     from cds_service.errors import FhirQueryFailed
 
@@ -220,7 +226,7 @@ def healthz() -> Response:
     return jsonify({"status": "ok"})
 
 
-def _database_state(store: Any) -> str:
+def _database_state(store: Store) -> str:
     if store.writes_suspended():
         return "unavailable"  # a write failed moments ago; not retried before the back-off
     try:

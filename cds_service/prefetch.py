@@ -42,6 +42,7 @@ from cds_service.fhir_client import (
     next_link,
 )
 from fhir_mappings.bundles import resources_by_reference
+from fhir_mappings.facts import KEYS_FACTS_READ
 from hooks.request import NOT_SENT, ClinicalInput, HookRequest
 from hooks.service import ServiceDefinition
 
@@ -119,7 +120,7 @@ def read_context_resources(
         started = time.monotonic() if started is None else started
         fetched = _fetch(hook_request, settings, client, missing, started) or {}
         for reference, result in fetched.items():
-            if isinstance(result, dict) and not isinstance(result, FhirQueryFailed):
+            if isinstance(result, dict):
                 found[reference] = result
     return found
 
@@ -135,16 +136,18 @@ def resolve_prefetch(
 ) -> ClinicalInput:
     """Keep the prefetch the client satisfied, fetch the rest, mark what is still missing.
 
-    ``keys`` limits this to the prefetch keys the call may read (all of the service's
-    when None); ``started`` is when the call's FHIR deadline began (now when None)."""
+    Only keys some fact reads are fetched; ``keys`` limits them to those the call may
+    read (all of them when None). ``started`` is when the call's FHIR deadline began
+    (now when None)."""
     started = time.monotonic() if started is None else started
     data: dict[str, Any] = {}
     unavailable: dict[str, str] = {}
     wanted: dict[str, str] = {}
     paginated: dict[str, Mapping[str, Any]] = {}
     fetch_seconds = 0.0
+    fetched_keys = KEYS_FACTS_READ if keys is None else keys & KEYS_FACTS_READ
     for key, template in service.prefetch.items():
-        if keys is not None and key not in keys:
+        if key not in fetched_keys:
             continue
         value = hook_request.prefetch.get(key, _ABSENT)
         if value is not _ABSENT and _usable(value):

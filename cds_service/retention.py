@@ -63,16 +63,13 @@ class PurgeCounts:
             )
         )
 
-    def as_dict(self) -> dict[str, int]:
-        return {name: getattr(self, name) for name in PurgeCounts.__dataclass_fields__}
-
 
 def retention_cutoff(settings: dict[str, Any], now: datetime) -> datetime:
     """The instant before which audit records are no longer kept."""
     return now - timedelta(days=int(settings["AUDIT_RETENTION_DAYS"]))
 
 
-def _count(connection: Connection, table: sa.Table, condition: Any) -> int:
+def _count(connection: Connection, table: sa.Table, condition: sa.ColumnElement[bool]) -> int:
     return int(
         connection.execute(
             sa.select(sa.func.count()).select_from(table).where(condition)

@@ -765,7 +765,10 @@ def save_form() -> Response:
         raw = request.form.get(f"q-{link_id}", "")
         value = answer_json(item, raw)
         if value is None and raw.strip():
-            wanted = "a date (YYYY-MM-DD)" if item.answer_type == "date" else "one of the choices"
+            wanted = {
+                "date": "a date (YYYY-MM-DD)",
+                "decimal": "a number (0 or more)",
+            }.get(item.answer_type, "one of the choices")
             errors.append(f"“{item.text}” needs {wanted}.")
             continue
         if value is None:

@@ -22,10 +22,11 @@ and each answer's DTR ``information-origin`` (entered by hand, by that user).
 from __future__ import annotations
 
 import logging
+import math
 import re
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, datetime
 from typing import Any
 
@@ -52,7 +53,6 @@ from cds_service.json_input import UnreadableJson, loads_untrusted
 from cds_service.prefetch import resolve_prefetch
 from cds_service.store import Store
 from coverage_policy.model import (
-    Decision,
     DocumentationItem,
     FactValue,
     Outcome,
@@ -60,7 +60,7 @@ from coverage_policy.model import (
     RecordedCriterion,
     Truth,
 )
-from dtr.adaptive import Knowledge, Step, initial_response, read_answers, step
+from dtr.adaptive import Knowledge, Step, initial_response, knowledge_of, read_answers, step
 from dtr.forms import question
 from fhir_mappings.episodes import ORDER_TYPES
 from hooks import order_sign
@@ -146,6 +146,8 @@ def knowledge_to_json(known: Knowledge) -> dict[str, Any]:
         "assertion_id": known.assertion_id,
         "crd_version": known.crd_version,
         "coverage": known.coverage,
+        "order_facts": dict(known.order_facts),
+        "from_crd": known.from_crd,
     }
 
 
@@ -163,26 +165,8 @@ def knowledge_from_json(data: Mapping[str, Any]) -> Knowledge:
         assertion_id=data.get("assertion_id"),
         crd_version=data.get("crd_version"),
         coverage=data.get("coverage"),
-    )
-
-
-def knowledge_of_decision(
-    decision: Decision, orders: tuple[str, ...], coverage: str | None, assertion_id: str | None
-) -> Knowledge:
-    """A fresh decision as what the walk knows: its rules and each criterion's truth."""
-    known: dict[str, RecordedCriterion] = {}
-    for rule_result in decision.deciding_results:
-        for result in rule_result.results:
-            known[result.criterion.id] = RecordedCriterion(
-                result.truth, result.checked, result.if_answered
-            )
-    return Knowledge(
-        rule_ids=(decision.rule_id, *(r.rule.id for r in decision.requirements)),
-        known=known,
-        as_of=decision.as_of,
-        orders=orders,
-        assertion_id=assertion_id,
-        coverage=coverage,
+        order_facts=dict(data.get("order_facts") or {}),
+        from_crd=bool(data.get("from_crd", True)),
     )
 
 
@@ -337,7 +321,18 @@ def _decide_on_record(
     coverage = (
         deliberation.coverage.reference if deliberation.coverage is not None else context.coverage
     )
-    known = knowledge_of_decision(chosen.decision, references, coverage, context.assertion_id)
+    # Decided here and now on the record; it completes a CRD decision when the launch
+    # names one (its coverage-assertion-id), and only then may assert coverage.
+    known = replace(
+        knowledge_of(
+            chosen.decision,
+            orders=references,
+            order_facts=chosen.order_facts,
+            assertion_id=context.assertion_id,
+            from_crd=context.assertion_id is not None,
+        ),
+        coverage=coverage,
+    )
     shown = tuple(
         f"{r.criterion.text}: {'; '.join(e.summary for e in r.evidence) or 'in the record'}"
         for rule in chosen.decision.deciding_results
@@ -373,16 +368,7 @@ def _from_audit(
             + ", and no coverage decision for it has this coverage-assertion-id. Sign the "
             "order again, then open the app from its coverage information.",
         )
-    known = knowledge_of_report(reports[-1])
-    known = Knowledge(
-        rule_ids=known.rule_ids,
-        known=known.known,
-        as_of=known.as_of,
-        orders=known.orders,
-        assertion_id=known.assertion_id,
-        crd_version=known.crd_version,
-        coverage=context.coverage,
-    )
+    known = replace(knowledge_of_report(reports[-1]), coverage=context.coverage)
     return Opened(known, "audit", _order_text(policy, known.rule_ids[0], known.orders, None), ())
 
 
@@ -399,6 +385,14 @@ def answer_json(item: DocumentationItem, raw: str) -> dict[str, Any] | None:
         return {"yes": {"valueBoolean": True}, "no": {"valueBoolean": False}}.get(raw)
     if item.answer_type == "choice":
         return {"valueCoding": {"code": raw}} if raw in {c for c, _ in item.options} else None
+    if item.answer_type == "decimal":
+        try:
+            number = float(raw)
+        except ValueError:
+            return None
+        if not math.isfinite(number) or number < 0:
+            return None
+        return {"valueDecimal": int(number) if number.is_integer() else number}
     if _DATE.fullmatch(raw):
         try:
             date.fromisoformat(raw)
@@ -416,6 +410,8 @@ def field_value(answer: Mapping[str, Any] | None) -> str:
         return "yes" if answer["valueBoolean"] else "no"
     if "valueCoding" in answer:
         return str(answer["valueCoding"].get("code", ""))
+    if "valueDecimal" in answer:
+        return str(answer["valueDecimal"])
     return str(answer.get("valueDate", ""))
 
 

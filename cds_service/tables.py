@@ -4,7 +4,8 @@ Queries use these tables. The schema itself is created and changed only by the s
 ``cds_service.migrations``; a test checks that a migrated database matches this module.
 
 What is stored is identifiers, codes, outcomes and timings: never names, free text,
-tokens or resource bodies (the documentation app's sessions aside, below).
+tokens or resource bodies (an access token we issue is kept only as its SHA-256; the
+documentation app's sessions hold the user's token for the EHR, server-side).
 
     service_call        one row per answered service call (also calls with no decision)
      +-- decision        one row per coverage decision of that call
@@ -13,6 +14,7 @@ tokens or resource bodies (the documentation app's sessions aside, below).
      +-- issued_card     each card returned, its suggestion uuids, the decision it is about
           +-- feedback   each feedback entry a client sent about that card
     jwt_replay          client JWT ids seen, until they expire (replay protection)
+    backend_access_token  SHA-256 of each access token issued to a DTR client, until it expires
     smart_app_session   the documentation app's server-side sessions (until they expire)
     schema_version      the migration steps applied
 """
@@ -100,6 +102,8 @@ decision = sa.Table(
     sa.Column("rule_id", sa.String(100), nullable=False),
     sa.Column("outcome", sa.String(20), nullable=False),
     sa.Column("as_of", sa.Date, nullable=False),
+    # The order facts the rules' scopes read (codes; None for decisions recorded before).
+    sa.Column("order_facts", sa.JSON),
     sa.Index("ix_decision_call_id", "call_id"),
     sa.Index("ix_decision_coverage_assertion_id", "coverage_assertion_id"),
 )
@@ -120,6 +124,8 @@ criterion_result = sa.Table(
     sa.Column("evidence_references", sa.JSON, nullable=False),
     # False: unknown because the data it reads could not be retrieved (not checked).
     sa.Column("checked", sa.Boolean, nullable=False, server_default=sa.true()),
+    # [truth if its answers hold, truth if they do not] (CriterionResult.if_answered).
+    sa.Column("if_answered", sa.JSON),
     sa.Index("ix_criterion_result_decision_id", "decision_id"),
 )
 
@@ -181,9 +187,20 @@ jwt_replay = sa.Table(
     sa.Index("ix_jwt_replay_expires_at", "expires_at"),
 )
 
+backend_access_token = sa.Table(
+    "backend_access_token",
+    metadata,
+    sa.Column("token_sha256", sa.String(64), primary_key=True),
+    sa.Column("client_id", sa.Text, nullable=False),
+    sa.Column("scopes", sa.Text, nullable=False),
+    sa.Column("issued_at", UtcDateTime, nullable=False),
+    sa.Column("expires_at", UtcDateTime, nullable=False),
+    sa.Index("ix_backend_access_token_expires_at", "expires_at"),
+)
+
 # The documentation app's sessions: the authorization in progress (state, PKCE verifier,
 # nonce), then the user's access token and launch context, until the session expires.
-# The one table that holds a token: it never leaves the server, and expired rows go.
+# It holds the user's token, which never leaves the server; expired rows are removed.
 smart_app_session = sa.Table(
     "smart_app_session",
     metadata,

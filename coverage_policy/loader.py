@@ -12,6 +12,7 @@ from collections.abc import Iterator, Mapping
 from datetime import date
 from functools import cache
 from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +55,7 @@ class PolicyLoadError(ValueError):
         self.problems = problems
 
 
-def _read_json(path: Path | Any) -> Any:
+def _read_json(path: Path | Traversable) -> Any:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
@@ -106,7 +107,7 @@ class _Checker:
         self.catalog = dict(catalog)
         for item in raw["documentation"]:
             self.catalog[f"doc.{item['id']}"] = {
-                "type": item["answer_type"],
+                "type": "number" if item["answer_type"] == "decimal" else item["answer_type"],
                 "values": [o["code"] for o in item.get("options", [])],
             }
         self.valuesets = valuesets
@@ -122,6 +123,13 @@ class _Checker:
                 if entry["id"] in seen:
                     self.problem(f"duplicate id {entry['id']} in {section}")
                 seen.add(entry["id"])
+
+    def check_stated_facts(self) -> None:
+        """An item may stand in only for a record fact the mappings produce."""
+        for item in self.raw["documentation"]:
+            for name in item.get("states", ()):
+                if name not in self.catalog or name.startswith("doc."):
+                    self.problem(f"documentation item {item['id']}: states unknown fact {name}")
 
     def check_citations(self, owner: str, citations: list[Mapping[str, str]]) -> None:
         for citation in citations:
@@ -250,6 +258,7 @@ def build_policy(
         raise PolicyLoadError([f"{e.json_path}: {e.message}" for e in errors])
     checker = _Checker(raw, catalog, valuesets)
     checker.check_ids()
+    checker.check_stated_facts()
     checker.check_criteria()
     checker.check_rules()
     checker.check_links()
@@ -262,34 +271,42 @@ def _citations(raw: list[Mapping[str, str]]) -> tuple[Citation, ...]:
     return tuple(Citation(c["source"], c["section"]) for c in raw)
 
 
+def _criterion(c: Mapping[str, Any], documentation: list[Mapping[str, Any]]) -> Criterion:
+    # The items that settle a criterion: those it reads, and those that state a record
+    # fact it reads, in the policy's item order.
+    read = set(c["facts"])
+    wanted = {f[4:] for f in read if f.startswith("doc.")}
+    wanted |= {d["id"] for d in documentation if read & set(d.get("states", ()))}
+    docs = [d["id"] for d in documentation if d["id"] in wanted]
+    return Criterion(
+        c["id"],
+        c["text"],
+        _citations(c["citations"]),
+        tuple(c["facts"]),
+        c["logic"],
+        tuple(docs),
+    )
+
+
+def _rule(r: Mapping[str, Any]) -> Rule:
+    return Rule(
+        id=r["id"],
+        kind=RuleKind(r["kind"]),
+        title=r["title"],
+        citations=_citations(r["citations"]),
+        applies_when=r["applies_when"],
+        decides=r["decides"],
+        criteria=tuple(r["criteria"]),
+        messages=dict(r["messages"]),
+        alternatives=tuple(r.get("alternatives", ())),
+        effective=_period(r.get("effective")),
+    )
+
+
 def _build(raw: Mapping[str, Any], catalog: dict[str, Any], valuesets: Mapping[str, Any]) -> Policy:
     sources = {k: Source(k, v["label"], v["url"]) for k, v in raw["sources"].items()}
-    criteria = {}
-    for c in raw["criteria"]:
-        docs = sorted({f[4:] for f in c["facts"] if f.startswith("doc.")})
-        criteria[c["id"]] = Criterion(
-            c["id"],
-            c["text"],
-            _citations(c["citations"]),
-            tuple(c["facts"]),
-            c["logic"],
-            tuple(docs),
-        )
-    rules = tuple(
-        Rule(
-            id=r["id"],
-            kind=RuleKind(r["kind"]),
-            title=r["title"],
-            citations=_citations(r["citations"]),
-            applies_when=r["applies_when"],
-            decides=r["decides"],
-            criteria=tuple(r["criteria"]),
-            messages=dict(r["messages"]),
-            alternatives=tuple(r.get("alternatives", ())),
-            effective=_period(r.get("effective")),
-        )
-        for r in raw["rules"]
-    )
+    criteria = {c["id"]: _criterion(c, raw["documentation"]) for c in raw["criteria"]}
+    rules = tuple(_rule(r) for r in raw["rules"])
     documentation = {
         d["id"]: DocumentationItem(
             d["id"],
@@ -297,6 +314,8 @@ def _build(raw: Mapping[str, Any], catalog: dict[str, Any], valuesets: Mapping[s
             d["answer_type"],
             tuple((o["code"], o["display"]) for o in d.get("options", [])),
             d["doc_type"],
+            d.get("unit"),
+            tuple(d.get("states", ())),
         )
         for d in raw["documentation"]
     }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import date
 from enum import StrEnum
@@ -116,9 +117,11 @@ class Rule:
 class DocumentationItem:
     id: str
     text: str
-    answer_type: str  # "boolean" | "choice" | "date"
+    answer_type: str  # "boolean" | "choice" | "date" | "decimal"
     options: tuple[tuple[str, str], ...] = ()  # (code, display) for choice items
     doc_type: str = "clinical"  # "clinical" | "admin": who supplies it (CRD doc-needed)
+    unit: str | None = None  # UCUM unit of a decimal answer
+    states: tuple[str, ...] = ()  # record facts the answer stands in for (fhir_mappings)
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,14 +224,30 @@ class Decision:
         return (self.indication, *self.requirements)
 
     @property
+    def rule_results(self) -> tuple[RuleResult, ...]:
+        """Every rule result: the indication, the requirements, then the guidance."""
+        return (*self.deciding_results, *self.guidance)
+
+    def criterion_rows(
+        self, rules: Iterable[RuleResult] | None = None
+    ) -> Iterator[tuple[RuleResult, CriterionResult]]:
+        """Each criterion result with the result of its rule, rule by rule, over
+        ``rules`` (default: the deciding rules, indication then requirements)."""
+        for rule in self.deciding_results if rules is None else rules:
+            for result in rule.results:
+                yield rule, result
+
+    def against_coverage(self) -> Iterator[CriterionResult]:
+        """The deciding criteria unmet in a rule that makes the order not covered."""
+        for rule, result in self.criterion_rows():
+            unmet = result.deciding and result.truth is Truth.UNMET
+            if unmet and rule.outcome is Outcome.NOT_COVERED:
+                yield result
+
+    @property
     def not_checked(self) -> tuple[CriterionResult, ...]:
         """Deciding criteria left unknown by data that could not be retrieved."""
-        return tuple(
-            r
-            for rule in self.deciding_results
-            for r in rule.results
-            if r.deciding and not r.checked
-        )
+        return tuple(r for _, r in self.criterion_rows() if r.deciding and not r.checked)
 
     @property
     def provisional(self) -> bool:

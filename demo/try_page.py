@@ -11,7 +11,7 @@ as a launch button.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -65,32 +65,38 @@ def create_page(*, service_url: str, fhir_server: str, patients: Sequence[DemoPa
 
     @app.post("/api/sign")
     def sign() -> tuple[Response, int]:
-        form: Any = request.get_json(silent=True)
-        if not isinstance(form, dict):
-            return jsonify({"error": "send the order as JSON"}), 400
-        patient = known.get(str(form.get("patient")))
-        if patient is None:
-            return jsonify({"error": "pick one of the demo patients"}), 400
-        order = OrderSpec(
-            hcpcs=form.get("hcpcs") or None,
-            drug=form.get("drug") or None,
-            route=form.get("route") or None,
-        )
-        try:
-            result = run_try(
-                TryRequest(
-                    fhir_server=fhir_server,
-                    patient=patient.id,
-                    orders=[order],
-                    encounter=form.get("encounter") or None,
-                    crd_version=form.get("crd_version") or None,
-                    service_url=service_url,
-                )
-            )
-        except TryFailed as exc:
-            return jsonify({"error": str(exc)}), 400
-        return jsonify(
-            {"status": result.status, "request": result.body, "response": result.response}
-        ), 200
+        answer, status = _sign(request.get_json(silent=True), known, service_url, fhir_server)
+        return jsonify(answer), status
 
     return app
+
+
+def _sign(
+    form: Any, known: Mapping[str, DemoPatient], service_url: str, fhir_server: str
+) -> tuple[dict[str, Any], int]:
+    """Sign the order the page's form describes, as the EHR would: the request and the
+    response, or what is wrong with the form."""
+    if not isinstance(form, dict):
+        return {"error": "send the order as JSON"}, 400
+    patient = known.get(str(form.get("patient")))
+    if patient is None:
+        return {"error": "pick one of the demo patients"}, 400
+    order = OrderSpec(
+        hcpcs=form.get("hcpcs") or None,
+        drug=form.get("drug") or None,
+        route=form.get("route") or None,
+    )
+    try:
+        result = run_try(
+            TryRequest(
+                fhir_server=fhir_server,
+                patient=patient.id,
+                orders=[order],
+                encounter=form.get("encounter") or None,
+                crd_version=form.get("crd_version") or None,
+                service_url=service_url,
+            )
+        )
+    except TryFailed as exc:
+        return {"error": str(exc)}, 400
+    return {"status": result.status, "request": result.body, "response": result.response}, 200

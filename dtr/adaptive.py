@@ -1,14 +1,15 @@
 """The adaptive walk: from the answers so far, the next questions that could still change
 the order's outcome, and the QuestionnaireResponse ``$next-question`` answers with.
 
-What the walk knows besides the answers is a ``Knowledge``: the rules of the decision
-the form belongs to and each criterion's truth then (from the audit trail, for a DTR
-client that is not the EHR), or nothing (a form asked for by its canonical alone). Each
-step decides again (``coverage_policy.engine.redecide``) and asks, for each deciding rule
-left unknown, the unanswered items of the criteria still open: every part of an ``all``,
-only the first askable alternative of an ``any`` (if it settles the rule, the others
-never need asking). A criterion not checked (its data could not be retrieved) is not
-asked, as on the card. When nothing is left to ask the response is ``completed``.
+What the walk knows besides the answers is a ``Knowledge``: what the audit trail
+recorded of the decision the form belongs to (its rules, criterion truths, the order's
+facts), for a DTR client that is not the EHR; or nothing (a form asked for by its
+canonical alone). Each step decides again (``coverage_policy.engine.redecide``) and
+asks, for each deciding rule left unknown, the unanswered items of the criteria still
+open: every part of an ``all``, and of the alternatives of an ``any`` only the one with
+fewest questions (if it settles the rule, the others never need asking). A criterion not
+checked (its data could not be retrieved) is not asked, as on the card. When nothing is
+left to ask the response is ``completed``.
 
 Pure: JSON in, JSON out, problems raised as ``FormInputError`` naming where.
 """
@@ -32,10 +33,11 @@ from coverage_policy.model import (
     Outcome,
     Policy,
     RecordedCriterion,
+    RuleKind,
     Truth,
 )
 from dtr.forms import ADAPTIVE_EXTENSION, question
-from fhir_mappings.facts import stated_scope_facts
+from fhir_mappings.documentation import stated_facts
 from hooks.crd_dialect import TEMP_SYSTEM
 from hooks.questionnaire import option_system, terminology_base
 
@@ -75,6 +77,37 @@ class Knowledge:
     assertion_id: str | None = None
     crd_version: str | None = None
     coverage: str | None = None
+    # The order's facts the rules' scopes read; empty when not known (no context).
+    order_facts: Mapping[str, Any] = field(default_factory=dict)
+    # Whether the decision is a CRD one: only a form completed for a CRD decision may
+    # carry coverage-information (DTR).
+    from_crd: bool = True
+
+
+def knowledge_of(
+    decision: Decision,
+    *,
+    orders: tuple[str, ...],
+    order_facts: Mapping[str, Any],
+    assertion_id: str | None,
+    from_crd: bool,
+) -> Knowledge:
+    """What a walk knows of a decision made here and now (on the resources a client
+    sent, or on the record our own app read)."""
+    known = {
+        result.criterion.id: RecordedCriterion(result.truth, result.checked, result.if_answered)
+        for rule in decision.rule_results
+        for result in rule.results
+    }
+    return Knowledge(
+        rule_ids=(decision.rule_id, *(r.rule.id for r in decision.requirements)),
+        known=known,
+        as_of=decision.as_of,
+        orders=orders,
+        assertion_id=assertion_id,
+        order_facts=order_facts,
+        from_crd=from_crd,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +163,14 @@ def _answer_value(item: DocumentationItem, policy: Policy, answer: Any, where: s
             if system in (None, option_system(policy, item)):
                 return coding["code"]
         wanted = "a valueCoding from " + ", ".join(sorted(codes))
+    elif item.answer_type == "decimal":
+        quantity = answer.get("valueQuantity")
+        value = answer.get("valueDecimal", answer.get("valueInteger"))
+        if value is None and isinstance(quantity, Mapping):
+            value = quantity.get("value")
+        if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
+            return value
+        wanted = f"a valueDecimal in {item.unit}" if item.unit else "a valueDecimal"
     else:
         raw = answer.get("valueDate")
         if isinstance(raw, str) and _DATE.fullmatch(raw):
@@ -194,11 +235,9 @@ def _open_items(node: Needs | str, policy: Policy, answered: set[str]) -> list[s
         for child in node.items:
             found += [d for d in _open_items(child, policy, answered) if d not in found]
         return found
-    for child in node.items:
-        found = _open_items(child, policy, answered)
-        if found:
-            return found
-    return []
+    # Of the alternatives, the one with fewest questions (the first of those).
+    options = [found for child in node.items if (found := _open_items(child, policy, answered))]
+    return min(options, key=len) if options else []
 
 
 def next_items(
@@ -212,19 +251,41 @@ def next_items(
     return tuple(policy.documentation[d] for d in ids)
 
 
+def _rules_now(
+    policy: Policy, knowledge: Knowledge, facts: Mapping[str, FactValue]
+) -> tuple[str, ...]:
+    """The decision's indication and the requirement rules that apply to the order now:
+    an answer (where the pump is used, say) can make one apply or not. Without the
+    order's facts, the requirements the decision had."""
+    if not knowledge.order_facts:
+        return knowledge.rule_ids
+    requirements = [
+        rule.id
+        for rule in policy.rules
+        if rule.kind is RuleKind.REQUIREMENT
+        and rule.effective.contains(knowledge.as_of)
+        and logic_truth(policy, rule.applies_when, facts, knowledge.as_of) is Truth.MET
+    ]
+    return (knowledge.rule_ids[0], *requirements)
+
+
 def step(policy: Policy, knowledge: Knowledge, answers: Mapping[str, FactValue]) -> Step | None:
     """Decide again on the answers and pick the next questions; None when the knowledge
     names no indication rule of this policy."""
-    decision = redecide(policy, knowledge.rule_ids, knowledge.known, answers, knowledge.as_of)
+    facts = {name: FactValue(value) for name, value in knowledge.order_facts.items()}
+    facts.update(answers)
+    for name, fact in stated_facts(answers, knowledge.as_of).items():
+        if name not in knowledge.order_facts:  # the order itself outweighs an answer
+            facts[name] = fact
+    decision = redecide(
+        policy, _rules_now(policy, knowledge, facts), knowledge.known, facts, knowledge.as_of
+    )
     if decision is None:
         return None
-    stated = stated_scope_facts(answers)
-    if (
-        stated
-        and logic_truth(policy, decision.indication.rule.applies_when, stated, knowledge.as_of)
-        is Truth.UNMET
+    if logic_truth(policy, decision.indication.rule.applies_when, facts, knowledge.as_of) is (
+        Truth.UNMET
     ):
-        return Step(decision, asserts=False)  # another rule decides the order now
+        return Step(decision, asserts=False)  # an answer moved the order to another rule
     if decision.outcome is not Outcome.CONDITIONAL:
         return Step(decision)
     answered = {key[4:] for key, fact in answers.items() if fact.value is not None}

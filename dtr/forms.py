@@ -33,7 +33,8 @@ from hooks.questionnaire import (
 ADAPTIVE_EXTENSION = (
     "http://hl7.org/fhir/uv/sdc/StructureDefinition/sdc-questionnaire-questionnaireAdaptive"
 )
-_ITEM_TYPES = {"boolean": "boolean", "choice": "choice", "date": "date"}
+_ITEM_TYPES = {"boolean": "boolean", "choice": "choice", "date": "date", "decimal": "decimal"}
+UNIT_EXTENSION = "http://hl7.org/fhir/StructureDefinition/questionnaire-unit"
 
 
 def indication_rules(policy: Policy) -> tuple[Rule, ...]:
@@ -136,7 +137,17 @@ def question(policy: Policy, item: DocumentationItem) -> dict[str, Any]:
     }
     if item.answer_type == "choice":
         entry["answerValueSet"] = valueset_canonical(policy, item)
+    if item.unit:
+        entry["extension"] = [unit_extension(item.unit)]
     return entry
+
+
+def unit_extension(unit: str) -> dict[str, Any]:
+    """The unit a decimal answer is in (UCUM), shown beside the field."""
+    return {
+        "url": UNIT_EXTENSION,
+        "valueCoding": {"system": "http://unitsofmeasure.org", "code": unit, "display": unit},
+    }
 
 
 def _narrative(rule: Rule, items: tuple[DocumentationItem, ...]) -> dict[str, str]:

@@ -7,7 +7,7 @@ back with the form contained); items are read by linkId, and the most recent ans
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from datetime import date
 from typing import Any
 
@@ -31,6 +31,11 @@ def _answer_value(answer: Any, answer_type: str) -> Any:
         return getattr(answer.valueCoding, "code", None) or answer.valueString
     if answer_type == "date":
         return as_date(answer.valueDate or answer.valueDateTime)
+    if answer_type == "decimal":
+        quantity = answer.valueQuantity
+        for value in (answer.valueDecimal, answer.valueInteger, quantity and quantity.value):
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                return value
     return None
 
 
@@ -96,3 +101,39 @@ def documentation_facts(
         f"doc.{item_id}": latest[item_id][1] if item_id in latest else FactValue(None)
         for item_id in items
     }
+
+
+def _answered(documentation: Mapping[str, FactValue], item_id: str) -> FactValue | None:
+    fact = documentation.get(f"doc.{item_id}")
+    return fact if fact is not None and fact.value is not None else None
+
+
+def stated_facts(documentation: Mapping[str, FactValue], as_of: date) -> dict[str, FactValue]:
+    """Record facts that answers state where the record does not show them (the items'
+    ``states`` in the policy): the pump kind, where the pump is used, and a C-peptide
+    result with the lab's lower limit of normal, its date and the glucose drawn with it
+    (as a lab Observation would give them: a draw after the order date does not count)."""
+    stated: dict[str, FactValue] = {}
+    kind = _answered(documentation, "pump-kind")
+    if kind:
+        stated["episode.pump_kind"] = kind
+    setting = _answered(documentation, "pump-use-setting")
+    if setting:
+        stated["order.setting"] = setting
+    drawn = _answered(documentation, "c-peptide-date")
+    if drawn and drawn.value <= as_of:
+        result = _answered(documentation, "c-peptide-result")
+        low = _answered(documentation, "c-peptide-lower-limit")
+        if result and low and low.value > 0:
+            evidence = (*result.evidence, *low.evidence, *drawn.evidence)
+            percent = round(100 * result.value / low.value, 1)
+            stated["lab.c_peptide_percent_of_lln"] = FactValue(percent, evidence)
+        glucose = _answered(documentation, "c-peptide-fasting-glucose")
+        if glucose:
+            stated["lab.c_peptide_fasting_glucose_mg_dl"] = FactValue(
+                glucose.value, (*glucose.evidence, *drawn.evidence)
+            )
+    clearance = _answered(documentation, "creatinine-clearance")
+    if clearance:
+        stated["lab.creatinine_clearance_ml_min"] = clearance
+    return stated

@@ -231,33 +231,46 @@ def find_pump_episodes(
     orders: list[DraftOrder], record: PatientRecord, draft: PatientRecord
 ) -> list[PumpEpisode]:
     """Group the draft orders into pump episodes; orders of anything else are ignored."""
-    pumps = [(o, pump_hcpcs(o)) for o in orders]
-    pumps_found = [(o, found) for o, found in pumps if found]
+    pumps = [(o, found) for o in orders if (found := pump_hcpcs(o))]
     drugs = [
-        (o, identify_drug(medication_concept(o.resource, record, draft)))
+        (o, drug)
         for o in orders
         if o.resource_type == "MedicationRequest"
+        and (drug := identify_drug(medication_concept(o.resource, record, draft))) is not None
     ]
-    named_drugs = [(o, d) for o, d in drugs if d is not None]
+    episodes, paired = _pump_order_episodes(pumps, drugs, record)
+    return episodes + _drug_order_episodes(drugs, paired)
+
+
+_PumpOrder = tuple[DraftOrder, tuple[str, str]]  # the order, (HCPCS code, pump kind)
+_DrugOrder = tuple[DraftOrder, DrugIdentity]
+
+
+def _pump_order_episodes(
+    pumps: list[_PumpOrder], drugs: list[_DrugOrder], record: PatientRecord
+) -> tuple[list[PumpEpisode], set[str]]:
+    """One episode per pump order, in order, each with the drug it gives: a drug order
+    linked to it, else one linked to no pump, else the patient's active infusion drug, else
+    the drug the pump is made for. Also the references of the drug orders paired."""
     paired: set[str] = set()
     # Linked orders pair first; a drug linked to one pump is never another pump's.
     links = {
-        device.reference: [(o, d) for o, d in named_drugs if _references_between(device, o)]
-        for device, _ in pumps_found
+        device.reference: [(o, d) for o, d in drugs if _references_between(device, o)]
+        for device, _ in pumps
     }
     linked_anywhere = {o.reference for pairs in links.values() for o, _ in pairs}
     pump_codes = binding("pumps")["hcpcs"]
     # Pumps made for one drug (E0784: insulin, K0455: prostacyclin) choose their drug
     # first, so an unlinked general-purpose pump does not take it from them.
     by_priority = sorted(
-        enumerate(pumps_found), key=lambda p: pump_codes[p[1][1][0]].get("drug_family") is None
+        enumerate(pumps), key=lambda p: pump_codes[p[1][1][0]].get("drug_family") is None
     )
     pump_episodes: dict[int, PumpEpisode] = {}
     for position, (device, (hcpcs, kind)) in by_priority:
         implied = pump_codes[hcpcs].get("drug_family")
         unpaired = [
             (o, d)
-            for o, d in named_drugs
+            for o, d in drugs
             if o.reference not in paired and o.reference not in linked_anywhere
         ]
         # A pump made for one drug pairs with that drug first.
@@ -281,8 +294,14 @@ def find_pump_episodes(
             drug=drug,
             drug_source=drug_source,
         )
-    episodes = [pump_episodes[position] for position in range(len(pumps_found))]
-    for order, drug in named_drugs:
+    return [pump_episodes[position] for position in range(len(pumps))], paired
+
+
+def _drug_order_episodes(drugs: list[_DrugOrder], paired: set[str]) -> list[PumpEpisode]:
+    """An episode for each drug order no pump order took whose dosage says a pump gives
+    it (the pump itself ordered elsewhere, or already in place)."""
+    episodes = []
+    for order, drug in drugs:
         if order.reference in paired or not dosage_says_pump(order.resource):
             continue
         route_kind, how = dosage_route_kind(order.resource)

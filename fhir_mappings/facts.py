@@ -7,7 +7,7 @@ looked for and not found.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from datetime import date
 
 from coverage_policy.model import Evidence, FactValue, Policy
@@ -16,33 +16,51 @@ from fhir_mappings.conditions import facts_from_condition
 from fhir_mappings.coverage import part_a_status
 from fhir_mappings.dates import as_date
 from fhir_mappings.devices import implanted_devices
-from fhir_mappings.documentation import documentation_facts
+from fhir_mappings.documentation import documentation_facts, stated_facts
 from fhir_mappings.drugs import dosage_route
 from fhir_mappings.encounters import face_to_face_date, last_visit_date, order_setting
 from fhir_mappings.episodes import PumpEpisode
 from fhir_mappings.labs import c_peptide_facts, glucose_checks_per_day, lab_results, latest_value
 from fhir_mappings.medication_history import insulin_mdi_days, oral_antispasmodic_trial_days
+from fhir_mappings.prefetch_keys import (
+    ALLERGIES,
+    CONDITIONS,
+    COVERAGE,
+    DEVICES,
+    ENCOUNTER,
+    ENCOUNTERS,
+    MEDICATION_REQUESTS,
+    OBSERVATIONS,
+    PATIENT,
+    PROCEDURES,
+    QUESTIONNAIRE_RESPONSES,
+)
 from fhir_mappings.record import PatientRecord
 
 # Which prefetch keys each group of facts comes from.
 FACT_SOURCES = {
-    "patient.conditions": ("conditions",),
-    "patient.age_years": ("patient",),
-    "patient.drug_allergy": ("allergies",),
-    "patient.implanted_devices": ("devices", "conditions", "procedures"),
-    "coverage.": ("coverage",),
-    "lab.": ("observations",),
-    "med.": ("medicationRequests",),
-    "encounter.": ("encounters",),
-    "doc.": ("questionnaireResponses",),
+    "patient.conditions": (CONDITIONS,),
+    "patient.age_years": (PATIENT,),
+    "patient.drug_allergy": (ALLERGIES,),
+    "patient.implanted_devices": (DEVICES, CONDITIONS, PROCEDURES),
+    "coverage.": (COVERAGE,),
+    "lab.": (OBSERVATIONS,),
+    "med.": (MEDICATION_REQUESTS,),
+    "encounter.": (ENCOUNTERS,),
+    "doc.": (QUESTIONNAIRE_RESPONSES,),
 }
 
 
 # Further prefetch keys a fact may read without being unknown when they are missing.
 _ALSO_READ = {
-    "order.setting": ("encounter", "encounters"),
-    "episode.route": ("medicationRequests",),  # the active order a pump's drug came from
+    "order.setting": (ENCOUNTER, ENCOUNTERS),
+    "episode.route": (MEDICATION_REQUESTS,),  # the active order a pump's drug came from
 }
+
+# Every prefetch key some fact reads: the only ones ever fetched.
+KEYS_FACTS_READ = frozenset(
+    key for keys in (*FACT_SOURCES.values(), *_ALSO_READ.values()) for key in keys
+)
 
 
 def prefetch_keys_read(fact_names: Iterable[str]) -> frozenset[str]:
@@ -144,12 +162,6 @@ def _age_years(record: PatientRecord, as_of: date) -> FactValue:
     return FactValue(None)
 
 
-def stated_scope_facts(documentation: Mapping[str, FactValue]) -> dict[str, FactValue]:
-    """Order facts an answer states where the orders do not: the pump kind."""
-    stated_kind = documentation.get("doc.pump-kind")
-    return {"episode.pump_kind": stated_kind} if stated_kind and stated_kind.value else {}
-
-
 def facts_for_episode(
     episode: PumpEpisode,
     record: PatientRecord,
@@ -159,7 +171,30 @@ def facts_for_episode(
     user_reference: str | None = None,
 ) -> dict[str, FactValue]:
     """Every fact of the catalog this record can speak to, for one episode."""
+    current_encounter = _current_encounter(episode, encounter_reference)
     facts = _episode_facts(episode)
+    facts["episode.route"] = _route_fact(episode, record)
+    facts["order.setting"] = order_setting(episode.drug_order, current_encounter, record)
+    facts.update(_patient_facts(episode, record, as_of))
+    facts.update(_lab_facts(record, as_of))
+    facts.update(_history_facts(record, as_of))
+    facts["encounter.f2f_with_orderer_date"] = face_to_face_date(
+        record, as_of, _requester(episode, user_reference), current_encounter
+    )
+    documentation = documentation_facts(
+        record, policy.documentation, policy.questionnaire_url, as_of
+    )
+    facts.update(documentation)
+    had = _facts_with_data(facts, record)
+    # What the orderer answered stands in for what the record does not show.
+    for name, stated in stated_facts(documentation, as_of).items():
+        if had.get(name) is None or had[name].value is None:
+            had[name] = stated
+    return had
+
+
+def _current_encounter(episode: PumpEpisode, encounter_reference: str | None) -> str | None:
+    """The encounter the orders were placed in: an order's own, else the call's."""
     order_encounter = next(
         (
             getattr(o.resource, "encounter", None)
@@ -168,40 +203,55 @@ def facts_for_episode(
         ),
         None,
     )
-    current_encounter = getattr(order_encounter, "reference", None) or encounter_reference
-    facts["order.setting"] = order_setting(episode.drug_order, current_encounter, record)
+    return getattr(order_encounter, "reference", None) or encounter_reference
+
+
+def _patient_facts(
+    episode: PumpEpisode, record: PatientRecord, as_of: date
+) -> dict[str, FactValue]:
+    """Who the patient is: age, conditions, allergies to the episode's drug, implants."""
     conditions = tuple(
         item for entry in record.of_type("Condition") for item in facts_from_condition(entry)
     )
-    facts["patient.conditions"] = FactValue(conditions)
-    facts["lab.hba1c_percent"] = latest_value(lab_results(record, "hba1c", as_of), "HbA1c")
-    facts["lab.creatinine_clearance_ml_min"] = latest_value(
-        lab_results(record, "creatinine_clearance", as_of), "Creatinine clearance"
-    )
-    facts.update(c_peptide_facts(record, as_of))
-    facts["lab.glucose_checks_per_day_60d"] = glucose_checks_per_day(record, as_of)
-    facts["med.insulin_mdi_days"] = insulin_mdi_days(record, as_of)
-    facts["encounter.last_visit_date"] = last_visit_date(record, as_of)
-    facts["episode.route"] = _route_fact(episode, record)
-    facts["patient.age_years"] = _age_years(record, as_of)
     family = episode.drug.family if episode.drug else None
-    facts["patient.drug_allergy"] = drug_allergy(record, family)
-    facts["patient.implanted_devices"] = FactValue(implanted_devices(record))
-    weights = lab_results(record, "body_weight", as_of)
-    facts["lab.body_weight_kg"] = latest_value(weights, "Body weight")
-    facts["lab.bmi"] = latest_value(lab_results(record, "bmi", as_of), "BMI")
-    facts["med.oral_antispasmodic_trial_days"] = oral_antispasmodic_trial_days(record, as_of)
-    facts["encounter.f2f_with_orderer_date"] = face_to_face_date(
-        record, as_of, _requester(episode, user_reference), current_encounter
-    )
-    facts["coverage.part_a_status"] = part_a_status(record, as_of)
-    documentation = documentation_facts(
-        record, policy.documentation, policy.questionnaire_url, as_of
-    )
-    facts.update(documentation)
-    for name, stated in stated_scope_facts(documentation).items():
-        if facts[name].value is None:
-            facts[name] = stated  # the orderer answered the question, e.g. the pump kind
+    return {
+        "patient.conditions": FactValue(conditions),
+        "patient.age_years": _age_years(record, as_of),
+        "patient.drug_allergy": drug_allergy(record, family),
+        "patient.implanted_devices": FactValue(implanted_devices(record)),
+    }
+
+
+def _lab_facts(record: PatientRecord, as_of: date) -> dict[str, FactValue]:
+    """The latest result of each lab the policy reads, and the C-peptide facts."""
+    facts = {
+        "lab.hba1c_percent": latest_value(lab_results(record, "hba1c", as_of), "HbA1c"),
+        "lab.creatinine_clearance_ml_min": latest_value(
+            lab_results(record, "creatinine_clearance", as_of), "Creatinine clearance"
+        ),
+        "lab.glucose_checks_per_day_60d": glucose_checks_per_day(record, as_of),
+        "lab.body_weight_kg": latest_value(
+            lab_results(record, "body_weight", as_of), "Body weight"
+        ),
+        "lab.bmi": latest_value(lab_results(record, "bmi", as_of), "BMI"),
+    }
+    facts.update(c_peptide_facts(record, as_of))
+    return facts
+
+
+def _history_facts(record: PatientRecord, as_of: date) -> dict[str, FactValue]:
+    """What the record says came before the order: treatments tried, visits, Part A."""
+    return {
+        "med.insulin_mdi_days": insulin_mdi_days(record, as_of),
+        "med.oral_antispasmodic_trial_days": oral_antispasmodic_trial_days(record, as_of),
+        "encounter.last_visit_date": last_visit_date(record, as_of),
+        "coverage.part_a_status": part_a_status(record, as_of),
+    }
+
+
+def _facts_with_data(facts: dict[str, FactValue], record: PatientRecord) -> dict[str, FactValue]:
+    """The facts whose source data the record has (``FACT_SOURCES``): a fact about data
+    that was not had is left out, so it is unknown rather than found absent."""
     return {
         name: value
         for name, value in facts.items()

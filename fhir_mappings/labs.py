@@ -23,6 +23,11 @@ _UNIT_FACTORS: dict[str, dict[str, float]] = {
 }
 
 
+def lab_loinc_codes() -> list[str]:
+    """Every LOINC code a lab fact reads, in the order of ``bindings/labs.json``."""
+    return [code for lab in binding("labs")["labs"].values() for code in lab["codes"]]
+
+
 @dataclass(frozen=True, slots=True)
 class LabResult:
     kind: str

@@ -216,6 +216,9 @@ SHAPES: dict[str, dict[str, str]] = {
     },
     "QuestionnaireResponseItemAnswer": {
         "valueBoolean": "boolean",
+        "valueDecimal": "decimal",
+        "valueInteger": "integer",
+        "valueQuantity": "Quantity",
         "valueDate": "date",
         "valueDateTime": "dateTime",
         "valueString": "string",

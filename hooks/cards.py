@@ -27,7 +27,6 @@ from coverage_policy.model import (
     Outcome,
     Policy,
     RuleResult,
-    Truth,
 )
 from fhir_mappings.codes import HCPCS
 from fhir_mappings.episodes import InvalidOrderInScope, PumpEpisode
@@ -91,13 +90,7 @@ class CardContext:
             "always": True,
             "conditional": decision.outcome is Outcome.CONDITIONAL,
             "record-can-change": decision.outcome is Outcome.CONDITIONAL
-            or any(
-                r.criterion.facts
-                for rule in decision.deciding_results
-                if rule.outcome is Outcome.NOT_COVERED
-                for r in rule.results
-                if r.deciding and r.truth is Truth.UNMET
-            ),
+            or any(r.criterion.facts for r in decision.against_coverage()),
             "has-alternative": bool(decision.indication.rule.alternatives),
         }
         if decision.outcome is Outcome.COVERED:
@@ -154,20 +147,14 @@ def _findings(item: EpisodeDecision, documentation_follows: bool) -> list[str]:
     decision = item.decision
     words = card_text()["detail"]
     if decision.outcome is Outcome.NOT_COVERED:
-        against = [
-            r
-            for rule in decision.deciding_results
-            if rule.outcome is Outcome.NOT_COVERED
-            for r in rule.results
-            # A criterion of the policy alone (nationally non-covered) is the reason
-            # already given; only what the record showed is listed.
-            if r.deciding and r.truth is Truth.UNMET and r.criterion.facts
-        ]
+        # A criterion of the policy alone (nationally non-covered) is the reason already
+        # given; only what the record showed is listed.
+        against = [r for r in decision.against_coverage() if r.criterion.facts]
         return _section(words["unmet"], against)
     if decision.outcome is not Outcome.CONDITIONAL:
         return []
     missing = {c for needs in missing_needs(decision) for c in needs.criterion_ids()}
-    results = {r.criterion.id: r for rule in decision.deciding_results for r in rule.results}
+    results = {r.criterion.id: r for _, r in decision.criterion_rows()}
     if missing and documentation_follows:
         lines = [words["see_documentation"], ""]
     else:
@@ -237,7 +224,14 @@ def _needs_lines(needs: Needs | str, policy: Policy, depth: int = 0) -> list[str
     indent = "  " * depth
     if isinstance(needs, str):
         criterion = policy.criteria[needs]
-        hints = [words["order_hints"][f] for f in criterion.facts if f in words["order_hints"]]
+        # How to settle it where the form does not (or besides the form, for a fact an
+        # item states): on the order itself, or in the record.
+        stated = {f for d in criterion.documentation for f in policy.documentation[d].states}
+        hints = [
+            words["settle_hints"][f]
+            for f in criterion.facts
+            if f in words["settle_hints"] and (not criterion.documentation or f in stated)
+        ]
         return [f"{indent}- {'; '.join([criterion.text, *hints])}"]
     lines = [f"{indent}- {words['all_of' if needs.mode == 'all' else 'one_of']}:"]
     for item in needs.items:

@@ -8,7 +8,7 @@ from datetime import date
 from typing import Any
 
 from coverage_policy.engine import evaluate_policy, facts_that_may_be_read
-from coverage_policy.model import Decision, Policy
+from coverage_policy.model import Decision, FactValue, Outcome, Policy
 from fhir_mappings.dates import as_date
 from fhir_mappings.episodes import (
     DraftOrder,
@@ -23,6 +23,7 @@ from fhir_mappings.facts import (
     facts_settled_by_orders,
     prefetch_keys_read,
 )
+from fhir_mappings.prefetch_keys import COVERAGE, MEDICATION_REQUESTS, PATIENT
 from fhir_mappings.r4 import ResourceProblem
 from fhir_mappings.record import PatientRecord, build_record
 from hooks.request import (
@@ -35,7 +36,7 @@ from hooks.request import (
 
 # Read for every decision: the Patient (a deceased patient's orders are not decided) and
 # the Coverage the coverage-information is about.
-ALWAYS_READ = frozenset({"patient", "coverage"})
+ALWAYS_READ = frozenset({PATIENT, COVERAGE})
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,13 +45,16 @@ class EpisodeDecision:
 
     episode: PumpEpisode
     decision: Decision
+    # The order's own facts the rules' scopes read (pump kind, drug family, HCPCS,
+    # setting): codes only, recorded so a DTR form can decide again without the record.
+    order_facts: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def rule_id(self) -> str:
         return self.decision.rule_id
 
     @property
-    def outcome(self) -> Any:
+    def outcome(self) -> Outcome:
         return self.decision.outcome
 
 
@@ -86,6 +90,18 @@ class Deliberation:
     not_retrieved: Mapping[str, str] = field(default_factory=dict)
 
 
+ORDER_FACT_PREFIXES = ("episode.", "order.")
+
+
+def order_facts_of(facts: Mapping[str, FactValue]) -> dict[str, Any]:
+    """The values of the order facts found (``episode.*``, ``order.*``)."""
+    return {
+        name: fact.value
+        for name, fact in sorted(facts.items())
+        if name.startswith(ORDER_FACT_PREFIXES) and isinstance(fact.value, str)
+    }
+
+
 def _as_of(orders: Iterable[DraftOrder], today: date) -> date:
     """The order date: the earliest authoredOn among the orders, never after today."""
     dates = [d for d in (o.authored_on for o in orders) if d is not None]
@@ -102,7 +118,7 @@ def select_coverage(record: PatientRecord, hook_request: HookRequest) -> Coverag
     ]
     if len(active) == 1:
         return CoverageRef(active[0].reference)
-    if hook_request.is_crd_request and not active and not record.has_data("coverage"):
+    if hook_request.is_crd_request and not active and not record.has_data(COVERAGE):
         raise DataUnavailable(
             "The patient's Coverage is neither in prefetch 'coverage' nor retrievable "
             f"({record.unavailable['coverage']})",
@@ -147,7 +163,7 @@ def find_scope(bundle: Mapping[str, Any], path: str, policy: Policy, today: date
     if episodes:
         keys |= ALWAYS_READ
     if any(episode.drug_order is None for episode in episodes):
-        keys.add("medicationRequests")  # a pump ordered alone takes its drug from them
+        keys.add(MEDICATION_REQUESTS)  # a pump ordered alone takes its drug from them
     return OrderScope(
         bundle=bundle,
         orders=tuple(orders),
@@ -195,7 +211,7 @@ def deliberate(
         )
         decision = evaluate_policy(policy, facts, as_of, facts_not_retrieved)
         if decision is not None:
-            decisions.append(EpisodeDecision(episode, decision))
+            decisions.append(EpisodeDecision(episode, decision, order_facts_of(facts)))
     return Deliberation(
         decisions=tuple(decisions),
         deceased=tuple(deceased),

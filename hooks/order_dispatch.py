@@ -13,6 +13,7 @@ from datetime import date
 from typing import Any
 
 from coverage_policy.model import Policy
+from fhir_mappings.prefetch_keys import DEVICE_REQUESTS
 from hooks import order_sign
 from hooks.decide import OrderScope, find_scope
 from hooks.order_sign import MAX_DRAFT_ORDERS
@@ -86,7 +87,7 @@ SERVICE = ServiceDefinition(
         "The dispatched orders are read from the 'deviceRequests' and 'medicationRequests' "
         "prefetch, or fetched from fhirServer; accepts order-dispatch context 1.0 and 1.1."
     ),
-    prefetch={**PATIENT_PREFETCH, "deviceRequests": "DeviceRequest?patient={{context.patientId}}"},
+    prefetch={**PATIENT_PREFETCH, DEVICE_REQUESTS: "DeviceRequest?patient={{context.patientId}}"},
     context_schema=CONTEXT_SCHEMA,
     scope=dispatched_order_scope,
     handler=order_sign.handle,  # dispatched orders are decided as signed ones are

@@ -31,7 +31,8 @@ US = {
         {"system": "urn:iso:std:iso:3166", "code": "US", "display": "United States of America"}
     ]
 }
-_ITEM_TYPES = {"boolean": "boolean", "choice": "choice", "date": "date"}
+_ITEM_TYPES = {"boolean": "boolean", "choice": "choice", "date": "date", "decimal": "decimal"}
+UNIT_EXTENSION = "http://hl7.org/fhir/StructureDefinition/questionnaire-unit"
 
 
 def questionnaire_canonical(policy: Policy) -> tuple[str, str]:
@@ -118,6 +119,13 @@ def questionnaire_item(policy: Policy, item: DocumentationItem) -> dict[str, Any
         "text": item.text,
         "type": _ITEM_TYPES[item.answer_type],
     }
+    if item.unit:
+        entry["extension"].append(
+            {
+                "url": UNIT_EXTENSION,
+                "valueCoding": {"system": "http://unitsofmeasure.org", "code": item.unit},
+            }
+        )
     if item.answer_type == "choice":
         system = option_system(policy, item)
         entry["answerOption"] = [

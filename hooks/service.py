@@ -8,30 +8,29 @@ from datetime import datetime
 from typing import Any
 
 from coverage_policy.model import Policy
+from fhir_mappings import prefetch_keys as key
+from fhir_mappings.codes import LOINC
+from fhir_mappings.labs import lab_loinc_codes
 from hooks.crd_dialect import SUPPORTED_CRD_VERSIONS
 from hooks.decide import EpisodeDecision, OrderScope
 
 # Prefetch templates valid in CDS Hooks 2.0: only root-level primitive context tokens.
-# Keys are shared by every hook so a client can satisfy them once for all services.
+# Keys (``fhir_mappings.prefetch_keys``) are shared by every hook so a client can satisfy
+# them once for all services. Observations: the LOINC codes the lab facts read.
 PATIENT_PREFETCH: dict[str, str] = {
-    "patient": "Patient/{{context.patientId}}",
-    "coverage": "Coverage?patient={{context.patientId}}&status=active",
-    "conditions": "Condition?patient={{context.patientId}}",
-    "medicationRequests": "MedicationRequest?patient={{context.patientId}}",
-    "observations": (
-        "Observation?patient={{context.patientId}}&code="
-        "http://loinc.org|4548-4,http://loinc.org|17856-6,http://loinc.org|1986-9,"
-        "http://loinc.org|1558-6,http://loinc.org|2339-0,http://loinc.org|2345-7,"
-        "http://loinc.org|41653-7,http://loinc.org|2164-2,http://loinc.org|33914-3,"
-        "http://loinc.org|29463-7,http://loinc.org|39156-5"
-    ),
-    "allergies": "AllergyIntolerance?patient={{context.patientId}}",
-    "devices": "Device?patient={{context.patientId}}",
-    "encounters": "Encounter?patient={{context.patientId}}&_sort=-date&_count=100",
-    "procedures": "Procedure?patient={{context.patientId}}",
-    "questionnaireResponses": "QuestionnaireResponse?patient={{context.patientId}}",
+    key.PATIENT: "Patient/{{context.patientId}}",
+    key.COVERAGE: "Coverage?patient={{context.patientId}}&status=active",
+    key.CONDITIONS: "Condition?patient={{context.patientId}}",
+    key.MEDICATION_REQUESTS: "MedicationRequest?patient={{context.patientId}}",
+    key.OBSERVATIONS: "Observation?patient={{context.patientId}}&code="
+    + ",".join(f"{LOINC}|{code}" for code in lab_loinc_codes()),
+    key.ALLERGIES: "AllergyIntolerance?patient={{context.patientId}}",
+    key.DEVICES: "Device?patient={{context.patientId}}",
+    key.ENCOUNTERS: "Encounter?patient={{context.patientId}}&_sort=-date&_count=100",
+    key.PROCEDURES: "Procedure?patient={{context.patientId}}",
+    key.QUESTIONNAIRE_RESPONSES: "QuestionnaireResponse?patient={{context.patientId}}",
 }
-ENCOUNTER_PREFETCH = {"encounter": "Encounter/{{context.encounterId}}"}
+ENCOUNTER_PREFETCH = {key.ENCOUNTER: "Encounter/{{context.encounterId}}"}
 
 
 @dataclass(frozen=True, slots=True)

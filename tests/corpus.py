@@ -41,15 +41,16 @@ from cds_service.audit import audit_for_assertion
 from cds_service.store import Store
 from hooks.coverage_information import EXTENSION_URL
 from hooks.service import PATIENT_PREFETCH
-from tests.conftest import ORDER_SIGN, SHARED, make_app
-from tests.order_requests import (
+from tests.builders import (
     PUMP_ORDERS,
     PumpOrder,
-    active_coverage,
+    coverage,
     order_sign_request,
     pump_order_resources,
     searchset,
+    searchset_of_entries,
 )
+from tests.conftest import ORDER_SIGN, SHARED, make_app
 from tests.response_validation import validate_cds_response
 
 SYNTHEA = SHARED / "synthea-r4"
@@ -116,10 +117,10 @@ def record_prefetch(bundle: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
     )[:100]
     prefetch: dict[str, Any] = {
         "patient": patient,
-        "coverage": searchset([(None, active_coverage(patient["id"]))]),
+        "coverage": searchset(coverage(patient["id"])),
     }
     for key, resource_type in _PREFETCH_TYPES.items():
-        prefetch[key] = searchset(by_type.get(resource_type, []))
+        prefetch[key] = searchset_of_entries(by_type.get(resource_type, []))
     missing = set(PATIENT_PREFETCH) - set(prefetch)
     if missing:
         raise KeyError(f"prefetch keys not built: {sorted(missing)}")

@@ -16,6 +16,8 @@ from typing import Any
 
 from cds_service.fhir_load import load_resources
 from coverage_policy.model import DocumentationItem
+from tests.dtr.loop import _CHOICES as CHOICE_ANSWERS
+from tests.dtr.loop import _DECIMALS as DECIMAL_ANSWERS
 from tests.dtr.loop import coverage_extensions, part
 from tests.medplum_server import MedplumServer, start_medplum
 from tests.smart_authorization_server import SmartAuthorizationServer, serve_authorization_server
@@ -74,7 +76,7 @@ def isolate(body: Mapping[str, Any], prefix: str, order_date: str | None = None)
         for r in found
         if r.get("id")
     }
-    out = _rewrite(copy.deepcopy(dict(body)), mapping)
+    out: dict[str, Any] = _rewrite(copy.deepcopy(dict(body)), mapping)
     for resource in [
         *(r for v in out.get("prefetch", {}).values() for r in _resources(v)),
         *_resources(out["context"]["draftOrders"]),
@@ -145,18 +147,21 @@ def launch_context(body: Mapping[str, Any], assertion_id: str | None) -> dict[st
     }
 
 
-def favourable(item: DocumentationItem, today: date) -> str:
-    """The form field value that supports coverage."""
+def _field(item: DocumentationItem, today: date, which: int) -> str:
+    """The form field value of the answer ``tests.dtr.loop`` gives (0: the one that
+    supports coverage for most rules, 1: the one that does not)."""
     if item.answer_type == "boolean":
-        return "yes"
+        return ("yes", "no")[which]
     if item.answer_type == "date":
-        return today.isoformat()
-    return "hba1c" if "glycemic" in item.id else "external"
+        return (today.isoformat(), "2001-01-01")[which]
+    if item.answer_type == "decimal":
+        return str(DECIMAL_ANSWERS[item.id][which])
+    return CHOICE_ANSWERS[item.id][which]
+
+
+def favourable(item: DocumentationItem, today: date) -> str:
+    return _field(item, today, 0)
 
 
 def unfavourable(item: DocumentationItem, today: date) -> str:
-    if item.answer_type == "boolean":
-        return "no"
-    if item.answer_type == "date":
-        return "2001-01-01"
-    return "none" if "glycemic" in item.id else "implantable"
+    return _field(item, today, 1)

@@ -8,7 +8,8 @@ added, containers wrapped, strings swapped for awkward ones (lone surrogates, NU
 long), bodies replaced by random bytes.
 
 What must hold for every answer: no 5xx; every 4xx an OperationOutcome (an HTML page on
-pages meant for people); no stack trace or internal path in any answer.
+pages meant for people, an RFC 6749 error on the OAuth token endpoint); no stack trace or
+internal path in any answer.
 
 One class of 500 is known and fixed elsewhere: an exception raised inside
 ``fhir_mappings/{record,codes,episodes,r4}.py`` on a malformed resource. Those are
@@ -250,6 +251,10 @@ def _signature(exc: BaseException) -> tuple[str, bool]:
     return f"500 {type(exc).__name__} at {where}", routed
 
 
+# An OAuth endpoint: its errors are RFC 6749 section 5.2 bodies, not OperationOutcomes.
+OAUTH_TOKEN_PATH = "/auth/token"
+
+
 class Fuzzer:
     """Sends requests to one app and checks every answer."""
 
@@ -307,7 +312,7 @@ class Fuzzer:
             self._check_outcome(response.status_code, response.mimetype, data, path, example)
 
     def _check_outcome(
-        self, status: int, mimetype: str, data: bytes, path: str, example: str
+        self, status: int, mimetype: str | None, data: bytes, path: str, example: str
     ) -> None:
         if is_people_page(path.split("?")[0]) and mimetype == "text/html":
             return
@@ -315,6 +320,14 @@ class Fuzzer:
             outcome = json.loads(data)
         except ValueError:
             self.observed.fail(f"{status} answer is not JSON ({mimetype})", example)
+            return
+        if path.split("?")[0] == OAUTH_TOKEN_PATH:
+            if not (
+                isinstance(outcome, dict)
+                and isinstance(outcome.get("error"), str)
+                and isinstance(outcome.get("error_description"), str)
+            ):
+                self.observed.fail(f"{status} answer is not an RFC 6749 error", example)
             return
         if not (
             isinstance(outcome, dict)

@@ -53,7 +53,7 @@ class MisbehavingFhirServer:
         if self._server is None:
             raise RuntimeError("the server is not started")
         host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://{host.decode() if isinstance(host, bytes) else host}:{port}"
 
     def base(self, behaviour: str) -> str:
         return f"{self.origin}/{behaviour}/fhir"

@@ -566,7 +566,7 @@ def _sub_extension_problems(
     for index, child in enumerate(children):
         where = json_path((*parts, "extension", index))
         url = child.get("url") if isinstance(child, dict) else None
-        if url not in rules:
+        if not isinstance(url, str) or url not in rules:
             problems.append(
                 f"{where}: {url!r} is not a sub-extension of this extension in CRD {crd_version} "
                 f"(allowed: {', '.join(sorted(rules))}) [coverage-information]"
@@ -709,7 +709,8 @@ def _reason_problems(reason: Any, where: str) -> list[str]:
     """crd-ci-q7: a reason without text carries a code of the coverage-assertion reasons."""
     if not isinstance(reason, dict) or reason.get("text"):
         return []
-    codings = reason.get("coding") if isinstance(reason.get("coding"), list) else []
+    coding = reason.get("coding")
+    codings = coding if isinstance(coding, list) else []
     known = [
         c
         for c in codings

@@ -23,6 +23,12 @@ from urllib.parse import urlsplit
 import pytest
 
 from hooks.service import PATIENT_PREFETCH
+from tests.builders import (
+    PUMP_ORDERS,
+    order_sign_request,
+    patient_and_coverage_prefetch,
+    pump_order_resources,
+)
 from tests.conftest import ORDER_SIGN, make_app
 from tests.corpus import (
     SUMMARY,
@@ -35,8 +41,6 @@ from tests.corpus import (
     synthea_records,
     totals,
 )
-from tests.hook_requests import patient_and_coverage_prefetch
-from tests.order_requests import PUMP_ORDERS, order_sign_request, pump_order_resources
 
 
 @pytest.fixture

@@ -20,13 +20,13 @@ from cds_service.store import Store
 from cds_service.tables import criterion_result, decision, issued_card, metadata, service_call
 from hooks.coverage_information import EXTENSION_URL
 from hooks.request import HookRequest
-from tests.cds_service.hook_requests import (
+from tests.builders import (
     CONDITION_NOTE,
     INSULIN_PUMP,
     NO_PUMP,
     PATIENT_NAME,
     VANCOMYCIN_PUMP,
-    order_sign_request,
+    named_patient_request,
 )
 from tests.conftest import FIXED_NOW, ORDER_SIGN
 
@@ -68,7 +68,7 @@ def _assertion_ids(response: dict[str, Any]) -> dict[str, str]:
 def test_a_call_is_recorded_decision_by_decision(
     service: Flask, service_client: FlaskClient, signed_by_issuer: list[str]
 ) -> None:
-    body = order_sign_request(INSULIN_PUMP + VANCOMYCIN_PUMP)
+    body = named_patient_request(INSULIN_PUMP + VANCOMYCIN_PUMP)
     response = service_client.post(ORDER_SIGN, json=body)
     assert response.status_code == 200
     store: Store = service.extensions["cds_store"]
@@ -131,7 +131,7 @@ def test_criteria_keep_their_truth_and_evidence_references(
         return original(**kwargs)
 
     monkeypatch.setattr(routes, "build_audit_record", spy)
-    response = service_client.post(ORDER_SIGN, json=order_sign_request(INSULIN_PUMP))
+    response = service_client.post(ORDER_SIGN, json=named_patient_request(INSULIN_PUMP))
     assert response.status_code == 200
     (result,) = seen
     (item,) = result.decisions
@@ -169,7 +169,7 @@ def test_criteria_keep_their_truth_and_evidence_references(
 def test_nothing_but_identifiers_codes_and_timings_is_stored(
     service: Flask, service_client: FlaskClient
 ) -> None:
-    body = order_sign_request(INSULIN_PUMP + VANCOMYCIN_PUMP)
+    body = named_patient_request(INSULIN_PUMP + VANCOMYCIN_PUMP)
     answer = service_client.post(ORDER_SIGN, json=body).json
     dump = json.dumps(
         {
@@ -190,7 +190,7 @@ def test_nothing_but_identifiers_codes_and_timings_is_stored(
 def test_a_call_without_decisions_still_records_its_cards(
     service: Flask, service_client: FlaskClient
 ) -> None:
-    response = service_client.post(ORDER_SIGN, json=order_sign_request(NO_PUMP))
+    response = service_client.post(ORDER_SIGN, json=named_patient_request(NO_PUMP))
     assert response.status_code == 200
     assert response.json["cards"] == []
     store = service.extensions["cds_store"]
@@ -200,7 +200,7 @@ def test_a_call_without_decisions_still_records_its_cards(
 
 
 def test_rejected_calls_are_not_recorded(service: Flask, service_client: FlaskClient) -> None:
-    body = order_sign_request(INSULIN_PUMP)
+    body = named_patient_request(INSULIN_PUMP)
     body["prefetch"]["coverage"]["entry"] = []  # a CRD request without Coverage: 400
     response = service_client.post(ORDER_SIGN, json=body)
     assert response.status_code == 400
@@ -208,7 +208,7 @@ def test_rejected_calls_are_not_recorded(service: Flask, service_client: FlaskCl
 
 
 def test_audit_for_an_assertion_id(service: Flask, service_client: FlaskClient) -> None:
-    answer = service_client.post(ORDER_SIGN, json=order_sign_request(INSULIN_PUMP)).json
+    answer = service_client.post(ORDER_SIGN, json=named_patient_request(INSULIN_PUMP)).json
     (assertion_id,) = set(_assertion_ids(answer).values())
     (report,) = audit_for_assertion(service.extensions["cds_store"], assertion_id)
     assert report["coverage_assertion_id"] == assertion_id
@@ -249,7 +249,7 @@ def test_the_answer_goes_out_when_the_database_is_down(
     )
     client = app.test_client()
     for _ in range(3):
-        response = client.post(ORDER_SIGN, json=order_sign_request(INSULIN_PUMP))
+        response = client.post(ORDER_SIGN, json=named_patient_request(INSULIN_PUMP))
         assert response.status_code == 200
         assert response.json["cards"]
     failures = [r for r in caplog.records if "AUDIT NOT RECORDED" in r.getMessage()]
@@ -272,7 +272,7 @@ def test_recording_resumes_when_the_database_comes_back(
     app = make_service(DATABASE_URL=url)
     app.extensions["cds_store"].retry_after_s = 0.0  # try again at the next call
     client = app.test_client()
-    assert client.post(ORDER_SIGN, json=order_sign_request(INSULIN_PUMP)).status_code == 200
+    assert client.post(ORDER_SIGN, json=named_patient_request(INSULIN_PUMP)).status_code == 200
     server = None
     if url.startswith("sqlite"):
         (tmp_path / "not-yet").mkdir()
@@ -280,7 +280,7 @@ def test_recording_resumes_when_the_database_comes_back(
         server = request.getfixturevalue("postgres_server")
         server.create_database(url.rsplit("/", 1)[1])
     try:
-        second = order_sign_request(INSULIN_PUMP)
+        second = named_patient_request(INSULIN_PUMP)
         assert client.post(ORDER_SIGN, json=second).status_code == 200
         (call,) = _rows(app.extensions["cds_store"], service_call)
         assert call["hook_instance"] == second["hookInstance"]
@@ -298,7 +298,7 @@ def test_issued_cards_are_the_response_cards_with_the_decision_each_is_about(
     from hooks.request import ClinicalInput
     from hooks.service import HookEnvironment
 
-    body = order_sign_request(INSULIN_PUMP)
+    body = named_patient_request(INSULIN_PUMP)
     request = HookRequest(
         hook="order-sign",
         hook_instance=body["hookInstance"],

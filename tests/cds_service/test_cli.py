@@ -15,7 +15,7 @@ from flask.testing import FlaskClient
 
 from cds_service.cli import main
 from coverage_policy.loader import load_policy
-from tests.cds_service.hook_requests import INSULIN_PUMP, VANCOMYCIN_PUMP, order_sign_request
+from tests.builders import INSULIN_PUMP, VANCOMYCIN_PUMP, named_patient_request
 from tests.conftest import ORDER_SIGN, ROOT
 
 WHEN = "2026-11-28T15:04:05Z"
@@ -29,7 +29,7 @@ def answered(
     monkeypatch: pytest.MonkeyPatch,
 ) -> dict[str, Any]:
     """One recorded order-sign answer with feedback on it; CDS_DATABASE_URL names its database."""
-    answer = service_client.post(ORDER_SIGN, json=order_sign_request(VANCOMYCIN_PUMP)).json
+    answer = service_client.post(ORDER_SIGN, json=named_patient_request(VANCOMYCIN_PUMP)).json
     alternatives = next(c for c in answer["cards"] if c.get("suggestions"))
     coverage = next(c for c in answer["cards"] if not c.get("suggestions"))
     feedback = [
@@ -80,7 +80,7 @@ def test_audit_show_says_what_was_decided_and_why(
 def test_audit_show_names_the_evidence_of_each_criterion(
     answered: dict[str, Any], service_client: FlaskClient, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    insulin = service_client.post(ORDER_SIGN, json=order_sign_request(INSULIN_PUMP)).json
+    insulin = service_client.post(ORDER_SIGN, json=named_patient_request(INSULIN_PUMP)).json
     extension = insulin["systemActions"][0]["resource"]["extension"][-1]["extension"]
     assertion_id = next(e["valueString"] for e in extension if e["url"] == "coverage-assertion-id")
     assert main(["audit", "show", assertion_id]) == 0
@@ -202,7 +202,7 @@ def test_audit_show_gives_each_criterion_its_text(
 def test_audit_list_finds_decisions(
     answered: dict[str, Any], service_client: FlaskClient, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    service_client.post(ORDER_SIGN, json=order_sign_request(INSULIN_PUMP))
+    service_client.post(ORDER_SIGN, json=named_patient_request(INSULIN_PUMP))
     assert main(["audit", "list"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("2 decision(s), newest first (all)")

@@ -13,12 +13,12 @@ import pytest
 from flask import Flask
 
 from cds_service import create_app
-from tests.cds_service.hook_requests import (
+from tests.builders import (
     CONDITION_NOTE,
     INSULIN_PUMP,
     PATIENT_NAME,
     VANCOMYCIN_PUMP,
-    order_sign_request,
+    named_patient_request,
 )
 from tests.cds_service.test_audit import _unreachable
 from tests.conftest import FIXED_NOW, FIXTURES, ORDER_SIGN, sequential_uuids
@@ -43,7 +43,7 @@ def _signed(app: Flask, body: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_each_coverage_card_links_its_decision_on_one_page(service: Flask) -> None:
-    answer = _signed(service, order_sign_request(INSULIN_PUMP + VANCOMYCIN_PUMP))
+    answer = _signed(service, named_patient_request(INSULIN_PUMP + VANCOMYCIN_PUMP))
     links = _page_links(answer)
     coverage_cards = [c for c in answer["cards"] if c["source"]["topic"]["code"] == "guideline"]
     assert len(links) == len(coverage_cards) == 2
@@ -55,7 +55,7 @@ def test_each_coverage_card_links_its_decision_on_one_page(service: Flask) -> No
 
 
 def test_the_page_shows_the_whole_trace_and_no_phi(service: Flask) -> None:
-    answer = _signed(service, order_sign_request(INSULIN_PUMP + VANCOMYCIN_PUMP))
+    answer = _signed(service, named_patient_request(INSULIN_PUMP + VANCOMYCIN_PUMP))
     path = urlsplit(_page_links(answer)[0]).path
     response = service.test_client().get(path)
     assert response.status_code == 200
@@ -93,7 +93,7 @@ def test_a_page_expires(database_url: str) -> None:
         new_uuid=sequential_uuids(),
     )
     try:
-        path = urlsplit(_page_links(_signed(app, order_sign_request(INSULIN_PUMP)))[0]).path
+        path = urlsplit(_page_links(_signed(app, named_patient_request(INSULIN_PUMP)))[0]).path
         assert app.test_client().get(path).status_code == 200
         now[0] = FIXED_NOW + timedelta(seconds=3601)
         assert app.test_client().get(path).status_code == 404
@@ -105,7 +105,7 @@ def test_no_link_when_the_audit_write_failed(
     database_url: str, tmp_path: Path, make_service: Callable[..., Flask]
 ) -> None:
     app = make_service(DATABASE_URL=_unreachable(database_url, tmp_path))
-    answer = _signed(app, order_sign_request(INSULIN_PUMP))
+    answer = _signed(app, named_patient_request(INSULIN_PUMP))
     assert answer["cards"]
     assert _page_links(answer) == []
     assert all(

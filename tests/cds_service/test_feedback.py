@@ -18,7 +18,7 @@ from cds_service.auth import ClientIdentity
 from cds_service.errors import Unauthorized
 from cds_service.feedback import feedback_stats
 from cds_service.tables import feedback
-from tests.cds_service.hook_requests import INSULIN_PUMP, VANCOMYCIN_PUMP, order_sign_request
+from tests.builders import INSULIN_PUMP, VANCOMYCIN_PUMP, named_patient_request
 from tests.conftest import FIXED_NOW, ORDER_SELECT, ORDER_SIGN
 
 FEEDBACK = f"{ORDER_SIGN}/feedback"
@@ -34,7 +34,7 @@ REASON = {
 def issued(service_client: FlaskClient) -> dict[str, Any]:
     """The cards of one order-sign answer (a not-covered vancomycin pump, with
     alternatives) that feedback can be about."""
-    response = service_client.post(ORDER_SIGN, json=order_sign_request(VANCOMYCIN_PUMP))
+    response = service_client.post(ORDER_SIGN, json=named_patient_request(VANCOMYCIN_PUMP))
     assert response.status_code == 200
     cards = response.json["cards"]
     alternatives = next(c for c in cards if c.get("suggestions"))
@@ -292,7 +292,7 @@ def test_feedback_on_a_card_issued_to_another_client_is_400(
         return lambda settings, *, endpoint_url: ClientIdentity(issuer=issuer, jti=endpoint_url)
 
     monkeypatch.setattr(routes, "authenticate_client", signed_by("https://ehr-a.example.org"))
-    answer = service_client.post(ORDER_SIGN, json=order_sign_request(VANCOMYCIN_PUMP)).json
+    answer = service_client.post(ORDER_SIGN, json=named_patient_request(VANCOMYCIN_PUMP)).json
     entry = {
         "card": answer["cards"][0]["uuid"],
         "outcome": "overridden",
@@ -408,8 +408,8 @@ def test_feedback_is_503_when_the_database_is_down(
 def test_statistics_per_rule_and_per_override_reason(
     service: Flask, service_client: FlaskClient
 ) -> None:
-    vanco = service_client.post(ORDER_SIGN, json=order_sign_request(VANCOMYCIN_PUMP)).json
-    insulin = service_client.post(ORDER_SIGN, json=order_sign_request(INSULIN_PUMP)).json
+    vanco = service_client.post(ORDER_SIGN, json=named_patient_request(VANCOMYCIN_PUMP)).json
+    insulin = service_client.post(ORDER_SIGN, json=named_patient_request(INSULIN_PUMP)).json
     alternatives = next(c for c in vanco["cards"] if c.get("suggestions"))
     vanco_coverage = next(c for c in vanco["cards"] if not c.get("suggestions"))
     insulin_coverage = insulin["cards"][0]

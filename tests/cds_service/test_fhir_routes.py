@@ -13,17 +13,19 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from cds_service.fhir_routes import FHIR_JSON
+from coverage_policy.loader import load_policy
+from coverage_policy.model import RuleKind
 from hooks.coverage_information import EXTENSION_URL
 from hooks.questionnaire import documentation_questionnaire
-from tests.conftest import ORDER_SIGN
-from tests.order_requests import (
+from tests.builders import (
     PAYER,
     PUMP_ORDERS,
-    active_coverage,
+    coverage,
     order_sign_request,
     pump_order_resources,
     searchset,
 )
+from tests.conftest import ORDER_SIGN
 
 QUESTIONNAIRE = "/fhir/Questionnaire"
 
@@ -53,8 +55,8 @@ def conditional_response(client: FlaskClient) -> dict[str, Any]:
     )
     prefetch = {
         "patient": patient,
-        "coverage": searchset([(None, active_coverage("p1"))]),
-        **{key: searchset([]) for key in empty_keys},
+        "coverage": searchset(coverage("p1")),
+        **{key: searchset() for key in empty_keys},
     }
     orders = pump_order_resources(PUMP_ORDERS[0], "p1")
     body = order_sign_request("p1", orders, prefetch, "8c6f4b1e-52d4-4b6a-9a43-0d5e3c1b7f21")
@@ -120,9 +122,15 @@ def test_search_without_match_is_an_empty_bundle(
     assert "entry" not in bundle
 
 
-def test_search_without_parameters_lists_it(client: FlaskClient) -> None:
+def test_search_without_parameters_lists_every_form(client: FlaskClient) -> None:
+    """The whole-policy form first, then one adaptive DTR form per indication rule."""
     status, bundle = _fhir(client, QUESTIONNAIRE)
-    assert (status, bundle["total"]) == (200, 1)
+    policy = load_policy()
+    rules = [r for r in policy.rules if r.kind is RuleKind.INDICATION]
+    assert (status, bundle["total"]) == (200, 1 + len(rules))
+    ids = [e["resource"]["id"] for e in bundle["entry"]]
+    assert ids[0] == policy.questionnaire_id
+    assert ids[1:] == [f"{policy.questionnaire_id}-{r.id.lower()}" for r in rules]
 
 
 def test_crd_questionnaire_canonical_resolves(

@@ -16,8 +16,8 @@ from prometheus_client import REGISTRY
 
 from cds_service.config import ConfigError
 from cds_service.operations import JsonLogFormatter, fhir_failure_code, jwt_refusal_code
+from tests.builders import order_sign_request
 from tests.conftest import FIXTURES, ORDER_SIGN, load_json, make_app
-from tests.hook_requests import order_sign_request
 from tests.misbehaving_fhir_server import MisbehavingFhirServer
 from tests.served_process import ServedProcess, free_port
 

@@ -29,13 +29,13 @@ from cds_service.prefetch import (
 )
 from hooks import SERVICES
 from hooks.request import NOT_SENT, FhirAuthorization, HookRequest
-from tests.conftest import ORDER_SIGN, make_app
-from tests.hook_requests import (
+from tests.builders import (
     ORDER_SIGN_PREFETCH_KEYS,
     covered_codes,
     order_sign_request,
     patient_and_coverage_prefetch,
 )
+from tests.conftest import ORDER_SIGN, make_app
 from tests.misbehaving_fhir_server import MisbehavingFhirServer
 
 ORDER_SIGN_SERVICE = SERVICES["infusion-pump-coverage-order-sign"]
@@ -275,6 +275,28 @@ def test_no_allowed_server_and_no_prefetch_leaves_nothing(
     assert clinical.data == {}
     assert set(clinical.unavailable.values()) <= {NOT_ALLOWED, NOT_SENT}
     assert fhir_faults.requests_seen == []
+
+
+def test_a_key_no_fact_reads_is_never_fetched(fhir_faults: MisbehavingFhirServer) -> None:
+    """order-dispatch's DeviceRequests key says where a client may send the dispatched
+    orders; no fact reads it, so it is not fetched even when every other key is."""
+    context = {
+        "patientId": "p1",
+        "performer": "Organization/dme-1",
+        "dispatchedOrders": ["DeviceRequest/dr-1"],
+    }
+    clinical = resolve_prefetch(
+        DISPATCH_SERVICE,
+        _hook_request(
+            {}, fhir_server=fhir_faults.base("ok"), context=context, hook="order-dispatch"
+        ),
+        _settings(),
+    )
+    assert "deviceRequests" in DISPATCH_SERVICE.prefetch
+    assert "deviceRequests" not in {*clinical.data, *clinical.unavailable}
+    paths = {seen.path.split("?")[0] for seen in fhir_faults.requests_seen}
+    assert "/ok/fhir/MedicationRequest" in paths
+    assert "/ok/fhir/DeviceRequest" not in paths
 
 
 def test_dispatched_orders_missing_from_prefetch_are_read_by_reference(

@@ -20,14 +20,14 @@ from flask.testing import FlaskClient
 
 from cds_service.fhir_client import REFUSED
 from hooks.service import ENCOUNTER_PREFETCH, PATIENT_PREFETCH
-from tests.conftest import ORDER_DISPATCH, ORDER_SIGN, SHARED, make_app
-from tests.hook_requests import (
+from tests.builders import (
     HCPCS,
     coverage_information,
-    coverage_resource,
     covered_codes,
+    medicare_advantage_coverage,
     order_sign_request,
 )
+from tests.conftest import ORDER_DISPATCH, ORDER_SIGN, SHARED, make_app
 from tests.medplum_server import MedplumServer, start_medplum
 
 TOKEN = "medplum-test-token-5f1c"
@@ -60,7 +60,7 @@ def medplum() -> Iterator[tuple[MedplumServer, dict[str, LoadedPatient]]]:
         for filename in PATIENT_FILES:
             created = server.load_synthea(SHARED / "synthea-r4" / filename)
             patient_id = created["Patient"].split("/")[1]
-            server.post("Coverage", {**coverage_resource(patient_id), "id": None})
+            server.post("Coverage", {**medicare_advantage_coverage(patient_id), "id": None})
             patients[filename] = LoadedPatient(
                 filename, patient_id, created["Encounter"].split("/")[1]
             )

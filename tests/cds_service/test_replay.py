@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import functools
 import multiprocessing
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
+import jwt
+import pytest
 import sqlalchemy as sa
+from cryptography.hazmat.primitives.asymmetric import ec
 from flask import Flask
+from jwt.algorithms import ECAlgorithm
 
+from cds_service.auth import JwksCache, verify_client_token
+from cds_service.errors import ClientAuthenticationFailed
 from cds_service.replay import ReplayCache
 from cds_service.store import Store
 from cds_service.tables import jwt_replay
@@ -81,3 +89,33 @@ def test_only_one_of_several_processes_sees_a_jti_as_new(database_url: str, stor
             answers = pending.get(timeout=120)
     assert sorted(answers) == [False] * 3 + [True]
     assert _kept(store) == [(ISS, "raced-jti")]
+
+
+def test_a_token_past_its_exp_but_within_the_skew_is_still_a_replay(store: Store) -> None:
+    """A token is accepted up to CLOCK_SKEW_S after its exp, so its jti is kept that long:
+    presented again in that window, it is a replay, not a new token."""
+    key = ec.generate_private_key(ec.SECP384R1())
+    jwk = {**ECAlgorithm.to_jwk(key.public_key(), as_dict=True), "kid": "k1", "use": "sig"}
+    settings = {"TRUSTED_ISSUERS": {ISS: {"jwks": {"keys": [jwk]}}}, "JWKS_REFRESH_INTERVAL_S": 60}
+    endpoint = "https://cds.example.org/cds-services/x"
+    now = time.time()
+    claims = {
+        "iss": ISS,
+        "aud": endpoint,
+        "exp": int(now) - 30,
+        "iat": int(now) - 90,
+        "jti": "late",
+    }
+    token = jwt.encode(claims, key, algorithm="ES384", headers={"kid": "k1", "typ": "JWT"})
+    cache = ReplayCache(store)
+    verify = functools.partial(
+        verify_client_token,
+        token,
+        settings,
+        endpoint_url=endpoint,
+        replay_cache=cache,
+        jwks_cache=JwksCache(),
+    )
+    assert verify().jti == "late"
+    with pytest.raises(ClientAuthenticationFailed, match="replayed"):
+        verify()

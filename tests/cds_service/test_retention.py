@@ -19,7 +19,7 @@ from cds_service.tables import (
     jwt_replay,
     service_call,
 )
-from tests.cds_service.hook_requests import INSULIN_PUMP, VANCOMYCIN_PUMP, order_sign_request
+from tests.builders import INSULIN_PUMP, VANCOMYCIN_PUMP, named_patient_request
 from tests.conftest import FIXED_NOW, ORDER_SIGN, make_app
 
 OLD = datetime(2015, 3, 1, 12, 0, tzinfo=UTC)
@@ -33,7 +33,7 @@ def _service(database_url: str, **config: object) -> Flask:
 
 def _record(app: Flask, orders: list[dict[str, object]], *, with_feedback: bool) -> None:
     client = app.test_client()
-    answer = client.post(ORDER_SIGN, json=order_sign_request(orders)).json
+    answer = client.post(ORDER_SIGN, json=named_patient_request(orders)).json
     if with_feedback:
         card = answer["cards"][0]
         entry = {

@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 import requests
 
+from tests.builders import order_sign_request
 from tests.conftest import FIXTURES, ORDER_SIGN
-from tests.hook_requests import order_sign_request
 from tests.misbehaving_fhir_server import MisbehavingFhirServer
 from tests.served_process import ServedProcess, raise_test_open_file_limit
 

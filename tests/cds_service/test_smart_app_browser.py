@@ -37,6 +37,8 @@ from tests.documentation_app import (
     place,
     running_ehr,
 )
+from tests.documentation_app import favourable as favourable_field
+from tests.documentation_app import unfavourable as unfavourable_field
 from tests.served_process import ServedProcess, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -123,6 +125,14 @@ def _tab_to(page: Any, selector: str, limit: int = 60) -> None:
 
 def _answer_with_keyboard(page: Any, link_id: str, favourable: bool) -> None:
     item = POLICY.documentation[link_id]
+    if item.answer_type == "decimal":
+        _tab_to(page, f'input[name="q-{link_id}"]')
+        page.keyboard.type(
+            favourable_field(item, date.today())
+            if favourable
+            else unfavourable_field(item, date.today())
+        )
+        return
     if item.answer_type == "date":
         _tab_to(page, f'input[name="q-{link_id}"]')
         day = date.today() if favourable else date(2001, 1, 1)
@@ -133,7 +143,7 @@ def _answer_with_keyboard(page: Any, link_id: str, favourable: bool) -> None:
         page.keyboard.press("Space" if favourable else "ArrowRight")  # Yes, or No
         return
     codes = [code for code, _ in item.options]
-    wanted = ("hba1c" if "glycemic" in link_id else "external") if favourable else codes[-1]
+    wanted = (favourable_field if favourable else unfavourable_field)(item, date.today())
     page.keyboard.press("Space")
     for _ in range(codes.index(wanted) if wanted in codes else 0):
         page.keyboard.press("ArrowRight")

@@ -18,10 +18,10 @@ from cds_service import try_as_ehr
 from cds_service.cli import main
 from cds_service.fhir_load import ProgressBar, assign_ids, service_reads
 from cds_service.try_as_ehr import ROUTES, OrderSpec, TryFailed, draft_orders, find_drug
+from tests.builders import PUMP_ORDERS, PumpOrder, coverage
 from tests.conftest import FIXED_NOW, SHARED
 from tests.corpus import SUMMARY, summarize_response
 from tests.medplum_server import MedplumServer, start_medplum
-from tests.order_requests import PUMP_ORDERS, PumpOrder, active_coverage
 from tests.served_process import ServedProcess
 
 TOKEN = "try-and-load-token-8d2e"
@@ -59,7 +59,7 @@ def loaded(medplum: MedplumServer) -> dict[str, str]:
             for e in bundle["entry"]
             if e["resource"]["resourceType"] == "Patient"
         )
-        medplum.post("Coverage", {**active_coverage(patient_id), "id": None})
+        medplum.post("Coverage", {**coverage(patient_id), "id": None})
         patients[name] = patient_id
     return patients
 

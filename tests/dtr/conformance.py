@@ -9,6 +9,7 @@ from typing import Any
 
 QR_CONTEXT = "http://hl7.org/fhir/us/davinci-dtr/StructureDefinition/qr-context"
 INTENDED_USE = "http://hl7.org/fhir/us/davinci-dtr/StructureDefinition/intendedUse"
+INFORMATION_ORIGIN = "http://hl7.org/fhir/us/davinci-dtr/StructureDefinition/information-origin"
 ADAPTIVE = "http://hl7.org/fhir/uv/sdc/StructureDefinition/sdc-questionnaire-questionnaireAdaptive"
 COVERAGE_INFORMATION = (
     "http://hl7.org/fhir/us/davinci-crd/StructureDefinition/ext-coverage-information"
@@ -102,6 +103,20 @@ def questionnaire_response(response: Mapping[str, Any], *, completed: bool) -> l
                 problems.append(
                     f"qrs-1: items answered that the form does not have: {sorted(answered - asked)}"
                 )
+    for item in _items(response.get("item")):
+        for answer in item.get("answer") or []:
+            origins = _extensions(answer, INFORMATION_ORIGIN)
+            if len(origins) != 1:
+                problems.append(f"dtr-questionnaireresponse: answer origin 1..1 ({item['linkId']})")
+                continue
+            parts = {e["url"]: e for e in origins[0].get("extension") or []}
+            source = parts.get("source", {}).get("valueCode")
+            if source not in ("auto", "override", "manual"):
+                problems.append(
+                    f"information-origin: source auto | override | manual ({item['linkId']})"
+                )
+            if (source == "auto") == ("author" in parts):
+                problems.append(f"dtrx-1: author with override or manual only ({item['linkId']})")
     if completed:
         if response.get("status") != "completed":
             problems.append("sdc $next-question: a response with nothing left to ask is completed")
@@ -138,7 +153,7 @@ def package_parameters(parameters: Mapping[str, Any]) -> list[str]:
         else:
             problems += questionnaire_response(responses[0], completed=False)
         bound = {
-            i.get("answerValueSet")
+            str(i["answerValueSet"])
             for i in _items(entries[0].get("item"))
             if i.get("answerValueSet")
         }

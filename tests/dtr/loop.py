@@ -18,6 +18,19 @@ COVERAGE_INFORMATION = (
     "http://hl7.org/fhir/us/davinci-crd/StructureDefinition/ext-coverage-information"
 )
 Answer = Callable[[Mapping[str, Any]], dict[str, Any]]
+# How a DTR client marks an answer the clinician typed (DTR information-origin, dtrx-1).
+MANUAL_ORIGIN = {
+    "url": "http://hl7.org/fhir/us/davinci-dtr/StructureDefinition/information-origin",
+    "extension": [
+        {"url": "source", "valueCode": "manual"},
+        {
+            "url": "author",
+            "extension": [
+                {"url": "practitioner", "valueReference": {"reference": "Practitioner/p-1"}}
+            ],
+        },
+    ],
+}
 
 
 def part(extension: Mapping[str, Any], url: str) -> Any:
@@ -58,27 +71,45 @@ def package(client: FlaskClient, body: Mapping[str, Any], context: str | None, *
         parameters.append({"name": "context", "valueString": context})
     for canonical in extra.get("questionnaires", ()):
         parameters.append({"name": "questionnaire", "valueCanonical": canonical})
+    for resource in extra.get("referenced", ()):
+        parameters.append({"name": "referenced", "resource": resource})
     return client.post(
         "/fhir/Questionnaire/$questionnaire-package",
         json={"resourceType": "Parameters", "parameter": parameters},
     )
 
 
-def favourable(item: Mapping[str, Any]) -> dict[str, Any]:
-    """The answer that supports coverage."""
+# Two ways to answer every question: one that supports coverage for most rules, one
+# that does not. Which outcome each reaches is the engine's; the tests compare them.
+_DECIMALS = {
+    "c-peptide-result": (0.3, 2.0),
+    "c-peptide-lower-limit": (0.8, 0.8),
+    "c-peptide-fasting-glucose": (100, 300),
+    "creatinine-clearance": (90, 90),
+}
+_CHOICES = {
+    "pump-kind": ("external", "implantable"),
+    "csii-glycemic-problem": ("hba1c", "none"),
+    "pump-use-setting": ("home", "institutional"),
+}
+
+
+def _answer(item: Mapping[str, Any], which: int) -> dict[str, Any]:
     if item["type"] == "boolean":
-        return {"valueBoolean": True}
+        return {"valueBoolean": which == 0}
     if item["type"] == "date":
-        return {"valueDate": date.today().isoformat()}
-    return {"valueCoding": {"code": "hba1c" if "glycemic" in item["linkId"] else "external"}}
+        return {"valueDate": date.today().isoformat() if which == 0 else "2001-01-01"}
+    if item["type"] == "decimal":
+        return {"valueDecimal": _DECIMALS[item["linkId"]][which]}
+    return {"valueCoding": {"code": _CHOICES[item["linkId"]][which]}}
+
+
+def favourable(item: Mapping[str, Any]) -> dict[str, Any]:
+    return _answer(item, 0)
 
 
 def unfavourable(item: Mapping[str, Any]) -> dict[str, Any]:
-    if item["type"] == "boolean":
-        return {"valueBoolean": False}
-    if item["type"] == "date":
-        return {"valueDate": "2001-01-01"}
-    return {"valueCoding": {"code": "none" if "glycemic" in item["linkId"] else "implantable"}}
+    return _answer(item, 1)
 
 
 def next_question(client: FlaskClient, response: Mapping[str, Any]) -> Any:
@@ -113,8 +144,9 @@ def walk(
         assert new, "an in-progress response asks something"
         for item in new:
             asked.append(item["linkId"])
+            given = {**answer(item), "extension": [MANUAL_ORIGIN]}
             current.setdefault("item", []).append(
-                {"linkId": item["linkId"], "text": item["text"], "answer": [answer(item)]}
+                {"linkId": item["linkId"], "text": item["text"], "answer": [given]}
             )
     raise AssertionError("the walk did not finish")
 

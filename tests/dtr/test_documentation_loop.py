@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from flask.testing import FlaskClient
 
+from cds_service.audit import audit_for_assertion
 from tests.conftest import make_app
 from tests.dtr import conformance
 from tests.dtr.loop import (
@@ -35,12 +36,11 @@ CONDITIONAL = sorted(
     p for p in FIXTURES.glob("order-sign__*__conditional.json") if "no-coverage" not in p.name
 )
 
-# The forms that end without an assertion: the pump kind picks another rule, and a
-# programmable-device question whose answer leaves the record to decide.
+# The forms that end without an assertion: the pump kind picks another rule, whose
+# criteria the first decision never looked at.
 UNDECIDABLE_BY_FORM = {
     "order-sign__insulin-pump-kind-unknown__conditional.json",
     "order-sign__scope-pump-kind-morphine-infusion__conditional.json",
-    "order-sign__iip-contraindication-heart-assist-device__conditional.json",
 }
 
 
@@ -83,8 +83,8 @@ def test_answers_reach_the_outcome_order_sign_gives_them(
     information = [e for e in completed["extension"] if e["url"] == COVERAGE_INFORMATION]
     again = sign(client, with_response(body, completed))
     if not information:
-        # The form could not decide: an answer moved the order to another rule, or the
-        # record decides what is left. Signing again decides it, on the answers.
+        # The form could not decide: an answer moved the order to another rule. Signing
+        # again decides it, on the answers.
         assert path.name in UNDECIDABLE_BY_FORM, path.name
         assert coverage_extensions(again)
         return
@@ -271,3 +271,52 @@ def test_logged_questionnaire_errors_are_accepted(client: FlaskClient) -> None:
     assert (
         client.post("/fhir/Questionnaire/$log-questionnaire-errors", json=body).status_code == 400
     )
+
+
+def test_a_completed_form_is_audited_under_its_new_assertion_id() -> None:
+    app = make_app()
+    client = app.test_client()
+    body, extension = _signed(
+        client, FIXTURES / "order-sign__eip-csii-insulin-lispro__conditional.json"
+    )
+    reply = package(client, body, part(extension, "coverage-assertion-id"))
+    draft = reply.get_json()["parameter"][0]["resource"]["entry"][-1]["resource"]
+    completed, _ = walk(client, draft, favourable)
+    information = next(e for e in completed["extension"] if e["url"] == COVERAGE_INFORMATION)
+    new_id = part(information, "coverage-assertion-id")
+    recorded = audit_for_assertion(app.extensions["cds_store"], new_id)
+    assert [(r["service_id"], r["hook"], r["outcome"]) for r in recorded] == [
+        ("dtr", "next-question", "covered")
+    ]
+    assert set(recorded[0]["orders"]) == {
+        f"{e['resource']['resourceType']}/{e['resource']['id']}"
+        for e in body["context"]["draftOrders"]["entry"]
+    }
+    # The new id is a context a later form can name: the order is decided now.
+    again = package(client, body, new_id)
+    assert again.status_code == 200
+    assert [p["name"] for p in again.get_json()["parameter"]] == ["outcome"]
+
+
+def test_resources_sent_with_the_order_are_what_the_form_knows(client: FlaskClient) -> None:
+    """Without a context, the order and the resources sent as ``referenced`` decide which
+    questions are open: sent the whole prefetch, a form asks what the CRD context's
+    form asks, and never asserts coverage."""
+    path = FIXTURES / "order-sign__eip-csii-insulin-lispro__conditional.json"
+    body, extension = _signed(client, path)
+    with_context = package(client, body, part(extension, "coverage-assertion-id")).get_json()
+    first_draft = with_context["parameter"][0]["resource"]["entry"][-1]["resource"]
+    _, asked_with_context = walk(client, first_draft, favourable)
+    referenced = [
+        entry["resource"]
+        for key, bundle in body["prefetch"].items()
+        if key != "coverage" and isinstance(bundle, dict)
+        for entry in bundle.get("entry") or []
+        if entry["resource"]["resourceType"] != "Patient"
+    ]
+    reply = package(client, body, None, referenced=referenced)
+    assert reply.status_code == 200, reply.get_json()
+    draft = reply.get_json()["parameter"][0]["resource"]["entry"][-1]["resource"]
+    completed, asked = walk(client, draft, favourable)
+    assert asked == asked_with_context
+    assert not [e for e in completed["extension"] if e["url"] == COVERAGE_INFORMATION]

@@ -46,15 +46,30 @@ def _record_shows_all_it_can(rule_ids: tuple[str, ...]) -> Knowledge:
     return Knowledge(rule_ids=rule_ids, known=known, as_of=AS_OF)
 
 
-def _value(item_id: str, favourable: bool) -> Any:
+_DECIMALS = {
+    "c-peptide-result": (0.3, 2.0),
+    "c-peptide-lower-limit": (0.8, 0.8),
+    "c-peptide-fasting-glucose": (100, 300),
+    "creatinine-clearance": (90, 90),
+}
+# The setting a rule covers: heparin by pump is covered in an institution.
+_SETTING = {"EIP-HEPARIN": ("institutional", "home")}
+
+
+def _value(item_id: str, favourable: bool, rule_id: str = "") -> Any:
     item = POLICY.documentation[item_id]
+    which = 0 if favourable else 1
     if item.answer_type == "boolean":
         return favourable
     if item.answer_type == "date":
         return AS_OF if favourable else date(2001, 1, 1)
-    codes = [code for code, _ in item.options]
+    if item.answer_type == "decimal":
+        return _DECIMALS[item_id][which]
     if item_id == "pump-kind":
         return "external"
+    if item_id == "pump-use-setting":
+        return _SETTING.get(rule_id, ("home", "institutional"))[which]
+    codes = [code for code, _ in item.options]
     return codes[0] if favourable else codes[-1]
 
 
@@ -69,7 +84,9 @@ def _walk(policy: Policy, knowledge: Knowledge, favourable: bool) -> tuple[Step,
         for item in current.asked:
             assert item.id not in asked, f"{item.id} asked twice"
             asked.append(item.id)
-            answers[f"doc.{item.id}"] = FactValue(_value(item.id, favourable))
+            answers[f"doc.{item.id}"] = FactValue(
+                _value(item.id, favourable, knowledge.rule_ids[0])
+            )
     raise AssertionError("the walk did not end")
 
 
@@ -96,8 +113,9 @@ def test_unfavourable_answers_reach_not_covered(rule: Rule) -> None:
 
 
 def test_an_any_asks_one_alternative_at_a_time() -> None:
-    """CSII asks the autoantibody test (C-peptide has no item), and of the two ways to
-    show prior insulin management only the first, until it is answered 'no'."""
+    """CSII asks the autoantibody test (one question) rather than the C-peptide result
+    (five), and of the two ways to show prior insulin management only the one with fewer
+    questions (a pump before Medicare, with glucose self-testing), until it fails."""
     rule_ids = ("EIP-CSII",)
     known = {
         c: RecordedCriterion(Truth.MET)
@@ -109,7 +127,9 @@ def test_an_any_asks_one_alternative_at_a_time() -> None:
     assert first is not None
     asked = [item.id for item in first.asked]
     assert "beta-cell-autoantibody-positive" in asked
-    assert "csii-pump-before-medicare" not in asked  # the other branch of an any
+    assert "c-peptide-result" not in asked
+    assert "csii-pump-before-medicare" in asked
+    assert "csii-diabetes-education" not in asked  # the other branch of an any
 
 
 def test_the_pump_kind_moves_the_order_to_another_rule() -> None:

@@ -12,7 +12,7 @@ from fhir_mappings.encounters import last_visit_date, order_setting
 from fhir_mappings.episodes import DraftOrder
 from fhir_mappings.medication_history import doses_per_day, insulin_mdi_days
 from fhir_mappings.r4 import parse_resource
-from tests.fhir_mappings.helpers import record_of
+from tests.builders import record_of
 
 AS_OF = date(2026, 11, 28)
 

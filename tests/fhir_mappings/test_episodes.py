@@ -8,7 +8,7 @@ from fhir_mappings.drugs import identify_drug
 from fhir_mappings.episodes import find_pump_episodes, parse_draft_orders
 from fhir_mappings.r4 import parse_resource
 from fhir_mappings.record import build_record
-from tests.fhir_mappings.helpers import record_of
+from tests.builders import record_of
 
 HCPCS_VARIANTS = [
     "http://www.cms.gov/Medicare/Coding/HCPCSReleaseCodeSets",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import date
 
 from fhir_mappings.labs import c_peptide_facts, glucose_checks_per_day, lab_results, latest_value
-from tests.fhir_mappings.helpers import observation, record_of
+from tests.builders import observation, record_of
 
 AS_OF = date(2026, 11, 28)
 

@@ -25,8 +25,8 @@ from fhir_mappings.labs import lab_results, latest_value
 from fhir_mappings.medication_history import oral_antispasmodic_trial_days
 from fhir_mappings.r4 import parse_resource
 from fhir_mappings.record import PatientRecord, build_record
+from tests.builders import record_of
 from tests.conftest import FIXTURES
-from tests.fhir_mappings.helpers import record_of
 
 AS_OF = date(2026, 11, 20)
 SCT = "http://snomed.info/sct"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fhir_mappings.record import build_record
-from tests.fhir_mappings.helpers import observation, record_of
+from tests.builders import observation, record_of
 
 
 def test_references_resolve_in_all_three_forms() -> None:

@@ -78,7 +78,11 @@ def test_one_item_per_documentation_item(policy_with_every_type: Policy) -> None
         assert item["type"] == spec.answer_type
         assert item["code"][0]["code"] == spec.id
         assert item["extension"][0]["valueCode"] == spec.doc_type
-    assert {i["type"] for i in items} == {"boolean", "choice", "date"}
+    assert {i["type"] for i in items} == {"boolean", "choice", "date", "decimal"}
+    for item in items:
+        spec = policy.documentation[item["linkId"]]
+        units = [e for e in item["extension"] if e["url"].endswith("questionnaire-unit")]
+        assert [u["valueCoding"]["code"] for u in units] == ([spec.unit] if spec.unit else [])
 
 
 def test_choice_items_offer_codings_under_the_questionnaire_base(
@@ -169,6 +173,8 @@ def _answer(item: dict[str, Any]) -> tuple[dict[str, Any], Any]:
     if item["type"] == "choice":
         coding = item["answerOption"][-1]["valueCoding"]
         return {"valueCoding": coding}, coding["code"]
+    if item["type"] == "decimal":
+        return {"valueDecimal": 0.4}, 0.4
     return {"valueDate": "2026-10-15"}, date(2026, 10, 15)
 
 
