@@ -25,7 +25,7 @@ import logging
 import secrets
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -38,6 +38,7 @@ from authlib.common.errors import AuthlibBaseError
 from authlib.integrations.requests_client import OAuth2Session
 from flask import Blueprint, Response, current_app, redirect, render_template, request
 
+from cds_service.audit import AuditRecord, CallTimings, decision_record, record_service_call
 from cds_service.auth import allowed_fhir_servers
 from cds_service.dtr_routes import completed_coverage_information, served_forms
 from cds_service.errors import FhirQueryFailed
@@ -72,7 +73,7 @@ from cds_service.smart_sessions import (
 )
 from cds_service.store import Store
 from coverage_policy.model import Outcome, Policy, Truth
-from dtr.adaptive import Step
+from dtr.adaptive import Knowledge, Step
 
 logger = logging.getLogger(__name__)
 
@@ -810,8 +811,31 @@ def save_form() -> Response:
         ) from None
     state["qr_id"], state["status"] = saved, status
     save_session(_store(), session)
+    if information is not None:
+        _record_completed(session, known, done, information)
     logger.info("documentation app saved a %s response (%d answers)", status, len(state["answers"]))
     return page_headers(cast(Response, redirect("/dtr/done" if finishing else "/dtr/form", 303)))
+
+
+def _record_completed(
+    session: AppSession, known: Knowledge, done: Step, information: Mapping[str, Any]
+) -> None:
+    """The decision a completed form asserted, recorded under its new
+    coverage-assertion-id like a ``$next-question`` one (no PHI)."""
+    new_id = next(
+        p["valueString"] for p in information["extension"] if p["url"] == "coverage-assertion-id"
+    )
+    record = AuditRecord(
+        recorded_at=_now(),
+        service_id="dtr",
+        hook="documentation-app",
+        hook_instance=cast(Callable[[], str], current_app.extensions["cds_new_uuid"])(),
+        client_iss=str(session.data["iss"]),
+        crd_version=known.crd_version or "",
+        timings=CallTimings(prefetch=0.0, fetch=0.0, decide=0.0, total=0.0),
+        decisions=(decision_record(done.decision, new_id, known.orders, known.order_facts),),
+    )
+    record_service_call(_store(), record)
 
 
 @blueprint.get("/done")

@@ -22,6 +22,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from cds_service import create_app
+from cds_service.audit import audit_for_assertion
 from cds_service.fhir_client import close_shared_session
 from coverage_policy.loader import load_policy
 from coverage_policy.model import DocumentationItem
@@ -38,6 +39,7 @@ from tests.documentation_app import (
     unfavourable,
 )
 from tests.dtr import conformance
+from tests.dtr.loop import COVERAGE_INFORMATION, part
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "requests"
 ORDER_SIGN = "/cds-services/infusion-pump-coverage-order-sign"
@@ -169,6 +171,15 @@ def test_the_form_decides_as_order_sign_does_on_the_saved_answers(
     assert conformance.questionnaire_response(response, completed=bool(asked)) == []
     assert response["subject"] == {"reference": f"Patient/{patient}"}
     assert response["author"] == {"reference": "Practitioner/dr-doc"}
+    asserted = [e for e in response.get("extension") or [] if e["url"] == COVERAGE_INFORMATION]
+    if path.name == "order-sign__eip-csii-insulin-lispro__conditional.json":
+        assert asserted  # the form completes the CRD decision it was launched for
+    if asserted:  # a completed CRD decision: recorded under its new coverage-assertion-id
+        new_id = part(asserted[0], "coverage-assertion-id")
+        assert new_id != assertion_id
+        with app.app_context():
+            recorded = audit_for_assertion(app.extensions["cds_store"], new_id)
+        assert [r["outcome"] for r in recorded] == [part(asserted[0], "covered")]
     for item in response.get("item") or []:
         origin = item["answer"][0]["extension"][0]
         assert origin["url"].endswith("/information-origin")
