@@ -10,7 +10,7 @@ from typing import Any
 
 from flask import Flask
 
-from cds_service import decision_page, dtr_routes, fhir_routes
+from cds_service import decision_page, dtr_routes, fhir_routes, smart_app
 from cds_service.auth import install_client_authentication
 from cds_service.backend_auth import install_backend_auth
 from cds_service.config import load_settings
@@ -82,6 +82,7 @@ def create_app(
     app.register_blueprint(fhir_routes.blueprint)
     app.register_blueprint(dtr_routes.blueprint)
     app.register_blueprint(decision_page.blueprint)
+    app.register_blueprint(smart_app.blueprint)
     install_client_authentication(app)
     install_cors(app)
     install_operations(app)

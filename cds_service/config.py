@@ -70,11 +70,18 @@ DEFAULTS: dict[str, Any] = {
     "LOG_FORMAT": "text",
     # Days the audit trail is kept (10 years: 42 CFR 422.504(d)); older calls are removed.
     "AUDIT_RETENTION_DAYS": 3653,
+    # The documentation app (/dtr/launch): EHR issuer (its FHIR base URL) -> the app's
+    # registration there: {"client_id": ..., optional "client_secret" or
+    # "jwks_private_key" (a private JWK) for a confidential client, optional "scope",
+    # optional "frame_origins" (EHR origins that may embed the app in a frame)}.
+    "SMART_CLIENTS": {},
+    # "on": the documentation card carries a `smart` link to the documentation app.
+    "DTR_CARD_LINK": "off",
 }
 
 # Settings whose environment value is a list (comma-separated) or JSON (inline or a file path).
 _LIST_KEYS = {"FHIR_SERVERS", "CORS_ORIGINS", "METRICS_ALLOW"}
-_JSON_KEYS = {"TRUSTED_ISSUERS", "BACKEND_CLIENTS"}
+_JSON_KEYS = {"TRUSTED_ISSUERS", "BACKEND_CLIENTS", "SMART_CLIENTS"}
 _FLOAT_KEYS = {
     "FHIR_DEADLINE_S",
     "FHIR_CALL_TIMEOUT_S",
@@ -158,6 +165,9 @@ def load_settings(
                 f"CDS_TRUSTED_ISSUERS: {issuer!r} needs 'jwks', 'jwks_url' or a 'jku' list"
             )
         _check_issuer_key_sources(issuer, entry)
+    if settings["DTR_CARD_LINK"] not in ("on", "off"):
+        raise ConfigError("CDS_DTR_CARD_LINK must be 'on' or 'off'")
+    _check_smart_clients(settings["SMART_CLIENTS"])
     _check_backend_clients(settings["BACKEND_CLIENTS"])
     if "*" in settings["CORS_ORIGINS"]:
         raise ConfigError("CDS_CORS_ORIGINS must list origins; '*' is not allowed")
@@ -173,6 +183,27 @@ def _check_issuer_key_sources(issuer: str, entry: dict[str, Any]) -> None:
     jku = entry.get("jku", [])
     if not isinstance(jku, list) or not all(isinstance(url, str) for url in jku):
         raise ConfigError(f"CDS_TRUSTED_ISSUERS: {issuer!r} 'jku' must be a list of URLs")
+
+
+def _check_smart_clients(clients: Any) -> None:
+    """Each EHR issuer of the documentation app has a client id, and at most one secret."""
+    if not isinstance(clients, dict):
+        raise ConfigError("CDS_SMART_CLIENTS must map each EHR issuer to its registration")
+    for issuer, entry in clients.items():
+        if not isinstance(entry, dict) or not isinstance(entry.get("client_id"), str):
+            raise ConfigError(f"CDS_SMART_CLIENTS: {issuer!r} needs a 'client_id'")
+        if "client_secret" in entry and "jwks_private_key" in entry:
+            raise ConfigError(
+                f"CDS_SMART_CLIENTS: {issuer!r} has both 'client_secret' and 'jwks_private_key'"
+            )
+        if "jwks_private_key" in entry and not isinstance(entry["jwks_private_key"], dict):
+            raise ConfigError(f"CDS_SMART_CLIENTS: {issuer!r} 'jwks_private_key' must be a JWK")
+        for key in ("client_secret", "scope"):
+            if key in entry and not isinstance(entry[key], str):
+                raise ConfigError(f"CDS_SMART_CLIENTS: {issuer!r} '{key}' must be a string")
+        origins = entry.get("frame_origins", [])
+        if not isinstance(origins, list) or not all(isinstance(o, str) for o in origins):
+            raise ConfigError(f"CDS_SMART_CLIENTS: {issuer!r} 'frame_origins' must list origins")
 
 
 def _is_loopback(host: str | None) -> bool:

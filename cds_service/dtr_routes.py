@@ -196,6 +196,11 @@ def _knowledge(report: Mapping[str, Any]) -> Knowledge:
     )
 
 
+# The documentation app decides from the same audited decision, and completes the same way.
+def knowledge_of_report(report: Mapping[str, Any]) -> Knowledge:
+    return _knowledge(report)
+
+
 def _decisions_for(context: str, orders: set[str]) -> list[Knowledge]:
     """The recorded decisions of ``context`` about any of ``orders``, the latest per rule."""
     latest: dict[str, Knowledge] = {}
@@ -396,6 +401,13 @@ def _completed_coverage(
         not_retrieved={},
     )
     return coverage_information_for(decision, ctx)
+
+
+def completed_coverage_information(
+    policy: Policy, known: Knowledge, decision: Decision, coverage: str | None
+) -> dict[str, Any] | None:
+    """The coverage-information a completed form carries (None without a CRD context)."""
+    return _completed_coverage(policy, known, decision, coverage)
 
 
 @blueprint.post("/Questionnaire/$next-question")

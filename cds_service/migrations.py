@@ -178,10 +178,27 @@ def _dtr_knowledge(connection: Connection) -> None:
     connection.execute(sa.text("ALTER TABLE criterion_result ADD COLUMN if_answered JSON"))
 
 
+def _smart_app_sessions(connection: Connection) -> None:
+    """Version 6: the documentation app's sessions (the authorization in progress, then the
+    user's access token), kept server-side and shared by every replica."""
+    m = sa.MetaData()
+    sa.Table(
+        "smart_app_session",
+        m,
+        sa.Column("id", sa.String(64), primary_key=True),  # SHA-256 of the cookie value
+        sa.Column("created_at", UtcDateTime, nullable=False),
+        sa.Column("expires_at", UtcDateTime, nullable=False),
+        sa.Column("data", sa.JSON, nullable=False),
+        sa.Index("ix_smart_app_session_expires_at", "expires_at"),
+    )
+    m.create_all(connection)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "audit trail, issued cards and feedback", _audit_and_feedback),
     Migration(2, "JWT replay cache", _jwt_replay),
     Migration(3, "decision pages; criteria not checked", _decision_pages),
     Migration(4, "access tokens of DTR clients", _backend_access_tokens),
     Migration(5, "order facts and answered truths for DTR forms", _dtr_knowledge),
+    Migration(6, "documentation app sessions", _smart_app_sessions),
 )

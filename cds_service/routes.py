@@ -130,6 +130,9 @@ def answer_call(
         base_url=base_url,
         policy=current_app.extensions["cds_policy"],
         decision_page_url=f"{base_url}{DECISION_PAGE_PATH}{page_token}",
+        documentation_app_url=(
+            f"{base_url}/dtr/launch" if _settings()["DTR_CARD_LINK"] == "on" else None
+        ),
     )
     fhir_started = time.monotonic()  # one FHIR deadline for everything the call reads
     try:

@@ -4,7 +4,8 @@ Queries use these tables. The schema itself is created and changed only by the s
 ``cds_service.migrations``; a test checks that a migrated database matches this module.
 
 What is stored is identifiers, codes, outcomes and timings: never names, free text,
-tokens or resource bodies (an access token we issue is kept only as its SHA-256).
+tokens or resource bodies (an access token we issue is kept only as its SHA-256; the
+documentation app's sessions hold the user's token for the EHR, server-side).
 
     service_call        one row per answered service call (also calls with no decision)
      +-- decision        one row per coverage decision of that call
@@ -14,6 +15,7 @@ tokens or resource bodies (an access token we issue is kept only as its SHA-256)
           +-- feedback   each feedback entry a client sent about that card
     jwt_replay          client JWT ids seen, until they expire (replay protection)
     backend_access_token  SHA-256 of each access token issued to a DTR client, until it expires
+    smart_app_session   the documentation app's server-side sessions (until they expire)
     schema_version      the migration steps applied
 """
 
@@ -194,4 +196,17 @@ backend_access_token = sa.Table(
     sa.Column("issued_at", UtcDateTime, nullable=False),
     sa.Column("expires_at", UtcDateTime, nullable=False),
     sa.Index("ix_backend_access_token_expires_at", "expires_at"),
+)
+
+# The documentation app's sessions: the authorization in progress (state, PKCE verifier,
+# nonce), then the user's access token and launch context, until the session expires.
+# It holds the user's token, which never leaves the server; expired rows are removed.
+smart_app_session = sa.Table(
+    "smart_app_session",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),  # SHA-256 of the cookie value
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Column("expires_at", UtcDateTime, nullable=False),
+    sa.Column("data", sa.JSON, nullable=False),
+    sa.Index("ix_smart_app_session_expires_at", "expires_at"),
 )

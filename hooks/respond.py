@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any
 
+from coverage_policy.model import Policy
 from hooks.cards import CardContext, build_cards, card_text
 from hooks.coverage_information import AssertionContext, coverage_system_actions
 from hooks.decide import Deliberation
+from hooks.questionnaire import rule_questionnaire_canonical
 from hooks.request import HookRequest
 from hooks.service import ConfigurationOption, HookEnvironment, HookResult, IssuedCard
 
@@ -74,12 +77,44 @@ def build_response(
         response["systemActions"], assertion_ids = coverage_system_actions(
             deliberation.decisions, assertion
         )
+    if environment.documentation_app_url and configuration["dtr-app-link"]:
+        _link_documentation_app(
+            cards, deliberation, assertion_ids, environment.documentation_app_url, policy
+        )
     return HookResult(
         response,
         deliberation.decisions,
         assertion_ids,
         tuple(_issued(card, position) for card, position in cards),
     )
+
+
+def _link_documentation_app(
+    cards: list[tuple[dict[str, Any], int | None]],
+    deliberation: Deliberation,
+    assertion_ids: tuple[str | None, ...],
+    launch_url: str,
+    policy: Policy,
+) -> None:
+    """A ``smart`` link on each documentation card to the payer's documentation app, with
+    the decision's coverage-assertion-id, orders and form as its ``appContext``. A
+    deliberate deviation, opt-in: CRD 2.x launches DTR from coverage-information."""
+    for card, position in cards:
+        if position is None or card["source"]["topic"]["code"] != "claim":
+            continue
+        item = deliberation.decisions[position]
+        context = {
+            "coverage-assertion-id": assertion_ids[position],
+            "orders": [order.reference for order in item.episode.orders],
+            "questionnaire": rule_questionnaire_canonical(policy, item.rule_id),
+        }
+        link = {
+            "label": card_text()["documentation_app_link"],
+            "url": launch_url,
+            "type": "smart",
+            "appContext": json.dumps({k: v for k, v in context.items() if v}),
+        }
+        card["links"] = [*card.get("links", []), link]
 
 
 def _issued(card: Mapping[str, Any], position: int | None) -> IssuedCard:

@@ -113,6 +113,9 @@ class HookEnvironment:
     policy: Policy  # loaded and checked at start-up
     # Where this call's decision page will be (None: no page, e.g. no audit trail).
     decision_page_url: str | None = None
+    # The documentation app's launch URL, when the documentation card links to it
+    # (CDS_DTR_CARD_LINK=on); None: DTR is launched from coverage-information only.
+    documentation_app_url: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
