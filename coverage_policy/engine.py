@@ -123,6 +123,7 @@ class _Evaluator:
         self.not_retrieved = not_retrieved
         self.cache: dict[str, CriterionResult] = {}
         self.forced_answers: Truth | None = None  # every doc.* leaf taken as this truth
+        self.scopes: dict[str, tuple[Truth, tuple[Evidence, ...]]] = {}
 
     # -- fact leaves -----------------------------------------------------------------
     def leaf(self, node: Mapping[str, Any]) -> tuple[Truth, tuple[Evidence, ...]]:
@@ -257,14 +258,20 @@ class _Evaluator:
         needs = self.needs(rule.decides) if truth is _UNKNOWN else None
         if isinstance(needs, str):
             needs = Needs("all", (needs,))
-        scope: list[Evidence] = []
-        self.logic(rule.applies_when, scope)
-        return RuleResult(rule, truth, OUTCOME_OF_TRUTH[truth], results, needs, tuple(scope))
+        _, scope = self.scope(rule)
+        return RuleResult(rule, truth, OUTCOME_OF_TRUTH[truth], results, needs, scope)
+
+    def scope(self, rule: Rule) -> tuple[Truth, tuple[Evidence, ...]]:
+        """Whether ``rule`` applies, with the evidence saying so (decided once)."""
+        if rule.id not in self.scopes:
+            evidence: list[Evidence] = []
+            self.scopes[rule.id] = (self.logic(rule.applies_when, evidence), tuple(evidence))
+        return self.scopes[rule.id]
 
     def applies(self, rule: Rule) -> bool:
         # Only a definite "applies" selects a rule: an unknown scope is the business of
         # an earlier rule that asks for the missing fact (e.g. the pump kind).
-        return rule.effective.contains(self.as_of) and self.logic(rule.applies_when, []) is _MET
+        return rule.effective.contains(self.as_of) and self.scope(rule)[0] is _MET
 
 
 # A rule's outcome from its truth (unknown: documentation could settle it).
