@@ -326,6 +326,13 @@ def _signing_key(
     found = _find_issuer_key(entry, header.get("jku"), kid, settings, jwks_cache)
     if found is None:
         raise ClientAuthenticationFailed("unknown kid")
+    return verification_key(found, algorithm)
+
+
+def verification_key(found: Mapping[str, Any], algorithm: str) -> jwt.PyJWK:
+    """A public JWK as the key that verifies ``algorithm``, or ``ClientAuthenticationFailed``
+    saying why it cannot: a secret or private key, a key of another type or curve (or
+    declared for another ``alg``), or one PyJWT cannot use."""
     if found.get("kty") == "oct" or "d" in found:
         raise ClientAuthenticationFailed("JWKS holds a secret or private key")
     if (

@@ -86,7 +86,7 @@ import sqlalchemy as sa
 from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
 from sqlalchemy.exc import SQLAlchemyError
 
-from cds_service.auth import CLOCK_SKEW_S, JwksCache
+from cds_service.auth import CLOCK_SKEW_S, JwksCache, verification_key
 from cds_service.errors import (
     ClientAuthenticationFailed,
     ServiceUnavailable,
@@ -113,14 +113,8 @@ MAX_SCOPE_CHARS = 2048
 MAX_TOKEN_CHARS = 256
 # What DTR clients ask for (DTR 2.0.1 spells them in lower case; compared without case).
 PAYER_SCOPES = ("system/Questionnaire.rs", "system/ValueSet.rs", "system/Library.rs")
-# The key type (and curve) each accepted algorithm is verified with; SMART's two first.
-_KEY_TYPES: dict[str, tuple[str, str | None]] = {
-    "RS384": ("RSA", None),
-    "ES384": ("EC", "P-384"),
-    "RS256": ("RSA", None),
-    "ES256": ("EC", "P-256"),
-}
-SIGNING_ALGORITHMS = tuple(_KEY_TYPES)
+# The algorithms accepted (as for service calls: ``auth.verification_key``), SMART's first.
+SIGNING_ALGORITHMS = ("RS384", "ES384", "RS256", "ES256")
 FHIR_JSON = "application/fhir+json"
 CLOCK = "cds_backend_auth_clock"  # app.extensions: epoch seconds, wall-clock time
 
@@ -327,7 +321,7 @@ def _verify_client_assertion(form: Mapping[str, str], token_url: str, now: float
     except jwt.PyJWTError as exc:
         raise _refused("client_assertion is not a signed JWT", type(exc).__name__) from None
     algorithm = header.get("alg")
-    if algorithm not in _KEY_TYPES:
+    if algorithm not in SIGNING_ALGORITHMS:
         raise _refused(
             "client_assertion must be signed with one of " + ", ".join(SIGNING_ALGORITHMS),
             f"algorithm {_shown(algorithm)} not accepted",
@@ -421,17 +415,12 @@ def _client_key(entry: Mapping[str, Any], kid: str, algorithm: str) -> jwt.PyJWK
             raise _refused("The client's JWK Set could not be fetched", str(failure)) from None
     if found is None:
         raise _refused("No key of this client has the client_assertion's kid")
-    if found.get("kty") == "oct" or "d" in found:
-        raise _refused("The client's key is unusable", "JWK Set holds a secret or private key")
-    if (
-        found.get("alg", algorithm) != algorithm
-        or (found.get("kty"), found.get("crv")) != _KEY_TYPES[algorithm]
-    ):
-        raise _refused("The client's key with this kid is not for the client_assertion's alg")
     try:
-        return jwt.PyJWK(dict(found), algorithm=algorithm)
-    except jwt.PyJWTError as exc:
-        raise _refused("The client's key is unusable", type(exc).__name__) from None
+        return verification_key(found, algorithm)
+    except ClientAuthenticationFailed as failure:
+        raise _refused(
+            "The client's key with this kid cannot verify the client_assertion", str(failure)
+        ) from None
 
 
 def _find_key(jwks: Mapping[str, Any], kid: str) -> Mapping[str, Any] | None:

@@ -46,7 +46,7 @@ def _serve(args: argparse.Namespace) -> int:
     log_format = operations.configure_logging()
     operations.prepare_multiprocess_metrics()  # before the app creates its metrics
 
-    from cds_service.app import create_app, preload
+    from cds_service.app import create_app, preload, warm_up_worker
     from cds_service.config import load_settings
     from cds_service.serving import run, serving_options
 
@@ -56,6 +56,8 @@ def _serve(args: argparse.Namespace) -> int:
     options = serving_options(settings, host=args.host, port=args.port, workers=args.workers)
     options["logconfig_dict"] = operations.gunicorn_log_config(log_format)
     options["child_exit"] = operations.worker_exited
+    # After the fork, before it accepts connections: each worker decides a built-in call.
+    options["post_worker_init"] = lambda _worker: warm_up_worker(application)
     run(application, settings, options)
     return 0
 

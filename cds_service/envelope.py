@@ -105,6 +105,9 @@ def preload_validators() -> None:
     (compiling their patterns); each is built on first use otherwise."""
     from hooks import SERVICES, context_validator
 
-    schema_issues(_envelope_validator(), _WARM_UP_BODY)
-    for service in SERVICES.values():
-        schema_issues(context_validator(service), _WARM_UP_BODY["context"])
+    validators = [(_envelope_validator(), _WARM_UP_BODY)] + [
+        (context_validator(service), _WARM_UP_BODY["context"]) for service in SERVICES.values()
+    ]
+    for validator, document in validators:
+        schema_issues(validator, document)  # compiles the quick check
+        list(validator.iter_errors(document))  # jsonschema's, for the first invalid request

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request
@@ -12,8 +13,13 @@ from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import ClientDisconnected, HTTPException
 
 from cds_service import operations
-from cds_service.audit import CallTimings, build_audit_record, record_service_call
-from cds_service.auth import authenticate_client
+from cds_service.audit import (
+    AuditRecord,
+    CallTimings,
+    build_audit_record,
+    record_service_call,
+)
+from cds_service.auth import ClientIdentity, authenticate_client
 from cds_service.decision_page import DECISION_PAGE_PATH
 from cds_service.envelope import parse_hook_request, parse_json_body
 from cds_service.errors import (
@@ -32,7 +38,7 @@ from cds_service.rate_limit import charge_verified_client
 from cds_service.serving import error_page, is_people_page
 from hooks import SERVICES, context_validator
 from hooks.request import CoverageProblem, DataUnavailable
-from hooks.service import HookEnvironment
+from hooks.service import HookEnvironment, HookResult, ServiceDefinition
 
 logger = logging.getLogger(__name__)
 
@@ -77,23 +83,55 @@ def call_service(service_id: str) -> Response:
         _settings(), endpoint_url=f"{public_base_url()}/cds-services/{service_id}"
     )
     charge_verified_client(client)
+    answered = answer_call(service, request_json(), client, started)
+    operations.count_decisions(service_id, answered.result.decisions)
+    call_id = record_service_call(current_app.extensions["cds_store"], answered.record)
+    result = answered.result
+    if call_id is None and answered.decision_page_url:
+        _drop_links_to(result.response, answered.decision_page_url)
+    logger.info(
+        "answered %s hookInstance=%s decisions=%s",
+        service_id,
+        answered.record.hook_instance,
+        [(d.rule_id, d.outcome.value) for d in result.decisions],
+    )
+    return jsonify(result.response)
+
+
+@dataclass(frozen=True, slots=True)
+class AnsweredCall:
+    """A service call decided: the hook's result, the audit record to write for it and
+    the decision page its cards may link to."""
+
+    result: HookResult
+    record: AuditRecord
+    decision_page_url: str | None
+
+
+def answer_call(
+    service: ServiceDefinition, body: Any, client: ClientIdentity | None, started: float
+) -> AnsweredCall:
+    """Decide one call of ``service`` whose JSON ``body`` has been read (in a request
+    context): validate it, read and fetch what it needs, run the hook. Nothing is
+    recorded or counted here."""
     hook_request = parse_hook_request(
-        request_json(),
+        body,
         expected_hook=service.hook,
         context_validator=context_validator(service),
     )
     operations.bind_hook_instance(hook_request.hook_instance)
     prefetch_started = time.perf_counter()
     page_token = current_app.extensions["cds_new_page_token"]()
+    base_url = public_base_url()
     environment = HookEnvironment(
         now=current_app.extensions["cds_clock"](),
         new_uuid=current_app.extensions["cds_new_uuid"],
         payer_name=_settings()["PAYER_NAME"],
-        base_url=public_base_url(),
+        base_url=base_url,
         policy=current_app.extensions["cds_policy"],
-        decision_page_url=f"{public_base_url()}{DECISION_PAGE_PATH}{page_token}",
+        decision_page_url=f"{base_url}{DECISION_PAGE_PATH}{page_token}",
         documentation_app_url=(
-            f"{public_base_url()}/dtr/launch" if _settings()["DTR_CARD_LINK"] == "on" else None
+            f"{base_url}/dtr/launch" if _settings()["DTR_CARD_LINK"] == "on" else None
         ),
     )
     fhir_started = time.monotonic()  # one FHIR deadline for everything the call reads
@@ -115,33 +153,21 @@ def call_service(service_id: str) -> Response:
     except DataUnavailable as problem:
         raise PreconditionFailed.single(problem.diagnostics, problem.expression) from problem
     finished = time.perf_counter()
-    operations.count_decisions(service_id, result.decisions)
-    call_id = record_service_call(
-        current_app.extensions["cds_store"],
-        build_audit_record(
-            service_id=service_id,
-            hook_request=hook_request,
-            client_iss=client.issuer if client else None,
-            result=result,
-            timings=CallTimings(
-                prefetch=decide_started - prefetch_started,
-                fetch=clinical.fetch_seconds,
-                decide=finished - decide_started,
-                total=finished - started,
-            ),
-            recorded_at=environment.now,
-            decision_page_token=page_token,
+    record = build_audit_record(
+        service_id=service.id,
+        hook_request=hook_request,
+        client_iss=client.issuer if client else None,
+        result=result,
+        timings=CallTimings(
+            prefetch=decide_started - prefetch_started,
+            fetch=clinical.fetch_seconds,
+            decide=finished - decide_started,
+            total=finished - started,
         ),
+        recorded_at=environment.now,
+        decision_page_token=page_token,
     )
-    if call_id is None and environment.decision_page_url:
-        _drop_links_to(result.response, environment.decision_page_url)
-    logger.info(
-        "answered %s hookInstance=%s decisions=%s",
-        service_id,
-        hook_request.hook_instance,
-        [(d.rule_id, d.outcome.value) for d in result.decisions],
-    )
-    return jsonify(result.response)
+    return AnsweredCall(result, record, environment.decision_page_url)
 
 
 def _drop_links_to(response: dict[str, Any], page_url: str) -> None:

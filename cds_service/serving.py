@@ -40,6 +40,7 @@ first thing ``serve`` does.
 from __future__ import annotations
 
 import contextlib
+import gc
 import html
 import io
 import json
@@ -276,6 +277,10 @@ def run(app: Flask, settings: Mapping[str, Any], options: Mapping[str, Any]) -> 
         max_bytes=settings["MAX_REQUEST_BYTES"],
     )
     raise_open_file_limit(int(options["worker_connections"]) + _SPARE_FILES)
+    # Everything loaded so far lives as long as the process: out of the garbage
+    # collector's reach, so a worker's collections do not write to (and so copy) the
+    # pages it shares with the master.
+    gc.freeze()
 
     class _Server(BaseApplication):  # type: ignore[misc]
         def load_config(self) -> None:

@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy import event
@@ -36,6 +36,9 @@ from sqlalchemy.pool import StaticPool
 from cds_service.config import ConfigError
 from cds_service.migrations import MIGRATIONS, Migration
 from cds_service.tables import schema_version
+
+if TYPE_CHECKING:
+    from cds_service.audit import AuditRecord
 
 logger = logging.getLogger(__name__)
 
@@ -102,7 +105,9 @@ def _sqlite_on_begin(connection: Connection) -> None:
     # writes can fail at once with "database is locked" instead of waiting for busy_timeout.
     # Readers (``Store.reading``) never block writers in WAL mode.
     read_only = connection.get_execution_options().get(READ_ONLY, False)
-    connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+    # On the driver's connection itself: the same statement, without SQLAlchemy's cost.
+    driver = connection.connection.driver_connection
+    driver.execute("BEGIN" if read_only else "BEGIN IMMEDIATE")  # type: ignore[union-attr]
 
 
 def create_store_engine(url: URL, sync: str = "normal") -> Engine:
@@ -221,22 +226,26 @@ class Store:
             # Start forked workers with an empty pool.
             self.engine.dispose()
 
-    def warm_up(self) -> None:
-        """Compile the audit write's statements now (the engine caches them, and forked
-        workers inherit the cache), by running them in a transaction that is rolled back.
-        SQLite only: on PostgreSQL the rolled-back inserts would still take ids."""
+    def warm_up(self, record: AuditRecord | None = None) -> None:
+        """Open a pooled connection and compile the audit write's statements now (the
+        engine caches them, and forked workers inherit the cache), by writing ``record``
+        (a made-up one when None) in a transaction that is rolled back. On PostgreSQL
+        only the connection is opened: rolled-back inserts would still take ids. Nothing
+        is tried when the database was unreachable at start-up."""
         from cds_service.audit import warm_up_write
 
-        if self.backend != "sqlite":
+        if not self._schema_ready:
             return
         try:
             with self.engine.connect() as connection:
+                if self.backend != "sqlite":
+                    return
                 transaction = connection.begin()
                 try:
-                    warm_up_write(connection)
+                    warm_up_write(connection, record)
                 finally:
                     transaction.rollback()
-        except SQLAlchemyError as exc:  # the first real write compiles them instead
+        except SQLAlchemyError as exc:  # the first real write does it instead
             logger.warning("audit write not warmed up: %s", type(exc).__name__)
 
     @contextmanager

@@ -252,7 +252,7 @@ class _Evaluator:
 
     def rule(self, rule: Rule) -> RuleResult:
         truth = self.logic(rule.decides, [])
-        deciding = _criteria_in(rule.decides)
+        deciding = _of_tree("criteria", rule.decides)
         results = tuple(self.criterion(cid, cid in deciding) for cid in rule.criteria)
         needs = self.needs(rule.decides) if truth is _UNKNOWN else None
         if isinstance(needs, str):
@@ -292,6 +292,20 @@ def _doc_leaves(node: Mapping[str, Any]) -> list[Mapping[str, Any]]:
     return [leaf for child in children for leaf in _doc_leaves(child)]
 
 
+# The criteria and the facts of each logic tree, by the tree's identity (policies are
+# immutable once loaded; the tree is kept alongside so an id is never taken for another's).
+_OF_TREE: dict[tuple[str, int], tuple[Mapping[str, Any], frozenset[str]]] = {}
+
+
+def _of_tree(what: str, node: Mapping[str, Any]) -> frozenset[str]:
+    known = _OF_TREE.get((what, id(node)))
+    if known is None or known[0] is not node:
+        found = _criteria_in(node) if what == "criteria" else _facts_in(node)
+        known = (node, frozenset(found))
+        _OF_TREE[(what, id(node))] = known
+    return known[1]
+
+
 def _facts_in(node: Mapping[str, Any]) -> set[str]:
     if "fact" in node:
         return {node["fact"]}
@@ -314,10 +328,28 @@ def facts_that_may_be_read(policy: Policy, known: Facts, as_of: date) -> frozens
             continue
         if evaluator.logic(rule.applies_when, []) is _UNMET:
             continue
-        read |= _facts_in(rule.applies_when)
+        read |= _of_tree("facts", rule.applies_when)
         for criterion_id in rule.criteria:
             read |= set(policy.criteria[criterion_id].facts)
     return frozenset(read)
+
+
+def _decision(evaluator: _Evaluator, indication: Rule, rules: list[Rule]) -> Decision:
+    """The decision under ``indication`` with the requirement and guidance rules among
+    ``rules``: the most severe outcome of the indication and the requirements."""
+    decided = evaluator.rule(indication)
+    requirements = tuple(evaluator.rule(r) for r in rules if r.kind is RuleKind.REQUIREMENT)
+    guidance = tuple(evaluator.rule(r) for r in rules if r.kind is RuleKind.GUIDANCE)
+    outcome = max((decided.outcome, *(r.outcome for r in requirements)), key=_SEVERITY.__getitem__)
+    return Decision(
+        policy_id=evaluator.policy.id,
+        policy_version=evaluator.policy.version,
+        outcome=outcome,
+        indication=decided,
+        requirements=requirements,
+        guidance=guidance,
+        as_of=evaluator.as_of,
+    )
 
 
 def evaluate_policy(
@@ -332,19 +364,7 @@ def evaluate_policy(
     indication = next((r for r in applicable if r.kind is RuleKind.INDICATION), None)
     if indication is None or not policy.effective.contains(as_of):
         return None
-    decided = evaluator.rule(indication)
-    requirements = tuple(evaluator.rule(r) for r in applicable if r.kind is RuleKind.REQUIREMENT)
-    guidance = tuple(evaluator.rule(r) for r in applicable if r.kind is RuleKind.GUIDANCE)
-    outcome = max((decided.outcome, *(r.outcome for r in requirements)), key=_SEVERITY.__getitem__)
-    return Decision(
-        policy_id=policy.id,
-        policy_version=policy.version,
-        outcome=outcome,
-        indication=decided,
-        requirements=requirements,
-        guidance=guidance,
-        as_of=as_of,
-    )
+    return _decision(evaluator, indication, applicable)
 
 
 def _top_answer_node(criterion: Criterion) -> bool:
@@ -445,19 +465,7 @@ def redecide(
             evaluator.cache[criterion_id] = CriterionResult(
                 criterion, truth, tuple(evidence), True, checked
             )
-    decided = evaluator.rule(indication)
-    requirements = tuple(evaluator.rule(r) for r in chosen if r.kind is RuleKind.REQUIREMENT)
-    guidance = tuple(evaluator.rule(r) for r in chosen if r.kind is RuleKind.GUIDANCE)
-    outcome = max((decided.outcome, *(r.outcome for r in requirements)), key=_SEVERITY.__getitem__)
-    return Decision(
-        policy_id=policy.id,
-        policy_version=policy.version,
-        outcome=outcome,
-        indication=decided,
-        requirements=requirements,
-        guidance=guidance,
-        as_of=as_of,
-    )
+    return _decision(evaluator, indication, chosen)
 
 
 def logic_truth(policy: Policy, node: Mapping[str, Any], facts: Facts, as_of: date) -> Truth:

@@ -14,17 +14,17 @@ as in the whole-policy Questionnaire, so one reader serves both.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import date, datetime, timedelta
+from datetime import date, datetime
 from html import escape
 from typing import Any
 
 from coverage_policy.engine import logic_truth
 from coverage_policy.model import DocumentationItem, FactValue, Policy, Rule, RuleKind, Truth
 from hooks.questionnaire import (
-    US,
     computable_name,
     option_system,
     questionnaire_canonical,
+    questionnaire_resource,
     rule_questionnaire_canonical,
     rule_questionnaire_id,
     terminology_base,
@@ -170,35 +170,19 @@ def rule_form(
     and ``Questionnaire/<id>`` serve it."""
     url, _, version = rule_questionnaire_canonical(policy, rule.id).partition("|")
     as_of = policy.effective.start or date.today()
-    items = form_items(policy, rule, as_of)
-    form: dict[str, Any] = {
-        "resourceType": "Questionnaire",
-        "id": rule_questionnaire_id(policy, rule.id),
-        "text": _narrative(rule, items),
-        "extension": [{"url": ADAPTIVE_EXTENSION, "valueUrl": next_question_base}],
-        "url": url,
-        "version": version,
-        "name": computable_name(rule_questionnaire_id(policy, rule.id)),
-        "title": f"{rule.title}: documentation for {policy.id}"[:200],
-        "status": "active",
-        "subjectType": ["Patient"],
-    }
-    if policy.effective.start is not None:
-        form["date"] = policy.effective.start.isoformat()
-    if publisher:
-        form["publisher"] = publisher
-    form["description"] = (
-        f"Adaptive form for rule {rule.id} of policy {policy.id} version {policy.version}: "
-        "each question's linkId is the policy's documentation item id."
+    form = questionnaire_resource(
+        policy,
+        form_id=rule_questionnaire_id(policy, rule.id),
+        canonical=(url, version),
+        title=f"{rule.title}: documentation for {policy.id}"[:200],
+        description=(
+            f"Adaptive form for rule {rule.id} of policy {policy.id} version "
+            f"{policy.version}: each question's linkId is the policy's documentation item id."
+        ),
+        publisher=publisher,
     )
-    form["jurisdiction"] = [US]
-    period: dict[str, str] = {}
-    if policy.effective.start is not None:
-        period["start"] = policy.effective.start.isoformat()
-    if policy.effective.end is not None:  # ours is exclusive, FHIR's inclusive
-        period["end"] = (policy.effective.end - timedelta(days=1)).isoformat()
-    if period:
-        form["effectivePeriod"] = period
+    form["text"] = _narrative(rule, form_items(policy, rule, as_of))
+    form["extension"] = [{"url": ADAPTIVE_EXTENSION, "valueUrl": next_question_base}]
     return form
 
 

@@ -186,14 +186,16 @@ def pump_hcpcs(order: DraftOrder) -> tuple[str, str] | None:
 def _references_in(value: Any) -> set[str]:
     """Every ``reference`` string anywhere in a resource's JSON."""
     found: set[str] = set()
-    if isinstance(value, dict):
-        if isinstance(value.get("reference"), str):
-            found.add(value["reference"])
-        for child in value.values():
-            found |= _references_in(child)
-    elif isinstance(value, list):
-        for child in value:
-            found |= _references_in(child)
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, dict):
+            reference = item.get("reference")
+            if isinstance(reference, str):
+                found.add(reference)
+            pending.extend(child for child in item.values() if isinstance(child, dict | list))
+        elif isinstance(item, list):
+            pending.extend(child for child in item if isinstance(child, dict | list))
     return found
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import date
+from functools import cache
 
 from coverage_policy.model import Evidence, FactValue, Policy
 from fhir_mappings.allergies import drug_allergy
@@ -63,11 +64,20 @@ KEYS_FACTS_READ = frozenset(
 )
 
 
+@cache
+def sources_of(name: str) -> frozenset[str]:
+    """The prefetch keys the data of the fact ``name`` comes from (without which it is
+    unknown)."""
+    return frozenset(
+        k for prefix, ks in FACT_SOURCES.items() if name.startswith(prefix) for k in ks
+    )
+
+
 def prefetch_keys_read(fact_names: Iterable[str]) -> frozenset[str]:
     """The prefetch keys the data of these facts comes from."""
     keys: set[str] = set()
     for name in fact_names:
-        keys |= {k for prefix, ks in FACT_SOURCES.items() if name.startswith(prefix) for k in ks}
+        keys |= sources_of(name)
         keys |= set(_ALSO_READ.get(name, ()))
     return frozenset(keys)
 
@@ -75,12 +85,10 @@ def prefetch_keys_read(fact_names: Iterable[str]) -> frozenset[str]:
 def facts_of_keys(keys: Iterable[str], fact_names: Iterable[str]) -> frozenset[str]:
     """Those of ``fact_names`` whose data comes from any of these prefetch keys (and is
     left out, unknown, when one of them could not be had)."""
-    wanted = set(keys)
-    return frozenset(
-        name
-        for name in fact_names
-        if any(name.startswith(p) and wanted & set(ks) for p, ks in FACT_SOURCES.items())
-    )
+    wanted = frozenset(keys)
+    if not wanted:
+        return frozenset()
+    return frozenset(name for name in fact_names if sources_of(name) & wanted)
 
 
 def facts_settled_by_orders(episode: PumpEpisode) -> dict[str, FactValue]:
@@ -252,12 +260,4 @@ def _history_facts(record: PatientRecord, as_of: date) -> dict[str, FactValue]:
 def _facts_with_data(facts: dict[str, FactValue], record: PatientRecord) -> dict[str, FactValue]:
     """The facts whose source data the record has (``FACT_SOURCES``): a fact about data
     that was not had is left out, so it is unknown rather than found absent."""
-    return {
-        name: value
-        for name, value in facts.items()
-        if all(
-            record.has_data(*keys)
-            for prefix, keys in FACT_SOURCES.items()
-            if name.startswith(prefix)
-        )
-    }
+    return {name: value for name, value in facts.items() if record.has_data(*sources_of(name))}

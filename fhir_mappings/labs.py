@@ -10,7 +10,7 @@ from typing import Any
 from coverage_policy.model import Evidence, FactValue
 from fhir_mappings.codes import LOINC
 from fhir_mappings.dates import as_date
-from fhir_mappings.record import PatientRecord, binding, codings
+from fhir_mappings.record import Entry, PatientRecord, binding, codings
 
 # Multiply a value in the key unit to get the lab's fact unit (binding "unit").
 _UNIT_FACTORS: dict[str, dict[str, float]] = {
@@ -50,17 +50,24 @@ def _normalise(quantity: Any, unit: str) -> float | None:
     return None if factor is None else float(quantity.value) * factor
 
 
+def _resulted_observations(record: PatientRecord) -> list[tuple[Entry, frozenset[str]]]:
+    """The record's resulted Observations, each with its LOINC codes (in record order)."""
+    return [
+        (entry, frozenset(c for s, c, _ in codings(entry.resource.code) if s == LOINC))
+        for entry in record.of_type("Observation")
+        if entry.resource.status in ("final", "amended", "corrected", "preliminary")
+    ]
+
+
 def lab_results(record: PatientRecord, kind: str, as_of: date) -> list[LabResult]:
     """Final results of one lab kind up to ``as_of``, most recent first."""
     lab = binding("labs")["labs"][kind]
-    codes, unit = set(lab["codes"]), lab["unit"]
+    codes, unit = frozenset(lab["codes"]), lab["unit"]
     results = []
-    for entry in record.of_type("Observation"):
+    for entry, loinc_codes in record.derived("labs.resulted", _resulted_observations):
+        if not codes & loinc_codes:
+            continue
         obs = entry.resource
-        if obs.status not in ("final", "amended", "corrected", "preliminary"):
-            continue
-        if not any(s == LOINC and c in codes for s, c, _ in codings(obs.code)):
-            continue
         value = _normalise(obs.valueQuantity, unit)
         on = as_date(
             obs.effectiveDateTime or getattr(obs.effectivePeriod, "start", None) or obs.issued

@@ -290,12 +290,24 @@ class _ShapeError(Exception):
         return text
 
 
-# A shape compiled for reading: (JSON name, attribute name, is a list, how to read one).
 _Reader = Callable[[Any, int], Any]
 # How deep read elements may nest (QuestionnaireResponse items nest; real ones a few
 # levels): deeper is refused as "nested too deeply", whatever the interpreter's stack.
 MAX_DEPTH = 64
-_Compiled = tuple[tuple[str, str, bool, _Reader], ...]
+
+
+class _Shape:
+    """A shape compiled for reading: its fields in shape order, as (JSON name, attribute
+    name, is a list, how to read one), and the same by JSON name."""
+
+    __slots__ = ("attributes", "by_name", "fields")
+
+    def __init__(self, fields: tuple[tuple[str, str, bool, _Reader], ...] = ()) -> None:
+        self.fields = fields
+        self.attributes = tuple(attribute for _, attribute, _, _ in fields)
+        self.by_name = {
+            name: (attribute, is_list, read) for name, attribute, is_list, read in fields
+        }
 
 
 def _primitive_reader(kind: str) -> _Reader:
@@ -316,16 +328,20 @@ class _ObjectReader:
     __slots__ = ("shape",)
 
     def __init__(self) -> None:
-        self.shape: _Compiled = ()
+        self.shape = _Shape()
 
     def __call__(self, value: Any, depth: int) -> Element:
         if not isinstance(value, dict):
             raise _ShapeError("an object")
         return Element(_read_object(self.shape, value, depth + 1))
 
+    def in_shape_order(self, value: Any, depth: int) -> Element:
+        if not isinstance(value, dict):
+            raise _ShapeError("an object")
+        return Element(_read_in_shape_order(self.shape, value, depth + 1))
 
-def _resource_reader(value: Any, depth: int) -> Element:
-    """A contained resource: read by its own type's shape, or for its id only."""
+
+def _resource_shape(value: Any) -> tuple[str, _Shape]:
     if not isinstance(value, dict):
         raise _ShapeError("an object")
     resource_type = value.get("resourceType")
@@ -334,21 +350,36 @@ def _resource_reader(value: Any, depth: int) -> Element:
         error.parts.append("resourceType")
         raise error
     shape = _COMPILED[resource_type] if resource_type in CONTAINED_TYPES else _COMPILED_ANY
+    return resource_type, shape
+
+
+def _resource_reader(value: Any, depth: int) -> Element:
+    """A contained resource: read by its own type's shape, or for its id only."""
+    resource_type, shape = _resource_shape(value)
     values = _read_object(shape, value, depth + 1)
     values["resourceType"] = resource_type
     return Element(values)
 
 
-def _compile() -> tuple[dict[str, _Compiled], _Compiled]:
+def _resource_reader_in_shape_order(value: Any, depth: int) -> Element:
+    resource_type, shape = _resource_shape(value)
+    values = _read_in_shape_order(shape, value, depth + 1)
+    values["resourceType"] = resource_type
+    return Element(values)
+
+
+def _compile() -> tuple[dict[str, _Shape], _Shape]:
     readers: dict[str, _Reader] = {kind: _primitive_reader(kind) for kind in PRIMITIVES}
     readers["Resource"] = _resource_reader
     objects = {name: _ObjectReader() for name in SHAPES}
     readers.update(objects)
 
-    def compiled(shape: Mapping[str, str]) -> _Compiled:
-        return tuple(
-            (name, _attribute(name), kind.endswith("[]"), readers[kind.removesuffix("[]")])
-            for name, kind in shape.items()
+    def compiled(shape: Mapping[str, str]) -> _Shape:
+        return _Shape(
+            tuple(
+                (name, _attribute(name), kind.endswith("[]"), readers[kind.removesuffix("[]")])
+                for name, kind in shape.items()
+            )
         )
 
     for name, reader in objects.items():
@@ -364,11 +395,44 @@ class _TooDeep(Exception):
     pass
 
 
-def _read_object(shape: _Compiled, value: Mapping[str, Any], depth: int) -> dict[str, Any]:
+def _read_object(shape: _Shape, value: Mapping[str, Any], depth: int) -> dict[str, Any]:
+    """The shape's elements of ``value`` (None when absent), looking only at the members
+    present. A wrong shape raises, but not necessarily at the element
+    ``_read_in_shape_order`` names first: ``read_resource`` asks that one what to name."""
+    if depth > MAX_DEPTH:
+        raise _TooDeep
+    values = dict.fromkeys(shape.attributes)
+    by_name = shape.by_name
+    for name, item in value.items():
+        field = by_name.get(name)
+        if field is None or item is None:
+            continue
+        attribute, is_list, read = field
+        if not is_list:
+            values[attribute] = read(item, depth)
+        elif not isinstance(item, list):
+            raise _ShapeError("a list")
+        else:
+            values[attribute] = [read(element, depth) for element in item]
+    return values
+
+
+def _in_shape_order(read: _Reader) -> _Reader:
+    if isinstance(read, _ObjectReader):
+        return read.in_shape_order
+    if read is _resource_reader:
+        return _resource_reader_in_shape_order
+    return read
+
+
+def _read_in_shape_order(shape: _Shape, value: Mapping[str, Any], depth: int) -> dict[str, Any]:
+    """``_read_object`` element by element in shape order, so the first element of the
+    wrong shape is the one named, with its path."""
     if depth > MAX_DEPTH:
         raise _TooDeep
     values: dict[str, Any] = {}
-    for name, attribute, is_list, read in shape:
+    for name, attribute, is_list, reader in shape.fields:
+        read = _in_shape_order(reader)
         item = value.get(name)
         if item is None:
             values[attribute] = None
@@ -397,6 +461,16 @@ def _read_object(shape: _Compiled, value: Mapping[str, Any], depth: int) -> dict
 _COMPILED, _COMPILED_ANY = _compile()
 
 
+def _problem(
+    error: Exception, raw: Mapping[str, Any], resource_type: str, path: str
+) -> ResourceProblem:
+    if isinstance(error, _ShapeError):
+        message = f"{error.where}: expected {error.expected}"
+    else:  # valid JSON, nested deeper than any real resource
+        message = "nested too deeply"
+    return ResourceProblem(resource_type, shown_id(raw), path, message)
+
+
 def read_resource(raw: Mapping[str, Any], path: str) -> Element:
     """The elements the facts read of one resource of a ``READ_TYPES`` type, checked for
     shape. Raises ``InvalidResource`` naming the type, id, path and the first element
@@ -404,14 +478,15 @@ def read_resource(raw: Mapping[str, Any], path: str) -> Element:
     resource_type = raw.get("resourceType")
     if not isinstance(resource_type, str) or resource_type not in READ_TYPES:
         raise InvalidResource(named_problem(raw, path, "not a resource type read here"))
+    shape = _COMPILED[resource_type]
     try:
-        values = _read_object(_COMPILED[resource_type], raw, 0)
-    except _ShapeError as exc:
-        message = f"{exc.where}: expected {exc.expected}"
-        problem = ResourceProblem(resource_type, shown_id(raw), path, message)
-        raise InvalidResource(problem) from None
-    except (_TooDeep, RecursionError):  # valid JSON, nested deeper than any real resource
-        problem = ResourceProblem(resource_type, shown_id(raw), path, "nested too deeply")
-        raise InvalidResource(problem) from None
+        values = _read_object(shape, raw, 0)
+    except (_ShapeError, _TooDeep, RecursionError) as first:
+        try:
+            _read_in_shape_order(shape, raw, 0)
+        except (_ShapeError, _TooDeep, RecursionError) as named:
+            raise InvalidResource(_problem(named, raw, resource_type, path)) from None
+        # Both read the same elements, so this is not reached.
+        raise InvalidResource(_problem(first, raw, resource_type, path)) from None
     values["resourceType"] = resource_type
     return Element(values)

@@ -14,16 +14,18 @@ decides. References resolve whether written ``Type/id``, as an absolute URL, or 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
-from typing import Any
+from typing import Any, TypeVar
 
 from fhir_mappings.bundles import MisshapenBundle, MisshapenEntry, entries_of
 from fhir_mappings.codes import LOINC, canonical_system
 from fhir_mappings.r4 import FhirModel, InvalidResource, ResourceProblem, named_problem
 from fhir_mappings.reader import READ_TYPES, read_resource
+
+_T = TypeVar("_T")
 
 # The resource types facts are drawn from.
 RECORD_TYPES = READ_TYPES
@@ -99,6 +101,7 @@ class PatientRecord:
         self._by_reference: dict[str, Entry] = {}
         self._problems: list[tuple[int, ResourceProblem]] = []
         self._count = 0
+        self._derived: dict[str, Any] = {}
 
     @property
     def problems(self) -> list[ResourceProblem]:
@@ -143,6 +146,13 @@ class PatientRecord:
             self._by_reference[reference] = entry
             if item.full_url:
                 self._by_reference.setdefault(item.full_url, entry)
+
+    def derived(self, name: str, derive: Callable[[PatientRecord], _T]) -> _T:
+        """What ``derive`` finds in this record (an index several facts read), derived
+        once per record under ``name``."""
+        if name not in self._derived:
+            self._derived[name] = derive(self)
+        return self._derived[name]  # type: ignore[no-any-return]
 
     def of_type(self, resource_type: str) -> list[Entry]:
         self._read(resource_type)

@@ -12,7 +12,7 @@ documentation is asked for (CRD hook-19).
 
 from __future__ import annotations
 
-import copy
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date
@@ -155,7 +155,7 @@ def coverage_system_actions(
         extension = coverage_information(item, ctx)
         updated = False
         for order in item.episode.orders:
-            resource = copy.deepcopy(dict(order.raw))
+            resource = json.loads(json.dumps(dict(order.raw)))  # a copy: JSON in, JSON out
             existing = resource.get("extension") or []
             ours = [e for e in existing if _for_coverage(e, ctx.coverage.reference)]
             if any(_same_assertion(e, extension) for e in ours):

@@ -138,40 +138,60 @@ def questionnaire_item(policy: Policy, item: DocumentationItem) -> dict[str, Any
     return entry
 
 
-def documentation_questionnaire(policy: Policy, publisher: str | None = None) -> dict[str, Any]:
-    """The FHIR R4 Questionnaire asking every documentation item of ``policy``.
-
-    ``date`` is the policy's effective date: the policy data carries no other revision
-    date, and the Questionnaire changes only with it (its version is the policy's).
-    """
-    url, version = questionnaire_canonical(policy)
-    questionnaire: dict[str, Any] = {
+def questionnaire_resource(
+    policy: Policy,
+    *,
+    form_id: str,
+    canonical: tuple[str, str],
+    title: str,
+    description: str,
+    publisher: str | None,
+) -> dict[str, Any]:
+    """What every form of the policy says of itself: identity, status, the policy's
+    effective date and period (``date`` is the effective date: the policy data carries no
+    other revision date, and a form changes only with it), publisher, jurisdiction."""
+    url, version = canonical
+    resource: dict[str, Any] = {
         "resourceType": "Questionnaire",
-        "id": policy.questionnaire_id,
+        "id": form_id,
         "url": url,
         "version": version,
-        "name": computable_name(policy.questionnaire_id),
-        "title": policy.questionnaire_title,
+        "name": computable_name(form_id),
+        "title": title,
         "status": "active",
         "subjectType": ["Patient"],
     }
     if policy.effective.start is not None:
-        questionnaire["date"] = policy.effective.start.isoformat()
+        resource["date"] = policy.effective.start.isoformat()
     if publisher:
-        questionnaire["publisher"] = publisher
-    questionnaire["description"] = (
-        f"Documentation that settles criteria of {policy.title} that a patient's record "
-        f"does not show. Generated from policy {policy.id} version {policy.version}; each "
-        "item's linkId is the policy's documentation item id."
-    )
-    questionnaire["jurisdiction"] = [US]
+        resource["publisher"] = publisher
+    resource["description"] = description
+    resource["jurisdiction"] = [US]
     if policy.effective.start is not None or policy.effective.end is not None:
         period: dict[str, str] = {}
         if policy.effective.start is not None:
             period["start"] = policy.effective.start.isoformat()
         if policy.effective.end is not None:  # ours is exclusive, FHIR's inclusive
             period["end"] = (policy.effective.end - timedelta(days=1)).isoformat()
-        questionnaire["effectivePeriod"] = period
+        resource["effectivePeriod"] = period
+    return resource
+
+
+def documentation_questionnaire(policy: Policy, publisher: str | None = None) -> dict[str, Any]:
+    """The FHIR R4 Questionnaire asking every documentation item of ``policy``."""
+    url, version = questionnaire_canonical(policy)
+    questionnaire = questionnaire_resource(
+        policy,
+        form_id=policy.questionnaire_id,
+        canonical=(url, version),
+        title=policy.questionnaire_title,
+        description=(
+            f"Documentation that settles criteria of {policy.title} that a patient's record "
+            f"does not show. Generated from policy {policy.id} version {policy.version}; each "
+            "item's linkId is the policy's documentation item id."
+        ),
+        publisher=publisher,
+    )
     questionnaire["item"] = [
         questionnaire_item(policy, item) for item in policy.documentation.values()
     ]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 from coverage_policy.model import Policy
@@ -13,6 +13,7 @@ from fhir_mappings.codes import LOINC
 from fhir_mappings.labs import lab_loinc_codes
 from hooks.crd_dialect import SUPPORTED_CRD_VERSIONS
 from hooks.decide import EpisodeDecision, OrderScope
+from hooks.request import ClinicalInput, HookRequest
 
 # Prefetch templates valid in CDS Hooks 2.0: only root-level primitive context tokens.
 # Keys (``fhir_mappings.prefetch_keys``) are shared by every hook so a client can satisfy
@@ -71,9 +72,13 @@ class ServiceDefinition:
     prefetch: Mapping[str, str]
     context_schema: Mapping[str, Any]
     # (request, resources read for context_reads, policy, today) -> OrderScope
-    scope: Callable[..., OrderScope] = field(compare=False)
+    scope: Callable[[HookRequest, Mapping[str, Any], Policy, date], OrderScope] = field(
+        compare=False
+    )
     # (request, scope, clinical input, environment) -> HookResult
-    handler: Callable[..., HookResult] = field(compare=False)
+    handler: Callable[[HookRequest, OrderScope, ClinicalInput, HookEnvironment], HookResult] = (
+        field(compare=False)
+    )
     configuration_options: tuple[ConfigurationOption, ...] = ()
     # References the context names that must be read before the scope is known.
     context_reads: Callable[[Mapping[str, Any]], list[str]] = field(

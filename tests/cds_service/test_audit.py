@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,9 +15,21 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from cds_service import routes
-from cds_service.audit import CallTimings, audit_for_assertion, build_audit_record
+from cds_service.audit import (
+    AuditRecord,
+    CallTimings,
+    CardRecord,
+    CriterionRecord,
+    DecisionRecord,
+    _audit_rows,
+    _insert_audit_rows,
+    _insert_audit_rows_sqlalchemy,
+    audit_for_assertion,
+    build_audit_record,
+    record_service_call,
+)
 from cds_service.auth import ClientIdentity
-from cds_service.store import Store
+from cds_service.store import Store, open_store
 from cds_service.tables import criterion_result, decision, issued_card, metadata, service_call
 from hooks.coverage_information import EXTENSION_URL
 from hooks.request import HookRequest
@@ -338,3 +351,83 @@ def test_issued_cards_are_the_response_cards_with_the_decision_each_is_about(
     assert [d.coverage_assertion_id for d in record.decisions] == [assertion_id] * len(
         result.decisions
     )
+
+
+def _audit_record_with_everything() -> AuditRecord:
+    """A record whose rows use every column type of the audit tables (times, dates, JSON
+    lists, booleans, floats, NULLs, non-ASCII text)."""
+    return AuditRecord(
+        recorded_at=FIXED_NOW,
+        service_id="infusion-pump-coverage-order-sign",
+        hook="order-sign",
+        hook_instance="d1577c69-dfbe-44ad-ba6d-3e05e953b2ea",
+        client_iss="https://ehr.example.org/cds-client/é",
+        crd_version="2.0",
+        timings=CallTimings(prefetch=0.0012345, fetch=0.0, decide=0.002, total=0.0051),
+        decisions=(
+            DecisionRecord(
+                coverage_assertion_id="a-1",
+                order_references=("DeviceRequest/d1", "MedicationRequest/m1"),
+                policy_id="MCS051.01",
+                policy_version="2026-01",
+                rule_id="indication-insulin",
+                outcome="conditional",
+                as_of=FIXED_NOW.date(),
+                criteria=(
+                    CriterionRecord("r1", "indication", "c1", "met", True, ("Condition/x",)),
+                    CriterionRecord("r1", "indication", "c2", "unknown", False, (), False),
+                ),
+            ),
+        ),
+        cards=(
+            CardRecord("u-1", "coverage", "info", ("s-1", "s-2"), 0),
+            CardRecord("u-2", None, "warning", (), None),  # type: ignore[arg-type]
+        ),
+        decision_page_token="token-1",
+    )
+
+
+def _stored(path: Path) -> dict[str, list[tuple[Any, ...]]]:
+    """Every audit row as SQLite holds it, each value with its storage class."""
+    tables = ("service_call", "decision", "criterion_result", "decision_page", "issued_card")
+    with sqlite3.connect(path) as connection:
+        stored = {}
+        for table in tables:
+            columns = [row[1] for row in connection.execute(f"PRAGMA table_info({table})")]
+            listed = ", ".join(f"{c}, typeof({c})" for c in columns)
+            stored[table] = connection.execute(f"SELECT {listed} FROM {table}").fetchall()
+        return stored
+
+
+def test_sqlite_stores_the_rows_sqlalchemy_would(tmp_path: Path) -> None:
+    """The SQLite write goes through the driver's cursor; what it stores is what the
+    SQLAlchemy statements store, value for value and type for type."""
+    rows = _audit_rows(_audit_record_with_everything())
+    stored = []
+    for name, insert in (
+        ("driver", _insert_audit_rows),
+        ("sqlalchemy", _insert_audit_rows_sqlalchemy),
+    ):
+        path = tmp_path / f"{name}.sqlite3"
+        store = open_store(f"sqlite:///{path}", str(tmp_path))
+        store.migrate()
+        with store.transaction() as connection:
+            assert insert(connection, rows) == 1
+        store.dispose()
+        stored.append(_stored(path))
+    assert stored[0] == stored[1]
+    assert all(stored[0].values())
+
+
+def test_a_failed_sqlite_insert_records_nothing_of_the_call(tmp_path: Path) -> None:
+    """An insert the driver refuses midway rolls back the whole call and counts as a
+    database failure (writes pause), like any other."""
+    store = open_store(f"sqlite:///{tmp_path / 'audit.sqlite3'}", str(tmp_path))
+    store.migrate()
+    with store.transaction() as connection:
+        connection.exec_driver_sql("DROP TABLE issued_card")
+    assert record_service_call(store, _audit_record_with_everything()) is None
+    assert store.writes_suspended()
+    assert _rows(store, service_call) == []
+    assert _rows(store, decision) == []
+    store.dispose()

@@ -19,7 +19,6 @@ from typing import Any
 import jwt
 import pytest
 import requests
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from flask import Flask
 from flask.testing import FlaskClient
@@ -35,32 +34,12 @@ from tests.builders import order_sign_request, patient_and_coverage_prefetch
 from tests.conftest import ORDER_SIGN, make_app
 from tests.misbehaving_fhir_server import MisbehavingFhirServer
 from tests.served_process import ServedProcess, free_port
+from tests.signing_keys import SigningKey
 
 ISSUER = "https://ehr.example.org"
 OTHER_ISSUER = "https://other-ehr.example.net"
 PUBLIC_URL = "https://cds.example.org"
 ENDPOINT = f"{PUBLIC_URL}{ORDER_SIGN}"
-
-
-@dataclass(frozen=True)
-class SigningKey:
-    """A client's private key with the kid and algorithm it signs with."""
-
-    kid: str
-    alg: str
-    private_key: Any
-
-    @property
-    def public_jwk(self) -> dict[str, Any]:
-        algorithm = jwt.get_algorithm_by_name(self.alg)
-        jwk = algorithm.to_jwk(self.private_key.public_key(), as_dict=True)
-        return {**jwk, "kid": self.kid, "alg": self.alg, "use": "sig"}
-
-    @property
-    def public_pem(self) -> bytes:
-        return self.private_key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
 
 
 @dataclass(frozen=True)

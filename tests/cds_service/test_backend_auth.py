@@ -40,28 +40,13 @@ from cds_service.errors import ServiceUnavailable
 from cds_service.tables import backend_access_token
 from tests.conftest import ROOT, make_app
 from tests.served_process import ServedProcess, free_port
+from tests.signing_keys import SigningKey
 
 PUBLIC_URL = "https://payer.example.org"
 TOKEN_URL = f"{PUBLIC_URL}/auth/token"
 CLIENT = "dtr-client-1"
 OTHER_CLIENT = "dtr-client-2"
 SCOPES = "system/Questionnaire.rs system/ValueSet.rs"
-
-
-@dataclass(frozen=True)
-class SigningKey:
-    """A client's private key with the kid and algorithm it signs with."""
-
-    kid: str
-    alg: str
-    private_key: Any
-
-    @property
-    def public_jwk(self) -> dict[str, Any]:
-        jwk = jwt.get_algorithm_by_name(self.alg).to_jwk(
-            self.private_key.public_key(), as_dict=True
-        )
-        return {**jwk, "kid": self.kid, "alg": self.alg, "use": "sig"}
 
 
 @dataclass(frozen=True)

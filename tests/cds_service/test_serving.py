@@ -229,6 +229,14 @@ def test_the_body_is_read_whole_before_the_app_runs(environ: dict[str, Any], sta
         assert json.loads(body)["resourceType"] == "OperationOutcome"
 
 
+def test_the_worker_warms_up_before_it_answers(served: ServedProcess) -> None:
+    """The worker decided the built-in call at boot; it failed nowhere."""
+    assert served.log_path is not None
+    log = served.log_path.read_text(errors="replace")
+    assert "worker warmed up in" in log
+    assert "warm-up failed" not in log
+
+
 def test_serving_options_follow_the_settings() -> None:
     settings = load_settings({}, environ={"CDS_MAX_CONNECTIONS": "2000", "CDS_KEEPALIVE_S": "3"})
     options = serving_options(settings, host="127.0.0.1", port=8080, workers=2)

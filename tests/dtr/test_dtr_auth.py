@@ -11,8 +11,9 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from flask.testing import FlaskClient
 
-from tests.cds_service.test_backend_auth import PUBLIC_URL, SigningKey, assertion, token_form
+from tests.cds_service.test_backend_auth import PUBLIC_URL, assertion, token_form
 from tests.conftest import make_app
+from tests.signing_keys import SigningKey
 
 FIXTURE = (
     Path(__file__).resolve().parents[2]

@@ -211,3 +211,18 @@ def test_every_shape_names_only_types_it_defines() -> None:
             name = kind.removesuffix("[]")
             assert name in PRIMITIVES or name in SHAPES or name == "Resource", kind
     assert set(SHAPES) >= READ_TYPES
+
+
+def test_of_several_malformed_elements_the_first_in_shape_order_is_named() -> None:
+    """The reader looks at the members a resource has, in the order it has them; the
+    element named is still the first wrong one in the shape's order, whatever the order
+    of the JSON members (so the same resource is always named the same way)."""
+    wrong = {"valueQuantity": {"value": "8.1"}, "code": {"coding": [{"system": 5}]}}
+    reversed_members = dict(reversed(list(_observation(**wrong).items())))
+    names = {_refusal(_observation(**wrong)), _refusal(reversed_members)}
+    assert len(names) == 1
+    (name,) = names
+    assert name.startswith(("code.coding[0].system", "valueQuantity.value"))
+    shape = list(SHAPES["Observation"])
+    first = min(("code", "valueQuantity"), key=shape.index)
+    assert name.startswith(first)

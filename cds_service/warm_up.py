@@ -1,0 +1,59 @@
+"""A worker's warm-up: one built-in call decided inside each freshly forked worker before
+it accepts connections, so that its first real call costs what any other does.
+
+``serve`` loads everything once before the fork (``cds_service.app.preload``): modules,
+FHIR models, schema validators, the compiled audit statements. A forked worker shares
+those pages with the master until it first writes to them, and Python writes to every
+object it touches (reference counts): the first call in a new worker would copy
+thousands of pages and open its database connection, at three to four times the cost
+of the next call. The warm-up pays that at boot instead: it decides
+``warm_up_request.json`` (an order-sign call with its whole prefetch and no
+``fhirServer``, so nothing is fetched) through the same steps as a service call, builds
+its response, and writes its audit record in a transaction that is rolled back (on
+PostgreSQL it only opens the worker's connection). Nothing is answered, recorded,
+counted or logged, and a warm-up that fails only leaves the work to the first call.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from importlib import resources
+
+from flask import Flask, request
+
+logger = logging.getLogger(__name__)
+
+WARM_UP_SERVICE = "infusion-pump-coverage-order-sign"
+
+
+def warm_up_request() -> bytes:
+    """The body of the built-in call."""
+    return resources.files("cds_service").joinpath("warm_up_request.json").read_bytes()
+
+
+def warm_up_worker(app: Flask) -> None:
+    """Decide the built-in call in this process without answering or recording it."""
+    from cds_service.envelope import parse_json_body
+    from cds_service.routes import answer_call
+    from hooks import SERVICES
+
+    started = time.perf_counter()
+    service = SERVICES[WARM_UP_SERVICE]
+    body = warm_up_request()
+    try:
+        with app.test_request_context(
+            f"/cds-services/{service.id}",
+            method="POST",
+            data=body,
+            content_type="application/json",
+        ):
+            answered = answer_call(service, parse_json_body(request.get_data()), None, started)
+            app.json.dumps(answered.result.response)
+        app.extensions["cds_store"].warm_up(answered.record)
+    except Exception as exc:  # noqa: BLE001 - a worker starts whatever its warm-up meets
+        logger.warning(
+            "worker warm-up failed (%s); its first call loads what it needs", type(exc).__name__
+        )
+        return
+    logger.info("worker warmed up in %.0f ms", (time.perf_counter() - started) * 1000)
