@@ -1,4 +1,7 @@
-"""Coverage → the member's Medicare Part A status for the stay (Part B vs Part D billing).
+"""Coverage → the Coverages a coverage-information can be about, and the member's Medicare
+Part A status for the stay (Part B vs Part D billing).
+
+Only an active Coverage with an id can be named by a coverage-information extension.
 
 A Coverage whose type or class names Part A (e.g. Blue Button's ``class`` value "Part A")
 speaks to it: active with a period covering the order date is ``active``; cancelled, or
@@ -21,6 +24,15 @@ def _names(coverage: Any) -> str:
     for item in coverage.class_fhir or []:
         names += [item.value or "", item.name or "", concept_text(item.type)]
     return " | ".join(names).lower()
+
+
+def active_coverages(record: PatientRecord) -> list[str]:
+    """The references of the record's active Coverages that have an id, in record order."""
+    return [
+        entry.reference
+        for entry in record.of_type("Coverage")
+        if entry.resource.status == "active" and entry.resource.id
+    ]
 
 
 def part_a_status(record: PatientRecord, as_of: date) -> FactValue:
