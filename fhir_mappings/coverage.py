@@ -16,6 +16,7 @@ from typing import Any
 
 from coverage_policy.model import Evidence, FactValue
 from fhir_mappings.dates import as_date
+from fhir_mappings.evidence import evidence_summary
 from fhir_mappings.record import PatientRecord, concept_text
 
 
@@ -45,8 +46,16 @@ def part_a_status(record: PatientRecord, as_of: date) -> FactValue:
         end = as_date(getattr(period, "end", None))
         in_period = (start is None or start <= as_of) and (end is None or as_of <= end)
         if coverage.status == "active" and in_period:
-            return FactValue("active", (Evidence(entry.reference, "Part A coverage active"),))
+            return FactValue(
+                "active",
+                (Evidence(entry.reference, evidence_summary("coverage", "part_a_active")),),
+            )
         if coverage.status == "cancelled" or (end is not None and end < as_of):
-            summary = f"Part A coverage {coverage.status}, ended {end.isoformat() if end else '-'}"
+            summary = evidence_summary(
+                "coverage",
+                "part_a_ended",
+                status=coverage.status,
+                end=end.isoformat() if end else "-",
+            )
             return FactValue("none", (Evidence(entry.reference, summary),))
     return FactValue(None)
