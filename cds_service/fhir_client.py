@@ -42,6 +42,7 @@ import urllib3.exceptions
 from requests.adapters import HTTPAdapter
 
 from cds_service import operations
+from cds_service.config import DEFAULTS
 from cds_service.errors import FhirQueryFailed
 from cds_service.json_input import UnreadableJson, loads_untrusted
 
@@ -175,12 +176,12 @@ class FhirQueryLimits:
     """How long and how much one request's queries may take, how many of them run at once,
     and the threads of the process's query pool they run on."""
 
-    deadline_s: float = 3.0
-    call_timeout_s: float = 2.0
-    max_pages: int = 20
-    max_response_bytes: int = 16 * 1024 * 1024
-    queries_per_call: int = 16
-    pool_threads: int = 64
+    deadline_s: float = DEFAULTS["FHIR_DEADLINE_S"]
+    call_timeout_s: float = DEFAULTS["FHIR_CALL_TIMEOUT_S"]
+    max_pages: int = DEFAULTS["FHIR_MAX_PAGES"]
+    max_response_bytes: int = DEFAULTS["FHIR_MAX_RESPONSE_BYTES"]
+    queries_per_call: int = DEFAULTS["FHIR_QUERIES_PER_CALL"]
+    pool_threads: int = DEFAULTS["FHIR_QUERY_THREADS"]
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any]) -> FhirQueryLimits:
