@@ -59,3 +59,11 @@ class Settings(Mapping[str, Any]):
 
     def __len__(self) -> int:
         return len(self.by_name)
+
+
+def fhir_limits_of(settings: Mapping[str, Any]) -> FhirQueryLimits:
+    """The FHIR query limits of ``settings``: built once when they are ``Settings``, else
+    read from the mapping (settings ``load_settings`` checked)."""
+    if isinstance(settings, Settings):
+        return settings.fhir_limits
+    return FhirQueryLimits.from_settings(settings)

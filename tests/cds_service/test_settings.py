@@ -6,9 +6,9 @@ import dataclasses
 
 import pytest
 
-from cds_service.config import DEFAULTS, ConfigError
+from cds_service.config import DEFAULTS, ConfigError, load_settings
 from cds_service.fhir_client import FhirQueryLimits
-from cds_service.settings import Settings
+from cds_service.settings import Settings, fhir_limits_of
 from tests.conftest import make_app
 
 
@@ -35,6 +35,14 @@ def test_settings_cannot_be_changed() -> None:
 
 def test_the_fhir_limits_defaults_are_the_settings_defaults() -> None:
     assert Settings.load(environ={}).fhir_limits == FhirQueryLimits()
+
+
+def test_fhir_limits_are_read_alike_from_settings_and_from_a_checked_mapping() -> None:
+    environ = {"CDS_FHIR_MAX_PAGES": "3", "CDS_FHIR_QUERIES_PER_CALL": "4"}
+    settings = Settings.load(environ=environ)
+    assert fhir_limits_of(settings) is settings.fhir_limits
+    assert fhir_limits_of(load_settings(environ=environ)) == settings.fhir_limits
+    assert (settings.fhir_limits.max_pages, settings.fhir_limits.queries_per_call) == (3, 4)
 
 
 def test_create_app_builds_the_settings_once() -> None:
