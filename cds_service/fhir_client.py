@@ -350,14 +350,13 @@ def query_pool(threads: int) -> ThreadPoolExecutor:
 
     Made on first use in each process: a server that forks its workers after loading the
     app hands them no pool (a pool's threads do not survive a fork). A pool of another
-    size (a new setting) replaces it; the old one's running queries finish by themselves.
+    size (a new setting) replaces it; the old one is not shut down, so a call that holds
+    it still runs its queries there, and its threads end once no call holds it.
     """
     global _pool, _pool_pid, _pool_threads
     with _pool_lock:
         pid = os.getpid()
         if _pool is None or _pool_pid != pid or _pool_threads != threads:
-            if _pool is not None and _pool_pid == pid:
-                _pool.shutdown(wait=False)
             _pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="fhir-query")
             _pool_pid, _pool_threads = pid, threads
         return _pool

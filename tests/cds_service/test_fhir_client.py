@@ -151,6 +151,10 @@ def test_every_call_of_a_worker_runs_on_its_one_query_pool(
     # A forked worker finds the pool of another process and makes its own.
     monkeypatch.setattr(fhir_client, "_pool_pid", -1)
     assert query_pool(3) is not pool
+    # A new size replaces the pool; a call still holding the old one runs its queries.
+    held = query_pool(3)
+    assert query_pool(4) is not held
+    assert held.submit(lambda: "ran").result(timeout=5) == "ran"
 
 
 def test_a_call_to_a_hung_server_leaves_threads_for_the_other_calls(
