@@ -13,7 +13,6 @@ from flask import Flask
 from cds_service import decision_page, dtr_routes, fhir_routes, smart_app
 from cds_service.auth import install_client_authentication
 from cds_service.backend_auth import install_backend_auth
-from cds_service.config import load_settings
 from cds_service.cors import install_cors
 from cds_service.decision_page import new_decision_page_token
 from cds_service.envelope import preload_validators
@@ -21,6 +20,7 @@ from cds_service.operations import install_operations
 from cds_service.rate_limit import install_rate_limits
 from cds_service.replay import ReplayCache
 from cds_service.routes import blueprint
+from cds_service.settings import Settings
 from cds_service.store import open_store
 from cds_service.warm_up import warm_up_worker
 from coverage_policy.loader import load_policy
@@ -59,7 +59,8 @@ def create_app(
     ``new_uuid`` and ``new_page_token`` are injectable so tests can compare responses
     exactly."""
     app = Flask(__name__, instance_relative_config=True)
-    app.config["CDS"] = load_settings(config)
+    # Checked and frozen once: every module reads these (by attribute or by name).
+    app.config["CDS"] = Settings.load(config)
     app.config["MAX_CONTENT_LENGTH"] = app.config["CDS"]["MAX_REQUEST_BYTES"]
     app.extensions["cds_clock"] = clock
     app.extensions["cds_new_uuid"] = new_uuid

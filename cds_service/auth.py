@@ -43,6 +43,7 @@ import urllib3.exceptions
 from flask import Flask, current_app, request
 
 from cds_service import operations
+from cds_service.config import DEFAULTS
 from cds_service.errors import ClientAuthenticationFailed, Unauthorized
 from cds_service.fhir_client import is_loopback_host, shared_session
 from cds_service.json_input import UnreadableJson, loads_untrusted
@@ -372,7 +373,7 @@ def _find_issuer_key(
     inline = entry.get("jwks")
     if not urls and jwks_url is None and not isinstance(inline, Mapping):
         raise ClientAuthenticationFailed("issuer has no keys for this token")
-    interval = float(settings.get("JWKS_REFRESH_INTERVAL_S", 60.0))
+    interval = float(settings.get("JWKS_REFRESH_INTERVAL_S", DEFAULTS["JWKS_REFRESH_INTERVAL_S"]))
     unreachable: ClientAuthenticationFailed | None = None
     for url in urls:
         try:

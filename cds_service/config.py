@@ -42,6 +42,11 @@ DEFAULTS: dict[str, Any] = {
     # Limits on what one query may bring back: pages followed, bytes per response.
     "FHIR_MAX_PAGES": 20,
     "FHIR_MAX_RESPONSE_BYTES": 16 * 1024 * 1024,
+    # Threads of each process's FHIR query pool, shared by its calls, and the most queries
+    # one call runs at once on it (fewer than the threads: a call to a hung server never
+    # holds them all).
+    "FHIR_QUERY_THREADS": 64,
+    "FHIR_QUERIES_PER_CALL": 16,
     # Fewest seconds between two fetches of an issuer's JWKS to look for an unknown kid.
     "JWKS_REFRESH_INTERVAL_S": 60.0,
     # Largest request body accepted (413 beyond): a whole patient record as prefetch fits.
@@ -93,6 +98,8 @@ _FLOAT_KEYS = {
 _INT_KEYS = {
     "FHIR_MAX_PAGES",
     "FHIR_MAX_RESPONSE_BYTES",
+    "FHIR_QUERY_THREADS",
+    "FHIR_QUERIES_PER_CALL",
     "MAX_REQUEST_BYTES",
     "AUDIT_RETENTION_DAYS",
     "MAX_CONNECTIONS",
@@ -159,6 +166,11 @@ def load_settings(
             raise ConfigError(f"CDS_{key} must be a number")
         if value < 0 or (value == 0 and key not in _MAY_BE_ZERO):
             raise ConfigError(f"CDS_{key} must be a positive number")
+    if settings["FHIR_QUERIES_PER_CALL"] >= settings["FHIR_QUERY_THREADS"]:
+        raise ConfigError(
+            "CDS_FHIR_QUERIES_PER_CALL must be fewer than CDS_FHIR_QUERY_THREADS, so that "
+            "one call cannot hold every query thread"
+        )
     for issuer, entry in settings["TRUSTED_ISSUERS"].items():
         if not isinstance(entry, dict) or not ({"jwks", "jwks_url", "jku"} & set(entry)):
             raise ConfigError(

@@ -15,6 +15,11 @@ Every query of one request shares one deadline; each HTTP call also has its own 
 and a response is read in small pieces so that neither a huge body nor a slow trickle
 holds the request past the deadline. A failure never escapes as an exception other than
 ``FhirQueryFailed``, whose ``reason`` is short and fit to show a clinician.
+
+The queries run on one pool of threads per process (``CDS_FHIR_QUERY_THREADS``), made on
+first use in each process, so a pool is never inherited across a fork. It is shared by
+every call, behind a bulkhead: one call runs at most ``CDS_FHIR_QUERIES_PER_CALL`` of its
+queries at once, so the threads a call to a hung server holds are never all of them.
 """
 
 from __future__ import annotations
@@ -24,8 +29,9 @@ import logging
 import os
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ALL_COMPLETED, ThreadPoolExecutor, wait
+from concurrent.futures import ALL_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from http.cookiejar import DefaultCookiePolicy
 from typing import Any
@@ -36,6 +42,7 @@ import urllib3.exceptions
 from requests.adapters import HTTPAdapter
 
 from cds_service import operations
+from cds_service.config import DEFAULTS
 from cds_service.errors import FhirQueryFailed
 from cds_service.json_input import UnreadableJson, loads_untrusted
 
@@ -54,7 +61,6 @@ UNREACHABLE = "the EHR's FHIR server could not be reached"
 NOT_ALLOWED = "the EHR's FHIR server is not one this service may query"
 
 _READ_PIECE = 64 * 1024
-_MAX_QUERIES_AT_ONCE = 16
 
 
 def is_loopback_host(host: str | None) -> bool:
@@ -167,12 +173,15 @@ def close_shared_session() -> None:
 
 @dataclass(frozen=True, slots=True)
 class FhirQueryLimits:
-    """How long and how much one request's queries may take."""
+    """How long and how much one request's queries may take, how many of them run at once,
+    and the threads of the process's query pool they run on."""
 
-    deadline_s: float = 3.0
-    call_timeout_s: float = 2.0
-    max_pages: int = 20
-    max_response_bytes: int = 16 * 1024 * 1024
+    deadline_s: float = DEFAULTS["FHIR_DEADLINE_S"]
+    call_timeout_s: float = DEFAULTS["FHIR_CALL_TIMEOUT_S"]
+    max_pages: int = DEFAULTS["FHIR_MAX_PAGES"]
+    max_response_bytes: int = DEFAULTS["FHIR_MAX_RESPONSE_BYTES"]
+    queries_per_call: int = DEFAULTS["FHIR_QUERIES_PER_CALL"]
+    pool_threads: int = DEFAULTS["FHIR_QUERY_THREADS"]
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any]) -> FhirQueryLimits:
@@ -181,6 +190,8 @@ class FhirQueryLimits:
             call_timeout_s=float(settings["FHIR_CALL_TIMEOUT_S"]),
             max_pages=int(settings["FHIR_MAX_PAGES"]),
             max_response_bytes=int(settings["FHIR_MAX_RESPONSE_BYTES"]),
+            queries_per_call=int(settings["FHIR_QUERIES_PER_CALL"]),
+            pool_threads=int(settings["FHIR_QUERY_THREADS"]),
         )
 
 
@@ -327,37 +338,84 @@ def next_link(bundle: Any) -> str | None:
     return None
 
 
-def fetch_all(reader: FhirReader, queries: Mapping[str, str | Mapping[str, Any]]) -> dict[str, Any]:
-    """Run every job in parallel (a query, or a Bundle whose next pages to fetch); each key
-    maps to its value or its ``FhirQueryFailed``.
+# One pool of query threads per process (made again after a fork, or for a new size).
+_pool_lock = threading.Lock()
+_pool: ThreadPoolExecutor | None = None
+_pool_pid = 0
+_pool_threads = 0
 
-    Returns by the reader's deadline at the latest: a query still running then counts as
-    timed out (its thread stops by itself at its next read).
+
+def query_pool(threads: int) -> ThreadPoolExecutor:
+    """The process's pool of ``threads`` query threads, shared by every call.
+
+    Made on first use in each process: a server that forks its workers after loading the
+    app hands them no pool (a pool's threads do not survive a fork). A pool of another
+    size (a new setting) replaces it; the old one is not shut down, so a call that holds
+    it still runs its queries there, and its threads end once no call holds it.
+    """
+    global _pool, _pool_pid, _pool_threads
+    with _pool_lock:
+        pid = os.getpid()
+        if _pool is None or _pool_pid != pid or _pool_threads != threads:
+            _pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="fhir-query")
+            _pool_pid, _pool_threads = pid, threads
+        return _pool
+
+
+def _run_queries(
+    reader: FhirReader, queue: deque[tuple[Future[Any], str | Mapping[str, Any]]]
+) -> None:
+    """Run a call's queries one after another until none is left. A call has at most
+    ``queries_per_call`` of these on the pool: its bulkhead. A query cancelled (its
+    call's deadline passed before it started) is skipped."""
+    while True:
+        try:
+            outcome, job = queue.popleft()
+        except IndexError:
+            return
+        if not outcome.set_running_or_notify_cancel():
+            continue
+        try:
+            outcome.set_result(reader.run(job))
+        except Exception as exc:  # handed to the call, which tells failures apart
+            outcome.set_exception(exc)
+
+
+def fetch_all(reader: FhirReader, queries: Mapping[str, str | Mapping[str, Any]]) -> dict[str, Any]:
+    """Run every job in parallel on the process's query pool, at most
+    ``queries_per_call`` at once (a query, or a Bundle whose next pages to fetch); each
+    key maps to its value or its ``FhirQueryFailed``.
+
+    Returns by the reader's deadline at the latest: a query still running or not yet
+    started then counts as timed out (a running one stops by itself at its next read; one
+    not started never runs).
     """
     results: dict[str, Any] = {}
     if not queries:
         return results
-    executor = ThreadPoolExecutor(
-        max_workers=min(len(queries), _MAX_QUERIES_AT_ONCE), thread_name_prefix="fhir-query"
-    )
-    try:
-        futures = {executor.submit(reader.run, job): key for key, job in queries.items()}
-        remaining = max(0.0, reader.deadline - reader.clock())
-        done, _ = wait(futures, timeout=remaining, return_when=ALL_COMPLETED)
-        for future, key in futures.items():
-            if future not in done:
-                future.cancel()
-                results[key] = FhirQueryFailed(TIMED_OUT, "deadline passed")
-                continue
-            error = future.exception()
-            if error is None:
-                results[key] = future.result()
-            elif isinstance(error, FhirQueryFailed):
-                results[key] = error
-            else:
-                logger.error("FHIR query for %s failed unexpectedly", key, exc_info=error)
-                results[key] = FhirQueryFailed(UNREADABLE, type(error).__name__)
-    finally:
-        executor.shutdown(wait=False, cancel_futures=True)
+    outcomes: dict[str, Future[Any]] = {key: Future() for key in queries}
+    queue = deque((outcomes[key], job) for key, job in queries.items())
+    pool = query_pool(reader.limits.pool_threads)
+    runners = [
+        pool.submit(_run_queries, reader, queue)
+        for _ in range(min(len(queries), reader.limits.queries_per_call))
+    ]
+    remaining = max(0.0, reader.deadline - reader.clock())
+    done, _ = wait(outcomes.values(), timeout=remaining, return_when=ALL_COMPLETED)
+    for key, outcome in outcomes.items():
+        if outcome not in done:
+            outcome.cancel()
+            results[key] = FhirQueryFailed(TIMED_OUT, "deadline passed")
+            continue
+        error = outcome.exception()
+        if error is None:
+            results[key] = outcome.result()
+        elif isinstance(error, FhirQueryFailed):
+            results[key] = error
+        else:
+            logger.error("FHIR query for %s failed unexpectedly", key, exc_info=error)
+            results[key] = FhirQueryFailed(UNREADABLE, type(error).__name__)
+    for runner in runners:
+        runner.cancel()  # still waiting for a thread: its call needs it no more
     operations.count_fhir_failures(results.values())
     return results

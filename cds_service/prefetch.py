@@ -35,12 +35,12 @@ from cds_service.auth import ClientIdentity, allowed_fhir_servers
 from cds_service.errors import FhirQueryFailed
 from cds_service.fhir_client import (
     NOT_ALLOWED,
-    FhirQueryLimits,
     FhirReader,
     fetch_all,
     fhir_server_allowed,
     next_link,
 )
+from cds_service.settings import fhir_limits_of
 from fhir_mappings.bundles import resources_by_reference
 from fhir_mappings.facts import KEYS_FACTS_READ
 from hooks.request import NOT_SENT, ClinicalInput, HookRequest
@@ -198,7 +198,7 @@ def _fetch(
         )
         operations.count_fhir_failures([FhirQueryFailed(NOT_ALLOWED)] * len(queries))
         return {key: FhirQueryFailed(NOT_ALLOWED) for key in queries}
-    limits = FhirQueryLimits.from_settings(settings)
+    limits = fhir_limits_of(settings)
     reader = FhirReader(
         base_url=base_url,
         access_token=authorization.access_token,

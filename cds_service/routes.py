@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from flask import Blueprint, Response, current_app, jsonify, request
 from gunicorn.http.errors import ParseException
@@ -36,6 +36,7 @@ from cds_service.feedback import parse_feedback, store_feedback
 from cds_service.prefetch import read_context_resources, resolve_prefetch
 from cds_service.rate_limit import charge_verified_client
 from cds_service.serving import error_page, is_people_page
+from cds_service.settings import Settings
 from hooks import SERVICES, context_validator
 from hooks.request import CoverageProblem, DataUnavailable
 from hooks.service import HookEnvironment, HookResult, ServiceDefinition
@@ -45,14 +46,14 @@ logger = logging.getLogger(__name__)
 blueprint = Blueprint("cds", __name__)
 
 
-def _settings() -> dict[str, Any]:
-    return current_app.config["CDS"]  # type: ignore[no-any-return]
+def _settings() -> Settings:
+    return cast(Settings, current_app.config["CDS"])
 
 
 def public_base_url() -> str:
     """The base URL clients call us at: ``CDS_PUBLIC_URL`` behind a proxy, else the request's."""
-    configured = _settings()["PUBLIC_URL"]
-    return str(configured).rstrip("/") if configured else request.host_url.rstrip("/")
+    configured = _settings().public_url
+    return configured.rstrip("/") if configured else request.host_url.rstrip("/")
 
 
 @blueprint.get("/cds-services")
@@ -126,7 +127,7 @@ def answer_call(
     environment = HookEnvironment(
         now=current_app.extensions["cds_clock"](),
         new_uuid=current_app.extensions["cds_new_uuid"],
-        payer_name=_settings()["PAYER_NAME"],
+        payer_name=_settings().payer_name,
         base_url=base_url,
         policy=current_app.extensions["cds_policy"],
         decision_page_url=f"{base_url}{DECISION_PAGE_PATH}{page_token}",

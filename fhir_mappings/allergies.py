@@ -11,6 +11,7 @@ from typing import Any
 
 from coverage_policy.model import Evidence, FactValue
 from fhir_mappings.drugs import identify_drug
+from fhir_mappings.evidence import evidence_summary
 from fhir_mappings.record import PatientRecord
 
 _NOT_COUNTED_VERIFICATION = {"refuted", "entered-in-error"}
@@ -44,6 +45,8 @@ def drug_allergy(record: PatientRecord, drug_family: str | None) -> FactValue:
         for concept in concepts:
             drug = identify_drug(concept)
             if drug is not None and drug.family == drug_family:
-                summary = f"active allergy to {drug.name} (identified by {drug.identified_by})"
+                summary = evidence_summary(
+                    "patient", "drug_allergy", drug=drug.name, identified_by=drug.identified_by
+                )
                 return FactValue(True, (Evidence(entry.reference, summary),))
     return FactValue(False)

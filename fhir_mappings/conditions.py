@@ -6,6 +6,7 @@ from typing import Any
 
 from coverage_policy.model import CodedItem, Evidence
 from fhir_mappings.dates import as_date
+from fhir_mappings.evidence import evidence_summary
 from fhir_mappings.record import Entry, codings
 
 _ACTIVE = {"active", "recurrence", "relapse"}
@@ -37,10 +38,12 @@ def facts_from_condition(entry: Entry) -> list[CodedItem]:
     condition = entry.resource
     status = condition_status(condition)
     onset = as_date(condition.onsetDateTime or getattr(condition.onsetPeriod, "start", None))
-    since = f", since {onset.isoformat()}" if onset else ""
+    since = evidence_summary("patient", "condition_since", onset=onset.isoformat()) if onset else ""
     items = []
     for system, code, display in codings(condition.code):
-        label = f"{display} " if display else ""
-        summary = f"{label}({code}), {status}{since}"
+        label = evidence_summary("patient", "condition_label", display=display) if display else ""
+        summary = evidence_summary(
+            "patient", "condition", label=label, code=code, status=status, since=since
+        )
         items.append(CodedItem(system, code, display, status, Evidence(entry.reference, summary)))
     return items

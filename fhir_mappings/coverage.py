@@ -1,4 +1,7 @@
-"""Coverage → the member's Medicare Part A status for the stay (Part B vs Part D billing).
+"""Coverage → the Coverages a coverage-information can be about, and the member's Medicare
+Part A status for the stay (Part B vs Part D billing).
+
+Only an active Coverage with an id can be named by a coverage-information extension.
 
 A Coverage whose type or class names Part A (e.g. Blue Button's ``class`` value "Part A")
 speaks to it: active with a period covering the order date is ``active``; cancelled, or
@@ -13,6 +16,7 @@ from typing import Any
 
 from coverage_policy.model import Evidence, FactValue
 from fhir_mappings.dates import as_date
+from fhir_mappings.evidence import evidence_summary
 from fhir_mappings.record import PatientRecord, concept_text
 
 
@@ -21,6 +25,15 @@ def _names(coverage: Any) -> str:
     for item in coverage.class_fhir or []:
         names += [item.value or "", item.name or "", concept_text(item.type)]
     return " | ".join(names).lower()
+
+
+def active_coverages(record: PatientRecord) -> list[str]:
+    """The references of the record's active Coverages that have an id, in record order."""
+    return [
+        entry.reference
+        for entry in record.of_type("Coverage")
+        if entry.resource.status == "active" and entry.resource.id
+    ]
 
 
 def part_a_status(record: PatientRecord, as_of: date) -> FactValue:
@@ -33,8 +46,16 @@ def part_a_status(record: PatientRecord, as_of: date) -> FactValue:
         end = as_date(getattr(period, "end", None))
         in_period = (start is None or start <= as_of) and (end is None or as_of <= end)
         if coverage.status == "active" and in_period:
-            return FactValue("active", (Evidence(entry.reference, "Part A coverage active"),))
+            return FactValue(
+                "active",
+                (Evidence(entry.reference, evidence_summary("coverage", "part_a_active")),),
+            )
         if coverage.status == "cancelled" or (end is not None and end < as_of):
-            summary = f"Part A coverage {coverage.status}, ended {end.isoformat() if end else '-'}"
+            summary = evidence_summary(
+                "coverage",
+                "part_a_ended",
+                status=coverage.status,
+                end=end.isoformat() if end else "-",
+            )
             return FactValue("none", (Evidence(entry.reference, summary),))
     return FactValue(None)

@@ -13,6 +13,7 @@ from typing import Any
 
 from coverage_policy.model import DocumentationItem, Evidence, FactValue
 from fhir_mappings.dates import as_date
+from fhir_mappings.evidence import evidence_summary
 from fhir_mappings.record import PatientRecord
 
 
@@ -92,7 +93,13 @@ def documentation_facts(
             known = latest.get(spec.id)
             if known is None or authored >= known[0]:
                 shown = value.isoformat() if isinstance(value, date) else value
-                summary = f"answered '{spec.id}': {shown} on {authored.isoformat()}"
+                summary = evidence_summary(
+                    "documentation",
+                    "answered",
+                    item=spec.id,
+                    answer=shown,
+                    authored=authored.isoformat(),
+                )
                 latest[spec.id] = (
                     authored,
                     FactValue(value, (Evidence(entry.reference, summary),)),

@@ -7,6 +7,7 @@ from typing import Any
 
 from coverage_policy.model import Evidence, FactValue
 from fhir_mappings.dates import as_date
+from fhir_mappings.evidence import evidence_summary
 from fhir_mappings.record import PatientRecord, codings
 
 # POLICY-BRIEF section 7: home = community/outpatient/discharge, HH, AMB;
@@ -38,10 +39,12 @@ def _encounter_setting(entry: Any, record: PatientRecord) -> tuple[str, str] | N
         for concept in getattr(place.resource, "type", None) or []:
             for _, code, _ in codings(concept):
                 if code in _SNF_LOCATION_CODES:
-                    return "institutional", f"{place.reference}: skilled nursing facility"
+                    return "institutional", evidence_summary(
+                        "encounter", "skilled_nursing_facility", location=place.reference
+                    )
     class_code = getattr(encounter.class_fhir, "code", None)
     if class_code in _CLASS_SETTING:
-        return _CLASS_SETTING[class_code], f"encounter class {class_code}"
+        return _CLASS_SETTING[class_code], evidence_summary("encounter", "class", code=class_code)
     return None
 
 
@@ -53,7 +56,9 @@ def order_setting(
         for concept in drug_order.resource.category or []:
             for _, code, _ in codings(concept):
                 if code in _CATEGORY_SETTING:
-                    summary = f"medication request category {code}"
+                    summary = evidence_summary(
+                        "encounter", "medication_request_category", code=code
+                    )
                     return FactValue(
                         _CATEGORY_SETTING[code], (Evidence(drug_order.reference, summary),)
                     )
@@ -120,7 +125,8 @@ def last_visit_date(record: PatientRecord, as_of: date) -> FactValue:
     best = _latest_visit(record, as_of)
     if best is None:
         return FactValue(None)
-    return FactValue(best[0], (Evidence(best[1], f"visit on {best[0].isoformat()}"),))
+    summary = evidence_summary("encounter", "visit", date=best[0].isoformat())
+    return FactValue(best[0], (Evidence(best[1], summary),))
 
 
 _ONGOING = ("arrived", "triaged", "in-progress")
@@ -138,5 +144,5 @@ def face_to_face_date(
     best = _latest_visit(record, as_of, practitioner, current_encounter) if practitioner else None
     if best is None:
         return FactValue(None)
-    summary = f"face-to-face encounter with the ordering practitioner on {best[0].isoformat()}"
+    summary = evidence_summary("encounter", "face_to_face", date=best[0].isoformat())
     return FactValue(best[0], (Evidence(best[1], summary),))

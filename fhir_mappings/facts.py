@@ -21,6 +21,7 @@ from fhir_mappings.documentation import documentation_facts, stated_facts
 from fhir_mappings.drugs import dosage_route
 from fhir_mappings.encounters import face_to_face_date, last_visit_date, order_setting
 from fhir_mappings.episodes import PumpEpisode
+from fhir_mappings.evidence import evidence_summary, lab_name
 from fhir_mappings.labs import c_peptide_facts, glucose_checks_per_day, lab_results, latest_value
 from fhir_mappings.medication_history import insulin_mdi_days, oral_antispasmodic_trial_days
 from fhir_mappings.prefetch_keys import (
@@ -113,7 +114,12 @@ def _episode_facts(episode: PumpEpisode) -> dict[str, FactValue]:
     )
     facts["episode.pump_kind"] = FactValue(
         episode.pump_kind,
-        (Evidence(kind_source, f"pump kind from {episode.pump_kind_source}"),)
+        (
+            Evidence(
+                kind_source,
+                evidence_summary("episode", "pump_kind", source=episode.pump_kind_source),
+            ),
+        )
         if episode.pump_kind
         else (),
     )
@@ -123,7 +129,9 @@ def _episode_facts(episode: PumpEpisode) -> dict[str, FactValue]:
         (
             Evidence(
                 episode.drug_source or kind_source,
-                f"{drug.name}, identified by {drug.identified_by}",
+                evidence_summary(
+                    "episode", "drug", drug=drug.name, identified_by=drug.identified_by
+                ),
             ),
         )
         if drug
@@ -131,7 +139,13 @@ def _episode_facts(episode: PumpEpisode) -> dict[str, FactValue]:
     )
     facts["order.hcpcs"] = FactValue(
         episode.hcpcs,
-        (Evidence(episode.device.reference, f"HCPCS {episode.hcpcs}"),) if episode.device else (),
+        (
+            Evidence(
+                episode.device.reference, evidence_summary("episode", "hcpcs", hcpcs=episode.hcpcs)
+            ),
+        )
+        if episode.device
+        else (),
     )
     return facts
 
@@ -166,7 +180,8 @@ def _age_years(record: PatientRecord, as_of: date) -> FactValue:
         if born is None:
             return FactValue(None)
         years = as_of.year - born.year - ((as_of.month, as_of.day) < (born.month, born.day))
-        return FactValue(years, (Evidence(entry.reference, f"age {years} on {as_of.isoformat()}"),))
+        summary = evidence_summary("patient", "age", years=years, as_of=as_of.isoformat())
+        return FactValue(years, (Evidence(entry.reference, summary),))
     return FactValue(None)
 
 
@@ -230,19 +245,22 @@ def _patient_facts(
     }
 
 
+# The lab facts that are the latest result of one lab kind (``bindings/labs.json``).
+_LATEST_LAB_FACTS = {
+    "lab.hba1c_percent": "hba1c",
+    "lab.creatinine_clearance_ml_min": "creatinine_clearance",
+    "lab.body_weight_kg": "body_weight",
+    "lab.bmi": "bmi",
+}
+
+
 def _lab_facts(record: PatientRecord, as_of: date) -> dict[str, FactValue]:
     """The latest result of each lab the policy reads, and the C-peptide facts."""
     facts = {
-        "lab.hba1c_percent": latest_value(lab_results(record, "hba1c", as_of), "HbA1c"),
-        "lab.creatinine_clearance_ml_min": latest_value(
-            lab_results(record, "creatinine_clearance", as_of), "Creatinine clearance"
-        ),
-        "lab.glucose_checks_per_day_60d": glucose_checks_per_day(record, as_of),
-        "lab.body_weight_kg": latest_value(
-            lab_results(record, "body_weight", as_of), "Body weight"
-        ),
-        "lab.bmi": latest_value(lab_results(record, "bmi", as_of), "BMI"),
+        name: latest_value(lab_results(record, kind, as_of), lab_name(kind))
+        for name, kind in _LATEST_LAB_FACTS.items()
     }
+    facts["lab.glucose_checks_per_day_60d"] = glucose_checks_per_day(record, as_of)
     facts.update(c_peptide_facts(record, as_of))
     return facts
 

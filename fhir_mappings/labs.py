@@ -10,6 +10,7 @@ from typing import Any
 from coverage_policy.model import Evidence, FactValue
 from fhir_mappings.codes import LOINC
 from fhir_mappings.dates import as_date
+from fhir_mappings.evidence import evidence_summary, evidence_text, lab_name
 from fhir_mappings.record import Entry, PatientRecord, binding, codings
 
 # Multiply a value in the key unit to get the lab's fact unit (binding "unit").
@@ -87,13 +88,23 @@ def lab_results(record: PatientRecord, kind: str, as_of: date) -> list[LabResult
 def _describe(result: LabResult, name: str) -> Evidence:
     """What a lab showed, rounded as a lab report shows it: "HbA1c 8.2 % on 2026-10-01"."""
     decimals = binding("labs")["labs"][result.kind]["decimals"]
-    on = f" on {result.on.isoformat()}" if result.on else ""
-    low = (
-        f" (lab lower limit {result.low:.{decimals}f} {result.unit})"
+    on = evidence_summary("lab", "on", date=result.on.isoformat()) if result.on else ""
+    lower_limit = (
+        evidence_summary("lab", "lower_limit", low=result.low, decimals=decimals, unit=result.unit)
         if result.low is not None
         else ""
     )
-    return Evidence(result.reference, f"{name} {result.value:.{decimals}f} {result.unit}{low}{on}")
+    summary = evidence_summary(
+        "lab",
+        "result",
+        name=name,
+        value=result.value,
+        decimals=decimals,
+        unit=result.unit,
+        lower_limit=lower_limit,
+        on=on,
+    )
+    return Evidence(result.reference, summary)
 
 
 def latest_value(results: Iterable[LabResult], name: str) -> FactValue:
@@ -102,35 +113,55 @@ def latest_value(results: Iterable[LabResult], name: str) -> FactValue:
     return FactValue(None)
 
 
+def _derived(fact: str) -> dict[str, Any]:
+    """How the fact ``fact`` picks its results (``derived`` in ``bindings/labs.json``)."""
+    return binding("labs")["derived"][fact]  # type: ignore[no-any-return]
+
+
+def _drawn_together(a: date | None, b: date | None, within_days: int) -> bool:
+    """Whether two results were drawn within ``within_days`` of each other (two undated
+    results count as drawn together)."""
+    if a is None or b is None:
+        return a == b
+    return abs((a - b).days) <= within_days
+
+
 def c_peptide_facts(record: PatientRecord, as_of: date) -> dict[str, FactValue]:
     """C-peptide as % of the lab's lower limit of normal, and its concurrent fasting glucose."""
-    results = lab_results(record, "c_peptide", as_of)
+    pairing = _derived("lab.c_peptide_fasting_glucose_mg_dl")
+    results = lab_results(record, pairing["drawn_with"], as_of)
     if not results:
         return {
             "lab.c_peptide_percent_of_lln": FactValue(None),
             "lab.c_peptide_fasting_glucose_mg_dl": FactValue(None),
         }
     latest = results[0]
-    evidence = (_describe(latest, "Fasting C-peptide"),)
+    evidence = (_describe(latest, lab_name(latest.kind)),)
     percent = (
         FactValue(round(100 * latest.value / latest.low, 1), evidence)
         if latest.low
         else FactValue(None, evidence)  # no lower limit of normal: cannot be judged
     )
-    same_day = [g for g in lab_results(record, "fasting_glucose", as_of) if g.on == latest.on]
-    glucose = latest_value(same_day, "Fasting glucose drawn with the C-peptide")
+    drawn_with = [
+        g
+        for g in lab_results(record, pairing["lab"], as_of)
+        if _drawn_together(g.on, latest.on, pairing["within_days"])
+    ]
+    glucose = latest_value(drawn_with, evidence_text()["lab"]["drawn_with_c_peptide"])
     return {"lab.c_peptide_percent_of_lln": percent, "lab.c_peptide_fasting_glucose_mg_dl": glucose}
 
 
-def glucose_checks_per_day(record: PatientRecord, as_of: date, days: int = 60) -> FactValue:
-    """Self-monitored (glucometer) glucose results per day over the ``days`` before the order."""
-    results = lab_results(record, "glucometer_glucose", as_of)
+def glucose_checks_per_day(record: PatientRecord, as_of: date) -> FactValue:
+    """Self-monitored (glucometer) glucose results per day over the window before the
+    order (``window_days`` in ``bindings/labs.json``)."""
+    counted = _derived("lab.glucose_checks_per_day_60d")
+    days = int(counted["window_days"])
+    results = lab_results(record, counted["lab"], as_of)
     if not results:
         return FactValue(None)
     since = as_of - timedelta(days=days)
     window = [r for r in results if r.on is not None and r.on > since]
-    evidence = Evidence(
-        results[0].reference,
-        f"{len(window)} glucometer results in the {days} days before {as_of.isoformat()}",
+    summary = evidence_summary(
+        "lab", "checks_per_day", count=len(window), days=days, as_of=as_of.isoformat()
     )
-    return FactValue(round(len(window) / days, 2), (evidence,))
+    return FactValue(round(len(window) / days, 2), (Evidence(results[0].reference, summary),))

@@ -15,7 +15,8 @@ from fhir_mappings.drugs import (
     medication_concept,
     names_oral_antispasmodic,
 )
-from fhir_mappings.record import PatientRecord
+from fhir_mappings.evidence import evidence_summary
+from fhir_mappings.record import PatientRecord, binding
 
 _PER_DAY = {
     "s": 86400.0,
@@ -44,9 +45,10 @@ def doses_per_day(order: Any) -> float | None:
     return best
 
 
-def insulin_mdi_days(record: PatientRecord, as_of: date, min_per_day: float = 3) -> FactValue:
+def insulin_mdi_days(record: PatientRecord, as_of: date) -> FactValue:
     """Days of multiple daily injections before the order: the continuous span of insulin
-    orders dosed ``min_per_day`` or more a day that reaches the order date.
+    orders dosed ``min_doses_per_day`` or more a day (``multiple_daily_injections`` in
+    ``bindings/drugs.json``) that reaches the order date.
 
     Each order covers its validity period, else its timing bounds, else its supply with
     refills, else (active) up to the order date; a stopped order without an end date
@@ -54,6 +56,8 @@ def insulin_mdi_days(record: PatientRecord, as_of: date, min_per_day: float = 3)
     intravenous or pump orders do not count. None (not found) when the record has no
     insulin orders at all; 0 when no such span reaches the order date.
     """
+    injections = binding("drugs")["multiple_daily_injections"]
+    family, min_per_day = injections["family"], float(injections["min_doses_per_day"])
     spans: list[tuple[date, date, str]] = []
     insulin_seen = False
     for entry in record.of_type("MedicationRequest"):
@@ -61,7 +65,7 @@ def insulin_mdi_days(record: PatientRecord, as_of: date, min_per_day: float = 3)
         if order.status in _NOT_TAKEN:
             continue
         drug = identify_drug(medication_concept(order, record, None))
-        if drug is None or drug.family != "insulin":
+        if drug is None or drug.family != family:
             continue
         insulin_seen = True
         if dosage_route(order)[0] in _NOT_INJECTED or dosage_says_pump(order):
@@ -76,7 +80,9 @@ def insulin_mdi_days(record: PatientRecord, as_of: date, min_per_day: float = 3)
         return FactValue(0 if insulin_seen else None)
     first, _, references = current
     days = (as_of - first).days
-    summary = f"insulin dosed {min_per_day:g}+ times a day since {first.isoformat()} ({days} days)"
+    summary = evidence_summary(
+        "medication", "insulin_mdi", min_per_day=min_per_day, first=first.isoformat(), days=days
+    )
     return FactValue(days, tuple(Evidence(r, summary) for r in references))
 
 
@@ -161,5 +167,11 @@ def oral_antispasmodic_trial_days(record: PatientRecord, as_of: date) -> FactVal
         start, end, refs = s, e, [ref]
     best = max(best or (0, start, end, refs), ((end - start).days, start, end, refs))
     days, first, last, references = best
-    summary = f"oral antispasmodic ordered {first.isoformat()} to {last.isoformat()} ({days} days)"
+    summary = evidence_summary(
+        "medication",
+        "oral_antispasmodic",
+        first=first.isoformat(),
+        last=last.isoformat(),
+        days=days,
+    )
     return FactValue(days, tuple(Evidence(r, summary) for r in references))

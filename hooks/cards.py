@@ -30,6 +30,7 @@ from coverage_policy.model import (
 )
 from fhir_mappings.codes import HCPCS
 from fhir_mappings.episodes import InvalidOrderInScope, PumpEpisode
+from fhir_mappings.patient import UNKNOWN_DATE_OF_DEATH
 from hooks.crd_dialect import CrdDialect
 from hooks.decide import Deliberation, EpisodeDecision
 from hooks.request import NOT_SENT
@@ -350,9 +351,9 @@ def alternatives_card(item: EpisodeDecision, ctx: CardContext) -> dict[str, Any]
     return _associate(card, item.episode)
 
 
-def deceased_card(episode: PumpEpisode, died: Any, ctx: CardContext) -> dict[str, Any]:
+def deceased_card(episode: PumpEpisode, died: date, ctx: CardContext) -> dict[str, Any]:
     words = card_text()["detail"]
-    shown = words["deceased_unknown_date"] if died == date.min else died.isoformat()
+    shown = words["deceased_unknown_date"] if died == UNKNOWN_DATE_OF_DEATH else died.isoformat()
     card = {
         "uuid": ctx.new_uuid(),
         "summary": summary("deceased", label=episode.label),

@@ -9,7 +9,7 @@ from typing import Any
 
 from coverage_policy.engine import evaluate_policy, facts_that_may_be_read
 from coverage_policy.model import Decision, FactValue, Outcome, Policy
-from fhir_mappings.dates import as_date
+from fhir_mappings.coverage import active_coverages
 from fhir_mappings.episodes import (
     DraftOrder,
     InvalidOrderInScope,
@@ -23,6 +23,7 @@ from fhir_mappings.facts import (
     facts_settled_by_orders,
     prefetch_keys_read,
 )
+from fhir_mappings.patient import date_of_death
 from fhir_mappings.prefetch_keys import COVERAGE, MEDICATION_REQUESTS, PATIENT
 from fhir_mappings.r4 import ResourceProblem
 from fhir_mappings.record import PatientRecord, build_record
@@ -113,11 +114,9 @@ def select_coverage(record: PatientRecord, hook_request: HookRequest) -> Coverag
 
     A Coverage without an id cannot be referenced by the coverage-information extension,
     so it does not count."""
-    active = [
-        e for e in record.of_type("Coverage") if e.resource.status == "active" and e.resource.id
-    ]
+    active = active_coverages(record)
     if len(active) == 1:
-        return CoverageRef(active[0].reference)
+        return CoverageRef(active[0])
     if hook_request.is_crd_request and not active and not record.has_data(COVERAGE):
         raise DataUnavailable(
             "The patient's Coverage is neither in prefetch 'coverage' nor retrievable "
@@ -136,17 +135,7 @@ def select_coverage(record: PatientRecord, hook_request: HookRequest) -> Coverag
             "relevant to this payer (CRD hook-13)",
             "prefetch.coverage",
         )
-    return CoverageRef(active[0].reference) if active else None
-
-
-def _deceased_on(record: PatientRecord) -> date | None:
-    for entry in record.of_type("Patient"):
-        patient = entry.resource
-        if patient.deceasedDateTime is not None:
-            return as_date(patient.deceasedDateTime)
-        if patient.deceasedBoolean:
-            return date.min
-    return None
+    return CoverageRef(active[0]) if active else None
 
 
 def find_scope(bundle: Mapping[str, Any], path: str, policy: Policy, today: date) -> OrderScope:
@@ -195,7 +184,7 @@ def deliberate(
     encounter_reference = f"Encounter/{encounter_id}" if isinstance(encounter_id, str) else None
     user_id = hook_request.context.get("userId")
     user_reference = user_id if isinstance(user_id, str) else None
-    deceased_on = _deceased_on(record)
+    deceased_on = date_of_death(record)
     # Data that a query failed to bring back or that came unreadable (not merely data the
     # EHR did not send): the record adds the Bundles it cannot read to what prefetch found.
     not_retrieved = retrieval_failures(record.unavailable)

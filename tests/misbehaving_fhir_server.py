@@ -37,6 +37,14 @@ class SeenRequest:
     authorization: str | None
 
 
+class _ListeningServer(ThreadingHTTPServer):
+    """Accepts a call's queries connecting all at once, as a production server does
+    (``http.server`` listens with a backlog of 5: a burst of connections beyond it waits a
+    second for a SYN retransmission)."""
+
+    request_queue_size = 128
+
+
 @dataclass
 class MisbehavingFhirServer:
     """The server, its recorded requests, and the knobs of its behaviours."""
@@ -59,7 +67,7 @@ class MisbehavingFhirServer:
         return f"{self.origin}/{behaviour}/fhir"
 
     def start(self) -> MisbehavingFhirServer:
-        server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
+        server = _ListeningServer(("127.0.0.1", 0), _handler_for(self))
         server.daemon_threads = True
         server.block_on_close = False
         self._server = server

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import threading
 import time
+from collections.abc import Mapping
+from typing import Any
 
 import pytest
 
+from cds_service import fhir_client
 from cds_service.config import ConfigError, load_settings
 from cds_service.errors import FhirQueryFailed
 from cds_service.fhir_client import (
@@ -17,6 +21,7 @@ from cds_service.fhir_client import (
     fetch_all,
     fhir_server_allowed,
     is_loopback_host,
+    query_pool,
 )
 from tests.misbehaving_fhir_server import MisbehavingFhirServer
 
@@ -109,6 +114,90 @@ def test_fetch_all_returns_by_the_deadline(fhir_faults: MisbehavingFhirServer) -
     assert time.monotonic() - started < 0.6
     assert {key: r.reason for key, r in results.items()} == {"a": TIMED_OUT, "b": TIMED_OUT}
     assert all(s.authorization is None for s in fhir_faults.requests_seen)
+
+
+class _ThreadRecordingReader(FhirReader):
+    """A reader that notes which thread ran each of its queries."""
+
+    threads_used: set[threading.Thread]
+
+    def run(self, job: str | Mapping[str, Any]) -> Any:
+        self.threads_used.add(threading.current_thread())
+        return super().run(job)
+
+
+def _recording_reader(base: str, limits: FhirQueryLimits) -> _ThreadRecordingReader:
+    reader = _ThreadRecordingReader(
+        base_url=base, access_token=None, deadline=time.monotonic() + 2.0, limits=limits
+    )
+    reader.threads_used = set()
+    return reader
+
+
+def test_every_call_of_a_worker_runs_on_its_one_query_pool(
+    fhir_faults: MisbehavingFhirServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    limits = FhirQueryLimits(call_timeout_s=1.0, queries_per_call=2, pool_threads=3)
+    threads_used: set[threading.Thread] = set()
+    for _ in range(4):
+        reader = _recording_reader(fhir_faults.base("ok"), limits)
+        results = fetch_all(reader, {"a": "Condition", "b": "Observation", "c": "Patient/p1"})
+        assert all(isinstance(result, dict) for result in results.values()), results
+        threads_used |= reader.threads_used
+    pool = query_pool(3)
+    assert query_pool(3) is pool
+    # Twelve queries over four calls, on the same three threads at most.
+    assert len(threads_used) <= 3
+    # A forked worker finds the pool of another process and makes its own.
+    monkeypatch.setattr(fhir_client, "_pool_pid", -1)
+    assert query_pool(3) is not pool
+    # A new size replaces the pool; a call still holding the old one runs its queries.
+    held = query_pool(3)
+    assert query_pool(4) is not held
+    assert held.submit(lambda: "ran").result(timeout=5) == "ran"
+
+
+def test_a_call_to_a_hung_server_leaves_threads_for_the_other_calls(
+    fhir_faults: MisbehavingFhirServer,
+) -> None:
+    limits = FhirQueryLimits(deadline_s=2.5, call_timeout_s=2.5, queries_per_call=2, pool_threads=3)
+    hung = FhirReader(
+        base_url=fhir_faults.base("slow"),
+        access_token=None,
+        deadline=time.monotonic() + 2.5,
+        limits=limits,
+    )
+    hung_results: dict[str, Any] = {}
+    hung_call = threading.Thread(
+        target=lambda: hung_results.update(fetch_all(hung, {k: "Condition" for k in "abcdef"}))
+    )
+    hung_call.start()
+    waited = time.monotonic()
+    while len(fhir_faults.requests_seen) < 2 and time.monotonic() - waited < 2.0:
+        time.sleep(0.01)
+    started = time.monotonic()
+    reader = _recording_reader(fhir_faults.base("ok"), limits)
+    results = fetch_all(reader, {"a": "Condition", "b": "Observation"})
+    elapsed = time.monotonic() - started
+    assert hung_call.is_alive(), "the hung call ended before the other call was answered"
+    assert all(isinstance(result, dict) for result in results.values()), results
+    assert elapsed < 1.5
+    hung_call.join(timeout=10)
+    # The hung call never had more than its two queries at once on the server.
+    slow_seen = [s for s in fhir_faults.requests_seen if s.path.startswith("/slow/")]
+    assert len(slow_seen) == 2
+    assert {r.reason for r in hung_results.values()} == {TIMED_OUT}
+    assert len(hung_results) == 6
+
+
+def test_query_pool_settings_keep_a_bulkhead() -> None:
+    settings = load_settings(
+        environ={"CDS_FHIR_QUERY_THREADS": "8", "CDS_FHIR_QUERIES_PER_CALL": "3"}
+    )
+    limits = FhirQueryLimits.from_settings(settings)
+    assert (limits.pool_threads, limits.queries_per_call) == (8, 3)
+    with pytest.raises(ConfigError):
+        load_settings(environ={"CDS_FHIR_QUERY_THREADS": "4", "CDS_FHIR_QUERIES_PER_CALL": "4"})
 
 
 def test_fhir_limits_come_from_the_environment() -> None:

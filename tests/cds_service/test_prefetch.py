@@ -8,7 +8,6 @@ from typing import Any
 import pytest
 from flask.testing import FlaskClient
 
-from cds_service.config import load_settings
 from cds_service.fhir_client import (
     NOT_ALLOWED,
     NOT_FOUND,
@@ -27,6 +26,7 @@ from cds_service.prefetch import (
     render_template,
     resolve_prefetch,
 )
+from cds_service.settings import Settings
 from hooks import SERVICES
 from hooks.request import NOT_SENT, FhirAuthorization, HookRequest
 from tests.builders import (
@@ -51,8 +51,8 @@ FAULT_SETTINGS = {
 }
 
 
-def _settings(**overrides: Any) -> dict[str, Any]:
-    return load_settings({"AUTH": "optional", **FAULT_SETTINGS, **overrides}, environ={})
+def _settings(**overrides: Any) -> Settings:
+    return Settings.load({"AUTH": "optional", **FAULT_SETTINGS, **overrides}, environ={})
 
 
 def _hook_request(

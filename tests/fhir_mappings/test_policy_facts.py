@@ -14,7 +14,7 @@ from coverage_policy.loader import load_fact_catalog, load_policy
 from coverage_policy.model import Outcome
 from fhir_mappings.allergies import drug_allergy
 from fhir_mappings.conditions import facts_from_condition
-from fhir_mappings.coverage import part_a_status
+from fhir_mappings.coverage import active_coverages, part_a_status
 from fhir_mappings.devices import facts_from_device, implanted_devices
 from fhir_mappings.documentation import documentation_facts
 from fhir_mappings.drugs import dosage_route, identify_drug
@@ -140,6 +140,14 @@ def coverage(status: str, text: str, end: str | None = None) -> dict[str, Any]:
 )
 def test_part_a_status_from_coverage(resource: dict[str, Any], expected: str | None) -> None:
     assert part_a_status(record_of(resource), AS_OF).value == expected
+
+
+def test_active_coverages_are_those_active_with_an_id() -> None:
+    cancelled = {**coverage("cancelled", "Medicare Advantage"), "id": "old"}
+    without_id = {k: v for k, v in coverage("active", "Medicare Advantage").items() if k != "id"}
+    active = {**coverage("active", "Medicare Advantage"), "id": "ma"}
+    assert active_coverages(record_of(cancelled, without_id, active)) == ["Coverage/ma"]
+    assert active_coverages(record_of()) == []
 
 
 def test_part_a_named_in_coverage_class() -> None:
