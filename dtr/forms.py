@@ -22,6 +22,7 @@ from coverage_policy.engine import logic_truth
 from coverage_policy.model import DocumentationItem, FactValue, Policy, Rule, RuleKind, Truth
 from hooks.questionnaire import (
     computable_name,
+    item_core,
     option_system,
     questionnaire_canonical,
     questionnaire_resource,
@@ -33,8 +34,6 @@ from hooks.questionnaire import (
 ADAPTIVE_EXTENSION = (
     "http://hl7.org/fhir/uv/sdc/StructureDefinition/sdc-questionnaire-questionnaireAdaptive"
 )
-_ITEM_TYPES = {"boolean": "boolean", "choice": "choice", "date": "date", "decimal": "decimal"}
-UNIT_EXTENSION = "http://hl7.org/fhir/StructureDefinition/questionnaire-unit"
 
 
 def indication_rules(policy: Policy) -> tuple[Rule, ...]:
@@ -124,30 +123,12 @@ def answer_valuesets(policy: Policy, expanded_at: datetime) -> dict[str, dict[st
 
 
 def question(policy: Policy, item: DocumentationItem) -> dict[str, Any]:
-    """One documentation item as an adaptive form's question (no enableWhen: adaptive
-    forms decide what comes next on the server)."""
-    entry: dict[str, Any] = {
-        "linkId": item.id,
-        "code": [
-            {"system": f"{terminology_base(policy)}/CodeSystem/documentation-item", "code": item.id}
-        ],
-        "text": item.text,
-        "type": _ITEM_TYPES[item.answer_type],
-        "required": True,
-    }
+    """One documentation item as an adaptive form's question: required, a choice bound
+    to its ValueSet (no enableWhen: adaptive forms decide what comes next on the server)."""
+    entry = {**item_core(policy, item), "required": True}
     if item.answer_type == "choice":
         entry["answerValueSet"] = valueset_canonical(policy, item)
-    if item.unit:
-        entry["extension"] = [unit_extension(item.unit)]
     return entry
-
-
-def unit_extension(unit: str) -> dict[str, Any]:
-    """The unit a decimal answer is in (UCUM), shown beside the field."""
-    return {
-        "url": UNIT_EXTENSION,
-        "valueCoding": {"system": "http://unitsofmeasure.org", "code": unit, "display": unit},
-    }
 
 
 def _narrative(rule: Rule, items: tuple[DocumentationItem, ...]) -> dict[str, str]:

@@ -100,32 +100,44 @@ def _help_item(item: DocumentationItem, settles: list[str]) -> dict[str, Any]:
     }
 
 
-def questionnaire_item(policy: Policy, item: DocumentationItem) -> dict[str, Any]:
-    """One documentation item as a Questionnaire item (linkId = the item id)."""
+def item_core(policy: Policy, item: DocumentationItem) -> dict[str, Any]:
+    """What every form's item for a documentation item says: ``linkId`` = the item id, its
+    code, text and type, and the unit of a decimal answer (UCUM)."""
     if item.answer_type not in _ITEM_TYPES:
         raise ValueError(
             f"documentation item {item.id}: no Questionnaire type for {item.answer_type!r}"
         )
     base = terminology_base(policy)
     entry: dict[str, Any] = {
-        "extension": [
-            {
-                "url": f"{base}/StructureDefinition/documentation-type",
-                "valueCode": item.doc_type,
-            }
-        ],
         "linkId": item.id,
         "code": [{"system": f"{base}/CodeSystem/documentation-item", "code": item.id}],
         "text": item.text,
         "type": _ITEM_TYPES[item.answer_type],
     }
     if item.unit:
-        entry["extension"].append(
+        entry["extension"] = [
             {
                 "url": UNIT_EXTENSION,
-                "valueCoding": {"system": "http://unitsofmeasure.org", "code": item.unit},
+                "valueCoding": {
+                    "system": "http://unitsofmeasure.org",
+                    "code": item.unit,
+                    "display": item.unit,
+                },
             }
-        )
+        ]
+    return entry
+
+
+def questionnaire_item(policy: Policy, item: DocumentationItem) -> dict[str, Any]:
+    """One documentation item as an item of the whole-policy Questionnaire: who supplies
+    it, its answer options, and a help child naming the criteria it can settle."""
+    core = item_core(policy, item)
+    documentation_type = {
+        "url": f"{terminology_base(policy)}/StructureDefinition/documentation-type",
+        "valueCode": item.doc_type,
+    }
+    entry: dict[str, Any] = {"extension": [documentation_type, *core.pop("extension", [])]}
+    entry.update(core)
     if item.answer_type == "choice":
         system = option_system(policy, item)
         entry["answerOption"] = [
