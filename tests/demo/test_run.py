@@ -27,7 +27,7 @@ def test_demo_starts_prints_examples_and_stops_on_ctrl_c(tmp_path: Path) -> None
     env = {**os.environ, "CDS_DATABASE_URL": f"sqlite:///{tmp_path / 'audit.sqlite3'}"}
     command = [sys.executable, "-m", "demo.run", "--port", "0", "--fhir-port", "0"]
     process = subprocess.Popen(
-        [*command, "--page-port", "0", "--ready-file", str(ready)],
+        [*command, "--page-port", "0", "--smart-port", "0", "--ready-file", str(ready)],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
