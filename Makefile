@@ -10,10 +10,12 @@ NODE_STAMP := $(FHIR_SERVER_DIR)/node_modules/.installed
 
 .PHONY: serve demo test lint fuzz bench bench-prefetch bench-audit clean
 
-# Ports of `make serve` and `make demo` (the service, the demo's FHIR server and page).
+# Ports of `make serve` and `make demo` (the service, the demo's FHIR server, page and
+# SMART authorization server).
 PORT ?= 8080
 FHIR_PORT ?= 8090
 PAGE_PORT ?= 8070
+SMART_PORT ?= 8060
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -40,9 +42,11 @@ serve: $(STAMP)
 		CDS_CORS_ORIGINS=https://sandbox.cds-hooks.org \
 		$(BIN)/infusion-pump-cds serve --host 127.0.0.1 --port $(PORT) --workers 2
 
-# The local FHIR server loaded with patients, the service and the try-it page; Ctrl-C stops all.
+# The local FHIR server loaded with patients, the SMART authorization server, the service
+# (with its documentation app) and the try-it page; Ctrl-C stops all.
 demo: $(STAMP) $(NODE_STAMP)
-	$(BIN)/python -m demo.run --port $(PORT) --fhir-port $(FHIR_PORT) --page-port $(PAGE_PORT)
+	$(BIN)/python -m demo.run --port $(PORT) --fhir-port $(FHIR_PORT) --page-port $(PAGE_PORT) \
+		--smart-port $(SMART_PORT)
 
 test: $(STAMP) $(NODE_STAMP)
 	$(BIN)/python -m pytest

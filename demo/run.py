@@ -1,6 +1,7 @@
 """``make demo``: everything needed to try the service, on this machine, in one command.
 
     .venv/bin/python -m demo.run [--port 8080] [--fhir-port 8090] [--page-port 8070]
+                                 [--smart-port 8060]
 
 Starts, on 127.0.0.1 only:
 
@@ -8,16 +9,24 @@ Starts, on 127.0.0.1 only:
    token needed), loaded with one patient per order-sign fixture and, when
    ``../shared/synthea-r4`` is there, every Synthea record, each with an active Medicare
    Advantage Coverage;
-2. the service (``infusion-pump-cds serve``, development settings: unsigned calls
-   accepted, loopback FHIR servers allowed, CORS for the CDS Hooks sandbox and the page);
-3. the "try it" page (``demo/try_page.py``), an order screen that signs orders the way an
-   EHR does.
+2. the SMART authorization server (``demo/smart_server.py``) in front of that FHIR
+   server, the EHR side of a SMART App Launch: it signs everyone in as the demo clinician
+   and allows every request without asking (auto-consent);
+3. the service (``infusion-pump-cds serve``, development settings: unsigned calls
+   accepted, loopback FHIR servers allowed, CORS for the CDS Hooks sandbox and the page;
+   the documentation app registered with the SMART server, ``CDS_SMART_CLIENTS``, and its
+   link on the documentation card, ``CDS_DTR_CARD_LINK=on``);
+4. the "try it" page (``demo/try_page.py``), an order screen that signs orders the way an
+   EHR does and launches the card's "Complete the documentation" link as an EHR launch.
 
 Then it signs one order per fixture patient (until it has one patient per outcome),
 prints those patients with the command that reproduces each, the URLs, and how to point
 the public CDS Hooks sandbox at the service; Ctrl-C stops everything it started. A port
-of 0 picks a free one. (The SMART documentation app, once the service has one, is to be
-started and listed here too: see ``_documentation_app``.)
+of 0 picks a free one.
+
+The documentation loop: sign a ``conditional`` order on the page, click "Complete the
+documentation" on its card, answer in the app (the sign-in is automatic), save, and sign
+the order again to see the new decision.
 """
 
 from __future__ import annotations
@@ -42,12 +51,14 @@ import requests
 from cds_service.fhir_load import LoadFailed, ProgressBar, load_resources
 from cds_service.try_as_ehr import OrderSpec, TryFailed, TryRequest, order_decisions, run_try
 from demo.data import SYNTHEA, DemoPatient, fixture_patients, synthea_patients
+from demo.smart_server import SmartAuthorizationServer, start_authorization_server
 
 ROOT = Path(__file__).resolve().parent.parent
 FHIR_SERVER = ROOT / "demo" / "fhir_server" / "server.mjs"
 OUTCOMES = ("covered", "conditional", "not-covered")
 START_TIMEOUT_S = 60.0
 SANDBOX = "https://sandbox.cds-hooks.org"
+SMART_CLIENT_ID = "demo-documentation-app"  # the documentation app at the SMART server
 
 
 class DemoFailed(Exception):
@@ -80,10 +91,13 @@ class Started:
 
     processes: list[tuple[str, subprocess.Popen[Any]]]
     page: Any = None  # the page's werkzeug server
+    smart: Any = None  # the SMART authorization server's werkzeug server
 
     def stop(self) -> None:
         if self.page is not None:
             self.page.shutdown()
+        if self.smart is not None:
+            self.smart.shutdown()
         for _, process in reversed(self.processes):
             if process.poll() is None:
                 process.terminate()
@@ -121,13 +135,32 @@ def start_fhir_server(port: int, started: Started) -> str:
     return base
 
 
-def start_service(port: int, page_origin: str, started: Started) -> str:
-    env = {
-        **os.environ,
+def start_smart_server(port: int, fhir_base: str, started: Started) -> SmartAuthorizationServer:
+    """The SMART authorization server in front of the FHIR server (no token), auto-consent."""
+    try:
+        smart, http = start_authorization_server(fhir_base, "", port=port, auto_consent=True)
+    except OSError as exc:
+        raise DemoFailed(f"the SMART authorization server cannot listen on {port}: {exc}") from exc
+    started.smart = http
+    return smart
+
+
+def service_settings(service: str, page_origin: str, smart_iss: str) -> dict[str, str]:
+    """The service's settings in the demo (development ones, and the documentation app
+    registered with the demo's SMART server, its link on the documentation card)."""
+    return {
         "CDS_AUTH": "optional",
         "CDS_FHIR_SERVERS": "http://127.0.0.1,http://localhost",
         "CDS_CORS_ORIGINS": f"{SANDBOX},{page_origin}",
+        "CDS_PUBLIC_URL": service,
+        "CDS_SMART_CLIENTS": json.dumps({smart_iss: {"client_id": SMART_CLIENT_ID}}),
+        "CDS_DTR_CARD_LINK": "on",
     }
+
+
+def start_service(port: int, page_origin: str, smart_iss: str, started: Started) -> str:
+    base = f"http://127.0.0.1:{port}"
+    env = {**os.environ, **service_settings(base, page_origin, smart_iss)}
     command = [sys.executable, "-m", "cds_service.cli", "serve", "--host", "127.0.0.1"]
     process = subprocess.Popen(
         [*command, "--port", str(port), "--workers", "2"],
@@ -139,7 +172,6 @@ def start_service(port: int, page_origin: str, started: Started) -> str:
         start_new_session=True,
     )
     started.processes.append(("the service", process))
-    base = f"http://127.0.0.1:{port}"
     _wait_for(f"{base}/healthz", process, "the service")
     return base
 
@@ -212,10 +244,16 @@ def try_command(example: Example, fhir_base: str, service: str) -> str:
     return shlex.join(parts)
 
 
-def _documentation_app() -> list[str]:
-    """Lines about the SMART documentation app: none until the service has one. When it
-    does, start it here (or check the service serves it) and return its URLs."""
-    return []
+def _documentation_app(service: str, smart: SmartAuthorizationServer | None) -> list[str]:
+    """Lines about the SMART documentation app and the authorization server it signs in at."""
+    if smart is None:
+        return []
+    return [
+        f"  Documentation:    {service}/dtr/launch  (the SMART app; the page launches it",
+        "                    from a conditional order's card: 'Complete the documentation')",
+        f"  SMART server:     {smart.base}/  (FHIR base, iss: {smart.iss})",
+        "                    signs in as the demo clinician, allows every request (auto-consent)",
+    ]
 
 
 def banner(
@@ -226,6 +264,7 @@ def banner(
     page: str,
     patients: int,
     synthea: int,
+    smart: SmartAuthorizationServer | None = None,
 ) -> str:
     lines = [
         "",
@@ -245,7 +284,7 @@ def banner(
         f"  Service:          {service}/cds-services  (health {service}/healthz, "
         f"readiness {service}/readyz, metrics {service}/metrics)",
         f"  FHIR server:      {fhir_base}  (e.g. {fhir_base}/Patient?_count=5)",
-        *_documentation_app(),
+        *_documentation_app(service, smart),
         "",
         f"CDS Hooks sandbox ({SANDBOX}): in its settings (gear) 'Add CDS Services', enter",
         f"  {service}/cds-services",
@@ -261,13 +300,27 @@ def banner(
 
 
 def start_page(
-    port: int, service: str, fhir_base: str, patients: Sequence[DemoPatient], started: Started
+    port: int,
+    service: str,
+    fhir_base: str,
+    patients: Sequence[DemoPatient],
+    started: Started,
+    smart: SmartAuthorizationServer | None = None,
 ) -> str:
     from werkzeug.serving import make_server
 
     from demo.try_page import create_page
 
-    app = create_page(service_url=service, fhir_server=fhir_base, patients=patients)
+    def launcher(link_url: str, context: dict[str, Any]) -> str:
+        assert smart is not None
+        return smart.launch_link(link_url, smart.new_launch(context))
+
+    app = create_page(
+        service_url=service,
+        fhir_server=fhir_base,
+        patients=patients,
+        launcher=launcher if smart is not None else None,
+    )
     server = make_server("127.0.0.1", port, app, threaded=True)
     threading.Thread(target=server.serve_forever, name="try-page", daemon=True).start()
     started.page = server
@@ -290,6 +343,7 @@ def run(args: argparse.Namespace) -> int:
         page_port = args.page_port or free_port()
         print(f"Starting the FHIR server on 127.0.0.1:{fhir_port} ...", flush=True)
         fhir_base = start_fhir_server(fhir_port, started)
+        smart = start_smart_server(args.smart_port, fhir_base, started)
         fixtures = fixture_patients()
         synthea = synthea_patients(Path(args.synthea))
         patients = [*fixtures, *synthea]
@@ -301,8 +355,9 @@ def run(args: argparse.Namespace) -> int:
             flush=True,
         )
         page_origin = f"http://127.0.0.1:{page_port}"
-        service = start_service(service_port, page_origin, started)
-        page = start_page(page_port, service, fhir_base, patients, started)
+        smart.register(SMART_CLIENT_ID, f"http://127.0.0.1:{service_port}/dtr/callback")
+        service = start_service(service_port, page_origin, smart.iss, started)
+        page = start_page(page_port, service, fhir_base, patients, started, smart)
         print(f"Deciding an example per outcome ... ({time.monotonic() - began:.0f} s)", flush=True)
         examples = find_examples(fhir_base, service, fixtures)
         print(
@@ -313,13 +368,16 @@ def run(args: argparse.Namespace) -> int:
                 page=page,
                 patients=len(patients),
                 synthea=len(synthea),
+                smart=smart,
             )
             + f"\n(ready in {time.monotonic() - began:.0f} s)",
             flush=True,
         )
         if args.ready_file:
             Path(args.ready_file).write_text(
-                json.dumps({"fhir": fhir_base, "service": service, "page": page}),
+                json.dumps(
+                    {"fhir": fhir_base, "service": service, "page": page, "smart": smart.iss}
+                ),
                 encoding="utf-8",
             )
         while not stop.wait(0.5):
@@ -341,6 +399,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=8080, help="the service (0: a free port)")
     parser.add_argument("--fhir-port", type=int, default=8090, help="the FHIR server")
     parser.add_argument("--page-port", type=int, default=8070, help="the try-it page")
+    parser.add_argument(
+        "--smart-port", type=int, default=8060, help="the SMART authorization server"
+    )
     parser.add_argument(
         "--synthea", default=str(SYNTHEA), help="folder of Synthea records to load, if present"
     )

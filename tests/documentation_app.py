@@ -16,11 +16,11 @@ from typing import Any
 
 from cds_service.fhir_load import load_resources
 from coverage_policy.model import DocumentationItem
+from demo.smart_server import SmartAuthorizationServer, serve_authorization_server
 from tests.dtr.loop import _CHOICES as CHOICE_ANSWERS
 from tests.dtr.loop import _DECIMALS as DECIMAL_ANSWERS
 from tests.dtr.loop import coverage_extensions, part
 from tests.medplum_server import MedplumServer, start_medplum
-from tests.smart_authorization_server import SmartAuthorizationServer, serve_authorization_server
 
 CLIENT_ID = "documentation-app"
 ASSERTION_ID = "coverage-assertion-id"

@@ -173,7 +173,8 @@ function renderCard(card) {
       anchor.rel = "noopener noreferrer";
       if (link.type === "smart") {
         anchor.className = "launch";
-        anchor.textContent = `Launch ${link.label}`;
+        anchor.textContent = link.label;
+        anchor.addEventListener("click", (event) => launchApp(event, link));
       } else {
         anchor.textContent = link.label;
       }
@@ -207,6 +208,32 @@ function renderCard(card) {
   return element;
 }
 
+let lastRequest = null; // the order-sign request of the answer on screen
+
+// An EHR launch of a card's SMART link: the page's back end registers the launch context
+// (patient, orders, Coverage, the link's appContext) and answers the URL to open.
+async function launchApp(event, link) {
+  event.preventDefault();
+  const status = $("status");
+  const tab = window.open("about:blank", "_blank"); // opened on the click, not blocked
+  try {
+    const response = await fetch("/api/launch", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ url: link.url, appContext: link.appContext, request: lastRequest }),
+    });
+    const answer = await response.json();
+    if (!response.ok) throw new Error(answer.error || `HTTP ${response.status}`);
+    if (tab) tab.location.href = answer.url; else window.location.href = answer.url;
+    status.className = "";
+    status.textContent = "Documentation app launched in a new tab: sign again when it is saved.";
+  } catch (error) {
+    if (tab) tab.close();
+    status.className = "error";
+    status.textContent = `Cannot launch the app: ${error.message || error}`;
+  }
+}
+
 async function sign(event) {
   event.preventDefault();
   const status = $("status");
@@ -226,6 +253,7 @@ async function sign(event) {
       const issues = ((answer.response || {}).issue || []).map((i) => i.diagnostics).join("; ");
       throw new Error(`the service answered HTTP ${answer.status}: ${issues}`);
     }
+    lastRequest = answer.request;
     renderDecisions(answer.response);
     const cards = $("cards");
     cards.replaceChildren(...(answer.response.cards || []).map(renderCard));

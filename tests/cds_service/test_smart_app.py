@@ -22,9 +22,9 @@ from cds_service import create_app
 from cds_service.fhir_client import close_shared_session
 from cds_service.smart_app import COOKIE, context_references, parse_app_context
 from cds_service.smart_sessions import load_session
+from demo.smart_server import SmartAuthorizationServer, serve_authorization_server
 from tests.dtr.loop import part
 from tests.response_validation import validate_cds_response
-from tests.smart_authorization_server import SmartAuthorizationServer, serve_authorization_server
 
 CLIENT_ID = "documentation-app"
 

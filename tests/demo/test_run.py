@@ -27,7 +27,7 @@ def test_demo_starts_prints_examples_and_stops_on_ctrl_c(tmp_path: Path) -> None
     env = {**os.environ, "CDS_DATABASE_URL": f"sqlite:///{tmp_path / 'audit.sqlite3'}"}
     command = [sys.executable, "-m", "demo.run", "--port", "0", "--fhir-port", "0"]
     process = subprocess.Popen(
-        [*command, "--page-port", "0", "--ready-file", str(ready)],
+        [*command, "--page-port", "0", "--smart-port", "0", "--ready-file", str(ready)],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
@@ -62,7 +62,10 @@ def test_demo_starts_prints_examples_and_stops_on_ctrl_c(tmp_path: Path) -> None
     assert f"try --fhir-server {urls['fhir']} --patient fx-" in out
     assert f"{urls['service']}/cds-services" in out
     assert "Rx Sign can only order medications" in out
+    assert f"iss: {urls['smart']}" in out  # the SMART server, listed with the app
+    assert f"{urls['service']}/dtr/launch" in out
     assert "Stopping the demo" in out
-    for url in (f"{urls['fhir']}/metadata", f"{urls['service']}/healthz", urls["page"]):
+    stopped = [f"{urls['fhir']}/metadata", f"{urls['service']}/healthz", urls["page"]]
+    for url in [*stopped, f"{urls['smart']}/.well-known/smart-configuration"]:
         with pytest.raises(requests.ConnectionError):
             requests.get(url, timeout=5)

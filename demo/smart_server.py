@@ -1,5 +1,6 @@
-"""A small SMART on FHIR authorization server for the documentation app's tests, built on
-authlib, in front of a FHIR server.
+"""A small SMART on FHIR authorization server, built on authlib, in front of a FHIR server:
+the EHR side of the documentation app for ``make demo`` and for the app's tests. It
+listens on 127.0.0.1 only and keeps everything in memory.
 
 It plays the EHR's side of a SMART App Launch 2.x EHR launch:
 
@@ -13,6 +14,9 @@ It plays the EHR's side of a SMART App Launch 2.x EHR launch:
 - ``[base]/fhir/...``: the FHIR server behind, reached only with a token this server
   issued (401 otherwise), forwarded with the FHIR server's own token; addresses in its
   answers are rewritten to ``[base]/fhir``.
+
+- ``/``: a page saying what it is (and, with ``auto_consent``, that it signs everyone in
+  as the demo clinician and allows every request without asking, as ``make demo`` runs it).
 
 Everything it saw is kept (``seen``) so tests can check what the app sent.
 """
@@ -43,10 +47,17 @@ CONSENT_PAGE = """<!doctype html><html lang=en><head><meta charset=utf-8>
 <p>It asks for: {scope}</p>
 <form method=post><button name=decision value=allow id=allow>Allow</button>
 <button name=decision value=deny id=deny>Deny</button></form></body></html>"""
+ABOUT_PAGE = """<!doctype html><html lang=en><head><meta charset=utf-8>
+<title>SMART authorization server</title></head><body><h1>SMART authorization server</h1>
+<p>The EHR side of a SMART App Launch: FHIR base (<code>iss</code>) {iss}, in front of
+{fhir}. {consent}</p>
+<p>Discovery: <a href="{iss}/.well-known/smart-configuration">
+{iss}/.well-known/smart-configuration</a></p>
+</body></html>"""
 
 
 @dataclass
-class TestClient(ClientMixin):  # type: ignore[misc]
+class RegisteredClient(ClientMixin):  # type: ignore[misc]
     client_id: str
     redirect_uri: str
     client_secret: str | None = None
@@ -115,14 +126,15 @@ class SmartAuthorizationServer:
     """The running server: its base URL, what it issued and saw."""
 
     fhir_base: str  # the FHIR server behind
-    fhir_token: str  # the FHIR server's own token
+    fhir_token: str  # the FHIR server's own token ("": it needs none)
     base: str = ""
-    clients: dict[str, TestClient] = field(default_factory=dict)
+    clients: dict[str, RegisteredClient] = field(default_factory=dict)
     launches: dict[str, dict[str, Any]] = field(default_factory=dict)
     codes: dict[str, Code] = field(default_factory=dict)
     tokens: dict[str, dict[str, Any]] = field(default_factory=dict)
     seen: list[dict[str, Any]] = field(default_factory=list)
     scopes_supported: list[str] | None = None
+    auto_consent: bool = False  # allow every request without showing the consent page
     key: Any = field(default_factory=lambda: rsa.generate_private_key(65537, 2048))
 
     @property
@@ -136,7 +148,7 @@ class SmartAuthorizationServer:
         secret: str | None = None,
         jwks: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
-        self.clients[client_id] = TestClient(client_id, redirect_uri, secret, jwks)
+        self.clients[client_id] = RegisteredClient(client_id, redirect_uri, secret, jwks)
 
     def new_launch(self, context: dict[str, Any]) -> str:
         """A launch id for ``context`` (``patient``, ``fhirContext``, ``appContext``,
@@ -146,9 +158,14 @@ class SmartAuthorizationServer:
         return launch
 
     def launch_url(self, app_base: str, launch: str) -> str:
+        return self.launch_link(f"{app_base}/dtr/launch", launch)
+
+    def launch_link(self, launch_url: str, launch: str) -> str:
+        """``launch_url`` (an app's launch URL) with the ``iss`` and ``launch`` of an EHR
+        launch."""
         from urllib.parse import urlencode
 
-        return f"{app_base}/dtr/launch?{urlencode({'iss': self.iss, 'launch': launch})}"
+        return f"{launch_url}?{urlencode({'iss': self.iss, 'launch': launch})}"
 
 
 def _jwk(server: SmartAuthorizationServer) -> dict[str, Any]:
@@ -165,7 +182,7 @@ def build_app(server: SmartAuthorizationServer) -> Flask:
         save_token=lambda token, req: None,
     )
 
-    def authenticate_private_key_jwt(query_client: Any, req: Any) -> TestClient | None:
+    def authenticate_private_key_jwt(query_client: Any, req: Any) -> RegisteredClient | None:
         """RFC 7523 client assertion, verified against the client's published JWKS."""
         data = req.payload.data
         if data.get("client_assertion_type") != (
@@ -211,7 +228,7 @@ def build_app(server: SmartAuthorizationServer) -> Flask:
                 launch=launch,
             )
 
-        def query_authorization_code(self, code: str, client: TestClient) -> Code | None:
+        def query_authorization_code(self, code: str, client: RegisteredClient) -> Code | None:
             found = server.codes.get(code)
             if found is None or found.client_id != client.client_id:
                 return None
@@ -299,11 +316,26 @@ def build_app(server: SmartAuthorizationServer) -> Flask:
             server.launches.get(request.args.get("launch", ""), {}).get("user", "clinician")
         )
         grant = oauth.get_consent_grant(end_user=user)
+        if server.auto_consent:
+            return oauth.create_authorization_response(grant_user=user, grant=grant)
         if request.method == "GET":
             return CONSENT_PAGE.format(scope=request.args.get("scope", ""))
         allowed = request.form.get("decision") == "allow"
         return oauth.create_authorization_response(
             grant_user=user if allowed else None, grant=grant
+        )
+
+    @app.get("/")
+    def about() -> Response:
+        consent = (
+            "It signs everyone in as the demo clinician and allows every request the app"
+            " makes without asking (auto-consent): a demo, not a way to run an EHR."
+            if server.auto_consent
+            else "It asks the user to allow or deny each request."
+        )
+        return Response(
+            ABOUT_PAGE.format(iss=server.iss, fhir=server.fhir_base, consent=consent),
+            mimetype="text/html",
         )
 
     @app.post("/token")
@@ -323,7 +355,7 @@ def build_app(server: SmartAuthorizationServer) -> Flask:
             params=request.args,
             data=request.get_data() or None,
             headers={
-                "Authorization": f"Bearer {server.fhir_token}",
+                **({"Authorization": f"Bearer {server.fhir_token}"} if server.fhir_token else {}),
                 "Content-Type": "application/fhir+json",
                 "Accept": "application/fhir+json",
             },
@@ -340,18 +372,27 @@ def build_app(server: SmartAuthorizationServer) -> Flask:
     return app
 
 
+def start_authorization_server(
+    fhir_base: str, fhir_token: str, *, port: int = 0, auto_consent: bool = False
+) -> tuple[SmartAuthorizationServer, Any]:
+    """The server on 127.0.0.1 (``port``, 0: a free one) in a daemon thread, and its
+    werkzeug server (``shutdown()`` stops it)."""
+    server = SmartAuthorizationServer(
+        fhir_base=fhir_base.rstrip("/"), fhir_token=fhir_token, auto_consent=auto_consent
+    )
+    http = make_server("127.0.0.1", port, build_app(server), threaded=True)
+    server.base = f"http://127.0.0.1:{http.server_port}"
+    threading.Thread(target=http.serve_forever, name="smart-server", daemon=True).start()
+    return server, http
+
+
 @contextmanager
 def serve_authorization_server(
     fhir_base: str, fhir_token: str
 ) -> Iterator[SmartAuthorizationServer]:
     """The server on 127.0.0.1 (a free port), in a thread, until the block ends."""
-    server = SmartAuthorizationServer(fhir_base=fhir_base.rstrip("/"), fhir_token=fhir_token)
-    http = make_server("127.0.0.1", 0, build_app(server), threaded=True)
-    server.base = f"http://127.0.0.1:{http.server_port}"
-    thread = threading.Thread(target=http.serve_forever, daemon=True)
-    thread.start()
+    server, http = start_authorization_server(fhir_base, fhir_token)
     try:
         yield server
     finally:
         http.shutdown()
-        thread.join(timeout=10)
