@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sqlite3
 import threading
 import time
 import weakref
@@ -83,6 +84,21 @@ def _is_memory(url: URL) -> bool:
 SQLITE_SYNCHRONOUS = {"normal": "NORMAL", "full": "FULL"}
 
 
+def _use_wal(cursor: Any) -> None:
+    """Put the database in WAL mode. Switching takes an exclusive lock, and SQLite can
+    refuse it at once ("database is locked") while another process opening the same new
+    file holds one, without waiting for busy_timeout: so wait here, up to that timeout."""
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.02)
+
+
 def _sqlite_on_connect_with(synchronous: str) -> Any:
     def on_connect(dbapi_connection: Any, _record: Any) -> None:
         # Let SQLAlchemy's "begin" event issue BEGIN itself (the pysqlite driver's own
@@ -91,7 +107,7 @@ def _sqlite_on_connect_with(synchronous: str) -> Any:
         cursor = dbapi_connection.cursor()
         try:
             cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
-            cursor.execute("PRAGMA journal_mode = WAL")
+            _use_wal(cursor)
             cursor.execute(f"PRAGMA synchronous = {SQLITE_SYNCHRONOUS[synchronous]}")
             cursor.execute("PRAGMA foreign_keys = ON")
         finally:
