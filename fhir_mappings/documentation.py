@@ -71,8 +71,15 @@ def documentation_facts(
     items: dict[str, DocumentationItem],
     questionnaire_url: str,
     as_of: date,
+    answered_by: date | None = None,
 ) -> dict[str, FactValue]:
-    """``doc.<item id>`` facts: the latest answer per item, None where never answered."""
+    """``doc.<item id>`` facts: the latest answer per item, None where never answered.
+
+    Answers count when authored by ``answered_by`` (the day of the call), else by the
+    order date: documentation is often completed after an order was drafted and before it
+    is signed. What an answer says (a date within 6 months, say) is still judged as of the
+    order date ``as_of``."""
+    cutoff = max(as_of, answered_by) if answered_by else as_of
     latest: dict[str, tuple[date, FactValue]] = {}
     for entry in record.of_type("QuestionnaireResponse"):
         response = entry.resource
@@ -81,7 +88,7 @@ def documentation_facts(
         if not _same_questionnaire(response, questionnaire_url):
             continue
         authored = as_date(response.authored) or date.min
-        if authored > as_of:
+        if authored > cutoff:
             continue
         for item in _items(response.item):
             spec = items.get(item.linkId)

@@ -192,8 +192,10 @@ def facts_for_episode(
     as_of: date,
     encounter_reference: str | None,
     user_reference: str | None = None,
+    today: date | None = None,
 ) -> dict[str, FactValue]:
-    """Every fact of the catalog this record can speak to, for one episode."""
+    """Every fact of the catalog this record can speak to, for one episode (``today``:
+    the day of the call, by which documentation answers count)."""
     current_encounter = _current_encounter(episode, encounter_reference)
     facts = _episode_facts(episode)
     facts["episode.route"] = _route_fact(episode, record)
@@ -205,7 +207,7 @@ def facts_for_episode(
         record, as_of, _requester(episode, user_reference), current_encounter
     )
     documentation = documentation_facts(
-        record, policy.documentation, policy.questionnaire_url, as_of
+        record, policy.documentation, policy.questionnaire_url, as_of, answered_by=today
     )
     facts.update(documentation)
     had = _facts_with_data(facts, record)

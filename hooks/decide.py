@@ -196,7 +196,7 @@ def deliberate(
             deceased.append((episode, deceased_on))
             continue
         facts = facts_for_episode(
-            episode, record, policy, as_of, encounter_reference, user_reference
+            episode, record, policy, as_of, encounter_reference, user_reference, today
         )
         decision = evaluate_policy(policy, facts, as_of, facts_not_retrieved)
         if decision is not None:

@@ -11,9 +11,11 @@ from typing import Any
 
 from flask.testing import FlaskClient
 
+from tests.conftest import FIXED_NOW
 from tests.dtr import conformance
 
 ORDER_SIGN = "/cds-services/infusion-pump-coverage-order-sign"
+SIGNING_DAY = FIXED_NOW.date().isoformat()  # the tests' clock
 COVERAGE_INFORMATION = (
     "http://hl7.org/fhir/us/davinci-crd/StructureDefinition/ext-coverage-information"
 )
@@ -154,9 +156,8 @@ def walk(
 def with_response(body: Mapping[str, Any], response: Mapping[str, Any]) -> dict[str, Any]:
     """The same order-sign request with ``response`` in its questionnaireResponses."""
     again = copy.deepcopy(dict(body))
-    # Answers count as of the order date (the earliest authoredOn of the orders).
-    authored = min(o["authoredOn"] for o in orders_of(body) if "authoredOn" in o)
-    saved = {**copy.deepcopy(dict(response)), "id": "dtr-answers", "authored": authored}
+    # Answered on the day of signing, after the orders were drafted: they count.
+    saved = {**copy.deepcopy(dict(response)), "id": "dtr-answers", "authored": SIGNING_DAY}
     prefetch = again.setdefault("prefetch", {})
     bundle = prefetch.get("questionnaireResponses") or {
         "resourceType": "Bundle",

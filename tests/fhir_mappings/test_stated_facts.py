@@ -77,3 +77,33 @@ def test_the_insulinopenia_criterion_decides_on_stated_results_as_on_a_lab() -> 
     assert truth(1.2, 90, 200) is Truth.UNMET
     assert truth(1.9, 40, 200) is Truth.MET
     assert truth(1.0, None, 230) is Truth.UNMET
+
+
+def test_answers_count_when_given_after_the_order_was_drafted_and_by_the_call() -> None:
+    """Documentation is often completed between drafting an order and signing it; an
+    answer dated after the day of the call (a clock gone wrong) does not count."""
+    from fhir_mappings.documentation import documentation_facts
+    from fhir_mappings.record import build_record
+
+    policy = load_policy()
+
+    def answered_on(authored: str, today: date | None) -> object:
+        response = {
+            "resourceType": "QuestionnaireResponse",
+            "id": "qr-1",
+            "questionnaire": policy.questionnaire_url,
+            "status": "completed",
+            "authored": authored,
+            "item": [{"linkId": "csii-diabetes-education", "answer": [{"valueBoolean": True}]}],
+        }
+        bundle = {"resourceType": "Bundle", "type": "searchset", "entry": [{"resource": response}]}
+        record = build_record({"questionnaireResponses": bundle})
+        facts = documentation_facts(
+            record, policy.documentation, policy.questionnaire_url, AS_OF, answered_by=today
+        )
+        return facts["doc.csii-diabetes-education"].value
+
+    assert answered_on("2026-11-25", date(2026, 11, 28)) is True
+    assert answered_on("2026-11-25", None) is None  # without a call day: by the order date
+    assert answered_on("2026-11-29", date(2026, 11, 28)) is None
+    assert answered_on("2026-11-19", None) is True
