@@ -7,11 +7,6 @@ demo FHIR server), and signs again to see the order covered."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from datetime import date
 from typing import Any
@@ -22,6 +17,7 @@ import requests
 from coverage_policy.loader import load_policy
 from demo.run import SMART_CLIENT_ID, service_settings
 from tests.conftest import ROOT
+from tests.demo.running import running_demo
 from tests.demo.test_try_page import CHROMIUM_FLAGS, chromium_or_skip
 from tests.documentation_app import favourable
 from tests.medplum_server import node_or_skip
@@ -37,33 +33,9 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     ``smart``: the SMART server's FHIR base, the ``iss``)."""
     node_or_skip()
     folder = tmp_path_factory.mktemp("demo")
-    ready = folder / "ready.json"
-    env = {**os.environ, "CDS_DATABASE_URL": f"sqlite:///{folder / 'audit.sqlite3'}"}
-    ports = ["--port", "0", "--fhir-port", "0", "--page-port", "0", "--smart-port", "0"]
-    process = subprocess.Popen(
-        [sys.executable, "-m", "demo.run", *ports, "--ready-file", str(ready)]
-        + ["--synthea", str(folder / "none")],
-        cwd=ROOT,
-        env={**env, "PYTHONUNBUFFERED": "1"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while not ready.exists():
-            assert process.poll() is None, process.stdout.read() if process.stdout else ""
-            assert time.monotonic() < deadline, "the demo did not start in time"
-            time.sleep(0.5)
-        yield json.loads(ready.read_text(encoding="utf-8"))
-    finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.communicate(timeout=10)
-    assert process.returncode == 0
+    with running_demo(folder, "--synthea", str(folder / "none")) as started:
+        yield started.urls
+    assert started.process.returncode == 0, started.output
 
 
 def test_the_demo_settings_turn_the_card_link_on_for_the_demo_smart_server() -> None:

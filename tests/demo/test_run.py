@@ -3,19 +3,13 @@ example per outcome is found and printed, and Ctrl-C stops it all."""
 
 from __future__ import annotations
 
-import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import requests
 
 from demo.data import fixture_patients, synthea_patients
-from tests.conftest import ROOT
+from tests.demo.running import running_demo
 from tests.medplum_server import node_or_skip
 
 START_TIMEOUT_S = 180
@@ -23,24 +17,8 @@ START_TIMEOUT_S = 180
 
 def test_demo_starts_prints_examples_and_stops_on_ctrl_c(tmp_path: Path) -> None:
     node_or_skip()
-    ready = tmp_path / "ready.json"
-    env = {**os.environ, "CDS_DATABASE_URL": f"sqlite:///{tmp_path / 'audit.sqlite3'}"}
-    command = [sys.executable, "-m", "demo.run", "--port", "0", "--fhir-port", "0"]
-    process = subprocess.Popen(
-        [*command, "--page-port", "0", "--smart-port", "0", "--ready-file", str(ready)],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while not ready.exists():
-            assert process.poll() is None, process.stdout.read() if process.stdout else ""
-            assert time.monotonic() < deadline, "the demo did not start in time"
-            time.sleep(0.5)
-        urls = json.loads(ready.read_text(encoding="utf-8"))
+    with running_demo(tmp_path) as demo:
+        urls = demo.urls
         options = requests.get(f"{urls['page']}/api/options", timeout=10).json()
         expected = len(fixture_patients()) + len(synthea_patients())
         assert len(options["patients"]) == expected
@@ -49,13 +27,8 @@ def test_demo_starts_prints_examples_and_stops_on_ctrl_c(tmp_path: Path) -> None
         assert patients.status_code == 200
         coverage = requests.get(f"{urls['fhir']}/Coverage?status=active&_count=1", timeout=10)
         assert coverage.json().get("entry")
-    finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            out, _ = process.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            out, _ = process.communicate(timeout=10)
+    out = demo.output
+    process = demo.process
     assert process.returncode == 0, out
     for outcome in ("COVERED", "CONDITIONAL", "NOT-COVERED"):
         assert any(line.strip().startswith(outcome) for line in out.splitlines()), out
