@@ -65,6 +65,7 @@ from dtr.adaptive import (
 from dtr.forms import (
     answer_valuesets,
     form_items,
+    form_text,
     indication_rules,
     requirements_with,
     rule_for_canonical,
@@ -323,8 +324,9 @@ def questionnaire_package() -> Response:
                 (
                     "information",
                     "informational",
-                    f"No more documentation is needed for {', '.join(known.orders)}: "
-                    f"the decision is {outcome_text} under rule {known.rule_ids[0]}",
+                    form_text()["no_more_documentation"].format(
+                        orders=", ".join(known.orders), outcome=outcome_text, rule=known.rule_ids[0]
+                    ),
                 )
             )
             continue
@@ -332,11 +334,10 @@ def questionnaire_package() -> Response:
     for canonical in asked.questionnaires:
         rule = rule_for_canonical(policy, canonical)
         if rule is None:
+            unknown = form_text()["unknown_questionnaire"].format(canonical=canonical)
             if not wanted:
-                raise BadRequest.single(
-                    f"No Questionnaire '{canonical}' here", "parameter.questionnaire"
-                )
-            notes.append(("warning", "not-found", f"No Questionnaire '{canonical}' here"))
+                raise BadRequest.single(unknown, "parameter.questionnaire")
+            notes.append(("warning", "not-found", unknown))
             continue
         if all(rule.id != w[0] for w in wanted):
             wanted.append((rule.id, None, tuple(sorted(order_refs))))
@@ -362,7 +363,7 @@ def questionnaire_package() -> Response:
         )
         bundles.append(package_bundle(form, binds, response, f"{public_base_url()}/fhir"))
     if not bundles and not notes:
-        notes.append(("information", "informational", "No documentation form applies"))
+        notes.append(("information", "informational", form_text()["no_form"]))
     crd_version = next((k.crd_version for _, k, _ in wanted if k and k.crd_version), "")
     _audit("questionnaire-package", started, crd_version, tuple(recorded))
     return _fhir(package_parameters(bundles, outcome(notes)))

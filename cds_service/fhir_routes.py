@@ -40,6 +40,11 @@ def _questionnaires() -> list[Mapping[str, Any]]:
 
 @blueprint.get("/Questionnaire/<questionnaire_id>")
 def read_questionnaire(questionnaire_id: str) -> Response:
+    if questionnaire_id.startswith("$"):  # an operation (``$next-question``): POST only
+        outcome = operation_outcome(f"{questionnaire_id} takes a POST", "not-supported")
+        response = _fhir_response(outcome, 405)
+        response.headers["Allow"] = "POST"
+        return response
     for questionnaire in _questionnaires():
         if questionnaire["id"] == questionnaire_id:
             return _fhir_response(questionnaire)

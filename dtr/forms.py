@@ -13,9 +13,12 @@ as in the whole-policy Questionnaire, so one reader serves both.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from datetime import date, datetime
+from functools import cache
 from html import escape
+from importlib import resources
 from typing import Any
 
 from coverage_policy.engine import logic_truth
@@ -131,16 +134,20 @@ def question(policy: Policy, item: DocumentationItem) -> dict[str, Any]:
     return entry
 
 
+@cache
+def form_text() -> dict[str, str]:
+    """What the forms and the DTR operations say to people (``dtr/form_text.json``)."""
+    raw = resources.files("dtr").joinpath("form_text.json").read_text(encoding="utf-8")
+    return {k: v for k, v in json.loads(raw).items() if not k.startswith("$")}
+
+
 def _narrative(rule: Rule, items: tuple[DocumentationItem, ...]) -> dict[str, str]:
+    words = form_text()
     if items:
         asked = "".join(f"<li>{escape(item.text)}</li>" for item in items)
-        body = (
-            f"<p>{escape(rule.title)}: adaptive documentation form. Only questions whose "
-            f"answer could still change the coverage decision are asked.</p>"
-            f"<p>It may ask:</p><ul>{asked}</ul>"
-        )
+        body = words["narrative_asks"].format(title=escape(rule.title), items=asked)
     else:
-        body = f"<p>{escape(rule.title)}: no documentation can change this decision.</p>"
+        body = words["narrative_nothing"].format(title=escape(rule.title))
     return {"status": "generated", "div": f'<div xmlns="http://www.w3.org/1999/xhtml">{body}</div>'}
 
 
@@ -155,10 +162,9 @@ def rule_form(
         policy,
         form_id=rule_questionnaire_id(policy, rule.id),
         canonical=(url, version),
-        title=f"{rule.title}: documentation for {policy.id}"[:200],
-        description=(
-            f"Adaptive form for rule {rule.id} of policy {policy.id} version "
-            f"{policy.version}: each question's linkId is the policy's documentation item id."
+        title=form_text()["form_title"].format(rule=rule.title, policy=policy.id)[:200],
+        description=form_text()["form_description"].format(
+            rule_id=rule.id, policy=policy.id, version=policy.version
         ),
         publisher=publisher,
     )

@@ -320,3 +320,13 @@ def test_resources_sent_with_the_order_are_what_the_form_knows(client: FlaskClie
     completed, asked = walk(client, draft, favourable)
     assert asked == asked_with_context
     assert not [e for e in completed["extension"] if e["url"] == COVERAGE_INFORMATION]
+
+
+@pytest.mark.parametrize("operation", ["$next-question", "$questionnaire-package"])
+def test_an_operation_read_with_get_is_a_405_not_a_missing_questionnaire(
+    client: FlaskClient, operation: str
+) -> None:
+    reply = client.get(f"/fhir/Questionnaire/{operation}")
+    assert reply.status_code == 405
+    assert reply.headers["Allow"] == "POST"
+    assert reply.get_json()["issue"][0]["code"] == "not-supported"
