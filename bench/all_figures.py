@@ -325,6 +325,7 @@ def bare_app(*args, **kwargs):
 stub = types.ModuleType("cds_service.app")
 stub.create_app = bare_app
 stub.preload = lambda: None
+stub.warm_up_master = lambda app: None
 stub.warm_up_worker = lambda app: None
 sys.modules["cds_service.app"] = stub
 from cds_service.cli import main

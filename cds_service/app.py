@@ -22,14 +22,14 @@ from cds_service.replay import ReplayCache
 from cds_service.routes import blueprint
 from cds_service.settings import Settings
 from cds_service.store import open_store
-from cds_service.warm_up import warm_up_worker
+from cds_service.warm_up import warm_up_master, warm_up_worker
 from coverage_policy.loader import load_policy
 from fhir_mappings.episodes import preload as preload_mappings
 from hooks.questionnaire import documentation_questionnaire
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["create_app", "preload", "warm_up_worker"]
+__all__ = ["create_app", "preload", "warm_up_master", "warm_up_worker"]
 
 
 def _utc_now() -> datetime:

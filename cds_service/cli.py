@@ -46,13 +46,14 @@ def _serve(args: argparse.Namespace) -> int:
     log_format = operations.configure_logging()
     operations.prepare_multiprocess_metrics()  # before the app creates its metrics
 
-    from cds_service.app import create_app, preload, warm_up_worker
+    from cds_service.app import create_app, preload, warm_up_master, warm_up_worker
     from cds_service.config import load_settings
     from cds_service.serving import run, serving_options
 
     settings = load_settings()
     preload()  # before the fork: no worker's first call loads models or schemas
     application = create_app()
+    warm_up_master(application)  # what calls build lazily, built once for every worker
     options = serving_options(settings, host=args.host, port=args.port, workers=args.workers)
     options["logconfig_dict"] = operations.gunicorn_log_config(log_format)
     options["child_exit"] = operations.worker_exited

@@ -13,7 +13,12 @@ import sqlalchemy as sa
 from cds_service import routes
 from cds_service.operations import metrics_text
 from cds_service.tables import criterion_result, decision, decision_page, issued_card, service_call
-from cds_service.warm_up import WARM_UP_SERVICE, warm_up_request, warm_up_worker
+from cds_service.warm_up import (
+    WARM_UP_SERVICE,
+    warm_up_master,
+    warm_up_request,
+    warm_up_worker,
+)
 from tests.conftest import make_app
 from tests.response_validation import validate_cds_response
 
@@ -90,3 +95,33 @@ def test_a_warm_up_that_fails_only_logs(
     with caplog.at_level(logging.WARNING, logger="cds_service.warm_up"):
         warm_up_worker(make_app())
     assert "worker warm-up failed (RuntimeError)" in caplog.text
+
+
+def test_the_master_warms_up_and_leaves_no_connection_to_inherit(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = make_app({"DATABASE_URL": f"sqlite:///{tmp_path / 'audit.sqlite3'}"})
+    store = app.extensions["cds_store"]  # type: ignore[attr-defined]
+    metrics_before = _service_metrics()
+    with caplog.at_level(logging.INFO, logger="cds_service.warm_up"):
+        warm_up_master(app, calls=3)
+    assert "master warmed up" in caplog.text
+    assert store.engine.pool.checkedin() == 0  # a forked worker opens its own
+    assert set(_row_counts(app).values()) == {0}
+    assert _service_metrics() == metrics_before
+
+
+def test_a_master_warm_up_that_fails_stops_and_only_logs(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    calls = []
+
+    def broken(*_args: object, **_kwargs: object) -> None:
+        calls.append(1)
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(routes, "answer_call", broken)
+    with caplog.at_level(logging.WARNING, logger="cds_service.warm_up"):
+        warm_up_master(make_app(), calls=5)
+    assert "master warm-up failed (RuntimeError)" in caplog.text
+    assert len(calls) == 1
