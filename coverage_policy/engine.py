@@ -320,12 +320,34 @@ def _facts_in(node: Mapping[str, Any]) -> set[str]:
     return set().union(*(_facts_in(child) for child in children)) if children else set()
 
 
+# ``facts_that_may_be_read`` by policy, order date and known values: a few order kinds
+# a day make nearly every call a repeat. The policy is kept so an id is never reused.
+_MAY_BE_READ: dict[tuple[int, date, tuple[tuple[str, Any], ...]], tuple[Policy, frozenset[str]]]
+_MAY_BE_READ = {}
+_MAY_BE_READ_SIZE = 4096
+
+
 def facts_that_may_be_read(policy: Policy, known: Facts, as_of: date) -> frozenset[str]:
     """The facts a decision could read, knowing only ``known`` (the rest unknown).
 
     Every rule whose scope is not already ruled out by ``known`` counts, with the facts of
     its scope and of its criteria. Sound because three-valued logic is monotone: a rule
     whose scope is unmet on partial facts is unmet whatever the rest turns out to be."""
+    key = (id(policy), as_of, tuple(sorted((name, fact.value) for name, fact in known.items())))
+    try:
+        cached = _MAY_BE_READ.get(key)
+    except TypeError:  # a value that cannot be a key (none of the order facts)
+        return _facts_that_may_be_read(policy, known, as_of)
+    if cached is not None and cached[0] is policy:
+        return cached[1]
+    found = _facts_that_may_be_read(policy, known, as_of)
+    if len(_MAY_BE_READ) >= _MAY_BE_READ_SIZE:
+        _MAY_BE_READ.clear()
+    _MAY_BE_READ[key] = (policy, found)
+    return found
+
+
+def _facts_that_may_be_read(policy: Policy, known: Facts, as_of: date) -> frozenset[str]:
     if not policy.effective.contains(as_of):
         return frozenset()
     evaluator = _Evaluator(policy, known, as_of, frozenset())

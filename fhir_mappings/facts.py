@@ -7,11 +7,11 @@ looked for and not found.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import date
-from functools import cache
+from functools import cache, partial
 
-from coverage_policy.model import Evidence, FactValue, Policy
+from coverage_policy.model import CodedItem, Evidence, FactValue, Policy
 from fhir_mappings.allergies import drug_allergy
 from fhir_mappings.conditions import facts_from_condition
 from fhir_mappings.coverage import part_a_status
@@ -193,19 +193,22 @@ def facts_for_episode(
     encounter_reference: str | None,
     user_reference: str | None = None,
     today: date | None = None,
+    wanted: frozenset[str] | None = None,
 ) -> dict[str, FactValue]:
     """Every fact of the catalog this record can speak to, for one episode (``today``:
-    the day of the call, by which documentation answers count)."""
+    the day of the call, by which documentation answers count).
+
+    ``wanted``: the facts the decision may read (``facts_that_may_be_read``); the facts
+    read from the rest of the record that are not among them are not derived. The
+    order's own facts and the documentation answers always are."""
     current_encounter = _current_encounter(episode, encounter_reference)
     facts = _episode_facts(episode)
     facts["episode.route"] = _route_fact(episode, record)
     facts["order.setting"] = order_setting(episode.drug_order, current_encounter, record)
-    facts.update(_patient_facts(episode, record, as_of))
-    facts.update(_lab_facts(record, as_of))
-    facts.update(_history_facts(record, as_of))
-    facts["encounter.f2f_with_orderer_date"] = face_to_face_date(
-        record, as_of, _requester(episode, user_reference), current_encounter
-    )
+    requester = _requester(episode, user_reference)
+    for names, derive in _record_facts(episode, record, as_of, requester, current_encounter):
+        if wanted is None or not wanted.isdisjoint(names):
+            facts.update(derive())
     documentation = documentation_facts(
         record, policy.documentation, policy.questionnaire_url, as_of, answered_by=today
     )
@@ -216,6 +219,47 @@ def facts_for_episode(
         if had.get(name) is None or had[name].value is None:
             had[name] = stated
     return had
+
+
+def _record_facts(
+    episode: PumpEpisode,
+    record: PatientRecord,
+    as_of: date,
+    requester: str | None,
+    current_encounter: str | None,
+) -> list[tuple[tuple[str, ...], Callable[[], dict[str, FactValue]]]]:
+    """The facts read from the patient's record, each with the names it gives."""
+    family = episode.drug.family if episode.drug else None
+    one = _one_fact
+    return [
+        one("patient.conditions", lambda: FactValue(_conditions(record))),
+        one("patient.age_years", lambda: _age_years(record, as_of)),
+        one("patient.drug_allergy", lambda: drug_allergy(record, family)),
+        one("patient.implanted_devices", lambda: FactValue(implanted_devices(record))),
+        *(
+            one(name, partial(_latest_lab_result, record, kind, as_of))
+            for name, kind in _LATEST_LAB_FACTS.items()
+        ),
+        one("lab.glucose_checks_per_day_60d", lambda: glucose_checks_per_day(record, as_of)),
+        (C_PEPTIDE_FACTS, lambda: c_peptide_facts(record, as_of)),
+        one("med.insulin_mdi_days", lambda: insulin_mdi_days(record, as_of)),
+        one(
+            "med.oral_antispasmodic_trial_days",
+            lambda: oral_antispasmodic_trial_days(record, as_of),
+        ),
+        one("encounter.last_visit_date", lambda: last_visit_date(record, as_of)),
+        one("coverage.part_a_status", lambda: part_a_status(record, as_of)),
+        one(
+            "encounter.f2f_with_orderer_date",
+            lambda: face_to_face_date(record, as_of, requester, current_encounter),
+        ),
+    ]
+
+
+def _one_fact(
+    name: str, derive: Callable[[], FactValue]
+) -> tuple[tuple[str, ...], Callable[[], dict[str, FactValue]]]:
+    return (name,), lambda: {name: derive()}
 
 
 def _current_encounter(episode: PumpEpisode, encounter_reference: str | None) -> str | None:
@@ -231,20 +275,15 @@ def _current_encounter(episode: PumpEpisode, encounter_reference: str | None) ->
     return getattr(order_encounter, "reference", None) or encounter_reference
 
 
-def _patient_facts(
-    episode: PumpEpisode, record: PatientRecord, as_of: date
-) -> dict[str, FactValue]:
-    """Who the patient is: age, conditions, allergies to the episode's drug, implants."""
-    conditions = tuple(
+def _latest_lab_result(record: PatientRecord, kind: str, as_of: date) -> FactValue:
+    return latest_value(lab_results(record, kind, as_of), lab_name(kind))
+
+
+def _conditions(record: PatientRecord) -> tuple[CodedItem, ...]:
+    """Every coded item the patient's Conditions give."""
+    return tuple(
         item for entry in record.of_type("Condition") for item in facts_from_condition(entry)
     )
-    family = episode.drug.family if episode.drug else None
-    return {
-        "patient.conditions": FactValue(conditions),
-        "patient.age_years": _age_years(record, as_of),
-        "patient.drug_allergy": drug_allergy(record, family),
-        "patient.implanted_devices": FactValue(implanted_devices(record)),
-    }
 
 
 # The lab facts that are the latest result of one lab kind (``bindings/labs.json``).
@@ -254,27 +293,8 @@ _LATEST_LAB_FACTS = {
     "lab.body_weight_kg": "body_weight",
     "lab.bmi": "bmi",
 }
-
-
-def _lab_facts(record: PatientRecord, as_of: date) -> dict[str, FactValue]:
-    """The latest result of each lab the policy reads, and the C-peptide facts."""
-    facts = {
-        name: latest_value(lab_results(record, kind, as_of), lab_name(kind))
-        for name, kind in _LATEST_LAB_FACTS.items()
-    }
-    facts["lab.glucose_checks_per_day_60d"] = glucose_checks_per_day(record, as_of)
-    facts.update(c_peptide_facts(record, as_of))
-    return facts
-
-
-def _history_facts(record: PatientRecord, as_of: date) -> dict[str, FactValue]:
-    """What the record says came before the order: treatments tried, visits, Part A."""
-    return {
-        "med.insulin_mdi_days": insulin_mdi_days(record, as_of),
-        "med.oral_antispasmodic_trial_days": oral_antispasmodic_trial_days(record, as_of),
-        "encounter.last_visit_date": last_visit_date(record, as_of),
-        "coverage.part_a_status": part_a_status(record, as_of),
-    }
+# The facts ``c_peptide_facts`` gives together.
+C_PEPTIDE_FACTS = ("lab.c_peptide_percent_of_lln", "lab.c_peptide_fasting_glucose_mg_dl")
 
 
 def _facts_with_data(facts: dict[str, FactValue], record: PatientRecord) -> dict[str, FactValue]:

@@ -195,8 +195,9 @@ def deliberate(
         if deceased_on is not None and deceased_on <= as_of:
             deceased.append((episode, deceased_on))
             continue
+        wanted = facts_that_may_be_read(policy, facts_settled_by_orders(episode), as_of)
         facts = facts_for_episode(
-            episode, record, policy, as_of, encounter_reference, user_reference, today
+            episode, record, policy, as_of, encounter_reference, user_reference, today, wanted
         )
         decision = evaluate_policy(policy, facts, as_of, facts_not_retrieved)
         if decision is not None:
