@@ -334,17 +334,25 @@ def _driver_inserts(dialect: Dialect) -> dict[str, _DriverInsert]:
 
 def _insert_audit_rows_sqlite(connection: Connection, rows: _AuditRows) -> int:
     """``_insert_audit_rows`` through the SQLite driver's cursor, in the same transaction."""
-    inserts = _driver_inserts(connection.dialect)
-    cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
+    driver = connection.connection.driver_connection
+    return _insert_audit_rows_driver(driver, connection.dialect, rows)  # type: ignore[arg-type]
+
+
+def _insert_audit_rows_driver(
+    driver: sqlite3.Connection, dialect: Dialect, rows: _AuditRows
+) -> int:
+    """Insert the rows with the SQLite driver's own cursor (the caller's transaction)."""
+    inserts = _driver_inserts(dialect)
+    cursor = driver.cursor()
     try:
         cursor.execute(inserts["call"].sql, inserts["call"].values(rows.call))
-        call_id = int(cursor.lastrowid)
+        call_id = _inserted_id(cursor)
         decision_ids: list[int] = []
         for row, criteria in rows.decisions:
             cursor.execute(
                 inserts["decision"].sql, inserts["decision"].values({**row, "call_id": call_id})
             )
-            decision_id = int(cursor.lastrowid)
+            decision_id = _inserted_id(cursor)
             decision_ids.append(decision_id)
             if criteria:
                 insert = inserts["criteria"]
@@ -374,6 +382,12 @@ def _insert_audit_rows_sqlite(connection: Connection, rows: _AuditRows) -> int:
     finally:
         cursor.close()
     return call_id
+
+
+def _inserted_id(cursor: sqlite3.Cursor) -> int:
+    if cursor.lastrowid is None:
+        raise sqlite3.DatabaseError("an audit row was inserted without a row id")
+    return cursor.lastrowid
 
 
 def _insert_audit_rows(connection: Connection, rows: _AuditRows) -> int:
@@ -473,6 +487,9 @@ def record_service_call(store: Store, record: AuditRecord) -> int | None:
         return None
     try:
         rows = _audit_rows(record)
+        if store.backend == "sqlite":
+            with store.sqlite_write() as driver:
+                return _insert_audit_rows_driver(driver, store.engine.dialect, rows)
         with store.transaction() as connection:
             return _insert_audit_rows(connection, rows)
     except Exception as exc:  # the answer must not depend on the audit trail

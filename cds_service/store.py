@@ -273,6 +273,27 @@ class Store:
             yield connection
 
     @contextmanager
+    def sqlite_write(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction on the SQLite driver's own connection, taken from the
+        engine's pool: ``BEGIN IMMEDIATE`` (as ``transaction`` begins one), committed when
+        the block ends, rolled back when it raises. For the audit write, which answers
+        every service call: it skips SQLAlchemy's connection and transaction objects."""
+        if not self._schema_ready:
+            self.migrate()
+        pooled = self.engine.raw_connection()
+        try:
+            driver: sqlite3.Connection = pooled.driver_connection  # type: ignore[assignment]
+            driver.execute("BEGIN IMMEDIATE")
+            try:
+                yield driver
+            except BaseException:
+                driver.rollback()
+                raise
+            driver.commit()
+        finally:
+            pooled.close()  # back to the pool
+
+    @contextmanager
     def reading(self) -> Iterator[Connection]:
         """A connection for queries (commands, lookups)."""
         if not self._schema_ready:

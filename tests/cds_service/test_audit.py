@@ -402,20 +402,22 @@ def _stored(path: Path) -> dict[str, list[tuple[Any, ...]]]:
 def test_sqlite_stores_the_rows_sqlalchemy_would(tmp_path: Path) -> None:
     """The SQLite write goes through the driver's cursor; what it stores is what the
     SQLAlchemy statements store, value for value and type for type."""
-    rows = _audit_rows(_audit_record_with_everything())
+    record = _audit_record_with_everything()
+    rows = _audit_rows(record)
     stored = []
-    for name, insert in (
-        ("driver", _insert_audit_rows),
-        ("sqlalchemy", _insert_audit_rows_sqlalchemy),
-    ):
+    for name in ("service call", "driver", "sqlalchemy"):
         path = tmp_path / f"{name}.sqlite3"
         store = open_store(f"sqlite:///{path}", str(tmp_path))
         store.migrate()
-        with store.transaction() as connection:
-            assert insert(connection, rows) == 1
+        if name == "service call":  # the driver's own transaction (``Store.sqlite_write``)
+            assert record_service_call(store, record) == 1
+        else:
+            insert = _insert_audit_rows if name == "driver" else _insert_audit_rows_sqlalchemy
+            with store.transaction() as connection:
+                assert insert(connection, rows) == 1
         store.dispose()
         stored.append(_stored(path))
-    assert stored[0] == stored[1]
+    assert stored[0] == stored[1] == stored[2]
     assert all(stored[0].values())
 
 
