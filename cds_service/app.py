@@ -59,21 +59,21 @@ def create_app(
     ``new_uuid`` and ``new_page_token`` are injectable so tests can compare responses
     exactly."""
     app = Flask(__name__, instance_relative_config=True)
-    # Checked and frozen once: every module reads these (by attribute or by name).
-    app.config["CDS"] = Settings.load(config)
-    app.config["MAX_CONTENT_LENGTH"] = app.config["CDS"]["MAX_REQUEST_BYTES"]
+    # Checked and frozen once: every module reads these attributes.
+    settings = Settings.load(config)
+    app.config["CDS"] = settings
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     app.extensions["cds_clock"] = clock
     app.extensions["cds_new_uuid"] = new_uuid
     app.extensions["cds_new_page_token"] = new_page_token
     # A policy that fails its schema or semantic checks stops the service here.
     app.extensions["cds_policy"] = load_policy()
     app.extensions["cds_questionnaire"] = documentation_questionnaire(
-        app.extensions["cds_policy"], publisher=app.config["CDS"]["PAYER_NAME"]
+        app.extensions["cds_policy"], publisher=settings.payer_name
     )
     # The feedback/audit database, its schema brought up to date (several processes may
     # start at once); the JWT replay cache lives in it too.
-    settings = app.config["CDS"]
-    store = open_store(settings["DATABASE_URL"], app.instance_path, settings["AUDIT_SYNC"])
+    store = open_store(settings.database_url, app.instance_path, settings.audit_sync)
     store.migrate_at_startup()
     app.extensions["cds_store"] = store
     app.extensions["cds_replay_cache"] = ReplayCache(store)  # JWT exp is wall-clock time
@@ -90,6 +90,6 @@ def create_app(
     install_rate_limits(app)
     # After the operations: the retention sweep also drops expired DTR client tokens.
     install_backend_auth(app)
-    if app.config["CDS"]["AUTH"] == "optional":
+    if not settings.auth_required:
         logger.warning("CDS_AUTH=optional: unsigned service calls are accepted")
     return app

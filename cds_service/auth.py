@@ -43,10 +43,10 @@ import urllib3.exceptions
 from flask import Flask, current_app, request
 
 from cds_service import operations
-from cds_service.config import DEFAULTS
 from cds_service.errors import ClientAuthenticationFailed, Unauthorized
 from cds_service.fhir_client import is_loopback_host, shared_session
 from cds_service.json_input import UnreadableJson, loads_untrusted
+from cds_service.settings import Settings, app_settings
 
 logger = logging.getLogger(__name__)
 
@@ -162,27 +162,20 @@ class JwksCache:
         return jwks
 
 
-def _trusted_issuers(settings: Mapping[str, Any]) -> Mapping[str, Any]:
-    issuers = settings.get("TRUSTED_ISSUERS") or {}
-    return issuers if isinstance(issuers, Mapping) else {}
-
-
-def allowed_fhir_servers(
-    settings: Mapping[str, Any], client: ClientIdentity | None
-) -> Sequence[str]:
+def allowed_fhir_servers(settings: Settings, client: ClientIdentity | None) -> Sequence[str]:
     """The base URL prefixes this client may point us at: its issuer's list, else the default."""
     if client is not None:
-        entry = _trusted_issuers(settings).get(client.issuer) or {}
+        entry = settings.trusted_issuers.get(client.issuer) or {}
         if isinstance(entry.get("fhir_servers"), list):
             return [str(prefix) for prefix in entry["fhir_servers"]]
-    return [str(prefix) for prefix in settings.get("FHIR_SERVERS") or []]
+    return list(settings.fhir_servers)
 
 
 def install_client_authentication(app: Flask) -> None:
     """Give ``app`` its JWKS cache unless the caller injected its own; its replay cache
     (``app.extensions["cds_replay_cache"]``, any ``ReplayCache``) is the database's."""
-    settings = app.config["CDS"]
-    if settings["AUTH"] == "required" and not settings["PUBLIC_URL"]:
+    settings = app_settings(app)
+    if settings.auth_required and not settings.public_url:
         logger.warning(
             "CDS_PUBLIC_URL is not set: the JWT aud is checked against the "
             "request's Host header; set it in production"
@@ -202,12 +195,12 @@ def _bearer_token(header: str) -> str | None:
     return token.strip()
 
 
-def authenticate_client(settings: Mapping[str, Any], *, endpoint_url: str) -> ClientIdentity | None:
+def authenticate_client(settings: Settings, *, endpoint_url: str) -> ClientIdentity | None:
     """The verified calling client, or None for an unsigned call ``CDS_AUTH=optional`` allows.
 
     Raises ``Unauthorized`` (401, the same message for every failure) otherwise.
     """
-    required = settings["AUTH"] != "optional"
+    required = settings.auth_required
     token = _bearer_token(request.headers.get("Authorization", ""))
     if token is None:
         if required:
@@ -219,7 +212,7 @@ def authenticate_client(settings: Mapping[str, Any], *, endpoint_url: str) -> Cl
     except jwt.PyJWTError:
         claims = None
     issuer = claims.get("iss") if isinstance(claims, dict) else None
-    if not required and (not isinstance(issuer, str) or issuer not in _trusted_issuers(settings)):
+    if not required and (not isinstance(issuer, str) or issuer not in settings.trusted_issuers):
         logger.warning(
             "call to %s from an untrusted or unreadable token treated as unsigned "
             "(CDS_AUTH=optional)",
@@ -255,7 +248,7 @@ def _refuse(reason: str, issuer: str | None, jti: object) -> NoReturn:
 
 def verify_client_token(
     token: str,
-    settings: Mapping[str, Any],
+    settings: Settings,
     *,
     endpoint_url: str,
     replay_cache: ReplayCache,
@@ -279,11 +272,11 @@ def verify_client_token(
     issuer = unverified.get("iss")
     if not isinstance(issuer, str):
         raise ClientAuthenticationFailed("no iss")
-    entry = _trusted_issuers(settings).get(issuer)
+    entry = settings.trusted_issuers.get(issuer)
     if not isinstance(entry, Mapping):
         raise ClientAuthenticationFailed("issuer not trusted")
 
-    key = _signing_key(entry, header, kid, algorithm, settings, jwks_cache)
+    key = _signing_key(entry, header, kid, algorithm, settings.jwks_refresh_interval_s, jwks_cache)
     current = time.time() if now is None else now
     try:
         claims = jwt.decode(
@@ -320,11 +313,11 @@ def _signing_key(
     header: Mapping[str, Any],
     kid: str,
     algorithm: str,
-    settings: Mapping[str, Any],
+    refresh_interval_s: float,
     jwks_cache: JwksCache,
 ) -> jwt.PyJWK:
     """The issuer's key named ``kid``: from an allowlisted ``jku``, else its configured keys."""
-    found = _find_issuer_key(entry, header.get("jku"), kid, settings, jwks_cache)
+    found = _find_issuer_key(entry, header.get("jku"), kid, refresh_interval_s, jwks_cache)
     if found is None:
         raise ClientAuthenticationFailed("unknown kid")
     return verification_key(found, algorithm)
@@ -351,7 +344,7 @@ def _find_issuer_key(
     entry: Mapping[str, Any],
     jku: Any,
     kid: str,
-    settings: Mapping[str, Any],
+    interval: float,
     jwks_cache: JwksCache,
 ) -> Mapping[str, Any] | None:
     """The JWK named ``kid`` in the first of the issuer's key sources that holds it.
@@ -373,7 +366,6 @@ def _find_issuer_key(
     inline = entry.get("jwks")
     if not urls and jwks_url is None and not isinstance(inline, Mapping):
         raise ClientAuthenticationFailed("issuer has no keys for this token")
-    interval = float(settings.get("JWKS_REFRESH_INTERVAL_S", DEFAULTS["JWKS_REFRESH_INTERVAL_S"]))
     unreachable: ClientAuthenticationFailed | None = None
     for url in urls:
         try:

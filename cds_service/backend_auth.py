@@ -94,6 +94,7 @@ from cds_service.errors import (
     operation_outcome,
 )
 from cds_service.routes import public_base_url
+from cds_service.settings import current_settings
 from cds_service.smart_scopes import granted_scopes, scopes_permit
 from cds_service.store import Store
 from cds_service.tables import backend_access_token
@@ -141,10 +142,6 @@ def install_backend_auth(app: Flask) -> None:
         sweeper.expiring.append(
             functools.partial(purge_expired_access_tokens, app.extensions["cds_store"])
         )
-
-
-def _settings() -> dict[str, Any]:
-    return current_app.config["CDS"]  # type: ignore[no-any-return]
 
 
 def _now() -> float:
@@ -206,7 +203,7 @@ def issue_token() -> Response:
         form = _token_request_form()
         claimed = _unverified_issuer(form["client_assertion"])
         client_id = _verify_client_assertion(form, token_endpoint_url(), _now())
-        entry = _settings()["BACKEND_CLIENTS"][client_id]
+        entry = current_settings().backend_clients[client_id]
         granted = granted_scopes(form["scope"], list(entry["scopes"]))
         if not granted:
             raise TokenRequestRefused(
@@ -333,7 +330,7 @@ def _verify_client_assertion(form: Mapping[str, str], token_url: str, now: float
         raise _refused("The client_assertion iss must be the client id")
     if subject != issuer:
         raise _refused("The client_assertion iss and sub must both be the client id")
-    entry = _settings()["BACKEND_CLIENTS"].get(issuer)
+    entry = current_settings().backend_clients.get(issuer)
     if not isinstance(entry, Mapping):
         raise _refused("Unknown client", "client not registered")
     if form.get("client_id", issuer) != issuer:
@@ -406,7 +403,7 @@ def _client_key(entry: Mapping[str, Any], kid: str, algorithm: str) -> jwt.PyJWK
     url = entry.get("jwks_url")
     if found is None and isinstance(url, str):
         cache: JwksCache = current_app.extensions["cds_jwks_cache"]
-        interval = float(_settings()["JWKS_REFRESH_INTERVAL_S"])
+        interval = current_settings().jwks_refresh_interval_s
         try:
             found = _find_key(cache.keys(url, refresh=False, refresh_interval_s=interval), kid)
             if found is None:  # perhaps a new key: the set is re-fetched at a limited rate
@@ -467,7 +464,7 @@ def _look_up_token(store: Store, token: str, now: float) -> BackendClient | None
         ).first()
     if row is None or row.expires_at <= datetime.fromtimestamp(now, UTC):
         return None
-    if row.client_id not in _settings()["BACKEND_CLIENTS"]:  # registration withdrawn since
+    if row.client_id not in current_settings().backend_clients:  # registration withdrawn since
         return None
     return BackendClient(client_id=row.client_id, scopes=row.scopes)
 
@@ -503,7 +500,7 @@ def require_payer_scope(resource_type: str) -> Response | None:
     g.cds_backend_client = None
     header = request.headers.get("Authorization", "").strip()
     if not header:
-        if _settings()["AUTH"] != "optional":
+        if current_settings().auth_required:
             return _fhir_refusal(
                 401,
                 f"This operation needs an access token from {token_endpoint_url()} "

@@ -47,13 +47,13 @@ def _serve(args: argparse.Namespace) -> int:
     operations.prepare_multiprocess_metrics()  # before the app creates its metrics
 
     from cds_service.app import create_app, preload, warm_up_master, warm_up_worker
-    from cds_service.config import load_settings
     from cds_service.serving import run, serving_options
+    from cds_service.settings import app_settings
 
-    settings = load_settings()
     preload()  # before the fork: no worker's first call loads models or schemas
     application = create_app()
     warm_up_master(application)  # what calls build lazily, built once for every worker
+    settings = app_settings(application)
     options = serving_options(settings, host=args.host, port=args.port, workers=args.workers)
     options["logconfig_dict"] = operations.gunicorn_log_config(log_format)
     options["child_exit"] = operations.worker_exited
@@ -169,16 +169,16 @@ def _audit_list(args: argparse.Namespace) -> int:
 
 
 def _audit_purge(args: argparse.Namespace) -> int:
-    from cds_service.config import load_settings
     from cds_service.retention import (
         PurgeCounts,
         purge_audit,
         purge_expired_jwt_ids,
         retention_cutoff,
     )
+    from cds_service.settings import Settings
 
     now = datetime.now(UTC)
-    before = args.before or retention_cutoff(load_settings(), now)
+    before = args.before or retention_cutoff(Settings.load(), now)
 
     def purge(store: Store) -> PurgeCounts:
         counts = purge_audit(store, before, dry_run=args.dry_run)

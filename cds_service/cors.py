@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from flask import Flask, Response, request
 
+from cds_service.settings import app_settings
+
 ALLOWED_METHODS = "GET, POST, OPTIONS"
 ALLOWED_HEADERS = "Authorization, Content-Type"
 PREFLIGHT_MAX_AGE_S = "600"
@@ -22,7 +24,7 @@ def _normalized(origin: str) -> str:
 
 def install_cors(app: Flask) -> None:
     """Add the CORS headers for the configured origins to every answer of ``app``."""
-    allowed = frozenset(_normalized(o) for o in app.config["CDS"]["CORS_ORIGINS"])
+    allowed = frozenset(_normalized(o) for o in app_settings(app).cors_origins)
 
     @app.after_request
     def add_cors_headers(response: Response) -> Response:

@@ -22,6 +22,7 @@ from flask import Blueprint, Response, current_app, render_template
 from sqlalchemy.exc import SQLAlchemyError
 
 from cds_service.audit import audit_for_decision_page
+from cds_service.settings import current_settings
 from coverage_policy.engine import OUTCOME_OF_TRUTH, truth_of
 from coverage_policy.model import Outcome, Policy, Rule, Truth
 from coverage_policy.report import guidance_message
@@ -123,9 +124,9 @@ def _page(template: str, status: int, **values: Any) -> tuple[Response, int]:
 def show_decision_page(token: str) -> tuple[Response, int]:
     if not _TOKEN.fullmatch(token):
         return _page("decision_page_missing.html", 404)
-    settings = current_app.config["CDS"]
+    settings = current_settings()
     now = current_app.extensions["cds_clock"]()
-    since = now - timedelta(seconds=settings["DECISION_PAGE_TTL_S"])
+    since = now - timedelta(seconds=settings.decision_page_ttl_s)
     try:
         decisions = audit_for_decision_page(current_app.extensions["cds_store"], token, since)
     except SQLAlchemyError as exc:
@@ -140,5 +141,5 @@ def show_decision_page(token: str) -> tuple[Response, int]:
         200,
         decisions=views,
         policy=policy,
-        payer=settings["PAYER_NAME"],
+        payer=settings.payer_name,
     )

@@ -47,6 +47,7 @@ from cds_service.audit import (
 from cds_service.backend_auth import current_backend_client, payer_scope_required
 from cds_service.errors import BadRequest, Issue
 from cds_service.routes import public_base_url, request_json
+from cds_service.settings import current_settings
 from coverage_policy.engine import evaluate_policy
 from coverage_policy.model import Decision, Policy, RecordedCriterion, RuleKind, Truth
 from dtr.adaptive import (
@@ -124,7 +125,7 @@ def served_forms() -> dict[str, dict[str, Any]]:
     if base not in cache:
         if len(cache) >= 4:  # Host headers are the client's: never let them grow this
             cache.clear()
-        publisher = current_app.config["CDS"]["PAYER_NAME"]
+        publisher = current_settings().payer_name
         forms = rule_forms(_policy(), base, publisher)
         cache[base] = {
             rule.id: form for rule, form in zip(indication_rules(_policy()), forms, strict=True)
@@ -398,7 +399,7 @@ def _completed_coverage(
         coverage=CoverageRef(coverage),
         assertion_id=cast(Callable[[], str], current_app.extensions["cds_new_uuid"])(),
         today=_now().date(),
-        payer_name=current_app.config["CDS"]["PAYER_NAME"],
+        payer_name=current_settings().payer_name,
         not_retrieved={},
     )
     return coverage_information_for(decision, ctx)
@@ -523,7 +524,7 @@ def capability_statement() -> Response:
             "resourceType": "CapabilityStatement",
             "status": "active",
             "date": (_policy().effective.start or _now().date()).isoformat(),
-            "publisher": current_app.config["CDS"]["PAYER_NAME"],
+            "publisher": current_settings().payer_name,
             "kind": "instance",
             "instantiates": [
                 "http://hl7.org/fhir/us/davinci-dtr/CapabilityStatement/dtr-payer-service"

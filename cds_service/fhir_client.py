@@ -183,17 +183,6 @@ class FhirQueryLimits:
     queries_per_call: int = DEFAULTS["FHIR_QUERIES_PER_CALL"]
     pool_threads: int = DEFAULTS["FHIR_QUERY_THREADS"]
 
-    @classmethod
-    def from_settings(cls, settings: Mapping[str, Any]) -> FhirQueryLimits:
-        return cls(
-            deadline_s=float(settings["FHIR_DEADLINE_S"]),
-            call_timeout_s=float(settings["FHIR_CALL_TIMEOUT_S"]),
-            max_pages=int(settings["FHIR_MAX_PAGES"]),
-            max_response_bytes=int(settings["FHIR_MAX_RESPONSE_BYTES"]),
-            queries_per_call=int(settings["FHIR_QUERIES_PER_CALL"]),
-            pool_threads=int(settings["FHIR_QUERY_THREADS"]),
-        )
-
 
 @dataclass
 class FhirReader:

@@ -42,7 +42,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache
@@ -60,6 +60,7 @@ from cds_service.retention import RetentionSweeper
 if TYPE_CHECKING:  # imported when first used: prometheus-client reads its directory then
     from prometheus_client import Counter, Histogram
 
+    from cds_service.settings import Settings
     from cds_service.store import Store
     from hooks.decide import EpisodeDecision
 
@@ -243,13 +244,14 @@ def _database_state(store: Store) -> str:
 def readiness(app: Flask) -> tuple[dict[str, Any], int]:
     """The readiness body and status: 503 only when no clinical call could be answered."""
     from cds_service.replay import ReplayCache
+    from cds_service.settings import app_settings
 
-    settings = app.config["CDS"]
+    settings = app_settings(app)
     policy = app.extensions["cds_policy"]
     database = _database_state(app.extensions["cds_store"])
     replay_in_database = isinstance(app.extensions.get("cds_replay_cache"), ReplayCache)
     replay = database if replay_in_database else "in-process"
-    signed_only = settings["AUTH"] == "required"
+    signed_only = settings.auth_required
     ready = not (signed_only and replay == "unavailable")
     if ready and database == "ok":
         answers = "all calls"
@@ -407,10 +409,12 @@ def _sweep_when_due(response: Response) -> Response:
 def install_operations(app: Flask) -> None:
     """Add the health, readiness and metrics routes, count every call, and sweep the audit
     trail past its retention (``cds_service.retention``) in the background."""
-    settings = app.config["CDS"]
-    if settings["LOG_FORMAT"] not in LOG_FORMATS:
+    from cds_service.settings import app_settings
+
+    settings = app_settings(app)
+    if settings.log_format not in LOG_FORMATS:
         raise ConfigError("CDS_LOG_FORMAT must be 'text' or 'json'")
-    app.extensions["cds_metrics_networks"] = metrics_networks(settings["METRICS_ALLOW"])
+    app.extensions["cds_metrics_networks"] = metrics_networks(settings.metrics_allow)
     metrics()
     app.register_blueprint(blueprint)
     app.before_request(_start_call)
@@ -418,7 +422,7 @@ def install_operations(app: Flask) -> None:
     store = app.extensions["cds_store"]
     if not store.in_memory:  # an in-memory store lives as long as one test or dry run
         sweeper = RetentionSweeper(
-            store, int(settings["AUDIT_RETENTION_DAYS"]), app.extensions["cds_clock"]
+            store, settings.audit_retention_days, app.extensions["cds_clock"]
         )
         app.extensions["cds_retention"] = sweeper
         app.after_request(_sweep_when_due)
@@ -485,11 +489,11 @@ def _formatter(log_format: str) -> logging.Formatter:
     return JsonLogFormatter() if log_format == "json" else logging.Formatter(TEXT_LOG_FORMAT)
 
 
-def configure_logging(settings: Mapping[str, Any] | None = None) -> str:
+def configure_logging(settings: Settings | None = None) -> str:
     """Log at INFO to standard error in the ``CDS_LOG_FORMAT``; return that format."""
-    from cds_service.config import load_settings
+    from cds_service.settings import Settings
 
-    log_format = (settings or load_settings())["LOG_FORMAT"]
+    log_format = (settings or Settings.load()).log_format
     if log_format not in LOG_FORMATS:
         raise ConfigError("CDS_LOG_FORMAT must be 'text' or 'json'")
     handler = logging.StreamHandler(sys.stderr)
@@ -497,7 +501,7 @@ def configure_logging(settings: Mapping[str, Any] | None = None) -> str:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.INFO)
-    return str(log_format)
+    return log_format
 
 
 def gunicorn_log_config(log_format: str) -> dict[str, Any]:

@@ -40,7 +40,7 @@ from cds_service.fhir_client import (
     fhir_server_allowed,
     next_link,
 )
-from cds_service.settings import fhir_limits_of
+from cds_service.settings import Settings
 from fhir_mappings.bundles import resources_by_reference
 from fhir_mappings.facts import KEYS_FACTS_READ
 from hooks.request import NOT_SENT, ClinicalInput, HookRequest
@@ -103,7 +103,7 @@ def _usable(value: Any) -> bool:
 def read_context_resources(
     service: ServiceDefinition,
     hook_request: HookRequest,
-    settings: Mapping[str, Any],
+    settings: Settings,
     client: ClientIdentity | None = None,
     started: float | None = None,
 ) -> dict[str, Mapping[str, Any]]:
@@ -128,7 +128,7 @@ def read_context_resources(
 def resolve_prefetch(
     service: ServiceDefinition,
     hook_request: HookRequest,
-    settings: Mapping[str, Any],
+    settings: Settings,
     client: ClientIdentity | None = None,
     *,
     keys: frozenset[str] | None = None,
@@ -180,7 +180,7 @@ def resolve_prefetch(
 
 def _fetch(
     hook_request: HookRequest,
-    settings: Mapping[str, Any],
+    settings: Settings,
     client: ClientIdentity | None,
     queries: Mapping[str, str | Mapping[str, Any]],
     started: float,
@@ -198,7 +198,7 @@ def _fetch(
         )
         operations.count_fhir_failures([FhirQueryFailed(NOT_ALLOWED)] * len(queries))
         return {key: FhirQueryFailed(NOT_ALLOWED) for key in queries}
-    limits = fhir_limits_of(settings)
+    limits = settings.fhir_limits
     reader = FhirReader(
         base_url=base_url,
         access_token=authorization.access_token,

@@ -26,7 +26,6 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any
 
 import jwt
 from flask import Flask, Response, current_app, g, request
@@ -34,6 +33,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from cds_service.auth import ClientIdentity
 from cds_service.errors import TooManyRequests
+from cds_service.settings import app_settings, current_settings
 
 # Paths never limited: health checks and metrics are polled by the platform.
 EXEMPT_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
@@ -105,7 +105,7 @@ def _claimed_trusted_issuer() -> str | None:
     except jwt.PyJWTError:
         return None
     issuer = claims.get("iss") if isinstance(claims, dict) else None
-    trusted = current_app.config["CDS"]["TRUSTED_ISSUERS"]
+    trusted = current_settings().trusted_issuers
     return issuer if isinstance(issuer, str) and issuer in trusted else None
 
 
@@ -153,17 +153,17 @@ def _after_request(response: Response) -> Response:
 
 def install_rate_limits(app: Flask) -> None:
     """Limit every client of ``app`` as its settings say (nothing when the rate is 0)."""
-    settings: dict[str, Any] = app.config["CDS"]
-    hops = int(settings["FORWARDED_FOR_HOPS"])
+    settings = app_settings(app)
+    hops = settings.forwarded_for_hops
     if hops:
         # Only the client address: absolute URLs never follow forwarded headers.
         app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
             app.wsgi_app, x_for=hops, x_proto=0, x_host=0, x_port=0, x_prefix=0
         )
-    if not settings["RATE_LIMIT_PER_S"]:
+    if not settings.rate_limit_per_s:
         return
     app.extensions["cds_rate_limits"] = TokenBuckets(
-        float(settings["RATE_LIMIT_PER_S"]), int(settings["RATE_LIMIT_BURST"])
+        settings.rate_limit_per_s, settings.rate_limit_burst
     )
     app.before_request(_before_request)
     app.after_request(_after_request)

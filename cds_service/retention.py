@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -36,6 +36,9 @@ from cds_service.tables import (
     jwt_replay,
     service_call,
 )
+
+if TYPE_CHECKING:
+    from cds_service.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -64,9 +67,9 @@ class PurgeCounts:
         )
 
 
-def retention_cutoff(settings: dict[str, Any], now: datetime) -> datetime:
+def retention_cutoff(settings: Settings, now: datetime) -> datetime:
     """The instant before which audit records are no longer kept."""
-    return now - timedelta(days=int(settings["AUDIT_RETENTION_DAYS"]))
+    return now - timedelta(days=settings.audit_retention_days)
 
 
 def _count(connection: Connection, table: sa.Table, condition: sa.ColumnElement[bool]) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request
 from gunicorn.http.errors import ParseException
@@ -36,7 +36,7 @@ from cds_service.feedback import parse_feedback, store_feedback
 from cds_service.prefetch import read_context_resources, resolve_prefetch
 from cds_service.rate_limit import charge_verified_client
 from cds_service.serving import error_page, is_people_page
-from cds_service.settings import Settings
+from cds_service.settings import current_settings
 from hooks import SERVICES, context_validator
 from hooks.request import CoverageProblem, DataUnavailable
 from hooks.service import HookEnvironment, HookResult, ServiceDefinition
@@ -46,13 +46,9 @@ logger = logging.getLogger(__name__)
 blueprint = Blueprint("cds", __name__)
 
 
-def _settings() -> Settings:
-    return cast(Settings, current_app.config["CDS"])
-
-
 def public_base_url() -> str:
     """The base URL clients call us at: ``CDS_PUBLIC_URL`` behind a proxy, else the request's."""
-    configured = _settings().public_url
+    configured = current_settings().public_url
     return configured.rstrip("/") if configured else request.host_url.rstrip("/")
 
 
@@ -81,7 +77,7 @@ def call_service(service_id: str) -> Response:
     if service is None:
         raise UnknownService.single(f"No CDS service with id '{service_id}'", "id")
     client = authenticate_client(
-        _settings(), endpoint_url=f"{public_base_url()}/cds-services/{service_id}"
+        current_settings(), endpoint_url=f"{public_base_url()}/cds-services/{service_id}"
     )
     charge_verified_client(client)
     answered = answer_call(service, request_json(), client, started)
@@ -127,22 +123,24 @@ def answer_call(
     environment = HookEnvironment(
         now=current_app.extensions["cds_clock"](),
         new_uuid=current_app.extensions["cds_new_uuid"],
-        payer_name=_settings().payer_name,
+        payer_name=current_settings().payer_name,
         base_url=base_url,
         policy=current_app.extensions["cds_policy"],
         decision_page_url=f"{base_url}{DECISION_PAGE_PATH}{page_token}",
         documentation_app_url=(
-            f"{base_url}/dtr/launch" if _settings()["DTR_CARD_LINK"] == "on" else None
+            f"{base_url}/dtr/launch" if current_settings().dtr_card_link else None
         ),
     )
     fhir_started = time.monotonic()  # one FHIR deadline for everything the call reads
     try:
-        read = read_context_resources(service, hook_request, _settings(), client, fhir_started)
+        read = read_context_resources(
+            service, hook_request, current_settings(), client, fhir_started
+        )
         scope = service.scope(hook_request, read, environment.policy, environment.now.date())
         clinical = resolve_prefetch(
             service,
             hook_request,
-            _settings(),
+            current_settings(),
             client,
             keys=scope.prefetch_keys,
             started=fhir_started,
@@ -185,7 +183,7 @@ def receive_feedback(service_id: str) -> Response:
     if service_id not in SERVICES:
         raise UnknownService.single(f"No CDS service with id '{service_id}'", "id")
     client = authenticate_client(
-        _settings(), endpoint_url=f"{public_base_url()}/cds-services/{service_id}/feedback"
+        current_settings(), endpoint_url=f"{public_base_url()}/cds-services/{service_id}/feedback"
     )
     charge_verified_client(client)
     entries = parse_feedback(request_json())

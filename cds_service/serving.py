@@ -57,6 +57,8 @@ from gunicorn.workers.ggevent import GeventWorker
 if TYPE_CHECKING:
     from flask import Flask
 
+    from cds_service.settings import Settings
+
 logger = logging.getLogger(__name__)
 
 # Connections beyond those of the workers: listening sockets, logs, the database pool.
@@ -245,16 +247,14 @@ def _deadline(seconds: float) -> Any:
     return Timeout(seconds, _BodyTimedOut)
 
 
-def serving_options(
-    settings: Mapping[str, Any], *, host: str, port: int, workers: int
-) -> dict[str, Any]:
+def serving_options(settings: Settings, *, host: str, port: int, workers: int) -> dict[str, Any]:
     """The gunicorn settings ``serve`` runs with."""
     return {
         "bind": f"{host}:{port}",
         "workers": workers,
         "worker_class": "cds_service.serving.ServiceWorker",
-        "worker_connections": settings["MAX_CONNECTIONS"],
-        "keepalive": settings["KEEPALIVE_S"],
+        "worker_connections": settings.max_connections,
+        "keepalive": settings.keepalive_s,
         "timeout": 30,
         "graceful_timeout": 20,
         "preload_app": True,
@@ -267,14 +267,14 @@ def serving_options(
     }
 
 
-def run(app: Flask, settings: Mapping[str, Any], options: Mapping[str, Any]) -> None:
+def run(app: Flask, settings: Settings, options: Mapping[str, Any]) -> None:
     """Serve ``app`` (already built) with gunicorn until stopped."""
     from gunicorn.app.base import BaseApplication
 
     app.wsgi_app = BufferedRequestBody(  # type: ignore[method-assign]
         app.wsgi_app,
-        deadline_s=settings["REQUEST_READ_TIMEOUT_S"],
-        max_bytes=settings["MAX_REQUEST_BYTES"],
+        deadline_s=settings.request_read_timeout_s,
+        max_bytes=settings.max_request_bytes,
     )
     raise_open_file_limit(int(options["worker_connections"]) + _SPARE_FILES)
     # Everything loaded so far lives as long as the process: out of the garbage

@@ -1,47 +1,122 @@
 """The service's settings as one typed, frozen object, built once by ``create_app``.
 
 ``load_settings`` (``cds_service.config``) merges the defaults, the ``CDS_*`` environment
-and the caller's mapping and checks them; ``Settings`` freezes the result and builds what
-the request path needs from it once: the FHIR query limits (and the size of the query
-pool) and the FHIR servers a token may go to when no issuer list applies. Every setting
-can still be read by its name as the environment spells it without ``CDS_``
-(``settings["PAYER_NAME"]``), so a module reading the mapping reads the same values.
+and the caller's mapping and checks them; ``Settings`` freezes the result as one typed
+attribute per setting, named as the environment spells it without ``CDS_``, in snake case
+(``CDS_PAYER_NAME`` is ``settings.payer_name``), and builds what the request path needs
+from them once: the FHIR query limits (and the size of the query pool). Every module
+takes ``Settings`` and reads its attributes; ``current_settings`` is the app's.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Literal, cast
+
+from flask import Flask, current_app
 
 from cds_service.config import load_settings
 from cds_service.fhir_client import FhirQueryLimits
 
+# Per client: {"jwks": ..., "jwks_url": ..., ...} as the configuration spells it.
+Registrations = Mapping[str, Mapping[str, Any]]
+
+
+def _frozen(value: Any) -> Registrations:
+    return MappingProxyType(dict(value))
+
+
+def _strings(value: Any) -> tuple[str, ...]:
+    return tuple(str(item) for item in value)
+
 
 @dataclass(frozen=True, slots=True, eq=False)
-class Settings(Mapping[str, Any]):
-    """Checked settings, read-only: typed attributes for what each call reads, and every
-    setting by name."""
+class Settings:
+    """Checked settings, read-only: one typed attribute per ``CDS_*`` setting."""
 
-    by_name: Mapping[str, Any] = field(repr=False)  # issuer key sets: kept out of logs
-    auth_required: bool
-    public_url: str
-    payer_name: str
+    auth: Literal["required", "optional"]
+    # Key sets and client secrets: kept out of repr (and so out of logs).
+    trusted_issuers: Registrations = field(repr=False)
+    backend_clients: Registrations = field(repr=False)
     fhir_servers: tuple[str, ...]
-    fhir_limits: FhirQueryLimits
+    public_url: str
+    database_url: str = field(repr=False)  # may carry a password
+    audit_sync: Literal["normal", "full"]
+    payer_name: str
+    fhir_deadline_s: float
+    fhir_call_timeout_s: float
+    fhir_max_pages: int
+    fhir_max_response_bytes: int
+    fhir_query_threads: int
+    fhir_queries_per_call: int
+    jwks_refresh_interval_s: float
+    max_request_bytes: int
+    cors_origins: tuple[str, ...]
+    decision_page_ttl_s: float
+    request_read_timeout_s: float
+    keepalive_s: int
+    max_connections: int
+    rate_limit_per_s: float
+    rate_limit_burst: int
+    forwarded_for_hops: int
+    metrics_allow: tuple[str, ...]
+    log_format: str
+    audit_retention_days: int
+    smart_clients: Registrations = field(repr=False)
+    dtr_card_link: bool  # CDS_DTR_CARD_LINK=on
+    fhir_limits: FhirQueryLimits = field(init=False)
+
+    def __post_init__(self) -> None:
+        limits = FhirQueryLimits(
+            deadline_s=self.fhir_deadline_s,
+            call_timeout_s=self.fhir_call_timeout_s,
+            max_pages=self.fhir_max_pages,
+            max_response_bytes=self.fhir_max_response_bytes,
+            queries_per_call=self.fhir_queries_per_call,
+            pool_threads=self.fhir_query_threads,
+        )
+        object.__setattr__(self, "fhir_limits", limits)
+
+    @property
+    def auth_required(self) -> bool:
+        """Every service and feedback call must carry a valid client JWT."""
+        return self.auth == "required"
 
     @classmethod
     def of(cls, values: Mapping[str, Any]) -> Settings:
         """Freeze settings ``load_settings`` checked."""
-        frozen = MappingProxyType(dict(values))
         return cls(
-            by_name=frozen,
-            auth_required=frozen["AUTH"] == "required",
-            public_url=str(frozen["PUBLIC_URL"]),
-            payer_name=str(frozen["PAYER_NAME"]),
-            fhir_servers=tuple(str(prefix) for prefix in frozen["FHIR_SERVERS"]),
-            fhir_limits=FhirQueryLimits.from_settings(frozen),
+            auth=values["AUTH"],
+            trusted_issuers=_frozen(values["TRUSTED_ISSUERS"]),
+            backend_clients=_frozen(values["BACKEND_CLIENTS"]),
+            fhir_servers=_strings(values["FHIR_SERVERS"]),
+            public_url=str(values["PUBLIC_URL"]),
+            database_url=str(values["DATABASE_URL"]),
+            audit_sync=values["AUDIT_SYNC"],
+            payer_name=str(values["PAYER_NAME"]),
+            fhir_deadline_s=float(values["FHIR_DEADLINE_S"]),
+            fhir_call_timeout_s=float(values["FHIR_CALL_TIMEOUT_S"]),
+            fhir_max_pages=int(values["FHIR_MAX_PAGES"]),
+            fhir_max_response_bytes=int(values["FHIR_MAX_RESPONSE_BYTES"]),
+            fhir_query_threads=int(values["FHIR_QUERY_THREADS"]),
+            fhir_queries_per_call=int(values["FHIR_QUERIES_PER_CALL"]),
+            jwks_refresh_interval_s=float(values["JWKS_REFRESH_INTERVAL_S"]),
+            max_request_bytes=int(values["MAX_REQUEST_BYTES"]),
+            cors_origins=_strings(values["CORS_ORIGINS"]),
+            decision_page_ttl_s=float(values["DECISION_PAGE_TTL_S"]),
+            request_read_timeout_s=float(values["REQUEST_READ_TIMEOUT_S"]),
+            keepalive_s=int(values["KEEPALIVE_S"]),
+            max_connections=int(values["MAX_CONNECTIONS"]),
+            rate_limit_per_s=float(values["RATE_LIMIT_PER_S"]),
+            rate_limit_burst=int(values["RATE_LIMIT_BURST"]),
+            forwarded_for_hops=int(values["FORWARDED_FOR_HOPS"]),
+            metrics_allow=_strings(values["METRICS_ALLOW"]),
+            log_format=str(values["LOG_FORMAT"]),
+            audit_retention_days=int(values["AUDIT_RETENTION_DAYS"]),
+            smart_clients=_frozen(values["SMART_CLIENTS"]),
+            dtr_card_link=values["DTR_CARD_LINK"] == "on",
         )
 
     @classmethod
@@ -51,19 +126,12 @@ class Settings(Mapping[str, Any]):
         """Defaults, then the ``CDS_*`` environment, then ``overrides``: checked, frozen."""
         return cls.of(load_settings(overrides, environ))
 
-    def __getitem__(self, key: str) -> Any:
-        return self.by_name[key]
 
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.by_name)
-
-    def __len__(self) -> int:
-        return len(self.by_name)
+def app_settings(app: Flask) -> Settings:
+    """The settings ``create_app`` built for ``app``."""
+    return cast(Settings, app.config["CDS"])
 
 
-def fhir_limits_of(settings: Mapping[str, Any]) -> FhirQueryLimits:
-    """The FHIR query limits of ``settings``: built once when they are ``Settings``, else
-    read from the mapping (settings ``load_settings`` checked)."""
-    if isinstance(settings, Settings):
-        return settings.fhir_limits
-    return FhirQueryLimits.from_settings(settings)
+def current_settings() -> Settings:
+    """The settings of the app handling the current request."""
+    return app_settings(current_app)

@@ -50,6 +50,7 @@ from cds_service.fhir_client import (
 )
 from cds_service.json_input import UnreadableJson, loads_untrusted
 from cds_service.routes import public_base_url
+from cds_service.settings import Settings, current_settings
 from cds_service.smart_form import (
     FormUnavailable,
     answer_json,
@@ -112,10 +113,6 @@ class SmartClient:
     scope: str | None = None
 
 
-def _settings() -> dict[str, Any]:
-    return cast(dict[str, Any], current_app.config["CDS"])
-
-
 def _store() -> Store:
     return cast(Store, current_app.extensions["cds_store"])
 
@@ -128,11 +125,10 @@ def _normal_issuer(iss: str) -> str:
     return iss.strip().rstrip("/")
 
 
-def smart_client(settings: Mapping[str, Any], iss: str) -> SmartClient | None:
+def smart_client(settings: Settings, iss: str) -> SmartClient | None:
     """The app's registration with the EHR ``iss``, if it is configured."""
-    clients = settings.get("SMART_CLIENTS") or {}
     wanted = _normal_issuer(iss)
-    for issuer, entry in clients.items():
+    for issuer, entry in settings.smart_clients.items():
         if _normal_issuer(issuer) == wanted:
             return SmartClient(
                 issuer=wanted,
@@ -144,10 +140,10 @@ def smart_client(settings: Mapping[str, Any], iss: str) -> SmartClient | None:
     return None
 
 
-def frame_ancestors(settings: Mapping[str, Any]) -> str:
+def frame_ancestors(settings: Settings) -> str:
     """The EHR origins that may embed the app: each issuer's, and those configured."""
     origins: list[str] = []
-    for issuer, entry in (settings.get("SMART_CLIENTS") or {}).items():
+    for issuer, entry in settings.smart_clients.items():
         for url in [issuer, *entry.get("frame_origins", [])]:
             parts = urlsplit(url)
             origin = f"{parts.scheme}://{parts.netloc}"
@@ -160,13 +156,13 @@ def page_headers(response: Response) -> Response:
     response.headers.update(_HEADERS)
     response.headers["Content-Security-Policy"] = (
         "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
-        f"base-uri 'none'; frame-ancestors {frame_ancestors(_settings())}"
+        f"base-uri 'none'; frame-ancestors {frame_ancestors(current_settings())}"
     )
     return response
 
 
 def page(template: str, status: int = 200, **values: Any) -> Response:
-    values.setdefault("payer", _settings()["PAYER_NAME"])
+    values.setdefault("payer", current_settings().payer_name)
     response = Response(render_template(template, **values), status=status, mimetype="text/html")
     return page_headers(response)
 
@@ -214,13 +210,15 @@ def current_session(stage: str | None = None) -> AppSession:
 
 
 def _call_limits() -> FhirQueryLimits:
-    return FhirQueryLimits.from_settings(_settings())
+    return current_settings().fhir_limits
 
 
 def _contactable(url: str, client: SmartClient) -> bool:
     """A URL the app may call on the EHR's behalf: under the issuer, or under a FHIR
     server prefix this service may contact, over https or loopback http."""
-    return fhir_server_allowed(url, [client.issuer, *allowed_fhir_servers(_settings(), None)])
+    return fhir_server_allowed(
+        url, [client.issuer, *allowed_fhir_servers(current_settings(), None)]
+    )
 
 
 def _browser_url(url: Any) -> bool:
@@ -406,7 +404,7 @@ def published_keys() -> Response:
     for EHRs that verify its ``private_key_jwt`` client assertions."""
     keys = [
         {k: v for k, v in entry["jwks_private_key"].items() if k not in _PRIVATE_MEMBERS}
-        for entry in (_settings().get("SMART_CLIENTS") or {}).values()
+        for entry in current_settings().smart_clients.values()
         if isinstance(entry.get("jwks_private_key"), dict)
     ]
     response = cast(Response, current_app.json.response({"keys": keys}))
@@ -424,9 +422,9 @@ def launch() -> Response:
             "The documentation app opens from the patient's chart in the EHR (a SMART EHR "
             "launch with iss and launch); it cannot be opened directly.",
         )
-    client = smart_client(_settings(), iss)
+    client = smart_client(current_settings(), iss)
     if client is None or not fhir_server_allowed(
-        client.issuer, allowed_fhir_servers(_settings(), None)
+        client.issuer, allowed_fhir_servers(current_settings(), None)
     ):
         logger.warning("documentation app launched from an EHR not configured")
         raise SmartAppError(
@@ -499,7 +497,7 @@ def callback() -> Response:
             + (" (access denied)." if denied == "access_denied" else ".")
             + " Nothing was read or written. Open the app again to retry.",
         )
-    client = smart_client(_settings(), str(pending["iss"]))
+    client = smart_client(current_settings(), str(pending["iss"]))
     if client is None:
         end_session(_store(), session)
         raise SmartAppError(403, "EHR not registered", "This EHR is no longer registered.")
@@ -615,7 +613,7 @@ def _form_state(session: AppSession) -> dict[str, Any]:
     )
     started = time.monotonic()
     try:
-        opened = open_form(_policy(), _settings(), _store(), data, context, _now().date())
+        opened = open_form(_policy(), current_settings(), _store(), data, context, _now().date())
     except FormUnavailable as exc:
         raise SmartAppError(exc.status, exc.title, exc.message) from None
     note = None
@@ -799,7 +797,10 @@ def save_form() -> Response:
     save_session(_store(), session)  # the answers are kept even if the EHR fails now
     try:
         saved = write_response(
-            str(session.data["iss"]), str(session.data["access_token"]), resource, _settings()
+            str(session.data["iss"]),
+            str(session.data["access_token"]),
+            resource,
+            current_settings(),
         )
     except FhirQueryFailed as exc:
         logger.warning("documentation app: response not saved to the EHR (%s)", exc.detail)

@@ -44,13 +44,13 @@ from cds_service.fhir_client import (
     TIMED_OUT,
     UNREACHABLE,
     UNREADABLE,
-    FhirQueryLimits,
     FhirReader,
     fhir_server_allowed,
     shared_session,
 )
 from cds_service.json_input import UnreadableJson, loads_untrusted
 from cds_service.prefetch import resolve_prefetch
+from cds_service.settings import Settings
 from cds_service.store import Store
 from coverage_policy.model import (
     DocumentationItem,
@@ -183,8 +183,8 @@ class Opened:
     shown_in_record: tuple[str, ...]  # what the record already shows (criteria met)
 
 
-def _reader(iss: str, token: str, settings: Mapping[str, Any], started: float) -> FhirReader:
-    limits = FhirQueryLimits.from_settings(settings)
+def _reader(iss: str, token: str, settings: Settings, started: float) -> FhirReader:
+    limits = settings.fhir_limits
     return FhirReader(
         base_url=iss, access_token=token, deadline=started + limits.deadline_s, limits=limits
     )
@@ -201,7 +201,7 @@ def _order_text(
 
 def open_form(
     policy: Policy,
-    settings: Mapping[str, Any],
+    settings: Settings,
     store: Store,
     data: Mapping[str, Any],
     context: LaunchContext,
@@ -251,7 +251,7 @@ def open_form(
 
 def _decide_on_record(
     policy: Policy,
-    settings: Mapping[str, Any],
+    settings: Settings,
     data: Mapping[str, Any],
     context: LaunchContext,
     orders: list[dict[str, Any]],
@@ -506,13 +506,13 @@ def write_response(
     iss: str,
     token: str,
     resource: Mapping[str, Any],
-    settings: Mapping[str, Any],
+    settings: Settings,
 ) -> str:
     """Create (POST) or update (PUT) the QuestionnaireResponse on the EHR's FHIR server
     with the user's token; its id there. ``FhirQueryFailed`` when it was not saved."""
     if not fhir_server_allowed(iss, allowed_fhir_servers(settings, None)):
         raise FhirQueryFailed(NOT_ALLOWED)
-    limits = FhirQueryLimits.from_settings(settings)
+    limits = settings.fhir_limits
     base = iss.rstrip("/")
     resource_id = resource.get("id")
     url = f"{base}/QuestionnaireResponse" + (f"/{resource_id}" if resource_id else "")

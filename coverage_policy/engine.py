@@ -31,6 +31,7 @@ from coverage_policy.model import (
     Needs,
     Outcome,
     Policy,
+    PreconditionResult,
     RecordedCriterion,
     Rule,
     RuleKind,
@@ -145,6 +146,8 @@ class _Evaluator:
         if op == "within_days":
             days = (self.as_of - value).days
             return (_MET if 0 <= days <= node["value"] else _UNMET), fact.evidence
+        if op == "on_or_before":
+            return (_MET if value <= self.as_of else _UNMET), fact.evidence
         if op == "within_months":
             earliest = months_before(self.as_of, node["value"])
             return (_MET if earliest <= value <= self.as_of else _UNMET), fact.evidence
@@ -361,6 +364,20 @@ def _facts_that_may_be_read(policy: Policy, known: Facts, as_of: date) -> frozen
         for criterion_id in rule.criteria:
             read |= set(policy.criteria[criterion_id].facts)
     return frozenset(read)
+
+
+def check_preconditions(policy: Policy, facts: Facts, as_of: date) -> PreconditionResult | None:
+    """The first of the policy's preconditions that holds for an order of ``as_of`` (no
+    coverage is then decided on it), or None. Checked whatever the order's date, before
+    any rule: only a precondition met stops the decision, so one whose fact could not be
+    had (unknown) lets the order be decided."""
+    evaluator = _Evaluator(policy, facts, as_of)
+    for precondition in policy.preconditions:
+        evidence: list[Evidence] = []
+        if evaluator.logic(precondition.when, evidence) is _MET:
+            value = facts.get(precondition.fact, FactValue(None)).value
+            return PreconditionResult(precondition, value, tuple(evidence))
+    return None
 
 
 def _decision(evaluator: _Evaluator, indication: Rule, rules: list[Rule]) -> Decision:

@@ -2,7 +2,8 @@
 
 The service refuses to start on a policy that fails any check: an unknown fact or value
 set, a duplicate id, facts declared that differ from facts read, a dangling reference,
-an operator that does not fit its fact's type, or an empty effective period.
+an operator that does not fit its fact's type, an empty effective period, or a
+precondition that reads anything but the one record fact it is stated on.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from coverage_policy.model import (
     DocumentationItem,
     Period,
     Policy,
+    Precondition,
     Rule,
     RuleKind,
     Source,
@@ -38,7 +40,7 @@ _OPS_BY_TYPE = {
     "enum": {"exists", "eq", "in"},
     "choice": {"exists", "eq", "in"},
     "string": {"exists", "eq", "in"},
-    "date": {"exists", "within_days", "within_months"},
+    "date": {"exists", "within_days", "within_months", "on_or_before"},
     "coded": {"exists", "has_code"},
 }
 _OUTCOME_MESSAGES = {"covered", "not-covered", "conditional"}
@@ -118,8 +120,8 @@ class _Checker:
 
     def check_ids(self) -> None:
         seen: set[str] = set()
-        for section in ("criteria", "rules", "documentation", "alternatives"):
-            for entry in self.raw[section]:
+        for section in ("preconditions", "criteria", "rules", "documentation", "alternatives"):
+            for entry in self.raw.get(section, ()):
                 if entry["id"] in seen:
                     self.problem(f"duplicate id {entry['id']} in {section}")
                 seen.add(entry["id"])
@@ -198,6 +200,21 @@ class _Checker:
                     f"{owner}: declares facts {sorted(criterion['facts'])} but reads {sorted(read)}"
                 )
 
+    def check_preconditions(self) -> None:
+        """A precondition reads its one record fact, nothing answered and no criterion."""
+        for precondition in self.raw.get("preconditions", ()):
+            owner = f"precondition {precondition['id']}"
+            self.check_citations(owner, precondition["citations"])
+            when = precondition["when"]
+            if any("criterion" in n or "answer" in n for n in logic_nodes(when)):
+                self.problem(f"{owner}: 'when' reads its fact, not criteria or answers")
+            read = self.facts_read(owner, when)
+            fact = precondition["fact"]
+            if fact.startswith("doc."):
+                self.problem(f"{owner}: is stated on a record fact, not documentation")
+            if read != {fact}:
+                self.problem(f"{owner}: is stated on {fact} but reads {sorted(read)}")
+
     def check_rules(self) -> None:
         criteria = {c["id"] for c in self.raw["criteria"]}
         alternatives = {a["id"] for a in self.raw["alternatives"]}
@@ -259,6 +276,7 @@ def build_policy(
     checker = _Checker(raw, catalog, valuesets)
     checker.check_ids()
     checker.check_stated_facts()
+    checker.check_preconditions()
     checker.check_criteria()
     checker.check_rules()
     checker.check_links()
@@ -285,6 +303,17 @@ def _criterion(c: Mapping[str, Any], documentation: list[Mapping[str, Any]]) -> 
         tuple(c["facts"]),
         c["logic"],
         tuple(docs),
+    )
+
+
+def _precondition(p: Mapping[str, Any]) -> Precondition:
+    return Precondition(
+        id=p["id"],
+        text=p["text"],
+        citations=_citations(p["citations"]),
+        fact=p["fact"],
+        when=p["when"],
+        outcome=p["outcome"],
     )
 
 
@@ -341,6 +370,7 @@ def _build(raw: Mapping[str, Any], catalog: dict[str, Any], valuesets: Mapping[s
         questionnaire_url=f"{questionnaire['url']}|{questionnaire['version']}",
         questionnaire_title=questionnaire["title"],
         links=tuple(sources[key] for key in raw["links"]),
+        preconditions=tuple(_precondition(p) for p in raw.get("preconditions", ())),
     )
 
 

@@ -114,6 +114,34 @@ class Rule:
 
 
 @dataclass(frozen=True, slots=True)
+class Precondition:
+    """Checked on every order before anything is decided: when ``when`` is met on the
+    record, no coverage is decided and the order gets ``outcome`` instead (the deceased
+    patient's order: a card saying so, and no coverage information)."""
+
+    id: str
+    text: str  # what it says and why, for the policy's readers
+    citations: tuple[Citation, ...]
+    fact: str  # the record fact it is stated on; ``when`` reads it alone
+    when: dict[str, Any]  # logic over ``fact``, judged as of the order date
+    outcome: str  # "deceased"
+
+
+@dataclass(frozen=True, slots=True)
+class PreconditionResult:
+    """A precondition that holds for an order, with the value of its fact (the date of
+    death) and the evidence showing it."""
+
+    precondition: Precondition
+    value: Any
+    evidence: tuple[Evidence, ...]
+
+    @property
+    def outcome(self) -> str:
+        return self.precondition.outcome
+
+
+@dataclass(frozen=True, slots=True)
 class DocumentationItem:
     id: str
     text: str
@@ -151,6 +179,12 @@ class Policy:
     questionnaire_url: str  # canonical|version
     questionnaire_title: str
     links: tuple[Source, ...]
+    preconditions: tuple[Precondition, ...] = ()
+
+    @property
+    def precondition_facts(self) -> frozenset[str]:
+        """The facts read before anything is decided (and so for every order)."""
+        return frozenset(p.fact for p in self.preconditions)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,5 +1,6 @@
-"""The policy as a report for people: every rule and criterion, its citation, the
-evidence it accepts and the documentation that can settle it.
+"""The policy as a report for people: the preconditions checked before anything is
+decided, then every rule and criterion, its citation, the evidence it accepts and the
+documentation that can settle it.
 
 ``policy_report`` builds the report from a loaded ``Policy``; ``render_text`` (wrapped to
 a terminal width), ``render_markdown`` (a GitHub table) and ``render_json`` print it.
@@ -16,7 +17,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from coverage_policy.loader import logic_nodes
-from coverage_policy.model import Outcome, Period, Policy, Rule, Truth
+from coverage_policy.model import Outcome, Period, Policy, Precondition, Rule, Truth
 
 FORMATS = ("text", "markdown", "json")
 MIN_WIDTH = 72
@@ -81,6 +82,18 @@ class RuleEntry:
 
 
 @dataclass(frozen=True, slots=True)
+class PreconditionEntry:
+    """Checked on every order before any rule: when it holds, no coverage is decided."""
+
+    id: str
+    text: str
+    citations: tuple[str, ...]
+    fact: Named  # the record fact it is stated on, with its meaning
+    holds_when: str
+    outcome: str  # what the order gets instead of a decision
+
+
+@dataclass(frozen=True, slots=True)
 class PolicyReport:
     id: str
     version: str
@@ -88,6 +101,7 @@ class PolicyReport:
     url: str
     effective: Effective
     questionnaire: str
+    preconditions: tuple[PreconditionEntry, ...]
     rules: tuple[RuleEntry, ...]
 
     @property
@@ -110,6 +124,8 @@ def _leaf(node: Mapping[str, Any], policy: Policy) -> str:
         text = f"{fact} within {node['value']} days"
     elif op == "within_months":
         text = f"{fact} within {node['value']} calendar months"
+    elif op == "on_or_before":
+        text = f"{fact} on or before the order date"
     else:
         text = f"{fact} {_OPS.get(op, op)} {node['value']}" + (f" {unit}" if unit else "")
     if "absent" in node:
@@ -182,8 +198,21 @@ def _criterion_entry(policy: Policy, rule: Rule, criterion_id: str) -> Criterion
     )
 
 
+def _precondition_entry(policy: Policy, precondition: Precondition) -> PreconditionEntry:
+    description = str(policy.facts.get(precondition.fact, {}).get("description", ""))
+    return PreconditionEntry(
+        id=precondition.id,
+        text=precondition.text,
+        citations=tuple(c.render(policy.sources) for c in precondition.citations),
+        fact=Named(precondition.fact, description),
+        holds_when=describe_logic(precondition.when, policy),
+        outcome=precondition.outcome,
+    )
+
+
 def policy_report(policy: Policy) -> PolicyReport:
-    """Every rule of ``policy`` in its order, each with every criterion it shows."""
+    """The preconditions of ``policy``, then every rule in its order, each with every
+    criterion it shows."""
     rules = tuple(
         RuleEntry(
             id=rule.id,
@@ -204,6 +233,7 @@ def policy_report(policy: Policy) -> PolicyReport:
         url=policy.url,
         effective=Effective.of(policy.effective),
         questionnaire=policy.questionnaire_url,
+        preconditions=tuple(_precondition_entry(policy, p) for p in policy.preconditions),
         rules=rules,
     )
 
@@ -235,17 +265,46 @@ def documentation_cell(entry: CriterionEntry) -> list[str]:
     return [f"{d.id}: {d.description}" for d in entry.documentation]
 
 
+def _count(number: int, what: str) -> str:
+    return f"{number} {what}" + ("" if number == 1 else "s")
+
+
 def _header_lines(report: PolicyReport) -> list[str]:
     documentation = {d.id for r in report.rules for c in r.criteria for d in c.documentation}
     return [
         f"{report.id} version {report.version}: {report.title}",
-        f"Effective {report.effective.describe()}. {len(report.rules)} rules, "
+        f"Effective {report.effective.describe()}. "
+        f"{_count(len(report.preconditions), 'precondition')}, {len(report.rules)} rules, "
         f"{report.criterion_count} criteria, {len(documentation)} documentation items in use.",
         "Source:",
         f"  {report.url}",
         "Documentation Questionnaire:",
         f"  {report.questionnaire}",
     ]
+
+
+# What the order gets when a precondition holds, for each outcome policy.schema.json allows.
+OUTCOME_MEANINGS = {
+    "deceased": "no coverage decision and no coverage information; a card says the record "
+    "shows the patient deceased and asks to check the patient selected",
+}
+
+
+def _precondition_lines(entry: PreconditionEntry, heading: str | None = None) -> list[str]:
+    fact = f"{entry.fact.id}: {entry.fact.description}" if entry.fact.description else entry.fact.id
+    return [
+        heading or f"PRECONDITION {entry.id}: {entry.text}",
+        f"Cited: {'; '.join(entry.citations)}",
+        f"Holds when: {entry.holds_when}",
+        f"Fact: {fact}",
+        f"Then: {entry.outcome} ({OUTCOME_MEANINGS.get(entry.outcome, 'no coverage decision')})",
+    ]
+
+
+_PRECONDITIONS_INTRO = (
+    "Checked on every order before any rule, in this order; when one holds, no rule is "
+    "applied and no coverage is decided."
+)
 
 
 def _rule_lines(rule: RuleEntry, heading: str | None = None) -> list[str]:
@@ -329,6 +388,11 @@ def render_text(report: PolicyReport, width: int = 100) -> str:
     rule_line = "=" * width
     row_line = "-+-".join("-" * w for w in widths)
     lines = [*_wrap(_header_lines(report), width, "  "), ""]
+    if report.preconditions:
+        lines += _wrap([_PRECONDITIONS_INTRO], width)
+        for precondition in report.preconditions:
+            lines += [rule_line, *_wrap(_precondition_lines(precondition), width, "  ")]
+        lines += [rule_line, ""]
     lines += _text_row([[c] for c in _TEXT_COLUMNS], widths)
     for rule in report.rules:
         lines += [rule_line, *_wrap(_rule_lines(rule), width, "  ")]
@@ -359,6 +423,13 @@ def render_markdown(report: PolicyReport) -> str:
     """The report as a GitHub table, one row per rule and criterion."""
     head = _header_lines(report)
     lines = [f"# {head[0]}", "", *(f"{line}  " for line in head[1:]), ""]
+    if report.preconditions:
+        lines += ["## Preconditions", "", _PRECONDITIONS_INTRO, ""]
+        for precondition in report.preconditions:
+            heading = f"**{precondition.id}**: {_md([precondition.text])}"
+            body = _precondition_lines(precondition)[1:]
+            lines += [f"- {heading}", *(f"  - {_md([line])}" for line in body)]
+        lines += ["", "## Rules", ""]
     lines.append("| " + " | ".join(_MD_COLUMNS) + " |")
     lines.append("|" + "|".join("---" for _ in _MD_COLUMNS) + "|")
     for rule in report.rules:

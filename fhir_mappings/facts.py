@@ -24,6 +24,7 @@ from fhir_mappings.episodes import PumpEpisode
 from fhir_mappings.evidence import evidence_summary, lab_name
 from fhir_mappings.labs import c_peptide_facts, glucose_checks_per_day, lab_results, latest_value
 from fhir_mappings.medication_history import insulin_mdi_days, oral_antispasmodic_trial_days
+from fhir_mappings.patient import date_of_death
 from fhir_mappings.prefetch_keys import (
     ALLERGIES,
     CONDITIONS,
@@ -43,6 +44,7 @@ from fhir_mappings.record import PatientRecord
 FACT_SOURCES = {
     "patient.conditions": (CONDITIONS,),
     "patient.age_years": (PATIENT,),
+    "patient.date_of_death": (PATIENT,),
     "patient.drug_allergy": (ALLERGIES,),
     "patient.implanted_devices": (DEVICES, CONDITIONS, PROCEDURES),
     "coverage.": (COVERAGE,),
@@ -90,6 +92,21 @@ def facts_of_keys(keys: Iterable[str], fact_names: Iterable[str]) -> frozenset[s
     if not wanted:
         return frozenset()
     return frozenset(name for name in fact_names if sources_of(name) & wanted)
+
+
+# The facts the policy's preconditions may be stated on, each read from the record alone:
+# read before the episode's facts, so an order a precondition stops (a deceased
+# patient's) reads nothing more of the record.
+PRECONDITION_FACTS: dict[str, Callable[[PatientRecord], FactValue]] = {
+    "patient.date_of_death": date_of_death,
+}
+
+
+def precondition_facts(policy: Policy, record: PatientRecord) -> dict[str, FactValue]:
+    """The facts the policy's preconditions read, each left out (unknown) when its data
+    could not be had."""
+    facts = {name: PRECONDITION_FACTS[name](record) for name in sorted(policy.precondition_facts)}
+    return _facts_with_data(facts, record)
 
 
 def facts_settled_by_orders(episode: PumpEpisode) -> dict[str, FactValue]:

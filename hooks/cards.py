@@ -8,6 +8,9 @@ Card types and their CRD response-type topics (``source.topic``), each switchabl
 - ``claim``: what to document so the order can be covered (an Instructions card);
 - ``therapy-alternatives-req`` / ``-opt``: covered alternatives as suggestions;
 - ``insurance``: the request carries no Coverage, so coverage could not be confirmed.
+
+An order a policy precondition stops gets the card of the precondition's outcome
+(``PRECONDITION_CARDS``, a ``guideline`` card) and no decision.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from coverage_policy.model import (
     Needs,
     Outcome,
     Policy,
+    PreconditionResult,
     RuleResult,
 )
 from fhir_mappings.codes import HCPCS
@@ -351,8 +355,12 @@ def alternatives_card(item: EpisodeDecision, ctx: CardContext) -> dict[str, Any]
     return _associate(card, item.episode)
 
 
-def deceased_card(episode: PumpEpisode, died: date, ctx: CardContext) -> dict[str, Any]:
+def deceased_card(
+    episode: PumpEpisode, precondition: PreconditionResult, ctx: CardContext
+) -> dict[str, Any]:
+    """The patient died on or before the order date (``precondition.value``)."""
     words = card_text()["detail"]
+    died: date = precondition.value
     shown = words["deceased_unknown_date"] if died == UNKNOWN_DATE_OF_DEATH else died.isoformat()
     card = {
         "uuid": ctx.new_uuid(),
@@ -362,6 +370,12 @@ def deceased_card(episode: PumpEpisode, died: date, ctx: CardContext) -> dict[st
         "source": ctx.source("guideline"),
     }
     return _associate(card, episode)
+
+
+# The card of each outcome a policy precondition may have (policy.schema.json).
+PRECONDITION_CARDS: dict[
+    str, Callable[[PumpEpisode, PreconditionResult, CardContext], dict[str, Any]]
+] = {"deceased": deceased_card}
 
 
 def invalid_order_card(order: InvalidOrderInScope, ctx: CardContext) -> dict[str, Any]:
@@ -405,9 +419,10 @@ def build_cards(
             cards.append((severity, alternatives, position))
         if documentation:
             cards.append((2, documentation, position))
-    for episode, died in deliberation.deceased:
+    for episode, precondition in deliberation.stopped:
         if enabled["guideline"]:
-            cards.append((0, deceased_card(episode, died, ctx), None))
+            card = PRECONDITION_CARDS[precondition.outcome](episode, precondition, ctx)
+            cards.append((0, card, None))
     for invalid in deliberation.invalid_in_scope:
         cards.append((0, invalid_order_card(invalid, ctx), None))
     if deliberation.decisions and deliberation.coverage is None and enabled["insurance"]:

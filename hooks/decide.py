@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
-from coverage_policy.engine import evaluate_policy, facts_that_may_be_read
-from coverage_policy.model import Decision, FactValue, Outcome, Policy
+from coverage_policy.engine import check_preconditions, evaluate_policy, facts_that_may_be_read
+from coverage_policy.model import Decision, FactValue, Outcome, Policy, PreconditionResult
 from fhir_mappings.coverage import active_coverages
 from fhir_mappings.episodes import (
     DraftOrder,
@@ -21,10 +21,10 @@ from fhir_mappings.facts import (
     facts_for_episode,
     facts_of_keys,
     facts_settled_by_orders,
+    precondition_facts,
     prefetch_keys_read,
 )
-from fhir_mappings.patient import date_of_death
-from fhir_mappings.prefetch_keys import COVERAGE, MEDICATION_REQUESTS, PATIENT
+from fhir_mappings.prefetch_keys import COVERAGE, MEDICATION_REQUESTS
 from fhir_mappings.r4 import ResourceProblem
 from fhir_mappings.record import PatientRecord, build_record
 from hooks.request import (
@@ -35,9 +35,9 @@ from hooks.request import (
     retrieval_failures,
 )
 
-# Read for every decision: the Patient (a deceased patient's orders are not decided) and
-# the Coverage the coverage-information is about.
-ALWAYS_READ = frozenset({PATIENT, COVERAGE})
+# Read for every decision, besides what the policy's preconditions read: the Coverage
+# the coverage-information is about.
+ALWAYS_READ = frozenset({COVERAGE})
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +82,9 @@ class Deliberation:
     """Everything a response is built from."""
 
     decisions: tuple[EpisodeDecision, ...]
-    deceased: tuple[tuple[PumpEpisode, date], ...]
+    # Episodes a policy precondition stops (the patient died before the order): no
+    # coverage is decided on them.
+    stopped: tuple[tuple[PumpEpisode, PreconditionResult], ...]
     coverage: CoverageRef | None
     record: PatientRecord
     problems: tuple[ResourceProblem, ...]
@@ -150,7 +152,7 @@ def find_scope(bundle: Mapping[str, Any], path: str, policy: Policy, today: date
         facts |= facts_that_may_be_read(policy, known, _as_of(episode.orders, today))
     keys = set(prefetch_keys_read(facts))
     if episodes:
-        keys |= ALWAYS_READ
+        keys |= ALWAYS_READ | prefetch_keys_read(policy.precondition_facts)
     if any(episode.drug_order is None for episode in episodes):
         keys.add(MEDICATION_REQUESTS)  # a pump ordered alone takes its drug from them
     return OrderScope(
@@ -184,16 +186,18 @@ def deliberate(
     encounter_reference = f"Encounter/{encounter_id}" if isinstance(encounter_id, str) else None
     user_id = hook_request.context.get("userId")
     user_reference = user_id if isinstance(user_id, str) else None
-    deceased_on = date_of_death(record)
+    # Read before anything else of the record: an order they stop reads nothing more.
+    before_deciding = precondition_facts(policy, record)
     # Data that a query failed to bring back or that came unreadable (not merely data the
     # EHR did not send): the record adds the Bundles it cannot read to what prefetch found.
     not_retrieved = retrieval_failures(record.unavailable)
     facts_not_retrieved = facts_of_keys(not_retrieved, policy.facts)
-    decisions, deceased = [], []
+    decisions, stopped = [], []
     for episode in episodes:
         as_of = _as_of(episode.orders, today)
-        if deceased_on is not None and deceased_on <= as_of:
-            deceased.append((episode, deceased_on))
+        precondition = check_preconditions(policy, before_deciding, as_of)
+        if precondition is not None:
+            stopped.append((episode, precondition))
             continue
         wanted = facts_that_may_be_read(policy, facts_settled_by_orders(episode), as_of)
         facts = facts_for_episode(
@@ -204,7 +208,7 @@ def deliberate(
             decisions.append(EpisodeDecision(episode, decision, order_facts_of(facts)))
     return Deliberation(
         decisions=tuple(decisions),
-        deceased=tuple(deceased),
+        stopped=tuple(stopped),
         coverage=coverage,
         record=record,
         problems=(*scope.problems, *record.problems),

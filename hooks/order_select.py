@@ -49,9 +49,9 @@ def handle(
             for d in deliberation.decisions
             if any(o.reference in selected for o in d.episode.orders)
         ),
-        deceased=tuple(
-            (e, died)
-            for e, died in deliberation.deceased
+        stopped=tuple(
+            (e, precondition)
+            for e, precondition in deliberation.stopped
             if any(o.reference in selected for o in e.orders)
         ),
         invalid_in_scope=tuple(o for o in deliberation.invalid_in_scope if o.reference in selected),

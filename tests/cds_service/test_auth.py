@@ -29,7 +29,8 @@ from cds_service.auth import (
     ClientIdentity,
     allowed_fhir_servers,
 )
-from cds_service.config import ConfigError, load_settings
+from cds_service.config import ConfigError
+from cds_service.settings import Settings, app_settings
 from tests.builders import order_sign_request, patient_and_coverage_prefetch
 from tests.conftest import ORDER_SIGN, make_app
 from tests.misbehaving_fhir_server import MisbehavingFhirServer
@@ -462,13 +463,16 @@ def test_optional_mode_still_verifies_a_trusted_issuers_token(keys: Keys) -> Non
 
 
 def test_issuer_fhir_servers_list_replaces_the_default() -> None:
-    settings = {
-        "FHIR_SERVERS": ["https://default.example.org"],
-        "TRUSTED_ISSUERS": {
-            ISSUER: {"jwks": {}, "fhir_servers": ["https://ehr.example.org"]},
-            OTHER_ISSUER: {"jwks": {}},
+    settings = Settings.load(
+        {
+            "FHIR_SERVERS": ["https://default.example.org"],
+            "TRUSTED_ISSUERS": {
+                ISSUER: {"jwks": {}, "fhir_servers": ["https://ehr.example.org"]},
+                OTHER_ISSUER: {"jwks": {}},
+            },
         },
-    }
+        environ={},
+    )
     assert allowed_fhir_servers(settings, ClientIdentity(ISSUER, "j")) == [
         "https://ehr.example.org"
     ]
@@ -547,17 +551,17 @@ def test_tokens_never_reach_the_logs(
 
 def test_issuer_without_any_key_source_is_refused_at_start() -> None:
     with pytest.raises(ConfigError):
-        load_settings({"TRUSTED_ISSUERS": {ISSUER: {"fhir_servers": []}}}, environ={})
-    assert load_settings(
+        Settings.load({"TRUSTED_ISSUERS": {ISSUER: {"fhir_servers": []}}}, environ={})
+    assert Settings.load(
         {"TRUSTED_ISSUERS": {ISSUER: {"jku": ["https://ehr.example.org/k"]}}}, environ={}
-    )["TRUSTED_ISSUERS"]
+    ).trusted_issuers
 
 
 def test_trusted_issuers_from_a_file(tmp_path: Any, keys: Keys) -> None:
     path = tmp_path / "issuers.json"
     path.write_text(json.dumps({ISSUER: {"jwks": {"keys": [keys.es384.public_jwk]}}}))
-    settings = load_settings(environ={"CDS_TRUSTED_ISSUERS": str(path)})
-    assert settings["TRUSTED_ISSUERS"][ISSUER]["jwks"]["keys"][0]["kid"] == "ec-1"
+    settings = Settings.load(environ={"CDS_TRUSTED_ISSUERS": str(path)})
+    assert settings.trusted_issuers[ISSUER]["jwks"]["keys"][0]["kid"] == "ec-1"
 
 
 @pytest.mark.parametrize(
@@ -599,7 +603,7 @@ def test_issuer_fhir_servers_admit_its_server_without_a_default_list(
     # The same request unsigned falls back to CDS_FHIR_SERVERS, which is empty.
     fhir_faults.requests_seen.clear()
     optional = make_app(
-        {"AUTH": "optional", "TRUSTED_ISSUERS": app.config["CDS"]["TRUSTED_ISSUERS"]}
+        {"AUTH": "optional", "TRUSTED_ISSUERS": dict(app_settings(app).trusted_issuers)}
     )
     assert optional.test_client().post(ORDER_SIGN, json=body).status_code == 200
     assert fhir_faults.requests_seen == []
@@ -739,7 +743,7 @@ def test_only_an_unlisted_jku_and_no_configured_keys_is_refused(
 def test_issuer_key_source_of_the_wrong_shape_is_refused_at_start(entry: dict[str, Any]) -> None:
     """A jku given as one string would be matched as a substring: refused, not guessed."""
     with pytest.raises(ConfigError):
-        load_settings({"TRUSTED_ISSUERS": {SANDBOX_ISSUER: entry}}, environ={})
+        Settings.load({"TRUSTED_ISSUERS": {SANDBOX_ISSUER: entry}}, environ={})
 
 
 def test_served_service_accepts_the_sandbox_with_auth_required(

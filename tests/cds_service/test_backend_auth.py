@@ -35,8 +35,9 @@ from cds_service.backend_auth import (
     purge_expired_access_tokens,
     require_payer_scope,
 )
-from cds_service.config import ConfigError, load_settings
+from cds_service.config import ConfigError
 from cds_service.errors import ServiceUnavailable
+from cds_service.settings import Settings
 from cds_service.tables import backend_access_token
 from tests.conftest import ROOT, make_app
 from tests.served_process import ServedProcess, free_port
@@ -681,12 +682,12 @@ def test_keys_at_a_jwks_url_are_fetched_once(keys: Keys, jwks_host: JwksHost) ->
 
 def test_clients_load_from_inline_json_or_a_file(keys: Keys, tmp_path: Path) -> None:
     text = json.dumps(clients_config(keys))
-    inline = load_settings(environ={"CDS_BACKEND_CLIENTS": text})
+    inline = Settings.load(environ={"CDS_BACKEND_CLIENTS": text})
     path = tmp_path / "clients.json"
     path.write_text(text, encoding="utf-8")
-    from_file = load_settings(environ={"CDS_BACKEND_CLIENTS": str(path)})
-    assert inline["BACKEND_CLIENTS"] == from_file["BACKEND_CLIENTS"] == clients_config(keys)
-    assert load_settings(environ={})["BACKEND_CLIENTS"] == {}
+    from_file = Settings.load(environ={"CDS_BACKEND_CLIENTS": str(path)})
+    assert inline.backend_clients == from_file.backend_clients == clients_config(keys)
+    assert Settings.load(environ={}).backend_clients == {}
 
 
 PUBLIC_EC = {"kty": "EC", "crv": "P-384", "x": "AA", "y": "AA", "kid": "k"}
@@ -719,19 +720,19 @@ PUBLIC_EC = {"kty": "EC", "crv": "P-384", "x": "AA", "y": "AA", "kid": "k"}
 )
 def test_bad_client_registrations_stop_the_start(clients: Any, message: str) -> None:
     with pytest.raises(ConfigError, match=message) as raised:
-        load_settings({"BACKEND_CLIENTS": clients}, environ={})
+        Settings.load({"BACKEND_CLIENTS": clients}, environ={})
     assert "CDS_BACKEND_CLIENTS" in str(raised.value)
 
 
 def test_unreadable_clients_file_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="CDS_BACKEND_CLIENTS"):
-        load_settings(environ={"CDS_BACKEND_CLIENTS": str(tmp_path / "missing.json")})
+        Settings.load(environ={"CDS_BACKEND_CLIENTS": str(tmp_path / "missing.json")})
 
 
 def test_the_readme_registration_example_loads() -> None:
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     example = readme.split("export CDS_BACKEND_CLIENTS='", 1)[1].split("'", 1)[0]
-    clients = load_settings(environ={"CDS_BACKEND_CLIENTS": example})["BACKEND_CLIENTS"]
+    clients = Settings.load(environ={"CDS_BACKEND_CLIENTS": example}).backend_clients
     assert clients["ehr-dtr-app"]["scopes"] == [
         "system/Questionnaire.rs",
         "system/ValueSet.rs",
@@ -741,7 +742,7 @@ def test_the_readme_registration_example_loads() -> None:
 
 def test_jwks_url_on_loopback_may_be_plain_http() -> None:
     clients = {"c": {"jwks_url": "http://127.0.0.1:9/jwks", "scopes": ["system/ValueSet.rs"]}}
-    assert load_settings({"BACKEND_CLIENTS": clients}, environ={})["BACKEND_CLIENTS"] == clients
+    assert Settings.load({"BACKEND_CLIENTS": clients}, environ={}).backend_clients == clients
 
 
 # --- discovery -----------------------------------------------------------------------------

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from flask.testing import FlaskClient
 
-from cds_service.config import ConfigError, load_settings
+from cds_service.config import ConfigError
+from cds_service.settings import Settings
 from tests.conftest import ORDER_SIGN, make_app
 
 SANDBOX = "https://sandbox.cds-hooks.org"
@@ -88,4 +89,4 @@ def test_no_origins_configured_means_no_cors(client: FlaskClient) -> None:
 
 def test_wildcard_origin_is_refused_at_start() -> None:
     with pytest.raises(ConfigError):
-        load_settings(environ={"CDS_CORS_ORIGINS": "*"})
+        Settings.load(environ={"CDS_CORS_ORIGINS": "*"})

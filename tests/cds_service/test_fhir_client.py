@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from cds_service import fhir_client
-from cds_service.config import ConfigError, load_settings
+from cds_service.config import ConfigError
 from cds_service.errors import FhirQueryFailed
 from cds_service.fhir_client import (
     TIMED_OUT,
@@ -23,6 +23,7 @@ from cds_service.fhir_client import (
     is_loopback_host,
     query_pool,
 )
+from cds_service.settings import Settings
 from tests.misbehaving_fhir_server import MisbehavingFhirServer
 
 
@@ -191,23 +192,23 @@ def test_a_call_to_a_hung_server_leaves_threads_for_the_other_calls(
 
 
 def test_query_pool_settings_keep_a_bulkhead() -> None:
-    settings = load_settings(
+    settings = Settings.load(
         environ={"CDS_FHIR_QUERY_THREADS": "8", "CDS_FHIR_QUERIES_PER_CALL": "3"}
     )
-    limits = FhirQueryLimits.from_settings(settings)
+    limits = settings.fhir_limits
     assert (limits.pool_threads, limits.queries_per_call) == (8, 3)
     with pytest.raises(ConfigError):
-        load_settings(environ={"CDS_FHIR_QUERY_THREADS": "4", "CDS_FHIR_QUERIES_PER_CALL": "4"})
+        Settings.load(environ={"CDS_FHIR_QUERY_THREADS": "4", "CDS_FHIR_QUERIES_PER_CALL": "4"})
 
 
 def test_fhir_limits_come_from_the_environment() -> None:
-    settings = load_settings(environ={"CDS_FHIR_DEADLINE_S": "1.5", "CDS_FHIR_MAX_PAGES": "3"})
-    limits = FhirQueryLimits.from_settings(settings)
+    settings = Settings.load(environ={"CDS_FHIR_DEADLINE_S": "1.5", "CDS_FHIR_MAX_PAGES": "3"})
+    limits = settings.fhir_limits
     assert (limits.deadline_s, limits.max_pages) == (1.5, 3)
     with pytest.raises(ConfigError):
-        load_settings(environ={"CDS_FHIR_DEADLINE_S": "0"})
+        Settings.load(environ={"CDS_FHIR_DEADLINE_S": "0"})
     with pytest.raises(ConfigError):
-        load_settings(environ={"CDS_FHIR_MAX_PAGES": "many"})
+        Settings.load(environ={"CDS_FHIR_MAX_PAGES": "many"})
 
 
 def test_encoded_separators_cannot_climb_out_of_an_allowed_path() -> None:

@@ -13,8 +13,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from flask import Flask
 from flask.testing import FlaskClient
 
-from cds_service.config import ConfigError, load_settings
+from cds_service.config import ConfigError
 from cds_service.rate_limit import TokenBuckets
+from cds_service.settings import Settings
 from tests.conftest import FIXTURES, ORDER_SIGN, make_app
 
 PUBLIC_URL = "https://cds.example.org"
@@ -57,11 +58,11 @@ def test_the_least_recently_seen_clients_are_forgotten_first() -> None:
 
 
 def test_rate_limit_settings_are_checked() -> None:
-    assert load_settings({}, environ={"CDS_RATE_LIMIT_PER_S": "0"})["RATE_LIMIT_PER_S"] == 0
+    assert Settings.load({}, environ={"CDS_RATE_LIMIT_PER_S": "0"}).rate_limit_per_s == 0
     with pytest.raises(ConfigError):
-        load_settings({}, environ={"CDS_RATE_LIMIT_PER_S": "-1"})
+        Settings.load({}, environ={"CDS_RATE_LIMIT_PER_S": "-1"})
     with pytest.raises(ConfigError):
-        load_settings({}, environ={"CDS_RATE_LIMIT_BURST": "0"})
+        Settings.load({}, environ={"CDS_RATE_LIMIT_BURST": "0"})
 
 
 @pytest.fixture(scope="module")

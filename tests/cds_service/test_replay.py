@@ -18,6 +18,7 @@ from jwt.algorithms import ECAlgorithm
 from cds_service.auth import JwksCache, verify_client_token
 from cds_service.errors import ClientAuthenticationFailed
 from cds_service.replay import ReplayCache
+from cds_service.settings import Settings
 from cds_service.store import Store
 from cds_service.tables import jwt_replay
 from tests.cds_service.store_workers import remember_in_process
@@ -96,7 +97,7 @@ def test_a_token_past_its_exp_but_within_the_skew_is_still_a_replay(store: Store
     presented again in that window, it is a replay, not a new token."""
     key = ec.generate_private_key(ec.SECP384R1())
     jwk = {**ECAlgorithm.to_jwk(key.public_key(), as_dict=True), "kid": "k1", "use": "sig"}
-    settings = {"TRUSTED_ISSUERS": {ISS: {"jwks": {"keys": [jwk]}}}, "JWKS_REFRESH_INTERVAL_S": 60}
+    settings = Settings.load({"TRUSTED_ISSUERS": {ISS: {"jwks": {"keys": [jwk]}}}}, environ={})
     endpoint = "https://cds.example.org/cds-services/x"
     now = time.time()
     claims = {

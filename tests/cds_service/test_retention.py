@@ -127,8 +127,9 @@ def test_no_sweep_on_an_in_memory_store() -> None:
 
 
 def test_retention_must_be_positive() -> None:
-    from cds_service.config import ConfigError, load_settings
+    from cds_service.config import ConfigError
+    from cds_service.settings import Settings
 
     with pytest.raises(ConfigError, match="AUDIT_RETENTION_DAYS"):
-        load_settings(environ={"CDS_AUDIT_RETENTION_DAYS": "0"})
-    assert load_settings(environ={"CDS_AUDIT_RETENTION_DAYS": "30"})["AUDIT_RETENTION_DAYS"] == 30
+        Settings.load(environ={"CDS_AUDIT_RETENTION_DAYS": "0"})
+    assert Settings.load(environ={"CDS_AUDIT_RETENTION_DAYS": "30"}).audit_retention_days == 30

@@ -13,8 +13,9 @@ from typing import Any
 import pytest
 from gunicorn.http import errors as http_errors
 
-from cds_service.config import DEFAULTS, ConfigError, load_settings
+from cds_service.config import DEFAULTS, ConfigError
 from cds_service.serving import BufferedRequestBody, server_error_response, serving_options
+from cds_service.settings import Settings
 from tests.conftest import ORDER_SIGN
 from tests.served_process import ServedProcess
 
@@ -238,7 +239,7 @@ def test_the_worker_warms_up_before_it_answers(served: ServedProcess) -> None:
 
 
 def test_serving_options_follow_the_settings() -> None:
-    settings = load_settings({}, environ={"CDS_MAX_CONNECTIONS": "2000", "CDS_KEEPALIVE_S": "3"})
+    settings = Settings.load({}, environ={"CDS_MAX_CONNECTIONS": "2000", "CDS_KEEPALIVE_S": "3"})
     options = serving_options(settings, host="127.0.0.1", port=8080, workers=2)
     assert options["worker_connections"] == 2000
     assert options["keepalive"] == 3
@@ -249,4 +250,4 @@ def test_serving_options_follow_the_settings() -> None:
 
 def test_a_read_deadline_must_be_positive() -> None:
     with pytest.raises(ConfigError):
-        load_settings({}, environ={"CDS_REQUEST_READ_TIMEOUT_S": "0"})
+        Settings.load({}, environ={"CDS_REQUEST_READ_TIMEOUT_S": "0"})

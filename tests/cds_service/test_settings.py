@@ -1,60 +1,110 @@
-"""Settings: checked once, frozen, read by typed attribute or by name."""
+"""Settings: checked once, frozen, one typed attribute per setting."""
 
 from __future__ import annotations
 
 import dataclasses
+from types import MappingProxyType
 
 import pytest
 
-from cds_service.config import DEFAULTS, ConfigError, load_settings
+from cds_service.config import DEFAULTS, ConfigError
 from cds_service.fhir_client import FhirQueryLimits
-from cds_service.settings import Settings, fhir_limits_of
+from cds_service.settings import Settings, app_settings
 from tests.conftest import make_app
 
 
-def test_settings_are_typed_and_read_by_name_alike() -> None:
+def test_every_setting_has_its_attribute() -> None:
+    """Each ``CDS_*`` setting is read as the attribute of its name in snake case, and
+    ``Settings`` holds nothing else but what is built from them."""
+    names = {f.name for f in dataclasses.fields(Settings)}
+    assert {key.lower() for key in DEFAULTS} == names - {"fhir_limits"}
+
+
+def test_the_defaults_are_read_as_typed_attributes() -> None:
+    settings = Settings.load(environ={})
+    for key, default in DEFAULTS.items():
+        value = getattr(settings, key.lower())
+        if isinstance(default, list):
+            assert value == tuple(default), key
+        elif isinstance(default, dict):
+            assert isinstance(value, MappingProxyType), key
+            assert value == default, key
+        elif key == "DTR_CARD_LINK":
+            assert value is (default == "on")
+        else:
+            assert type(value) is type(default), key
+            assert value == default, key
+
+
+def test_settings_come_from_the_environment_then_the_caller() -> None:
     settings = Settings.load(
         {"FHIR_SERVERS": ["https://ehr.example.org"], "PAYER_NAME": "Acme Health"},
-        environ={"CDS_FHIR_DEADLINE_S": "1.5", "CDS_AUTH": "optional"},
+        environ={
+            "CDS_FHIR_DEADLINE_S": "1.5",
+            "CDS_AUTH": "optional",
+            "CDS_PAYER_NAME": "Overridden",
+            "CDS_DTR_CARD_LINK": "on",
+            "CDS_METRICS_ALLOW": "10.0.0.0/8, 127.0.0.1",
+            "CDS_KEEPALIVE_S": "3",
+        },
     )
-    assert settings.payer_name == settings["PAYER_NAME"] == "Acme Health"
+    assert settings.payer_name == "Acme Health"
     assert settings.fhir_servers == ("https://ehr.example.org",)
+    assert settings.auth == "optional"
     assert settings.auth_required is False
+    assert settings.dtr_card_link is True
+    assert settings.metrics_allow == ("10.0.0.0/8", "127.0.0.1")
+    assert settings.keepalive_s == 3
+    assert settings.fhir_deadline_s == 1.5
     assert settings.fhir_limits == dataclasses.replace(FhirQueryLimits(), deadline_s=1.5)
-    assert set(settings) == set(DEFAULTS)
-    assert settings.get("NOT_A_SETTING") is None
 
 
 def test_settings_cannot_be_changed() -> None:
-    settings = Settings.load(environ={})
+    settings = Settings.load(
+        {"SMART_CLIENTS": {"https://ehr.example.org": {"client_id": "app"}}}, environ={}
+    )
     with pytest.raises(dataclasses.FrozenInstanceError):
         settings.payer_name = "Someone else"  # type: ignore[misc]
     with pytest.raises(TypeError):
-        settings.by_name["PAYER_NAME"] = "Someone else"  # type: ignore[index]
+        settings.smart_clients["https://evil.example.org"] = {}  # type: ignore[index]
+    with pytest.raises(TypeError):
+        settings["PAYER_NAME"]  # type: ignore[index]
+
+
+def test_secrets_stay_out_of_the_settings_repr() -> None:
+    settings = Settings.load(
+        {
+            "DATABASE_URL": "postgresql://cds:hunter2@db/cds",
+            "SMART_CLIENTS": {"https://ehr.example.org": {"client_id": "a", "client_secret": "s3"}},
+        },
+        environ={},
+    )
+    assert "hunter2" not in repr(settings)
+    assert "s3" not in repr(settings)
+    assert "payer_name='Medicare Advantage Plan'" in repr(settings)
 
 
 def test_the_fhir_limits_defaults_are_the_settings_defaults() -> None:
     assert Settings.load(environ={}).fhir_limits == FhirQueryLimits()
 
 
-def test_fhir_limits_are_read_alike_from_settings_and_from_a_checked_mapping() -> None:
+def test_the_fhir_limits_are_built_from_the_settings() -> None:
     environ = {"CDS_FHIR_MAX_PAGES": "3", "CDS_FHIR_QUERIES_PER_CALL": "4"}
     settings = Settings.load(environ=environ)
-    assert fhir_limits_of(settings) is settings.fhir_limits
-    assert fhir_limits_of(load_settings(environ=environ)) == settings.fhir_limits
     assert (settings.fhir_limits.max_pages, settings.fhir_limits.queries_per_call) == (3, 4)
+    assert settings.fhir_limits.pool_threads == settings.fhir_query_threads
 
 
 def test_create_app_builds_the_settings_once() -> None:
     app = make_app({"PAYER_NAME": "Acme"})
-    settings = app.config["CDS"]
+    settings = app_settings(app)
     assert isinstance(settings, Settings)
     assert settings.payer_name == "Acme"
     with app.test_client() as client:
         assert client.get("/cds-services").status_code == 200
-    assert app.config["CDS"] is settings
+    assert app_settings(app) is settings
 
 
 def test_a_bad_setting_stops_the_service_at_start() -> None:
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match="CDS_FHIR_QUERIES_PER_CALL must be fewer"):
         Settings.load({"FHIR_QUERY_THREADS": 4, "FHIR_QUERIES_PER_CALL": 8}, environ={})

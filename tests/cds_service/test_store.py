@@ -148,12 +148,12 @@ def test_audit_sync_full_fsyncs_every_sqlite_commit(tmp_path: Path) -> None:
 
 
 def test_audit_sync_is_normal_or_full() -> None:
-    from cds_service.config import load_settings
+    from cds_service.settings import Settings
 
-    assert load_settings({}, environ={})["AUDIT_SYNC"] == "normal"
-    assert load_settings({}, environ={"CDS_AUDIT_SYNC": "full"})["AUDIT_SYNC"] == "full"
+    assert Settings.load({}, environ={}).audit_sync == "normal"
+    assert Settings.load({}, environ={"CDS_AUDIT_SYNC": "full"}).audit_sync == "full"
     with pytest.raises(ConfigError):
-        load_settings({}, environ={"CDS_AUDIT_SYNC": "off"})
+        Settings.load({}, environ={"CDS_AUDIT_SYNC": "off"})
 
 
 def test_start_up_warms_the_audit_write_and_leaves_no_row(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ import pytest
 
 from coverage_policy.engine import (
     _Evaluator,
+    check_preconditions,
     evaluate_policy,
     months_before,
     truth_all,
@@ -329,3 +330,46 @@ def test_a_code_shown_only_unconfirmed_is_unknown(
         for i, status in enumerate(statuses)
     )
     assert evaluate_leaf(node, {"patient.implanted_devices": FactValue(items)}) is expected
+
+
+# -- preconditions ----------------------------------------------------------------------------
+
+DIED = "patient.date_of_death"
+DEATH_RECORD = Evidence("Patient/p", "deceased on 2026-11-28")
+
+
+@pytest.mark.parametrize(
+    ("died", "stops"),
+    [
+        (date(2026, 11, 28), True),  # on the order date
+        (date(2026, 1, 5), True),
+        (date.min, True),  # deceased, no date recorded
+        (date(2026, 11, 29), False),  # after the order date
+        (None, False),  # the record does not say the patient died
+    ],
+)
+def test_the_deceased_precondition_holds_on_or_before_the_order_date(
+    died: date | None, stops: bool
+) -> None:
+    policy = load_policy()
+    evidence = (DEATH_RECORD,) if died else ()
+    result = check_preconditions(policy, {DIED: FactValue(died, evidence)}, AS_OF)
+    if not stops:
+        assert result is None
+        return
+    assert result is not None
+    assert result.precondition is policy.preconditions[0]
+    assert (result.outcome, result.value, result.evidence) == ("deceased", died, evidence)
+
+
+def test_a_precondition_whose_fact_could_not_be_had_lets_the_order_be_decided() -> None:
+    assert check_preconditions(load_policy(), {}, AS_OF) is None
+
+
+def test_preconditions_are_checked_whatever_the_policy_effective_period() -> None:
+    """An order dated before the policy took effect is not decided, but the record
+    showing the patient deceased is still said."""
+    before = date(2019, 12, 31)
+    facts = {DIED: FactValue(date(2019, 6, 1))}
+    assert evaluate_policy(load_policy(), facts, before) is None
+    assert check_preconditions(load_policy(), facts, before) is not None

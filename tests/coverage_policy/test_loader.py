@@ -165,3 +165,80 @@ def test_answer_and_record_only_in_criteria(raw_policy: dict[str, Any]) -> None:
         "record": {"fact": "episode.pump_kind", "op": "exists"},
     }
     assert "answer/record belongs in a criterion's logic" in _problems(raw_policy)
+
+
+# -- preconditions ---------------------------------------------------------------------------
+
+
+def _precondition(raw: dict[str, Any]) -> dict[str, Any]:
+    (precondition,) = raw["preconditions"]
+    return precondition  # type: ignore[no-any-return]
+
+
+def test_the_deceased_patient_rule_is_a_precondition_of_the_policy() -> None:
+    (precondition,) = load_policy().preconditions
+    assert precondition.id == "PATIENT-DECEASED"
+    assert precondition.fact == "patient.date_of_death"
+    assert precondition.when == {
+        "fact": "patient.date_of_death",
+        "op": "on_or_before",
+        "absent": "unmet",
+    }
+    assert precondition.outcome == "deceased"
+    assert [c.source for c in precondition.citations] == ["CFR-422.74"]
+    assert load_policy().precondition_facts == {"patient.date_of_death"}
+
+
+@pytest.mark.parametrize(
+    ("when", "problem"),
+    [
+        (
+            {"fact": "patient.age_years", "op": "gte", "value": 120},
+            "is stated on patient.date_of_death but reads ['patient.age_years']",
+        ),
+        (
+            {"fact": "patient.date_of_death", "op": "gte", "value": 3},
+            "operator gte does not apply to date fact patient.date_of_death",
+        ),
+        (
+            {
+                "all": [
+                    {"criterion": "EIP-CSII-HOME"},
+                    {"fact": "patient.date_of_death", "op": "exists"},
+                ]
+            },
+            "'when' reads its fact, not criteria or answers",
+        ),
+    ],
+)
+def test_a_precondition_reads_its_own_fact_only(
+    raw_policy: dict[str, Any], when: dict[str, Any], problem: str
+) -> None:
+    _precondition(raw_policy)["when"] = when
+    assert problem in _problems(raw_policy)
+
+
+def test_a_precondition_is_not_stated_on_documentation(raw_policy: dict[str, Any]) -> None:
+    precondition = _precondition(raw_policy)
+    precondition["fact"] = "doc.csii-diabetes-education"
+    precondition["when"] = {"fact": "doc.csii-diabetes-education", "op": "is_true"}
+    assert "is stated on a record fact, not documentation" in _problems(raw_policy)
+
+
+def test_a_precondition_cites_a_known_source_and_has_a_known_outcome(
+    raw_policy: dict[str, Any],
+) -> None:
+    _precondition(raw_policy)["citations"] = [{"source": "NOWHERE", "section": "1"}]
+    assert "precondition PATIENT-DECEASED: cites unknown source NOWHERE" in _problems(raw_policy)
+    _precondition(raw_policy)["outcome"] = "covered"
+    assert "$.preconditions[0].outcome" in _problems(raw_policy)
+
+
+def test_a_precondition_id_is_unique_among_rules_and_criteria(raw_policy: dict[str, Any]) -> None:
+    _precondition(raw_policy)["id"] = "EIP-CSII"
+    assert "duplicate id EIP-CSII in rules" in _problems(raw_policy)
+
+
+def test_a_policy_without_preconditions_loads(raw_policy: dict[str, Any]) -> None:
+    del raw_policy["preconditions"]
+    assert build_policy(raw_policy).preconditions == ()

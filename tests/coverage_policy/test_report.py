@@ -106,6 +106,10 @@ def test_deciding_means_named_in_the_rule_decision(report: PolicyReport) -> None
             "encounter.last_visit_date within 92 days",
         ),
         ({"fact": "doc.x", "op": "is_true"}, "doc.x is true"),
+        (
+            {"fact": "patient.date_of_death", "op": "on_or_before", "absent": "unmet"},
+            "patient.date_of_death on or before the order date [when not found: unmet]",
+        ),
     ],
 )
 def test_describe_logic(policy: Policy, node: dict[str, object], words: str) -> None:
@@ -168,3 +172,31 @@ def test_json_round_trips_the_report(policy: Policy, report: PolicyReport) -> No
 def test_unknown_format_is_refused(report: PolicyReport) -> None:
     with pytest.raises(ValueError, match="yaml"):
         render_report(report, "yaml")
+
+
+def test_the_report_shows_the_preconditions_before_the_rules(
+    policy: Policy, report: PolicyReport
+) -> None:
+    (entry,) = report.preconditions
+    (precondition,) = policy.preconditions
+    assert (entry.id, entry.text, entry.outcome) == (
+        precondition.id,
+        precondition.text,
+        "deceased",
+    )
+    assert entry.citations == tuple(c.render(policy.sources) for c in precondition.citations)
+    assert entry.fact.id == "patient.date_of_death"
+    assert entry.fact.description == policy.facts["patient.date_of_death"]["description"]
+    assert entry.holds_when == (
+        "patient.date_of_death on or before the order date [when not found: unmet]"
+    )
+    text = render_text(report)
+    assert f"1 precondition, {len(report.rules)} rules" in text
+    assert text.index("PRECONDITION PATIENT-DECEASED: ") < text.index("RULE ")
+    assert "Cited: 42 CFR 422.74 Disenrollment by the MA organization" in text
+    assert "Then: deceased (no coverage decision" in text
+    markdown = render_markdown(report)
+    assert markdown.index("- **PATIENT-DECEASED**: ") < markdown.index("| rule | kind |")
+    data = json.loads(render_json(report))
+    assert [p["id"] for p in data["preconditions"]] == ["PATIENT-DECEASED"]
+    assert data["preconditions"][0]["fact"]["id"] == "patient.date_of_death"

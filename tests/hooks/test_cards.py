@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import copy
+import json
+from datetime import date, timedelta
+from importlib import resources
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
 from flask.testing import FlaskClient
 
+from coverage_policy.loader import load_policy
+from hooks.cards import PRECONDITION_CARDS
 from hooks.respond import effective_configuration
 from tests.conftest import FIXTURES, ORDER_SIGN, load_json
 from tests.response_validation import validate_cds_response
@@ -166,6 +171,39 @@ def test_deceased_patient_gets_a_warning_not_a_decision(client: FlaskClient) -> 
     assert "deceased" in card["summary"]
     assert "2026-01-05" in card["detail"]
     assert "systemActions" not in response.json
+
+
+def test_a_patient_deceased_after_the_order_date_has_the_order_decided(
+    client: FlaskClient,
+) -> None:
+    """The policy's deceased-patient precondition holds on or before the order date only."""
+    body = fixture("order-sign__e0784-insulin__covered")
+    ordered = min(
+        entry["resource"]["authoredOn"][:10] for entry in body["context"]["draftOrders"]["entry"]
+    )
+    body["prefetch"]["patient"]["deceasedDateTime"] = ordered
+    assert "deceased" in client.post(ORDER_SIGN, json=body).json["cards"][0]["summary"]
+    day_after = date.fromisoformat(ordered) + timedelta(days=1)
+    body["prefetch"]["patient"]["deceasedDateTime"] = day_after.isoformat()
+    response = client.post(ORDER_SIGN, json=body)
+    assert "covered under" in response.json["cards"][0]["summary"]
+    assert "systemActions" in response.json
+
+
+def test_a_patient_deceased_without_a_date_gets_the_warning(client: FlaskClient) -> None:
+    body = fixture("order-sign__e0784-insulin__covered")
+    body["prefetch"]["patient"]["deceasedBoolean"] = True
+    (card,) = cards_for(client, body)
+    assert "deceased on an unknown date" in card["detail"]
+
+
+def test_every_precondition_outcome_has_its_card() -> None:
+    schema = json.loads(
+        resources.files("coverage_policy").joinpath("policy.schema.json").read_text()
+    )
+    precondition = schema["properties"]["preconditions"]["items"]["properties"]
+    assert set(precondition["outcome"]["enum"]) == set(PRECONDITION_CARDS)
+    assert {p.outcome for p in load_policy().preconditions} <= set(PRECONDITION_CARDS)
 
 
 def test_no_bill_part_b_when_the_pump_is_not_covered(client: FlaskClient) -> None:
