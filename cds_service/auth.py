@@ -32,7 +32,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, NoReturn, Protocol
 from urllib.parse import urlsplit
@@ -160,15 +160,6 @@ class JwksCache:
         if not isinstance(jwks, dict) or not isinstance(jwks.get("keys"), list):
             raise ClientAuthenticationFailed("JWKS has no keys")
         return jwks
-
-
-def allowed_fhir_servers(settings: Settings, client: ClientIdentity | None) -> Sequence[str]:
-    """The base URL prefixes this client may point us at: its issuer's list, else the default."""
-    if client is not None:
-        entry = settings.trusted_issuers.get(client.issuer) or {}
-        if isinstance(entry.get("fhir_servers"), list):
-            return [str(prefix) for prefix in entry["fhir_servers"]]
-    return list(settings.fhir_servers)
 
 
 def install_client_authentication(app: Flask) -> None:

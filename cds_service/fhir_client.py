@@ -34,7 +34,7 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ALL_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from http.cookiejar import DefaultCookiePolicy
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urljoin, urlsplit
 
 import requests
@@ -45,6 +45,9 @@ from cds_service import operations
 from cds_service.config import DEFAULTS
 from cds_service.errors import FhirQueryFailed
 from cds_service.json_input import UnreadableJson, loads_untrusted
+
+if TYPE_CHECKING:
+    from cds_service.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -134,6 +137,16 @@ def fhir_server_allowed(base_url: str, allowed_prefixes: Sequence[str]) -> bool:
     if _parse_base(base_url) is None or "?" in base_url:
         return False
     return any(is_under(base_url, prefix, any_port_without_one=True) for prefix in allowed_prefixes)
+
+
+def allowed_fhir_servers(settings: Settings, issuer: str | None) -> list[str]:
+    """The base URL prefixes a client may point the service (and its access token) at:
+    its issuer's ``fhir_servers`` in ``CDS_TRUSTED_ISSUERS``, else ``CDS_FHIR_SERVERS``."""
+    if issuer is not None:
+        entry = settings.trusted_issuers.get(issuer) or {}
+        if isinstance(entry.get("fhir_servers"), list):
+            return [str(prefix) for prefix in entry["fhir_servers"]]
+    return list(settings.fhir_servers)
 
 
 # One pooled session per process (re-created after a fork), shared by all threads.

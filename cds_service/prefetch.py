@@ -31,11 +31,12 @@ from collections.abc import Mapping
 from typing import Any
 
 from cds_service import operations
-from cds_service.auth import ClientIdentity, allowed_fhir_servers
+from cds_service.auth import ClientIdentity
 from cds_service.errors import FhirQueryFailed
 from cds_service.fhir_client import (
     NOT_ALLOWED,
     FhirReader,
+    allowed_fhir_servers,
     fetch_all,
     fhir_server_allowed,
     next_link,
@@ -190,7 +191,9 @@ def _fetch(
     authorization = hook_request.fhir_authorization
     if not base_url or authorization is None:
         return None
-    if not fhir_server_allowed(base_url, allowed_fhir_servers(settings, client)):
+    if not fhir_server_allowed(
+        base_url, allowed_fhir_servers(settings, client.issuer if client else None)
+    ):
         logger.warning(
             "fhirServer not allowed for client %s; %d queries not made",
             client.issuer if client else "(unsigned)",

@@ -39,11 +39,11 @@ from authlib.integrations.requests_client import OAuth2Session
 from flask import Blueprint, Response, current_app, redirect, render_template, request
 
 from cds_service.audit import AuditRecord, CallTimings, decision_record, record_service_call
-from cds_service.auth import allowed_fhir_servers
 from cds_service.dtr_routes import completed_coverage_information, served_forms
 from cds_service.errors import FhirQueryFailed
 from cds_service.fhir_client import (
     FhirQueryLimits,
+    allowed_fhir_servers,
     fhir_server_allowed,
     is_loopback_host,
     shared_session,

@@ -33,7 +33,6 @@ from typing import Any
 import requests
 
 from cds_service.audit import audit_for_assertion
-from cds_service.auth import allowed_fhir_servers
 from cds_service.dtr_routes import knowledge_of_report
 from cds_service.errors import FhirQueryFailed
 from cds_service.fhir_client import (
@@ -45,6 +44,7 @@ from cds_service.fhir_client import (
     UNREACHABLE,
     UNREADABLE,
     FhirReader,
+    allowed_fhir_servers,
     fhir_server_allowed,
     shared_session,
 )

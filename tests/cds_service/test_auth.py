@@ -26,10 +26,9 @@ from flask.testing import FlaskClient
 from cds_service.auth import (
     CLOCK_SKEW_S,
     FAILURE_MESSAGE,
-    ClientIdentity,
-    allowed_fhir_servers,
 )
 from cds_service.config import ConfigError
+from cds_service.fhir_client import allowed_fhir_servers
 from cds_service.settings import Settings, app_settings
 from tests.builders import order_sign_request, patient_and_coverage_prefetch
 from tests.conftest import ORDER_SIGN, make_app
@@ -473,12 +472,8 @@ def test_issuer_fhir_servers_list_replaces_the_default() -> None:
         },
         environ={},
     )
-    assert allowed_fhir_servers(settings, ClientIdentity(ISSUER, "j")) == [
-        "https://ehr.example.org"
-    ]
-    assert allowed_fhir_servers(settings, ClientIdentity(OTHER_ISSUER, "j")) == [
-        "https://default.example.org"
-    ]
+    assert allowed_fhir_servers(settings, ISSUER) == ["https://ehr.example.org"]
+    assert allowed_fhir_servers(settings, OTHER_ISSUER) == ["https://default.example.org"]
     assert allowed_fhir_servers(settings, None) == ["https://default.example.org"]
 
 
