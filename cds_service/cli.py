@@ -48,12 +48,12 @@ def _serve(args: argparse.Namespace) -> int:
 
     from cds_service.app import create_app, preload, warm_up_master, warm_up_worker
     from cds_service.serving import run, serving_options
-    from cds_service.settings import app_settings
+    from cds_service.settings import Settings
 
+    settings = Settings.load()
     preload()  # before the fork: no worker's first call loads models or schemas
     application = create_app()
     warm_up_master(application)  # what calls build lazily, built once for every worker
-    settings = app_settings(application)
     options = serving_options(settings, host=args.host, port=args.port, workers=args.workers)
     options["logconfig_dict"] = operations.gunicorn_log_config(log_format)
     options["child_exit"] = operations.worker_exited
