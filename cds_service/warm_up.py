@@ -10,8 +10,10 @@ of the next call. The warm-up pays that at boot instead: it decides
 ``warm_up_request.json`` (an order-sign call with its whole prefetch and no
 ``fhirServer``, so nothing is fetched) through the same steps as a service call, builds
 its response, and writes its audit record in a transaction that is rolled back (on
-PostgreSQL it only opens the worker's connection). Nothing is answered, recorded,
-counted or logged, and a warm-up that fails only leaves the work to the first call.
+PostgreSQL it only opens the worker's connection), and it creates the call metrics of
+every service at zero (opening the worker's metric files). Nothing is answered,
+recorded, counted or logged, and a warm-up that fails only leaves the work to the first
+call.
 
 The master decides the same call a few times before it forks (``warm_up_master``): what a
 call builds lazily (caches, compiled statements) and the interpreter's specialised
@@ -44,7 +46,11 @@ MASTER_WARM_UP_CALLS = 10
 
 def warm_up_worker(app: Flask) -> None:
     """Decide the built-in call in this process without answering or recording it."""
+    from cds_service.operations import open_call_metrics
+    from hooks import SERVICES
+
     started = time.perf_counter()
+    open_call_metrics(SERVICES)
     if _decide_built_in_call(app, "worker"):
         logger.info("worker warmed up in %.0f ms", (time.perf_counter() - started) * 1000)
 

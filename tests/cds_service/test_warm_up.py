@@ -19,6 +19,7 @@ from cds_service.warm_up import (
     warm_up_request,
     warm_up_worker,
 )
+from hooks import SERVICES
 from tests.conftest import make_app
 from tests.response_validation import validate_cds_response
 
@@ -28,8 +29,22 @@ COVERAGE_INFORMATION = (
 
 
 def _service_metrics() -> list[str]:
-    """The service's own metric samples (not the interpreter's)."""
-    return [line for line in metrics_text().decode().splitlines() if line.startswith("cds_")]
+    """The service's own metric samples (not the interpreter's) that count something:
+    series created at zero count nothing."""
+    return [
+        line
+        for line in metrics_text().decode().splitlines()
+        if line.startswith("cds_") and float(line.rsplit(" ", 1)[1]) != 0
+    ]
+
+
+def test_a_worker_creates_its_call_metrics_at_zero() -> None:
+    """So that its first call does not create them, and every series exists from the start."""
+    warm_up_worker(make_app())
+    lines = metrics_text().decode().splitlines()
+    for service_id in SERVICES:
+        series = f'cds_service_calls_total{{kind="hook",service="{service_id}",status="200"}}'
+        assert any(line.startswith(series) for line in lines), service_id
 
 
 def _row_counts(app: object) -> dict[str, int]:
