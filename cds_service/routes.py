@@ -22,6 +22,7 @@ from cds_service.audit import (
 from cds_service.auth import ClientIdentity, authenticate_client
 from cds_service.decision_page import DECISION_PAGE_PATH
 from cds_service.envelope import parse_hook_request, parse_json_body
+from cds_service.error_pages import error_page, is_people_page
 from cds_service.errors import (
     BadRequest,
     CdsServiceError,
@@ -35,7 +36,6 @@ from cds_service.errors import (
 from cds_service.feedback import parse_feedback, store_feedback
 from cds_service.prefetch import read_context_resources, resolve_prefetch
 from cds_service.rate_limit import charge_verified_client
-from cds_service.serving import error_page, is_people_page
 from cds_service.settings import current_settings
 from hooks import SERVICES, context_validator
 from hooks.request import CoverageProblem, DataUnavailable

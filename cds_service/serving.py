@@ -27,7 +27,7 @@ front as well (``deploy/nginx.conf``); ``serve`` is safe without one.
 
 Errors the HTTP server itself answers (a request line or header too long, malformed
 headers, a bad chunked encoding) are OperationOutcomes too (``ServiceWorker``), except
-on pages meant for people (``PEOPLE_PAGE_PREFIXES``), which get an HTML page when the
+on pages meant for people (``cds_service.error_pages``), which get an HTML page when the
 server got as far as reading the path; when it did not (a request line or header block
 too long), the answer is an OperationOutcome, what every API client expects.
 
@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import html
 import io
 import json
 import logging
@@ -53,6 +52,8 @@ from typing import TYPE_CHECKING, Any
 from gunicorn import util
 from gunicorn.http import errors as http_errors
 from gunicorn.workers.ggevent import GeventWorker
+
+from cds_service.error_pages import error_page, is_people_page
 
 if TYPE_CHECKING:
     from flask import Flask
@@ -322,24 +323,6 @@ def _server_error_answer(exc: BaseException) -> tuple[int, str, str, str]:
         "exception",
         "Internal error; the request was not processed",
     )
-
-
-# Pages meant for people (the documentation app, decision pages): errors are HTML pages.
-PEOPLE_PAGE_PREFIXES = ("/dtr/", "/decisions/")
-
-_ERROR_PAGE = (
-    "<!doctype html><html lang=en><head><meta charset=utf-8><title>{reason}</title></head>"
-    "<body><h1>{reason}</h1><p>{diagnostics}</p></body></html>"
-)
-
-
-def is_people_page(path: str | None) -> bool:
-    return bool(path) and any(str(path).startswith(p) for p in PEOPLE_PAGE_PREFIXES)
-
-
-def error_page(reason: str, diagnostics: str) -> str:
-    """The HTML page an error on a page meant for people is answered with."""
-    return _ERROR_PAGE.format(reason=html.escape(reason), diagnostics=html.escape(diagnostics))
 
 
 def server_error_response(exc: BaseException, path: str | None = None) -> tuple[int, bytes]:

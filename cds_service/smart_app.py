@@ -29,13 +29,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlsplit
 
 import jwt
 import requests
-from authlib.common.errors import AuthlibBaseError
-from authlib.integrations.requests_client import OAuth2Session
 from flask import Blueprint, Response, current_app, redirect, render_template, request
 
 from cds_service.audit import AuditRecord, CallTimings, decision_record, record_service_call
@@ -75,6 +73,9 @@ from cds_service.smart_sessions import (
 from cds_service.store import Store
 from coverage_policy.model import Outcome, Policy, Truth
 from dtr.adaptive import Knowledge, Step
+
+if TYPE_CHECKING:
+    from authlib.integrations.requests_client import OAuth2Session
 
 logger = logging.getLogger(__name__)
 
@@ -302,6 +303,9 @@ def _callback_url() -> str:
 
 
 def _oauth(client: SmartClient, scope: str | None = None) -> OAuth2Session:
+    # Loaded on a worker's first sign-in to the documentation app, not with the service.
+    from authlib.integrations.requests_client import OAuth2Session
+
     options: dict[str, Any] = {}
     if client.client_secret:
         options["client_secret"] = client.client_secret
@@ -542,6 +546,8 @@ def _exchange(client: SmartClient, pending: Mapping[str, Any], code: str) -> dic
     """The token response for ``code`` (the PKCE verifier sent along)."""
     token_endpoint = str(pending["token_endpoint"])
     extra = _client_assertion(client, token_endpoint) if client.private_key else {}
+    from authlib.common.errors import AuthlibBaseError
+
     timeout = _call_limits().call_timeout_s
     try:
         token = _oauth(client).fetch_token(

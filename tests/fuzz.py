@@ -41,7 +41,7 @@ from flask.testing import FlaskClient
 from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
-from cds_service.serving import is_people_page
+from cds_service.error_pages import is_people_page
 from hooks import SERVICES
 from hooks.service import ENCOUNTER_PREFETCH, PATIENT_PREFETCH
 
