@@ -116,6 +116,13 @@ def _sqlite_on_connect_with(synchronous: str) -> Any:
     return on_connect
 
 
+# Rewrites the latest schema version row as it is.
+_WRITE_CHANGING_NOTHING = (
+    "UPDATE schema_version SET version = version"
+    " WHERE version = (SELECT MAX(version) FROM schema_version)"
+)
+
+
 def _sqlite_on_begin(connection: Connection) -> None:
     # Writers take the write lock up front: a deferred transaction that reads and then
     # writes can fail at once with "database is locked" instead of waiting for busy_timeout.
@@ -261,7 +268,11 @@ class Store:
                     warm_up_write(connection, record)
                 finally:
                     transaction.rollback()
-        except SQLAlchemyError as exc:  # the first real write does it instead
+            # A process's first commit (re)starts the write-ahead log: make it here, with
+            # a write that changes nothing.
+            with self.sqlite_write() as driver:
+                driver.execute(_WRITE_CHANGING_NOTHING)
+        except (SQLAlchemyError, sqlite3.Error) as exc:  # the first real write does it instead
             logger.warning("audit write not warmed up: %s", type(exc).__name__)
 
     @contextmanager

@@ -56,6 +56,12 @@ def _row_counts(app: object) -> dict[str, int]:
         }
 
 
+def _schema_versions(app: object) -> list[tuple[object, ...]]:
+    store = app.extensions["cds_store"]  # type: ignore[attr-defined]
+    with store.engine.connect() as connection:
+        return [tuple(row) for row in connection.execute(sa.text("SELECT * FROM schema_version"))]
+
+
 def test_the_built_in_call_is_decided_like_any_call() -> None:
     """Posted as a client would, it gets a coverage decision with its cards: the warm-up
     runs the whole decision path, not an early refusal."""
@@ -85,9 +91,12 @@ def test_the_built_in_call_is_decided_like_any_call() -> None:
 def test_warming_up_records_and_counts_nothing(tmp_path: Path) -> None:
     app = make_app({"DATABASE_URL": f"sqlite:///{tmp_path / 'audit.sqlite3'}"})
     metrics_before = _service_metrics()
+    versions_before = _schema_versions(app)
     warm_up_worker(app)
     warm_up_worker(app)
     assert set(_row_counts(app).values()) == {0}
+    # Its commit (which starts the worker's write-ahead log) rewrites a row as it was.
+    assert _schema_versions(app) == versions_before
     assert _service_metrics() == metrics_before
     # The audit write it rehearsed still works for the first real call.
     response = app.test_client().post(
