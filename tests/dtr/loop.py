@@ -16,6 +16,9 @@ from tests.dtr import conformance
 
 ORDER_SIGN = "/cds-services/infusion-pump-coverage-order-sign"
 SIGNING_DAY = FIXED_NOW.date().isoformat()  # the tests' clock
+# The day the fixtures' orders are drafted: a date answered as this day is on or before
+# the order, as the policy's date questions (face-to-face, lab draws) ask.
+ORDERED_ON = date(2026, 11, 20)
 COVERAGE_INFORMATION = (
     "http://hl7.org/fhir/us/davinci-crd/StructureDefinition/ext-coverage-information"
 )
@@ -100,7 +103,7 @@ def _answer(item: Mapping[str, Any], which: int) -> dict[str, Any]:
     if item["type"] == "boolean":
         return {"valueBoolean": which == 0}
     if item["type"] == "date":
-        return {"valueDate": date.today().isoformat() if which == 0 else "2001-01-01"}
+        return {"valueDate": ORDERED_ON.isoformat() if which == 0 else "2001-01-01"}
     if item["type"] == "decimal":
         return {"valueDecimal": _DECIMALS[item["linkId"]][which]}
     return {"valueCoding": {"code": _CHOICES[item["linkId"]][which]}}
