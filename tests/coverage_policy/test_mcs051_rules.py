@@ -582,6 +582,15 @@ CASES: list[tuple[str, dict[str, Any], Truth]] = [
         },
         UNMET,
     ),
+    # An examination dated after the order is not one within the 6 months before it.
+    (
+        "DME-F2F-ENCOUNTER",
+        {
+            "encounter.f2f_with_orderer_date": None,
+            "doc.face-to-face-within-6-months": date(2026, 11, 21),
+        },
+        UNMET,
+    ),
     # Billing guidance
     ("BILLING-IMPLANTABLE-PUMP", {"episode.pump_kind": "implantable", "order.setting": None}, MET),
     (
