@@ -48,8 +48,14 @@ from cds_service.backend_auth import current_backend_client, payer_scope_require
 from cds_service.errors import BadRequest, Issue
 from cds_service.routes import public_base_url, request_json
 from cds_service.settings import current_settings
-from coverage_policy.engine import evaluate_policy
-from coverage_policy.model import Decision, Policy, RecordedCriterion, RuleKind, Truth
+from coverage_policy.model import (
+    Decision,
+    Policy,
+    PreconditionResult,
+    RecordedCriterion,
+    RuleKind,
+    Truth,
+)
 from dtr.adaptive import (
     QR_CONTEXT,
     FormInputError,
@@ -83,11 +89,11 @@ from dtr.package import (
     read_package_request,
 )
 from fhir_mappings.episodes import find_pump_episodes, parse_draft_orders
-from fhir_mappings.facts import facts_for_episode
+from fhir_mappings.facts import precondition_facts
 from fhir_mappings.record import PatientRecord, build_record
 from hooks.coverage_information import AssertionContext, coverage_information_for
 from hooks.crd_dialect import crd_dialect
-from hooks.decide import CoverageRef, order_facts_of
+from hooks.decide import CoverageRef, EpisodeDecision, decide_episode
 
 logger = logging.getLogger(__name__)
 FHIR_JSON = "application/fhir+json"
@@ -225,10 +231,11 @@ def _decide_sent(
     orders: tuple[Mapping[str, Any], ...],
     referenced: tuple[Mapping[str, Any], ...],
     today: date,
-) -> list[tuple[Decision, tuple[str, ...], dict[str, Any]]]:
-    """The pump episodes among ``orders``, each decided on the orders and the resources
-    sent with them: (decision, order references, order facts). The resources show what
-    they show; what they do not show is unknown, never absent (they are not a record)."""
+) -> list[EpisodeDecision]:
+    """The pump episodes among ``orders``, each decided as order-sign decides it
+    (``decide_episode``) on the orders and the resources sent with them. The resources
+    show what they show; what they do not show is unknown, never absent (they are not a
+    record). An episode a policy precondition stops (the patient died) is refused."""
     bundle = {
         "resourceType": "Bundle",
         "type": "collection",
@@ -246,17 +253,22 @@ def _decide_sent(
         "entry": [{"resource": dict(r)} for r in referenced],
     }
     record = build_record({"referenced": sent}) if referenced else PatientRecord()
+    before_deciding = precondition_facts(policy, record)
     found = []
     for episode in find_pump_episodes(parsed, record, draft):
-        facts = {
-            name: fact
-            for name, fact in facts_for_episode(episode, record, policy, today, None).items()
-            if name.startswith("doc.") or fact.value not in (None, ())
-        }
-        decision = evaluate_policy(policy, facts, today)
-        if decision is not None:
-            references = tuple(o.reference for o in episode.orders)
-            found.append((decision, references, order_facts_of(facts)))
+        decided = decide_episode(
+            episode, record, policy, today, before_deciding=before_deciding, shown_only=True
+        )
+        if isinstance(decided, PreconditionResult):
+            orders_named = ", ".join(o.reference for o in episode.orders)
+            raise BadRequest.single(
+                form_text()["stopped_by_precondition"].format(
+                    orders=orders_named, reason=decided.precondition.text
+                ),
+                "parameter.order",
+            )
+        if decided is not None:
+            found.append(decided)
     return found
 
 
@@ -280,14 +292,19 @@ def _known_for_request(
             "parameter.order",
         )
     candidates = []
-    for decision, refs, order_facts in found:
+    for item in found:
+        refs = tuple(o.reference for o in item.episode.orders)
         # Recorded under an id of its own, which the draft response carries, so the walk
         # knows what the resources showed; not a CRD decision, so never asserted.
         new_id = cast(Callable[[], str], current_app.extensions["cds_new_uuid"])()
-        recorded.append(decision_record(decision, new_id, refs, order_facts))
+        recorded.append(decision_record(item.decision, new_id, refs, item.order_facts))
         candidates.append(
             knowledge_of(
-                decision, orders=refs, order_facts=order_facts, assertion_id=new_id, from_crd=False
+                item.decision,
+                orders=refs,
+                order_facts=item.order_facts,
+                assertion_id=new_id,
+                from_crd=False,
             )
         )
     return candidates

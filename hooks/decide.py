@@ -111,6 +111,41 @@ def _as_of(orders: Iterable[DraftOrder], today: date) -> date:
     return min([*dates, today]) if dates else today
 
 
+def decide_episode(
+    episode: PumpEpisode,
+    record: PatientRecord,
+    policy: Policy,
+    today: date,
+    *,
+    before_deciding: Mapping[str, FactValue],
+    encounter_reference: str | None = None,
+    user_reference: str | None = None,
+    facts_not_retrieved: frozenset[str] = frozenset(),
+    shown_only: bool = False,
+) -> EpisodeDecision | PreconditionResult | None:
+    """One pump episode decided as of its order date: the precondition that stops it
+    (read from ``before_deciding``, ``precondition_facts``), its decision, or None when
+    no rule of the policy applies. ``shown_only``: a fact the record does not show is
+    unknown rather than absent (resources sent along with a request are not a record);
+    what the orders themselves do not say stays said."""
+    as_of = _as_of(episode.orders, today)
+    precondition = check_preconditions(policy, before_deciding, as_of)
+    if precondition is not None:
+        return precondition
+    wanted = facts_that_may_be_read(policy, facts_settled_by_orders(episode), as_of)
+    facts = facts_for_episode(
+        episode, record, policy, as_of, encounter_reference, user_reference, today, wanted
+    )
+    if shown_only:
+        facts = {
+            name: fact
+            for name, fact in facts.items()
+            if name.startswith(("doc.", *ORDER_FACT_PREFIXES)) or fact.value not in (None, ())
+        }
+    decision = evaluate_policy(policy, facts, as_of, facts_not_retrieved)
+    return None if decision is None else EpisodeDecision(episode, decision, order_facts_of(facts))
+
+
 def select_coverage(record: PatientRecord, hook_request: HookRequest) -> CoverageRef | None:
     """The one active Coverage the request carries; a CRD request must carry exactly one.
 
@@ -194,18 +229,20 @@ def deliberate(
     facts_not_retrieved = facts_of_keys(not_retrieved, policy.facts)
     decisions, stopped = [], []
     for episode in episodes:
-        as_of = _as_of(episode.orders, today)
-        precondition = check_preconditions(policy, before_deciding, as_of)
-        if precondition is not None:
-            stopped.append((episode, precondition))
-            continue
-        wanted = facts_that_may_be_read(policy, facts_settled_by_orders(episode), as_of)
-        facts = facts_for_episode(
-            episode, record, policy, as_of, encounter_reference, user_reference, today, wanted
+        decided = decide_episode(
+            episode,
+            record,
+            policy,
+            today,
+            before_deciding=before_deciding,
+            encounter_reference=encounter_reference,
+            user_reference=user_reference,
+            facts_not_retrieved=facts_not_retrieved,
         )
-        decision = evaluate_policy(policy, facts, as_of, facts_not_retrieved)
-        if decision is not None:
-            decisions.append(EpisodeDecision(episode, decision, order_facts_of(facts)))
+        if isinstance(decided, PreconditionResult):
+            stopped.append((episode, decided))
+        elif decided is not None:
+            decisions.append(decided)
     return Deliberation(
         decisions=tuple(decisions),
         stopped=tuple(stopped),
