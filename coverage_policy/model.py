@@ -60,6 +60,9 @@ class FactValue:
 
     value: Any
     evidence: tuple[Evidence, ...] = ()
+    # Stated by a documentation answer where the record does not show it (the item's
+    # ``states``): it decides like the record fact, but is not what the order says.
+    stated: bool = False
 
 
 @dataclass(frozen=True, slots=True)

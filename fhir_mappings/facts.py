@@ -8,6 +8,7 @@ looked for and not found.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from datetime import date
 from functools import cache, partial
 
@@ -234,7 +235,7 @@ def facts_for_episode(
     # What the orderer answered stands in for what the record does not show.
     for name, stated in stated_facts(documentation, as_of).items():
         if had.get(name) is None or had[name].value is None:
-            had[name] = stated
+            had[name] = replace(stated, stated=True)
     return had
 
 

@@ -97,11 +97,12 @@ ORDER_FACT_PREFIXES = ("episode.", "order.")
 
 
 def order_facts_of(facts: Mapping[str, FactValue]) -> dict[str, Any]:
-    """The values of the order facts found (``episode.*``, ``order.*``)."""
+    """The values of the order facts the orders and the record show (``episode.*``,
+    ``order.*``): not those an answer stated, which a later answer may correct."""
     return {
         name: fact.value
         for name, fact in sorted(facts.items())
-        if name.startswith(ORDER_FACT_PREFIXES) and isinstance(fact.value, str)
+        if name.startswith(ORDER_FACT_PREFIXES) and isinstance(fact.value, str) and not fact.stated
     }
 
 
