@@ -49,18 +49,18 @@ def preload() -> None:
 
 
 def create_app(
-    config: Mapping[str, Any] | None = None,
+    config: Mapping[str, Any] | Settings | None = None,
     *,
     clock: Callable[[], datetime] = _utc_now,
     new_uuid: Callable[[], str] = _new_uuid,
     new_page_token: Callable[[], str] = new_decision_page_token,
 ) -> Flask:
-    """Build the service. ``config`` overrides the ``CDS_*`` environment; ``clock``,
-    ``new_uuid`` and ``new_page_token`` are injectable so tests can compare responses
-    exactly."""
+    """Build the service. ``config`` overrides the ``CDS_*`` environment (or is the
+    ``Settings`` already read from it); ``clock``, ``new_uuid`` and ``new_page_token`` are
+    injectable so tests can compare responses exactly."""
     app = Flask(__name__, instance_relative_config=True)
     # Checked and frozen once: every module reads these attributes.
-    settings = Settings.load(config)
+    settings = config if isinstance(config, Settings) else Settings.load(config)
     app.config["CDS"] = settings
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     app.extensions["cds_clock"] = clock

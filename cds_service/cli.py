@@ -42,17 +42,17 @@ def _serve(args: argparse.Namespace) -> int:
     patch_for_cooperative_io()
 
     from cds_service import operations
+    from cds_service.settings import Settings
 
-    log_format = operations.configure_logging()
+    settings = Settings.load()  # read and checked once, for the server and the app
+    log_format = operations.configure_logging(settings)
     operations.prepare_multiprocess_metrics()  # before the app creates its metrics
 
     from cds_service.app import create_app, preload, warm_up_master, warm_up_worker
     from cds_service.serving import run, serving_options
-    from cds_service.settings import Settings
 
-    settings = Settings.load()
     preload()  # before the fork: no worker's first call loads models or schemas
-    application = create_app()
+    application = create_app(settings)
     warm_up_master(application)  # what calls build lazily, built once for every worker
     options = serving_options(settings, host=args.host, port=args.port, workers=args.workers)
     options["logconfig_dict"] = operations.gunicorn_log_config(log_format)

@@ -13,14 +13,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Literal, cast
+from typing import Any, Literal, cast
 
 from flask import Flask, current_app
 
 from cds_service.config import load_settings
-
-if TYPE_CHECKING:
-    from cds_service.fhir_client import FhirQueryLimits
+from cds_service.fhir_client import FhirQueryLimits
 
 # Per client: {"jwks": ..., "jwks_url": ..., ...} as the configuration spells it.
 Registrations = Mapping[str, Mapping[str, Any]]
@@ -71,9 +69,6 @@ class Settings:
     fhir_limits: FhirQueryLimits = field(init=False)
 
     def __post_init__(self) -> None:
-        # Imported here: ``serve`` reads its settings before it loads the request path.
-        from cds_service.fhir_client import FhirQueryLimits
-
         limits = FhirQueryLimits(
             deadline_s=self.fhir_deadline_s,
             call_timeout_s=self.fhir_call_timeout_s,
