@@ -154,6 +154,16 @@ class DocumentationItem:
     unit: str | None = None  # UCUM unit of a decimal answer
     states: tuple[str, ...] = ()  # record facts the answer stands in for (fhir_mappings)
 
+    def decimal_answer(self, value: Any, unit: Any = None) -> float | int | None:
+        """The amount a decimal answer gives: a number, not negative, in the item's unit
+        (a quantity in another unit, or with a unit this item has none for, gives none).
+        One rule for the DTR forms and for answers read from the record."""
+        if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
+            return None
+        if unit is not None and unit != self.unit:
+            return None
+        return value
+
 
 @dataclass(frozen=True, slots=True)
 class Alternative:

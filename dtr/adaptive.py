@@ -165,11 +165,14 @@ def _answer_value(item: DocumentationItem, policy: Policy, answer: Any, where: s
         wanted = "a valueCoding from " + ", ".join(sorted(codes))
     elif item.answer_type == "decimal":
         quantity = answer.get("valueQuantity")
-        value = answer.get("valueDecimal", answer.get("valueInteger"))
-        if value is None and isinstance(quantity, Mapping):
-            value = quantity.get("value")
-        if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
-            return value
+        if isinstance(quantity, Mapping):
+            amount = item.decimal_answer(
+                quantity.get("value"), quantity.get("code") or quantity.get("unit")
+            )
+        else:
+            amount = item.decimal_answer(answer.get("valueDecimal", answer.get("valueInteger")))
+        if amount is not None:
+            return amount
         wanted = f"a valueDecimal in {item.unit}" if item.unit else "a valueDecimal"
     else:
         raw = answer.get("valueDate")

@@ -25,18 +25,20 @@ def _items(items: Any) -> Iterator[Any]:
             yield from _items(answer.item)
 
 
-def _answer_value(answer: Any, answer_type: str) -> Any:
-    if answer_type == "boolean":
+def _answer_value(answer: Any, item: DocumentationItem) -> Any:
+    if item.answer_type == "boolean":
         return answer.valueBoolean
-    if answer_type == "choice":
+    if item.answer_type == "choice":
         return getattr(answer.valueCoding, "code", None) or answer.valueString
-    if answer_type == "date":
+    if item.answer_type == "date":
         return as_date(answer.valueDate or answer.valueDateTime)
-    if answer_type == "decimal":
+    if item.answer_type == "decimal":
         quantity = answer.valueQuantity
-        for value in (answer.valueDecimal, answer.valueInteger, quantity and quantity.value):
-            if isinstance(value, int | float) and not isinstance(value, bool):
-                return value
+        if quantity is not None:
+            return item.decimal_answer(quantity.value, quantity.code or quantity.unit)
+        for value in (answer.valueDecimal, answer.valueInteger):
+            if value is not None:
+                return item.decimal_answer(value)
     return None
 
 
@@ -94,7 +96,7 @@ def documentation_facts(
             spec = items.get(item.linkId)
             if spec is None or not item.answer:
                 continue
-            value = _answer_value(item.answer[0], spec.answer_type)
+            value = _answer_value(item.answer[0], spec)
             if value is None:
                 continue
             known = latest.get(spec.id)
