@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from functools import cache
@@ -344,50 +344,20 @@ def _insert_audit_rows_driver(
     """Insert the rows with the SQLite driver's own cursor (the caller's transaction)."""
     inserts = _driver_inserts(dialect)
     cursor = driver.cursor()
+
+    def insert_one(table: str, row: Mapping[str, Any]) -> int:
+        cursor.execute(inserts[table].sql, inserts[table].values(row))
+        if cursor.lastrowid is None:
+            raise sqlite3.DatabaseError("an audit row was inserted without a row id")
+        return cursor.lastrowid
+
+    def insert_many(table: str, many: list[dict[str, Any]]) -> None:
+        cursor.executemany(inserts[table].sql, [inserts[table].values(row) for row in many])
+
     try:
-        cursor.execute(inserts["call"].sql, inserts["call"].values(rows.call))
-        call_id = _inserted_id(cursor)
-        decision_ids: list[int] = []
-        for row, criteria in rows.decisions:
-            cursor.execute(
-                inserts["decision"].sql, inserts["decision"].values({**row, "call_id": call_id})
-            )
-            decision_id = _inserted_id(cursor)
-            decision_ids.append(decision_id)
-            if criteria:
-                insert = inserts["criteria"]
-                cursor.executemany(
-                    insert.sql, [insert.values({**c, "decision_id": decision_id}) for c in criteria]
-                )
-        if rows.decision_page_token is not None:
-            cursor.execute(
-                inserts["page"].sql,
-                inserts["page"].values({"token": rows.decision_page_token, "call_id": call_id}),
-            )
-        if rows.cards:
-            insert = inserts["cards"]
-            cursor.executemany(
-                insert.sql,
-                [
-                    insert.values(
-                        {
-                            **row,
-                            "call_id": call_id,
-                            "decision_id": None if position is None else decision_ids[position],
-                        }
-                    )
-                    for position, row in rows.cards
-                ],
-            )
+        return _write_rows(rows, insert_one, insert_many)
     finally:
         cursor.close()
-    return call_id
-
-
-def _inserted_id(cursor: sqlite3.Cursor) -> int:
-    if cursor.lastrowid is None:
-        raise sqlite3.DatabaseError("an audit row was inserted without a row id")
-    return cursor.lastrowid
 
 
 def _insert_audit_rows(connection: Connection, rows: _AuditRows) -> int:
@@ -397,23 +367,44 @@ def _insert_audit_rows(connection: Connection, rows: _AuditRows) -> int:
     return _insert_audit_rows_sqlalchemy(connection, rows)
 
 
+_INSERTS = {
+    "call": _INSERT_CALL,
+    "decision": _INSERT_DECISION,
+    "criteria": _INSERT_CRITERIA,
+    "cards": _INSERT_CARDS,
+    "page": _INSERT_DECISION_PAGE,
+}
+
+
 def _insert_audit_rows_sqlalchemy(connection: Connection, rows: _AuditRows) -> int:
-    call_id = connection.execute(_INSERT_CALL, rows.call).scalar_one()
+    def insert_one(table: str, row: Mapping[str, Any]) -> int:
+        return int(connection.execute(_INSERTS[table], dict(row)).scalar_one())
+
+    def insert_many(table: str, many: list[dict[str, Any]]) -> None:
+        connection.execute(_INSERTS[table], many)
+
+    return _write_rows(rows, insert_one, insert_many)
+
+
+def _write_rows(
+    rows: _AuditRows,
+    insert_one: Callable[[str, Mapping[str, Any]], int],
+    insert_many: Callable[[str, list[dict[str, Any]]], None],
+) -> int:
+    """The audit write, whatever executes it: the call, each decision with its criteria,
+    the decision page, the cards (each with its decision's new id); the call's id."""
+    call_id = insert_one("call", rows.call)
     decision_ids: list[int] = []
     for row, criteria in rows.decisions:
-        decision_id = connection.execute(_INSERT_DECISION, {**row, "call_id": call_id}).scalar_one()
+        decision_id = insert_one("decision", {**row, "call_id": call_id})
         decision_ids.append(decision_id)
         if criteria:
-            connection.execute(
-                _INSERT_CRITERIA, [{**c, "decision_id": decision_id} for c in criteria]
-            )
+            insert_many("criteria", [{**c, "decision_id": decision_id} for c in criteria])
     if rows.decision_page_token is not None:
-        connection.execute(
-            _INSERT_DECISION_PAGE, {"token": rows.decision_page_token, "call_id": call_id}
-        )
+        insert_many("page", [{"token": rows.decision_page_token, "call_id": call_id}])
     if rows.cards:
-        connection.execute(
-            _INSERT_CARDS,
+        insert_many(
+            "cards",
             [
                 {
                     **row,
@@ -423,7 +414,7 @@ def _insert_audit_rows_sqlalchemy(connection: Connection, rows: _AuditRows) -> i
                 for position, row in rows.cards
             ],
         )
-    return int(call_id)
+    return call_id
 
 
 def warm_up_write(connection: Connection, record: AuditRecord | None = None) -> None:
@@ -431,7 +422,7 @@ def warm_up_write(connection: Connection, record: AuditRecord | None = None) -> 
     the caller rolls back), so their compiled forms are cached before the first call:
     the statements of ``record``, else of a made-up record that has them all."""
     if record is not None:
-        _insert_audit_rows(connection, _audit_rows(record))
+        write_audit_record(connection, record)
         return
     now = datetime.now(UTC)
     record = AuditRecord(
@@ -458,7 +449,7 @@ def warm_up_write(connection: Connection, record: AuditRecord | None = None) -> 
         ),
         cards=(CardRecord("warm-up", "coverage", "info", (), 0),),
     )
-    _insert_audit_rows(connection, _audit_rows(record))
+    write_audit_record(connection, record)
 
 
 def write_audit_record(connection: Connection, record: AuditRecord) -> int:
