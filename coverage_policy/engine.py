@@ -256,8 +256,7 @@ class _Evaluator:
 
     def rule(self, rule: Rule) -> RuleResult:
         truth = self.logic(rule.decides, [])
-        deciding = _of_tree("criteria", rule.decides)
-        results = tuple(self.criterion(cid, cid in deciding) for cid in rule.criteria)
+        results = tuple(self.criterion(cid, cid in rule.deciding) for cid in rule.criteria)
         needs = self.needs(rule.decides) if truth is _UNKNOWN else None
         if isinstance(needs, str):
             needs = Needs("all", (needs,))
@@ -286,13 +285,6 @@ OUTCOME_OF_TRUTH = {
 _SEVERITY = {Outcome.COVERED: 0, Outcome.CONDITIONAL: 1, Outcome.NOT_COVERED: 2}
 
 
-def _criteria_in(node: Mapping[str, Any]) -> set[str]:
-    if "criterion" in node:
-        return {node["criterion"]}
-    children = node.get("all") or node.get("any") or ([node["not"]] if "not" in node else [])
-    return set().union(*(_criteria_in(child) for child in children)) if children else set()
-
-
 def _doc_leaves(node: Mapping[str, Any]) -> list[Mapping[str, Any]]:
     if "fact" in node:
         return [node] if node["fact"].startswith("doc.") else []
@@ -300,27 +292,6 @@ def _doc_leaves(node: Mapping[str, Any]) -> list[Mapping[str, Any]]:
         return _doc_leaves(node["answer"]) + _doc_leaves(node["record"])
     children = node.get("all") or node.get("any") or ([node["not"]] if "not" in node else [])
     return [leaf for child in children for leaf in _doc_leaves(child)]
-
-
-# The criteria and the facts of each logic tree, by the tree's identity (policies are
-# immutable once loaded; the tree is kept alongside so an id is never taken for another's).
-_OF_TREE: dict[tuple[str, int], tuple[Mapping[str, Any], frozenset[str]]] = {}
-
-
-def _of_tree(what: str, node: Mapping[str, Any]) -> frozenset[str]:
-    known = _OF_TREE.get((what, id(node)))
-    if known is None or known[0] is not node:
-        found = _criteria_in(node) if what == "criteria" else _facts_in(node)
-        known = (node, frozenset(found))
-        _OF_TREE[(what, id(node))] = known
-    return known[1]
-
-
-def _facts_in(node: Mapping[str, Any]) -> set[str]:
-    if "fact" in node:
-        return {node["fact"]}
-    children = node.get("all") or node.get("any") or ([node["not"]] if "not" in node else [])
-    return set().union(*(_facts_in(child) for child in children)) if children else set()
 
 
 # ``facts_that_may_be_read`` by policy, order date and known values: a few order kinds
@@ -360,7 +331,7 @@ def _facts_that_may_be_read(policy: Policy, known: Facts, as_of: date) -> frozen
             continue
         if evaluator.logic(rule.applies_when, []) is _UNMET:
             continue
-        read |= _of_tree("facts", rule.applies_when)
+        read |= rule.scope_facts
         for criterion_id in rule.criteria:
             read |= set(policy.criteria[criterion_id].facts)
     return frozenset(read)

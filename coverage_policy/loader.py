@@ -329,6 +329,8 @@ def _rule(r: Mapping[str, Any]) -> Rule:
         messages=dict(r["messages"]),
         alternatives=tuple(r.get("alternatives", ())),
         effective=_period(r.get("effective")),
+        deciding=frozenset(n["criterion"] for n in logic_nodes(r["decides"]) if "criterion" in n),
+        scope_facts=frozenset(n["fact"] for n in logic_nodes(r["applies_when"]) if "fact" in n),
     )
 
 

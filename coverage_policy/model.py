@@ -114,6 +114,8 @@ class Rule:
     messages: dict[str, str]
     alternatives: tuple[str, ...] = ()
     effective: Period = field(default_factory=Period)
+    deciding: frozenset[str] = frozenset()  # the criteria ``decides`` combines
+    scope_facts: frozenset[str] = frozenset()  # the facts ``applies_when`` reads
 
 
 @dataclass(frozen=True, slots=True)

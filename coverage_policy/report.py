@@ -170,7 +170,7 @@ def _is_compound(node: Mapping[str, Any]) -> bool:
 
 def _criterion_entry(policy: Policy, rule: Rule, criterion_id: str) -> CriterionEntry:
     criterion = policy.criteria[criterion_id]
-    deciding = {n["criterion"] for n in logic_nodes(rule.decides) if "criterion" in n}
+    deciding = rule.deciding
     facts = tuple(
         Named(name, str(policy.facts.get(name, {}).get("description", "")))
         for name in criterion.facts
