@@ -3,7 +3,7 @@
 Every service call (and feedback call) carries ``Authorization: Bearer <JWT>`` signed by
 the EHR. ``authenticate_client`` accepts it only when all of these hold:
 
-- header: ``alg`` is ES384 or RS384, or ES256 or RS256 (see ``ALLOWED_ALGORITHMS``);
+- header: ``alg`` is RS384 or ES384, or RS256 or ES256 (see ``ALLOWED_ALGORITHMS``);
   ``typ`` is ``JWT``; ``kid`` names a key of the issuer's JWK Set;
 - ``iss`` is a trusted issuer (``CDS_TRUSTED_ISSUERS``); the ``kid`` is looked up in the
   JWK Set at the token's ``jku`` when that exact URL is on the issuer's ``jku`` list, then
@@ -53,8 +53,10 @@ logger = logging.getLogger(__name__)
 # ES384 and RS384 are what CDS Hooks recommends. ES256 and RS256 are accepted too: they
 # are strong (128-bit security), are what many EHR key stores and SMART backend clients
 # use, and nothing in CDS Hooks forbids them; only "none" and symmetric (HMAC) algorithms
-# are, and those never get here.
-ALLOWED_ALGORITHMS = ("ES384", "RS384", "ES256", "RS256")
+# are, and those never get here. The one list for every JWT the service verifies (service
+# calls, backend-services client assertions, the documentation app's id_token), in the
+# order SMART lists them (the token endpoint advertises it so).
+ALLOWED_ALGORITHMS = ("RS384", "ES384", "RS256", "ES256")
 # The key type (and curve) each algorithm must be verified with.
 _KEY_TYPES = {
     "ES384": ("EC", "P-384"),
@@ -174,7 +176,7 @@ def install_client_authentication(app: Flask) -> None:
     app.extensions.setdefault("cds_jwks_cache", JwksCache())
 
 
-def _is_number(value: Any) -> bool:
+def is_number(value: Any) -> bool:
     """A JSON number (RFC 7519 NumericDate); PyJWT also lets numeric strings through."""
     return isinstance(value, int | float) and not isinstance(value, bool)
 
@@ -281,7 +283,7 @@ def verify_client_token(
         )
     except jwt.PyJWTError as exc:
         raise ClientAuthenticationFailed(f"token rejected: {type(exc).__name__}") from None
-    if not all(_is_number(claims[name]) for name in ("iat", "exp")):
+    if not all(is_number(claims[name]) for name in ("iat", "exp")):
         raise ClientAuthenticationFailed("iat or exp is not a number")
     if claims["iat"] > current + CLOCK_SKEW_S:
         raise ClientAuthenticationFailed("iat in the future")
@@ -314,10 +316,13 @@ def _signing_key(
     return verification_key(found, algorithm)
 
 
-def verification_key(found: Mapping[str, Any], algorithm: str) -> jwt.PyJWK:
+def verification_key(found: Mapping[str, Any], algorithm: object) -> jwt.PyJWK:
     """A public JWK as the key that verifies ``algorithm``, or ``ClientAuthenticationFailed``
-    saying why it cannot: a secret or private key, a key of another type or curve (or
-    declared for another ``alg``), or one PyJWT cannot use."""
+    saying why it cannot: an algorithm not in ``ALLOWED_ALGORITHMS`` (``algorithm`` may be
+    any value a JWT header holds), a secret or private key, a key of another type or curve
+    (or declared for another ``alg``), or one PyJWT cannot use."""
+    if not isinstance(algorithm, str) or algorithm not in ALLOWED_ALGORITHMS:
+        raise ClientAuthenticationFailed(f"algorithm {algorithm!r} not accepted")
     if found.get("kty") == "oct" or "d" in found:
         raise ClientAuthenticationFailed("JWKS holds a secret or private key")
     if (
@@ -360,35 +365,38 @@ def _find_issuer_key(
     unreachable: ClientAuthenticationFailed | None = None
     for url in urls:
         try:
-            found = _find_key_at(url, kid, jwks_cache, interval)
+            found = find_key_at(url, kid, jwks_cache, interval)
         except ClientAuthenticationFailed as failure:  # the configured keys may still have it
             unreachable = failure
             continue
         if found is not None:
             return found
     if isinstance(inline, Mapping):
-        found = _find_key(inline, kid)
+        found = find_key(inline, kid)
         if found is not None:
             return found
     if isinstance(jwks_url, str) and jwks_url not in urls:
-        return _find_key_at(jwks_url, kid, jwks_cache, interval)
+        return find_key_at(jwks_url, kid, jwks_cache, interval)
     if unreachable is not None:
         raise unreachable
     return None
 
 
-def _find_key_at(
+def find_key_at(
     url: str, kid: str, jwks_cache: JwksCache, interval: float
 ) -> Mapping[str, Any] | None:
-    """The key ``kid`` of the JWK Set at ``url``, refreshing the cached set once if absent."""
-    found = _find_key(jwks_cache.keys(url, refresh=False, refresh_interval_s=interval), kid)
+    """The key ``kid`` of the JWK Set at ``url`` (``jwks_cache``), the set re-fetched once,
+    at most every ``interval`` seconds, when it is absent (perhaps a new key); raises
+    ``ClientAuthenticationFailed`` when the set cannot be had."""
+    found = find_key(jwks_cache.keys(url, refresh=False, refresh_interval_s=interval), kid)
     if found is None:
         jwks = jwks_cache.keys(url, refresh=True, refresh_interval_s=interval)
-        found = _find_key(jwks, kid)
+        found = find_key(jwks, kid)
     return found
 
 
-def _find_key(jwks: Mapping[str, Any], kid: str) -> Mapping[str, Any] | None:
+def find_key(jwks: Mapping[str, Any], kid: str) -> Mapping[str, Any] | None:
+    """The signing key (``use`` absent or ``sig``) named ``kid`` in the JWK Set ``jwks``."""
     for key in jwks.get("keys") or []:
         if isinstance(key, Mapping) and key.get("kid") == kid and key.get("use", "sig") == "sig":
             return key

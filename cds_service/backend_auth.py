@@ -86,7 +86,15 @@ import sqlalchemy as sa
 from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
 from sqlalchemy.exc import SQLAlchemyError
 
-from cds_service.auth import CLOCK_SKEW_S, JwksCache, verification_key
+from cds_service.auth import (
+    ALLOWED_ALGORITHMS,
+    CLOCK_SKEW_S,
+    JwksCache,
+    find_key,
+    find_key_at,
+    is_number,
+    verification_key,
+)
 from cds_service.errors import (
     ClientAuthenticationFailed,
     ServiceUnavailable,
@@ -114,8 +122,6 @@ MAX_SCOPE_CHARS = 2048
 MAX_TOKEN_CHARS = 256
 # What DTR clients ask for (DTR 2.0.1 spells them in lower case; compared without case).
 PAYER_SCOPES = ("system/Questionnaire.rs", "system/ValueSet.rs", "system/Library.rs")
-# The algorithms accepted (as for service calls: ``auth.verification_key``), SMART's first.
-SIGNING_ALGORITHMS = ("RS384", "ES384", "RS256", "ES256")
 FHIR_JSON = "application/fhir+json"
 CLOCK = "cds_backend_auth_clock"  # app.extensions: epoch seconds, wall-clock time
 
@@ -133,9 +139,9 @@ class BackendClient:
 
 def install_backend_auth(app: Flask) -> None:
     """Add the token endpoint and the SMART configuration to ``app``, and the sweep of
-    expired tokens to its retention sweeper (when it has one)."""
+    expired tokens to its retention sweeper (when it has one). Clients' ``jwks_url`` sets
+    are read through the JWKS cache ``auth.install_client_authentication`` gave ``app``."""
     app.extensions.setdefault(CLOCK, time.time)
-    app.extensions.setdefault("cds_jwks_cache", JwksCache())
     app.register_blueprint(blueprint)
     sweeper = app.extensions.get("cds_retention")
     if sweeper is not None:
@@ -169,7 +175,7 @@ def smart_configuration() -> Response:
             "token_endpoint": token_endpoint_url(),
             "grant_types_supported": ["client_credentials"],
             "token_endpoint_auth_methods_supported": ["private_key_jwt"],
-            "token_endpoint_auth_signing_alg_values_supported": list(SIGNING_ALGORITHMS),
+            "token_endpoint_auth_signing_alg_values_supported": list(ALLOWED_ALGORITHMS),
             "scopes_supported": list(PAYER_SCOPES),
             "capabilities": ["client-confidential-asymmetric", "permission-v1", "permission-v2"],
         }
@@ -305,10 +311,6 @@ def _unverified_issuer(assertion: str) -> Any:
         return None
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
 def _verify_client_assertion(form: Mapping[str, str], token_url: str, now: float) -> str:
     """The id of the client whose assertion passes every rule of the module docstring."""
     assertion = form["client_assertion"]
@@ -318,9 +320,9 @@ def _verify_client_assertion(form: Mapping[str, str], token_url: str, now: float
     except jwt.PyJWTError as exc:
         raise _refused("client_assertion is not a signed JWT", type(exc).__name__) from None
     algorithm = header.get("alg")
-    if algorithm not in SIGNING_ALGORITHMS:
+    if algorithm not in ALLOWED_ALGORITHMS:
         raise _refused(
-            "client_assertion must be signed with one of " + ", ".join(SIGNING_ALGORITHMS),
+            "client_assertion must be signed with one of " + ", ".join(ALLOWED_ALGORITHMS),
             f"algorithm {_shown(algorithm)} not accepted",
         )
     if "typ" in header and str(header["typ"]).upper() != "JWT":
@@ -383,14 +385,14 @@ def _verify_client_assertion(form: Mapping[str, str], token_url: str, now: float
 
 def _check_times(claims: Mapping[str, Any], now: float) -> None:
     expires = claims["exp"]
-    if not _is_number(expires):
+    if not is_number(expires):
         raise _refused("The client_assertion exp must be a number (seconds since the epoch)")
     if expires <= now - CLOCK_SKEW_S:
         raise _refused("The client_assertion has expired")
     if expires > now + MAX_ASSERTION_LIFETIME_S + CLOCK_SKEW_S:
         raise _refused("The client_assertion exp must be at most five minutes ahead")
     for name in ("iat", "nbf"):
-        if name in claims and (not _is_number(claims[name]) or claims[name] > now + CLOCK_SKEW_S):
+        if name in claims and (not is_number(claims[name]) or claims[name] > now + CLOCK_SKEW_S):
             raise _refused(f"The client_assertion {name} must be a time not in the future")
 
 
@@ -399,15 +401,13 @@ def _client_key(entry: Mapping[str, Any], kid: str, algorithm: str) -> jwt.PyJWK
     found = None
     inline = entry.get("jwks")
     if isinstance(inline, Mapping):
-        found = _find_key(inline, kid)
+        found = find_key(inline, kid)
     url = entry.get("jwks_url")
     if found is None and isinstance(url, str):
         cache: JwksCache = current_app.extensions["cds_jwks_cache"]
         interval = current_settings().jwks_refresh_interval_s
         try:
-            found = _find_key(cache.keys(url, refresh=False, refresh_interval_s=interval), kid)
-            if found is None:  # perhaps a new key: the set is re-fetched at a limited rate
-                found = _find_key(cache.keys(url, refresh=True, refresh_interval_s=interval), kid)
+            found = find_key_at(url, kid, cache, interval)
         except ClientAuthenticationFailed as failure:
             raise _refused("The client's JWK Set could not be fetched", str(failure)) from None
     if found is None:
@@ -418,13 +418,6 @@ def _client_key(entry: Mapping[str, Any], kid: str, algorithm: str) -> jwt.PyJWK
         raise _refused(
             "The client's key with this kid cannot verify the client_assertion", str(failure)
         ) from None
-
-
-def _find_key(jwks: Mapping[str, Any], kid: str) -> Mapping[str, Any] | None:
-    for key in jwks.get("keys") or []:
-        if isinstance(key, Mapping) and key.get("kid") == kid and key.get("use", "sig") == "sig":
-            return key
-    return None
 
 
 # -- the tokens in the shared database ---------------------------------------------------

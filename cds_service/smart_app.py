@@ -5,8 +5,10 @@
   its ``.well-known/smart-configuration`` is read, and the browser is sent to its
   authorization endpoint (authorization code flow, PKCE S256, ``state``, ``nonce``).
 - ``GET /dtr/callback``: ``state`` checked (once: a replayed callback is refused), the
-  code exchanged for the user's token (authlib), the ``id_token`` verified (its
-  signature, audience and ``nonce``), and the session kept server-side
+  code exchanged for the user's token (authlib), the ``id_token`` verified
+  (``_verify_id_token``: its signature by the EHR's ``jwks_uri`` through the service's
+  JWKS cache, algorithm and key as for service calls, ``iss``, ``aud``, expiry and
+  ``nonce``), and the session kept server-side
   (``cds_service.smart_sessions``); the browser gets an opaque HttpOnly cookie only.
 - ``GET``/``POST /dtr/form``: the documentation form, ``GET /dtr/done``: the new decision
   (``cds_service.smart_form``); ``GET /dtr/.well-known/jwks.json``: the public keys of
@@ -37,8 +39,9 @@ import requests
 from flask import Blueprint, Response, current_app, redirect, render_template, request
 
 from cds_service.audit import AuditRecord, CallTimings, decision_record, record_service_call
+from cds_service.auth import CLOCK_SKEW_S, JwksCache, find_key_at, verification_key
 from cds_service.dtr_routes import completed_coverage_information, served_forms
-from cds_service.errors import FhirQueryFailed
+from cds_service.errors import ClientAuthenticationFailed, FhirQueryFailed
 from cds_service.fhir_client import (
     FhirQueryLimits,
     allowed_fhir_servers,
@@ -348,40 +351,85 @@ def _client_assertion(client: SmartClient, token_endpoint: str) -> dict[str, str
     }
 
 
+def _id_token_key(jwks_uri: str, kid: Any) -> Mapping[str, Any] | None:
+    """The EHR's signing key ``kid`` (a header without ``kid``: the set's only signing key),
+    read through the service's JWKS cache (``auth.JwksCache``: fetched with a timeout,
+    cached, re-fetched at a limited rate when a ``kid`` is new to it); None when the set
+    has no such key. Raises ``ClientAuthenticationFailed`` when the set cannot be read."""
+    cache: JwksCache = current_app.extensions["cds_jwks_cache"]
+    interval = current_settings().jwks_refresh_interval_s
+    if isinstance(kid, str) and kid:
+        return find_key_at(jwks_uri, kid, cache, interval)
+    if kid is not None:
+        return None
+    jwks = cache.keys(jwks_uri, refresh=False, refresh_interval_s=interval)
+    signing = [
+        k for k in jwks.get("keys") or [] if isinstance(k, Mapping) and k.get("use", "sig") == "sig"
+    ]
+    return signing[0] if len(signing) == 1 else None
+
+
 def _verify_id_token(
-    id_token: str, client: SmartClient, config: Mapping[str, Any], nonce: str
+    id_token: str, client: SmartClient, pending: Mapping[str, Any]
 ) -> dict[str, Any]:
-    """The id_token's claims, once its signature (the EHR's JWKS), audience, expiry and
-    nonce are checked."""
+    """The id_token's claims, once checked as OpenID Connect Core 3.1.3.7 asks: signed by
+    a key of the EHR's ``jwks_uri`` with an algorithm of ``auth.ALLOWED_ALGORITHMS`` that
+    the key is for (``auth.verification_key``), ``iss`` the EHR's issuer (its SMART
+    configuration's ``issuer``, else the ``iss`` it launched with), ``aud`` (and ``azp``,
+    when sent) our ``client_id``, unexpired, and the ``nonce`` of this launch."""
     refused = SmartAppError(
         401,
         "Sign-in not accepted",
         "The EHR's sign-in answer could not be verified. Open the app again from the EHR.",
     )
-    jwks_uri = config.get("jwks_uri")
+    jwks_uri, issuer, nonce = (pending.get(name) for name in ("jwks_uri", "issuer", "nonce"))
     if not isinstance(jwks_uri, str) or not _contactable(jwks_uri, client):
+        logger.warning("documentation app: the EHR names no usable jwks_uri")
         raise refused
-    keys = _get_json(jwks_uri, "signing keys")
+    if not isinstance(issuer, str) or not issuer or not isinstance(nonce, str) or not nonce:
+        raise refused
     try:
         header = jwt.get_unverified_header(id_token)
-        candidates = [
-            k
-            for k in keys.get("keys") or []
-            if isinstance(k, dict) and (header.get("kid") is None or k.get("kid") == header["kid"])
-        ]
-        if not candidates or header.get("alg") in (None, "none") or header["alg"].startswith("HS"):
-            raise refused
-        key = jwt.PyJWK.from_dict(candidates[0], algorithm=header["alg"])
+    except jwt.PyJWTError:
+        logger.info("documentation app: id_token refused (not a signed JWT)")
+        raise refused from None
+    try:
+        found = _id_token_key(jwks_uri, header.get("kid"))
+    except ClientAuthenticationFailed as failure:
+        logger.warning("documentation app: the EHR's signing keys: %s", failure)
+        raise SmartAppError(
+            502,
+            "The EHR could not be reached",
+            "The EHR's signing keys could not be read, so its sign-in answer could not be "
+            "verified. Try again; if it keeps failing, tell the EHR's support team.",
+        ) from None
+    if found is None:
+        logger.info("documentation app: id_token refused (no key of the EHR has its kid)")
+        raise refused
+    try:
+        key = verification_key(found, header.get("alg"))
         claims = jwt.decode(
             id_token,
             key.key,
-            algorithms=[header["alg"]],
+            algorithms=[key.algorithm_name],
             audience=client.client_id,
+            issuer=issuer,
+            leeway=CLOCK_SKEW_S,
             options={"require": ["exp", "iat", "aud", "iss", "sub"]},
         )
-    except (jwt.PyJWTError, ValueError, KeyError, TypeError):
+    except ClientAuthenticationFailed as failure:
+        logger.info("documentation app: id_token refused (%s)", failure)
         raise refused from None
-    if not secrets.compare_digest(str(claims.get("nonce", "")), nonce):
+    except jwt.PyJWTError as exc:
+        logger.info("documentation app: id_token refused (%s)", type(exc).__name__)
+        raise refused from None
+    if "azp" in claims and claims["azp"] != client.client_id:
+        logger.info("documentation app: id_token refused (azp is another client)")
+        raise refused
+    if not isinstance(claims.get("nonce"), str) or not secrets.compare_digest(
+        claims["nonce"], nonce
+    ):
+        logger.info("documentation app: id_token refused (nonce)")
         raise refused
     return claims
 
@@ -440,6 +488,9 @@ def launch() -> Response:
     config = _smart_configuration(client)
     scope = _scope(client, config)
     state, verifier, nonce = (secrets.token_urlsafe(32) for _ in range(3))
+    # What the callback checks the id_token against (the configuration is not read again):
+    # OpenID Connect's issuer, which SMART servers with sso-openid-connect name.
+    issuer = config.get("issuer")
     url, _ = _oauth(client, scope).create_authorization_url(
         config["authorization_endpoint"],
         state=state,
@@ -458,6 +509,8 @@ def launch() -> Response:
             "nonce": nonce,
             "scope": scope,
             "token_endpoint": config["token_endpoint"],
+            "jwks_uri": config.get("jwks_uri"),
+            "issuer": issuer if isinstance(issuer, str) and issuer else client.issuer,
         },
         _now(),
     )
@@ -513,8 +566,7 @@ def callback() -> Response:
             raise SmartAppError(
                 401, "Sign-in not accepted", "The EHR sent no identity for the user."
             )
-        config = _smart_configuration(client)
-        claims = _verify_id_token(id_token, client, config, str(pending["nonce"]))
+        claims = _verify_id_token(id_token, client, pending)
     access_token = token.get("access_token")
     if not isinstance(access_token, str) or not access_token:
         raise SmartAppError(502, "Sign-in failed", "The EHR sent no access token.")

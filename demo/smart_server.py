@@ -10,7 +10,9 @@ It plays the EHR's side of a SMART App Launch 2.x EHR launch:
   launch context registered by ``new_launch``;
 - ``/token``: the code exchanged (PKCE verifier checked, public or secret client) for a
   random access token, answered with ``patient``, ``fhirContext``, ``appContext`` and an
-  RS256 ``id_token`` (``fhirUser``, ``nonce``) whose key ``/jwks`` publishes;
+  RS256 ``id_token`` (``iss`` its ``issuer``, ``aud`` the client, ``fhirUser``, ``nonce``)
+  whose key ``/jwks`` publishes (tests may make it wrong: ``id_token_claims`` and
+  ``id_token_header`` are laid over the right ones, and it is still signed RS256);
 - ``[base]/fhir/...``: the FHIR server behind, reached only with a token this server
   issued (401 otherwise), forwarded with the FHIR server's own token; addresses in its
   answers are rewritten to ``[base]/fhir``.
@@ -136,6 +138,13 @@ class SmartAuthorizationServer:
     scopes_supported: list[str] | None = None
     auto_consent: bool = False  # allow every request without showing the consent page
     key: Any = field(default_factory=lambda: rsa.generate_private_key(65537, 2048))
+    # The OpenID Connect issuer its configuration names and its id_tokens carry (None: its
+    # FHIR base, ``iss``); ``advertise_issuer`` False leaves it out of the configuration.
+    oidc_issuer: str | None = None
+    advertise_issuer: bool = True
+    # What a test lays over the id_token's claims and header (a value None: left out).
+    id_token_claims: dict[str, Any] = field(default_factory=dict)
+    id_token_header: dict[str, Any] = field(default_factory=dict)
 
     @property
     def iss(self) -> str:
@@ -171,6 +180,25 @@ class SmartAuthorizationServer:
 def _jwk(server: SmartAuthorizationServer) -> dict[str, Any]:
     public = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(server.key.public_key()))
     return {**public, "kid": "test-key", "alg": "RS256", "use": "sig"}
+
+
+def _b64(value: bytes) -> str:
+    import base64
+
+    return base64.urlsafe_b64encode(value).rstrip(b"=").decode("ascii")
+
+
+def _id_token(server: SmartAuthorizationServer, claims: dict[str, Any]) -> str:
+    """``claims`` signed RS256 with the server's key, the test's overrides laid over
+    them and over the header (whatever ``alg`` the header then says)."""
+    header = {"alg": "RS256", "typ": "JWT", "kid": "test-key", **server.id_token_header}
+    payload = {**claims, **server.id_token_claims}
+    signing_input = ".".join(
+        _b64(json.dumps({k: v for k, v in part.items() if v is not None}).encode("utf-8"))
+        for part in (header, payload)
+    )
+    signer = jwt.algorithms.RSAAlgorithm(jwt.algorithms.RSAAlgorithm.SHA256)
+    return f"{signing_input}.{_b64(signer.sign(signing_input.encode('ascii'), server.key))}"
 
 
 def build_app(server: SmartAuthorizationServer) -> Flask:
@@ -251,9 +279,10 @@ def build_app(server: SmartAuthorizationServer) -> Flask:
             if launch.get("appContext") is not None:
                 token["appContext"] = launch["appContext"]
             now = int(time.time())
-            token["id_token"] = jwt.encode(
+            token["id_token"] = _id_token(
+                server,
                 {
-                    "iss": server.iss,
+                    "iss": server.oidc_issuer or server.iss,  # the configuration's issuer
                     "sub": code.user,
                     "aud": code.client_id,
                     "iat": now,
@@ -261,9 +290,6 @@ def build_app(server: SmartAuthorizationServer) -> Flask:
                     "nonce": code.nonce,
                     "fhirUser": launch.get("fhirUser", code.user),
                 },
-                server.key,
-                algorithm="RS256",
-                headers={"kid": "test-key"},
             )
             server.tokens[token["access_token"]] = {
                 "scope": code.scope,
@@ -278,9 +304,10 @@ def build_app(server: SmartAuthorizationServer) -> Flask:
 
     @app.get("/fhir/.well-known/smart-configuration")
     def smart_configuration() -> Response:
+        issuer = {"issuer": server.oidc_issuer or server.iss} if server.advertise_issuer else {}
         return jsonify(
             {
-                "issuer": server.iss,
+                **issuer,
                 "authorization_endpoint": f"{server.base}/authorize",
                 "token_endpoint": f"{server.base}/token",
                 "jwks_uri": f"{server.base}/jwks",

@@ -14,7 +14,7 @@ from urllib.parse import parse_qs, urlsplit
 import jwt
 import pytest
 import requests
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from flask import Flask
 from flask.testing import FlaskClient
 
@@ -387,3 +387,118 @@ def test_over_https_the_session_cookie_is_secure_and_survives_an_embedding_frame
     policy = client.get("/dtr/launch").headers["Content-Security-Policy"]
     assert "frame-ancestors http://127.0.0.1:" in policy
     assert "https://ehr.example.org" in policy
+
+
+def _sign_in(client: FlaskClient, ehr: SmartAuthorizationServer) -> Any:
+    """A launch, the user allowing it at the EHR, and the app's answer to the callback."""
+    query = _launch(client, ehr)
+    return client.get("/dtr/callback", query_string=_consent(ehr, query, "allow"))
+
+
+def test_the_callback_reads_neither_the_configuration_again_nor_the_keys_each_time(
+    client: FlaskClient, ehr: SmartAuthorizationServer
+) -> None:
+    for _ in range(2):
+        assert _sign_in(client, ehr).status_code == 303
+    paths = [s["path"] for s in ehr.seen if s["method"] == "GET"]
+    # One read of the configuration per launch, none at the callback; the keys once.
+    assert paths.count("/fhir/.well-known/smart-configuration?") == 2
+    assert paths.count("/jwks?") == 1
+
+
+def test_an_id_token_without_kid_is_verified_with_the_ehrs_only_key(
+    client: FlaskClient, ehr: SmartAuthorizationServer
+) -> None:
+    ehr.id_token_header = {"kid": None}
+    assert _sign_in(client, ehr).status_code == 303
+
+
+def _refused_sign_in(app: Flask, client: FlaskClient, ehr: SmartAuthorizationServer) -> None:
+    answer = _sign_in(client, ehr)
+    assert answer.status_code == 401, answer.get_data(as_text=True)
+    assert answer.mimetype == "text/html"
+    assert b"Sign-in not accepted" in answer.data
+    assert b"could not be verified" in answer.data
+    assert "Location" not in answer.headers
+    assert ehr.tokens  # the code was exchanged: the refusal is the app's own
+    with app.app_context():
+        session = load_session(
+            app.extensions["cds_store"],
+            client.get_cookie(COOKIE, path="/dtr/").value,
+            app.extensions["cds_clock"](),
+        )
+    assert session is None or "access_token" not in session.data
+    assert client.get("/dtr/form").status_code == 401
+
+
+@pytest.mark.parametrize(
+    "claims",
+    [
+        {"iss": "https://attacker.example.org/fhir"},
+        {"iss": "ISSUER/"},  # OIDC: the issuer exactly, not a URL like it
+        {"iss": None},
+        {"iss": ["ISSUER"]},
+        {"aud": "another-app"},
+        {"aud": None},
+        {"azp": "another-app"},
+        {"nonce": "not-this-launch"},
+        {"nonce": None},
+        {"exp": 1_000_000_000, "iat": 999_999_000},
+        {"sub": None},
+    ],
+    ids=lambda claims: ",".join(f"{k}={v}" for k, v in claims.items()),
+)
+def test_an_id_token_with_a_wrong_claim_is_refused_with_a_sign_in_error_page(
+    app: Flask, client: FlaskClient, ehr: SmartAuthorizationServer, claims: dict[str, Any]
+) -> None:
+    ehr.id_token_claims = json.loads(json.dumps(claims).replace("ISSUER", ehr.iss))
+    _refused_sign_in(app, client, ehr)
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        {"alg": 5},
+        {"alg": ["RS256"]},
+        {"alg": None},
+        {"alg": "none"},
+        {"alg": "HS256"},  # the EHR's public key used as an HMAC secret
+        {"alg": "RS512"},  # a strong algorithm, but not one the service accepts
+        {"alg": "ES256"},  # the EHR's key is an RSA key for RS256
+        {"alg": "ES384"},
+        {"kid": "another-key"},
+        {"kid": 5},
+    ],
+    ids=lambda header: ",".join(f"{k}={v}" for k, v in header.items()),
+)
+def test_an_id_token_with_an_algorithm_or_key_it_cannot_be_verified_with_is_refused(
+    app: Flask, client: FlaskClient, ehr: SmartAuthorizationServer, header: dict[str, Any]
+) -> None:
+    ehr.id_token_header = header
+    _refused_sign_in(app, client, ehr)
+
+
+def test_an_id_token_signed_by_another_key_than_the_published_one_is_refused(
+    app: Flask, client: FlaskClient, ehr: SmartAuthorizationServer
+) -> None:
+    assert _sign_in(client, ehr).status_code == 303  # the EHR's published key, now cached
+    ehr.key = rsa.generate_private_key(65537, 2048)  # signs under the same kid from now on
+    _refused_sign_in(app, client, ehr)
+
+
+def test_the_id_token_iss_is_the_issuer_the_ehrs_configuration_names(
+    app: Flask, client: FlaskClient, ehr: SmartAuthorizationServer
+) -> None:
+    ehr.oidc_issuer = f"{ehr.base}/oidc"  # not its FHIR base, as with many EHRs
+    assert _sign_in(client, ehr).status_code == 303
+    ehr.id_token_claims = {"iss": ehr.iss}  # the launch's iss is not the OIDC issuer
+    _refused_sign_in(app, client, ehr)
+
+
+def test_without_an_issuer_in_the_configuration_the_id_token_iss_is_the_launchs_iss(
+    app: Flask, client: FlaskClient, ehr: SmartAuthorizationServer
+) -> None:
+    ehr.advertise_issuer = False
+    assert _sign_in(client, ehr).status_code == 303
+    ehr.id_token_claims = {"iss": f"{ehr.base}/oidc"}
+    _refused_sign_in(app, client, ehr)

@@ -378,3 +378,34 @@ def test_an_unknown_issuer_gets_an_error_page_in_the_browser(
         assert page.url.startswith(service)  # no redirect anywhere
     finally:
         page.close()
+
+
+@pytest.mark.parametrize(
+    ("claims", "header"),
+    [({"iss": "https://attacker.example.org/fhir"}, {}), ({}, {"alg": 5})],
+    ids=["another-issuer", "alg-not-a-string"],
+)
+def test_an_id_token_that_does_not_verify_shows_a_sign_in_error_page_and_saves_nothing(
+    browser: Any, world: tuple[Ehr, str], claims: dict[str, Any], header: dict[str, Any]
+) -> None:
+    ehr, service = world
+    patient = f"nobody-{uuid.uuid4()}"
+    page = browser.new_page()
+    ehr.auth.id_token_claims, ehr.auth.id_token_header = claims, header
+    try:
+        launch = ehr.auth.new_launch({"patient": patient, "fhirContext": ["DeviceRequest/x"]})
+        page.goto(ehr.auth.launch_url(service, launch))
+        page.wait_for_selector("#allow")
+        with page.expect_response(lambda r: "/dtr/callback" in r.url) as callback:
+            _tab_to(page, "#allow")
+            page.keyboard.press("Enter")
+        response = callback.value
+        page.wait_for_selector("#error")
+        assert response.status == 401
+        assert page.title().startswith("Sign-in not accepted")
+        assert "could not be verified" in page.inner_text("#error")
+        assert page.url.startswith(f"{service}/dtr/callback")  # not sent on to the form
+    finally:
+        ehr.auth.id_token_claims, ehr.auth.id_token_header = {}, {}
+        page.close()
+    assert _ours(ehr, patient)[1] == []
