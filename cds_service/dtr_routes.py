@@ -310,8 +310,7 @@ def questionnaire_package() -> Response:
         raise BadRequest.single(
             "The Coverage needs an id to be named in the response's context", "parameter.coverage"
         )
-    patient = (asked.coverage.get("beneficiary") or {}).get("reference")
-    patient = patient if isinstance(patient, str) else None
+    patient = (asked.coverage.get("beneficiary") or {}).get("reference") or None
     order_refs = {ref for ref in (_reference(o) for o in asked.orders) if ref}
     wanted: list[tuple[str, Knowledge | None, tuple[str, ...]]] = []  # rule, knowledge, orders
     recorded: list[DecisionRecord] = []

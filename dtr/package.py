@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from dtr.adaptive import FormInputError, FormProblem
+from dtr.adaptive import FormInputError, FormProblem, check_response_shape, listed
 
 RESPONSE_PARAMETER_NAMES = ("questionnaire-response", "questionnaire-response-in")
 ERROR_PARAMETER_NAMES = ("outcome", "operationOutcome")
@@ -90,6 +90,23 @@ ORDER_TYPES = (
 )
 
 
+def _coverage(resource: Mapping[str, Any], where: str) -> Mapping[str, Any]:
+    """The Coverage, its ``beneficiary`` (read for the response's subject) a Reference."""
+    beneficiary = resource.get("beneficiary")
+    if beneficiary is not None and not (
+        isinstance(beneficiary, Mapping) and isinstance(beneficiary.get("reference", ""), str)
+    ):
+        raise FormInputError(
+            [
+                FormProblem(
+                    "the Coverage's 'beneficiary' must be a Reference",
+                    f"{where}.resource.beneficiary",
+                )
+            ]
+        )
+    return resource
+
+
 def read_package_request(body: Any) -> PackageRequest:
     """The inputs of ``$questionnaire-package`` (DTR dtr-qpackage-input-parameters)."""
     coverage: list[Mapping[str, Any]] = []
@@ -101,7 +118,7 @@ def read_package_request(body: Any) -> PackageRequest:
     for parameter, where in _parameters(body):
         name = parameter["name"]
         if name == "coverage":
-            coverage.append(_resource(parameter, where, ("Coverage",)))
+            coverage.append(_coverage(_resource(parameter, where, ("Coverage",)), where))
         elif name == "order":
             orders.append(_resource(parameter, where, ORDER_TYPES))
         elif name == "referenced":
@@ -135,10 +152,13 @@ def read_package_request(body: Any) -> PackageRequest:
 def read_next_question_request(body: Any) -> Mapping[str, Any]:
     """The QuestionnaireResponse of a ``$next-question`` call (in Parameters, or bare)."""
     if isinstance(body, Mapping) and body.get("resourceType") == "QuestionnaireResponse":
+        check_response_shape(body)
         return body
     for parameter, where in _parameters(body):
         if parameter["name"] in RESPONSE_PARAMETER_NAMES:
-            return _resource(parameter, where, ("QuestionnaireResponse",))
+            response = _resource(parameter, where, ("QuestionnaireResponse",))
+            check_response_shape(response)
+            return response
     raise FormInputError(
         [
             FormProblem(
@@ -157,7 +177,9 @@ def read_logged_errors(body: Any) -> tuple[list[str], list[Mapping[str, Any]]]:
         if parameter["name"] == "questionnaire":
             canonicals.append(_string(parameter, where, "valueCanonical", "valueUri"))
         elif parameter["name"] in ERROR_PARAMETER_NAMES:
-            outcomes.append(_resource(parameter, where, ("OperationOutcome",)))
+            logged = _resource(parameter, where, ("OperationOutcome",))
+            listed(logged.get("issue"), f"{where}.resource.issue")
+            outcomes.append(logged)
     if not canonicals or not outcomes:
         raise FormInputError(
             [
