@@ -437,16 +437,11 @@ def response_resource(
         policy,
         form,
         patient=patient,
-        coverage=known.coverage or "",
+        coverage=known.coverage,
         orders=known.orders,
         assertion_id=known.assertion_id,
         authored=authored.isoformat(),
     )
-    response["extension"] = [
-        e
-        for e in response["extension"]
-        if not (isinstance(e.get("valueReference"), dict) and not e["valueReference"]["reference"])
-    ]
     if coverage_information is not None:
         response["extension"].append(dict(coverage_information))
     response["meta"] = {"profile": [DTR_QR_PROFILE]}

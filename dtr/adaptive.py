@@ -364,14 +364,14 @@ def initial_response(
     form: Mapping[str, Any],
     *,
     patient: str | None,
-    coverage: str,
+    coverage: str | None,
     orders: tuple[str, ...],
     assertion_id: str | None,
     authored: str,
 ) -> dict[str, Any]:
     """The package's draft QuestionnaireResponse: what ``$next-question`` needs to go on
     (DTR oper-18): the adaptive form contained with no questions yet, the orders and the
-    Coverage as ``qr-context``, ``intendedUse``, and the coverage-assertion-id."""
+    Coverage (when known) as ``qr-context``, ``intendedUse``, and the coverage-assertion-id."""
     canonical = f"{form['url']}|{form['version']}"
     contained = {
         "resourceType": "Questionnaire",
@@ -388,6 +388,7 @@ def initial_response(
     extensions: list[dict[str, Any]] = [
         {"url": QR_CONTEXT, "valueReference": {"reference": reference}}
         for reference in (*orders, coverage)
+        if reference is not None
     ]
     extensions.append(
         {

@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 
 from coverage_policy.loader import load_policy
 from coverage_policy.model import FactValue, Outcome, Policy, RecordedCriterion, Rule, Truth
-from dtr.adaptive import Knowledge, Step, read_answers, step
-from dtr.forms import form_items, indication_rules, requirements_with
+from dtr.adaptive import QR_CONTEXT, Knowledge, Step, initial_response, read_answers, step
+from dtr.forms import form_items, indication_rules, requirements_with, rule_form
 
 POLICY = load_policy()
 AS_OF = date(2026, 11, 20)
@@ -198,3 +198,19 @@ def test_no_question_asked_is_already_decided(rule: Rule, data: st.DataObject) -
             favourable = data.draw(st.booleans(), label=item.id)
             answers[f"doc.{item.id}"] = FactValue(_value(item.id, favourable))
     raise AssertionError("the walk did not end")
+
+
+def test_a_draft_response_without_a_coverage_names_only_the_orders() -> None:
+    rule = indication_rules(POLICY)[0]
+    form = rule_form(POLICY, rule, "http://payer.example/fhir/Questionnaire")
+    response = initial_response(
+        POLICY,
+        form,
+        patient="Patient/p",
+        coverage=None,
+        orders=("DeviceRequest/d",),
+        assertion_id=None,
+        authored="2026-11-28T15:00:00+00:00",
+    )
+    contexts = [e["valueReference"] for e in response["extension"] if e["url"] == QR_CONTEXT]
+    assert contexts == [{"reference": "DeviceRequest/d"}]
