@@ -70,7 +70,7 @@ from dtr.forms import (
     indication_rules,
     requirements_with,
     rule_for_canonical,
-    rule_forms,
+    rule_form,
     valueset_canonical,
 )
 from dtr.package import (
@@ -122,15 +122,16 @@ def served_forms() -> dict[str, dict[str, Any]]:
     (built once per base URL: behind a proxy there is one)."""
     cache = current_app.extensions.setdefault("cds_dtr_forms", {})
     base = _next_question_base()
-    if base not in cache:
+    forms = cache.get(base)  # read once: another request may clear the cache meanwhile
+    if forms is None:
+        policy, publisher = _policy(), current_settings().payer_name
+        forms = {
+            rule.id: rule_form(policy, rule, base, publisher) for rule in indication_rules(policy)
+        }
         if len(cache) >= 4:  # Host headers are the client's: never let them grow this
             cache.clear()
-        publisher = current_settings().payer_name
-        forms = rule_forms(_policy(), base, publisher)
-        cache[base] = {
-            rule.id: form for rule, form in zip(indication_rules(_policy()), forms, strict=True)
-        }
-    return cast(dict[str, dict[str, Any]], cache[base])
+        cache[base] = forms
+    return cast(dict[str, dict[str, Any]], forms)
 
 
 def _audit(

@@ -330,3 +330,23 @@ def test_an_operation_read_with_get_is_a_405_not_a_missing_questionnaire(
     assert reply.status_code == 405
     assert reply.headers["Allow"] == "POST"
     assert reply.get_json()["issue"][0]["code"] == "not-supported"
+
+
+class _ClearedAfterLookup(dict[str, Any]):
+    """A forms cache that another request clears right after this one found its base URL
+    in it."""
+
+    def __contains__(self, key: object) -> bool:
+        found = super().__contains__(key)
+        self.clear()
+        return found
+
+
+def test_forms_are_served_while_another_request_clears_their_cache() -> None:
+    app = make_app()
+    client = app.test_client()
+    assert client.get("/fhir/Questionnaire").status_code == 200
+    app.extensions["cds_dtr_forms"] = _ClearedAfterLookup(app.extensions["cds_dtr_forms"])
+    reply = client.get("/fhir/Questionnaire")
+    assert reply.status_code == 200, reply.get_data(as_text=True)
+    assert reply.get_json()["total"] > 20
