@@ -125,8 +125,10 @@ def served_forms() -> dict[str, dict[str, Any]]:
     forms = cache.get(base)  # read once: another request may clear the cache meanwhile
     if forms is None:
         policy, publisher = _policy(), current_settings().payer_name
+        as_of = policy.effective.start or _now().date()
         forms = {
-            rule.id: rule_form(policy, rule, base, publisher) for rule in indication_rules(policy)
+            rule.id: rule_form(policy, rule, base, as_of, publisher)
+            for rule in indication_rules(policy)
         }
         if len(cache) >= 4:  # Host headers are the client's: never let them grow this
             cache.clear()

@@ -152,12 +152,16 @@ def _narrative(rule: Rule, items: tuple[DocumentationItem, ...]) -> dict[str, st
 
 
 def rule_form(
-    policy: Policy, rule: Rule, next_question_base: str, publisher: str | None = None
+    policy: Policy,
+    rule: Rule,
+    next_question_base: str,
+    as_of: date,
+    publisher: str | None = None,
 ) -> dict[str, Any]:
     """The adaptive Questionnaire of one indication rule, as ``$questionnaire-package``
-    and ``Questionnaire/<id>`` serve it."""
+    and ``Questionnaire/<id>`` serve it; its narrative lists the questions it may ask on
+    ``as_of``."""
     url, _, version = rule_questionnaire_canonical(policy, rule.id).partition("|")
-    as_of = policy.effective.start or date.today()
     form = questionnaire_resource(
         policy,
         form_id=rule_questionnaire_id(policy, rule.id),

@@ -26,7 +26,6 @@ class PackageRequest:
     referenced: tuple[Mapping[str, Any], ...]
     questionnaires: tuple[str, ...]
     context: str | None
-    changed_since: str | None
 
 
 def _parameters(body: Any) -> list[tuple[Mapping[str, Any], str]]:
@@ -114,7 +113,6 @@ def read_package_request(body: Any) -> PackageRequest:
     referenced: list[Mapping[str, Any]] = []
     questionnaires: list[str] = []
     context: str | None = None
-    changed_since: str | None = None
     for parameter, where in _parameters(body):
         name = parameter["name"]
         if name == "coverage":
@@ -129,8 +127,9 @@ def read_package_request(body: Any) -> PackageRequest:
             )
         elif name == "context":
             context = _string(parameter, where, "valueString", "valueId")
-        elif name == "changedsince":
-            changed_since = _string(parameter, where, "valueInstant", "valueDateTime")
+        # 'changedsince' (DTR allows it: only forms changed since then) is accepted and
+        # not read: the forms are generated from the policy each time, so the whole
+        # package is always a correct answer.
     if len(coverage) != 1:
         raise FormInputError(
             [FormProblem("Exactly one 'coverage' Coverage is required", "Parameters.parameter")]
@@ -145,7 +144,7 @@ def read_package_request(body: Any) -> PackageRequest:
             ]
         )
     return PackageRequest(
-        coverage[0], tuple(orders), tuple(referenced), tuple(questionnaires), context, changed_since
+        coverage[0], tuple(orders), tuple(referenced), tuple(questionnaires), context
     )
 
 

@@ -21,8 +21,10 @@ from tests.dtr import conformance
 from tests.dtr.loop import (
     COVERAGE_INFORMATION,
     coverage_extensions,
+    coverage_of,
     favourable,
     next_question,
+    orders_of,
     package,
     part,
     sign,
@@ -350,3 +352,26 @@ def test_forms_are_served_while_another_request_clears_their_cache() -> None:
     reply = client.get("/fhir/Questionnaire")
     assert reply.status_code == 200, reply.get_data(as_text=True)
     assert reply.get_json()["total"] > 20
+
+
+def test_a_package_asked_for_forms_changed_since_a_time_is_the_whole_package(
+    client: FlaskClient,
+) -> None:
+    """DTR allows 'changedsince'; the forms are generated each time, so all are sent."""
+    body = json.loads(
+        (FIXTURES / "order-sign__eip-csii-insulin-lispro__conditional.json").read_text()
+    )
+    whole = package(client, body, None).get_json()
+    asked = {
+        "resourceType": "Parameters",
+        "parameter": [
+            {"name": "coverage", "resource": coverage_of(body)},
+            *({"name": "order", "resource": o} for o in orders_of(body)),
+            {"name": "changedsince", "valueDateTime": "2026-01-01T00:00:00Z"},
+        ],
+    }
+    reply = client.post("/fhir/Questionnaire/$questionnaire-package", json=asked)
+    assert reply.status_code == 200, reply.get_json()
+    forms = [b["resource"]["entry"][0]["resource"]["url"] for b in reply.get_json()["parameter"]]
+    assert forms
+    assert forms == [b["resource"]["entry"][0]["resource"]["url"] for b in whole["parameter"]]
