@@ -322,7 +322,7 @@ _FORM_LISTS = ("derivedFrom", "item", "extension")
 def contained_form(response: Mapping[str, Any]) -> Mapping[str, Any] | None:
     """The adaptive Questionnaire a response's ``questionnaire`` (``#id``) points at.
     Raises ``FormInputError`` if ``contained``, or the form's ``derivedFrom``, ``item``
-    or ``extension``, is not a list."""
+    or ``extension``, is not a list, or a question of the form has no string ``linkId``."""
     contained = listed(response.get("contained"), "QuestionnaireResponse.contained")
     target = response.get("questionnaire")
     if not isinstance(target, str) or not target.startswith("#"):
@@ -333,8 +333,14 @@ def contained_form(response: Mapping[str, Any]) -> Mapping[str, Any] | None:
             and resource.get("resourceType") == "Questionnaire"
             and resource.get("id") == target[1:]
         ):
+            where = f"QuestionnaireResponse.contained[{index}]"
             for name in _FORM_LISTS:
-                listed(resource.get(name), f"QuestionnaireResponse.contained[{index}].{name}")
+                listed(resource.get(name), f"{where}.{name}")
+            for position, item in enumerate(resource.get("item") or []):
+                if not isinstance(item, Mapping) or not isinstance(item.get("linkId"), str):
+                    raise FormInputError(
+                        [FormProblem("a question needs a linkId", f"{where}.item[{position}]")]
+                    )
             return resource
     return None
 
