@@ -21,6 +21,7 @@ from cds_service.rate_limit import install_rate_limits
 from cds_service.replay import ReplayCache
 from cds_service.routes import blueprint
 from cds_service.settings import Settings
+from cds_service.smart_sessions import install_session_sweep
 from cds_service.store import open_store
 from cds_service.warm_up import warm_up_master, warm_up_worker
 from coverage_policy.loader import load_policy
@@ -90,6 +91,7 @@ def create_app(
     install_rate_limits(app)
     # After the operations: the retention sweep also drops expired DTR client tokens.
     install_backend_auth(app)
+    install_session_sweep(app)  # the documentation app's expired sessions too
     if not settings.auth_required:
         logger.warning("CDS_AUTH=optional: unsigned service calls are accepted")
     return app

@@ -76,7 +76,7 @@ from dtr.forms import (
     indication_rules,
     requirements_with,
     rule_for_canonical,
-    rule_forms,
+    rule_form,
     valueset_canonical,
 )
 from dtr.package import (
@@ -128,15 +128,18 @@ def served_forms() -> dict[str, dict[str, Any]]:
     (built once per base URL: behind a proxy there is one)."""
     cache = current_app.extensions.setdefault("cds_dtr_forms", {})
     base = _next_question_base()
-    if base not in cache:
+    forms = cache.get(base)  # read once: another request may clear the cache meanwhile
+    if forms is None:
+        policy, publisher = _policy(), current_settings().payer_name
+        as_of = policy.effective.start or _now().date()
+        forms = {
+            rule.id: rule_form(policy, rule, base, as_of, publisher)
+            for rule in indication_rules(policy)
+        }
         if len(cache) >= 4:  # Host headers are the client's: never let them grow this
             cache.clear()
-        publisher = current_settings().payer_name
-        forms = rule_forms(_policy(), base, publisher)
-        cache[base] = {
-            rule.id: form for rule, form in zip(indication_rules(_policy()), forms, strict=True)
-        }
-    return cast(dict[str, dict[str, Any]], cache[base])
+        cache[base] = forms
+    return cast(dict[str, dict[str, Any]], forms)
 
 
 def _audit(
@@ -327,8 +330,7 @@ def questionnaire_package() -> Response:
         raise BadRequest.single(
             "The Coverage needs an id to be named in the response's context", "parameter.coverage"
         )
-    patient = (asked.coverage.get("beneficiary") or {}).get("reference")
-    patient = patient if isinstance(patient, str) else None
+    patient = (asked.coverage.get("beneficiary") or {}).get("reference") or None
     order_refs = {ref for ref in (_reference(o) for o in asked.orders) if ref}
     wanted: list[tuple[str, Knowledge | None, tuple[str, ...]]] = []  # rule, knowledge, orders
     recorded: list[DecisionRecord] = []

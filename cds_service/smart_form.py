@@ -260,8 +260,9 @@ def _decide_on_record(
 ) -> Opened:
     patient_id = context.patient.partition("/")[2] if context.patient else None
     if patient_id is None:
-        subject = (orders[0].get("subject") or {}).get("reference", "")
-        match = _REFERENCE.fullmatch(subject) if isinstance(subject, str) else None
+        subject = orders[0].get("subject")
+        reference = subject.get("reference") if isinstance(subject, Mapping) else None
+        match = _REFERENCE.fullmatch(reference) if isinstance(reference, str) else None
         patient_id = match.group(2) if match and match.group(1) == "Patient" else None
     if patient_id is None:
         raise FormUnavailable(400, "No patient", "The EHR launched the app without a patient.")
@@ -436,16 +437,11 @@ def response_resource(
         policy,
         form,
         patient=patient,
-        coverage=known.coverage or "",
+        coverage=known.coverage,
         orders=known.orders,
         assertion_id=known.assertion_id,
         authored=authored.isoformat(),
     )
-    response["extension"] = [
-        e
-        for e in response["extension"]
-        if not (isinstance(e.get("valueReference"), dict) and not e["valueReference"]["reference"])
-    ]
     if coverage_information is not None:
         response["extension"].append(dict(coverage_information))
     response["meta"] = {"profile": [DTR_QR_PROFILE]}

@@ -5,11 +5,13 @@ by the id's SHA-256, holds the rest: while the user signs in, the ``state``, the
 verifier and the ``nonce``; after the callback, the access token, its launch context and
 the form's progress. Every replica reads the same rows, so any of them can answer the
 next page. A session ends at its expiry (the token's, at most ``SESSION_TTL_S``); expired
-rows are removed whenever a new session starts.
+rows (they hold the user's EHR access token) are removed whenever a new session starts
+and by the audit retention sweep (``install_session_sweep``).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import secrets
 from dataclasses import dataclass, field
@@ -17,6 +19,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
+from flask import Flask
 
 from cds_service.store import Store
 from cds_service.tables import smart_app_session
@@ -39,13 +42,31 @@ class AppSession:
     expires_at: datetime
 
 
+def purge_expired_sessions(store: Store, now: datetime) -> int:
+    """Remove the sessions that expired before ``now``; how many were removed."""
+    with store.transaction() as connection:
+        deleted = connection.execute(
+            smart_app_session.delete().where(smart_app_session.c.expires_at < now)
+        )
+        return int(deleted.rowcount)
+
+
+def install_session_sweep(app: Flask) -> None:
+    """Add the removal of expired sessions to ``app``'s retention sweeper (if it has one)."""
+    sweeper = app.extensions.get("cds_retention")
+    if sweeper is not None:
+        sweeper.expiring.append(
+            functools.partial(purge_expired_sessions, app.extensions["cds_store"])
+        )
+
+
 def new_session(store: Store, data: dict[str, Any], now: datetime) -> AppSession:
     """A new session for a sign-in in progress; expired sessions are removed."""
     session = AppSession(
         secrets.token_urlsafe(32), data, now + timedelta(seconds=AUTHORIZING_TTL_S)
     )
+    purge_expired_sessions(store, now)
     with store.transaction() as connection:
-        connection.execute(smart_app_session.delete().where(smart_app_session.c.expires_at < now))
         connection.execute(
             smart_app_session.insert().values(
                 id=_key(session.id), created_at=now, expires_at=session.expires_at, data=data

@@ -25,6 +25,7 @@ Everything it saw is kept (``seen``) so tests can check what the app sent.
 
 from __future__ import annotations
 
+import html
 import json
 import secrets
 import threading
@@ -313,7 +314,11 @@ def build_app(server: SmartAuthorizationServer) -> Flask:
                 "jwks_uri": f"{server.base}/jwks",
                 "grant_types_supported": ["authorization_code"],
                 "code_challenge_methods_supported": ["S256"],
-                "token_endpoint_auth_methods_supported": ["client_secret_basic", "none"],
+                "token_endpoint_auth_methods_supported": [
+                    "private_key_jwt",
+                    "client_secret_basic",
+                    "none",
+                ],
                 "scopes_supported": server.scopes_supported
                 or [
                     "launch",
@@ -326,6 +331,7 @@ def build_app(server: SmartAuthorizationServer) -> Flask:
                     "launch-ehr",
                     "client-public",
                     "client-confidential-symmetric",
+                    "client-confidential-asymmetric",
                     "context-ehr-patient",
                     "sso-openid-connect",
                     "permission-v2",
@@ -346,7 +352,7 @@ def build_app(server: SmartAuthorizationServer) -> Flask:
         if server.auto_consent:
             return oauth.create_authorization_response(grant_user=user, grant=grant)
         if request.method == "GET":
-            return CONSENT_PAGE.format(scope=request.args.get("scope", ""))
+            return CONSENT_PAGE.format(scope=html.escape(request.args.get("scope", "")))
         allowed = request.form.get("decision") == "allow"
         return oauth.create_authorization_response(
             grant_user=user if allowed else None, grant=grant

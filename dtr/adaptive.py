@@ -131,6 +131,16 @@ class Step:
 # -- reading answers --------------------------------------------------------------------
 
 
+def listed(value: Any, where: str) -> list[Any]:
+    """A repeating element's entries ([] when absent); anything but a JSON array is a
+    ``FormInputError`` naming ``where``."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise FormInputError([FormProblem(f"'{where.rpartition('.')[2]}' must be a list", where)])
+    return value
+
+
 def _walk_items(items: Any, path: str) -> Iterator[tuple[Mapping[str, Any], str]]:
     if items is None:
         return
@@ -142,7 +152,7 @@ def _walk_items(items: Any, path: str) -> Iterator[tuple[Mapping[str, Any], str]
             raise FormInputError([FormProblem("an item must be an object", where)])
         yield item, where
         yield from _walk_items(item.get("item"), f"{where}.item")
-        for a_index, answer in enumerate(item.get("answer") or []):
+        for a_index, answer in enumerate(listed(item.get("answer"), f"{where}.answer")):
             if isinstance(answer, Mapping):
                 yield from _walk_items(answer.get("item"), f"{where}.answer[{a_index}].item")
 
@@ -308,27 +318,54 @@ def step(policy: Policy, knowledge: Knowledge, answers: Mapping[str, FactValue])
 # -- the QuestionnaireResponse ------------------------------------------------------------
 
 
+# The repeating elements of the contained form the payer reads.
+_FORM_LISTS = ("derivedFrom", "item", "extension")
+
+
 def contained_form(response: Mapping[str, Any]) -> Mapping[str, Any] | None:
-    """The adaptive Questionnaire a response's ``questionnaire`` (``#id``) points at."""
+    """The adaptive Questionnaire a response's ``questionnaire`` (``#id``) points at.
+    Raises ``FormInputError`` if ``contained``, or the form's ``derivedFrom``, ``item``
+    or ``extension``, is not a list, or a question of the form has no string ``linkId``."""
+    contained = listed(response.get("contained"), "QuestionnaireResponse.contained")
     target = response.get("questionnaire")
     if not isinstance(target, str) or not target.startswith("#"):
         return None
-    for resource in response.get("contained") or []:
+    for index, resource in enumerate(contained):
         if (
             isinstance(resource, Mapping)
             and resource.get("resourceType") == "Questionnaire"
             and resource.get("id") == target[1:]
         ):
+            where = f"QuestionnaireResponse.contained[{index}]"
+            for name in _FORM_LISTS:
+                listed(resource.get(name), f"{where}.{name}")
+            for position, item in enumerate(resource.get("item") or []):
+                if not isinstance(item, Mapping) or not isinstance(item.get("linkId"), str):
+                    raise FormInputError(
+                        [FormProblem("a question needs a linkId", f"{where}.item[{position}]")]
+                    )
             return resource
     return None
 
 
 def extension_value(resource: Mapping[str, Any], url: str, kind: str) -> list[Any]:
+    """The ``kind`` values of ``resource``'s extensions of ``url`` (entries that are not
+    objects are skipped); an ``extension`` that is not a list is a ``FormInputError``."""
+    where = f"{resource.get('resourceType') or 'resource'}.extension"
     return [
         e.get(kind)
-        for e in resource.get("extension") or []
+        for e in listed(resource.get("extension"), where)
         if isinstance(e, Mapping) and e.get("url") == url and e.get(kind) is not None
     ]
+
+
+def check_response_shape(response: Mapping[str, Any]) -> None:
+    """Raise ``FormInputError`` where a QuestionnaireResponse's repeating elements the
+    payer reads (``extension``, ``contained``, the contained form's, ``item``) are not lists."""
+    listed(response.get("extension"), "QuestionnaireResponse.extension")
+    contained_form(response)
+    for _ in _walk_items(response.get("item"), "QuestionnaireResponse.item"):
+        pass
 
 
 def initial_response(
@@ -336,14 +373,14 @@ def initial_response(
     form: Mapping[str, Any],
     *,
     patient: str | None,
-    coverage: str,
+    coverage: str | None,
     orders: tuple[str, ...],
     assertion_id: str | None,
     authored: str,
 ) -> dict[str, Any]:
     """The package's draft QuestionnaireResponse: what ``$next-question`` needs to go on
     (DTR oper-18): the adaptive form contained with no questions yet, the orders and the
-    Coverage as ``qr-context``, ``intendedUse``, and the coverage-assertion-id."""
+    Coverage (when known) as ``qr-context``, ``intendedUse``, and the coverage-assertion-id."""
     canonical = f"{form['url']}|{form['version']}"
     contained = {
         "resourceType": "Questionnaire",
@@ -360,6 +397,7 @@ def initial_response(
     extensions: list[dict[str, Any]] = [
         {"url": QR_CONTEXT, "valueReference": {"reference": reference}}
         for reference in (*orders, coverage)
+        if reference is not None
     ]
     extensions.append(
         {

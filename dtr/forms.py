@@ -26,6 +26,7 @@ from coverage_policy.model import DocumentationItem, FactValue, Policy, Rule, Ru
 from hooks.questionnaire import (
     computable_name,
     item_core,
+    matches_canonical,
     option_system,
     questionnaire_canonical,
     questionnaire_resource,
@@ -45,10 +46,9 @@ def indication_rules(policy: Policy) -> tuple[Rule, ...]:
 
 def rule_for_canonical(policy: Policy, canonical: str) -> Rule | None:
     """The indication rule whose form ``canonical`` (``url`` or ``url|version``) names."""
-    url, bar, version = canonical.partition("|")
     for rule in indication_rules(policy):
-        form_url, _, form_version = rule_questionnaire_canonical(policy, rule.id).partition("|")
-        if url == form_url and (not bar or version == form_version):
+        url, _, version = rule_questionnaire_canonical(policy, rule.id).partition("|")
+        if matches_canonical({"url": url, "version": version}, canonical):
             return rule
     return None
 
@@ -152,12 +152,16 @@ def _narrative(rule: Rule, items: tuple[DocumentationItem, ...]) -> dict[str, st
 
 
 def rule_form(
-    policy: Policy, rule: Rule, next_question_base: str, publisher: str | None = None
+    policy: Policy,
+    rule: Rule,
+    next_question_base: str,
+    as_of: date,
+    publisher: str | None = None,
 ) -> dict[str, Any]:
     """The adaptive Questionnaire of one indication rule, as ``$questionnaire-package``
-    and ``Questionnaire/<id>`` serve it."""
+    and ``Questionnaire/<id>`` serve it; its narrative lists the questions it may ask on
+    ``as_of``."""
     url, _, version = rule_questionnaire_canonical(policy, rule.id).partition("|")
-    as_of = policy.effective.start or date.today()
     form = questionnaire_resource(
         policy,
         form_id=rule_questionnaire_id(policy, rule.id),
@@ -171,11 +175,3 @@ def rule_form(
     form["text"] = _narrative(rule, form_items(policy, rule, as_of))
     form["extension"] = [{"url": ADAPTIVE_EXTENSION, "valueUrl": next_question_base}]
     return form
-
-
-def rule_forms(
-    policy: Policy, next_question_base: str, publisher: str | None = None
-) -> tuple[dict[str, Any], ...]:
-    return tuple(
-        rule_form(policy, rule, next_question_base, publisher) for rule in indication_rules(policy)
-    )

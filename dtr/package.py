@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from dtr.adaptive import FormInputError, FormProblem
+from dtr.adaptive import FormInputError, FormProblem, check_response_shape, listed
 
 RESPONSE_PARAMETER_NAMES = ("questionnaire-response", "questionnaire-response-in")
 ERROR_PARAMETER_NAMES = ("outcome", "operationOutcome")
@@ -26,7 +26,6 @@ class PackageRequest:
     referenced: tuple[Mapping[str, Any], ...]
     questionnaires: tuple[str, ...]
     context: str | None
-    changed_since: str | None
 
 
 def _parameters(body: Any) -> list[tuple[Mapping[str, Any], str]]:
@@ -90,6 +89,23 @@ ORDER_TYPES = (
 )
 
 
+def _coverage(resource: Mapping[str, Any], where: str) -> Mapping[str, Any]:
+    """The Coverage, its ``beneficiary`` (read for the response's subject) a Reference."""
+    beneficiary = resource.get("beneficiary")
+    if beneficiary is not None and not (
+        isinstance(beneficiary, Mapping) and isinstance(beneficiary.get("reference", ""), str)
+    ):
+        raise FormInputError(
+            [
+                FormProblem(
+                    "the Coverage's 'beneficiary' must be a Reference",
+                    f"{where}.resource.beneficiary",
+                )
+            ]
+        )
+    return resource
+
+
 def read_package_request(body: Any) -> PackageRequest:
     """The inputs of ``$questionnaire-package`` (DTR dtr-qpackage-input-parameters)."""
     coverage: list[Mapping[str, Any]] = []
@@ -97,11 +113,10 @@ def read_package_request(body: Any) -> PackageRequest:
     referenced: list[Mapping[str, Any]] = []
     questionnaires: list[str] = []
     context: str | None = None
-    changed_since: str | None = None
     for parameter, where in _parameters(body):
         name = parameter["name"]
         if name == "coverage":
-            coverage.append(_resource(parameter, where, ("Coverage",)))
+            coverage.append(_coverage(_resource(parameter, where, ("Coverage",)), where))
         elif name == "order":
             orders.append(_resource(parameter, where, ORDER_TYPES))
         elif name == "referenced":
@@ -112,8 +127,9 @@ def read_package_request(body: Any) -> PackageRequest:
             )
         elif name == "context":
             context = _string(parameter, where, "valueString", "valueId")
-        elif name == "changedsince":
-            changed_since = _string(parameter, where, "valueInstant", "valueDateTime")
+        # 'changedsince' (DTR allows it: only forms changed since then) is accepted and
+        # not read: the forms are generated from the policy each time, so the whole
+        # package is always a correct answer.
     if len(coverage) != 1:
         raise FormInputError(
             [FormProblem("Exactly one 'coverage' Coverage is required", "Parameters.parameter")]
@@ -128,17 +144,20 @@ def read_package_request(body: Any) -> PackageRequest:
             ]
         )
     return PackageRequest(
-        coverage[0], tuple(orders), tuple(referenced), tuple(questionnaires), context, changed_since
+        coverage[0], tuple(orders), tuple(referenced), tuple(questionnaires), context
     )
 
 
 def read_next_question_request(body: Any) -> Mapping[str, Any]:
     """The QuestionnaireResponse of a ``$next-question`` call (in Parameters, or bare)."""
     if isinstance(body, Mapping) and body.get("resourceType") == "QuestionnaireResponse":
+        check_response_shape(body)
         return body
     for parameter, where in _parameters(body):
         if parameter["name"] in RESPONSE_PARAMETER_NAMES:
-            return _resource(parameter, where, ("QuestionnaireResponse",))
+            response = _resource(parameter, where, ("QuestionnaireResponse",))
+            check_response_shape(response)
+            return response
     raise FormInputError(
         [
             FormProblem(
@@ -157,7 +176,9 @@ def read_logged_errors(body: Any) -> tuple[list[str], list[Mapping[str, Any]]]:
         if parameter["name"] == "questionnaire":
             canonicals.append(_string(parameter, where, "valueCanonical", "valueUri"))
         elif parameter["name"] in ERROR_PARAMETER_NAMES:
-            outcomes.append(_resource(parameter, where, ("OperationOutcome",)))
+            logged = _resource(parameter, where, ("OperationOutcome",))
+            listed(logged.get("issue"), f"{where}.resource.issue")
+            outcomes.append(logged)
     if not canonicals or not outcomes:
         raise FormInputError(
             [

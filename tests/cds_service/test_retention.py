@@ -10,6 +10,7 @@ import sqlalchemy as sa
 from flask import Flask
 
 from cds_service.retention import RetentionSweeper, purge_audit, purge_expired_jwt_ids
+from cds_service.smart_sessions import load_session, new_session, purge_expired_sessions
 from cds_service.store import Store
 from cds_service.tables import (
     criterion_result,
@@ -18,6 +19,7 @@ from cds_service.tables import (
     issued_card,
     jwt_replay,
     service_call,
+    smart_app_session,
 )
 from tests.builders import INSULIN_PUMP, VANCOMYCIN_PUMP, named_patient_request
 from tests.conftest import FIXED_NOW, ORDER_SIGN, make_app
@@ -133,3 +135,25 @@ def test_retention_must_be_positive() -> None:
     with pytest.raises(ConfigError, match="AUDIT_RETENTION_DAYS"):
         Settings.load(environ={"CDS_AUDIT_RETENTION_DAYS": "0"})
     assert Settings.load(environ={"CDS_AUDIT_RETENTION_DAYS": "30"}).audit_retention_days == 30
+
+
+def test_the_sweep_removes_expired_documentation_app_sessions(database_url: str) -> None:
+    """An expired session (it holds the user's EHR access token) goes with the sweep,
+    without waiting for the next launch."""
+    app = _service(database_url)
+    store: Store = app.extensions["cds_store"]
+    live = new_session(store, {"stage": "authorizing"}, NEW - timedelta(seconds=1))
+    # Started earlier, begun last: no later launch removes it.
+    expired = new_session(store, {"stage": "authorizing"}, NEW - timedelta(hours=9))
+    sweeper: RetentionSweeper = app.extensions["cds_retention"]
+    assert sweeper.sweep() is not None
+    assert load_session(store, live.id, NEW) is not None
+    with store.reading() as connection:
+        assert (
+            connection.execute(
+                sa.select(sa.func.count()).select_from(smart_app_session)
+            ).scalar_one()
+            == 1
+        )
+    assert load_session(store, expired.id, NEW - timedelta(hours=9)) is None
+    assert purge_expired_sessions(store, NEW + timedelta(hours=1)) == 1

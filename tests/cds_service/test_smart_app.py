@@ -7,7 +7,6 @@ import base64
 import hashlib
 import json
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -23,6 +22,7 @@ from cds_service.fhir_client import close_shared_session
 from cds_service.smart_app import COOKIE, context_references, parse_app_context
 from cds_service.smart_sessions import load_session
 from demo.smart_server import SmartAuthorizationServer, serve_authorization_server
+from tests.conftest import FIXTURES, ORDER_SIGN
 from tests.dtr.loop import part
 from tests.response_validation import validate_cds_response
 
@@ -246,12 +246,8 @@ def test_fhir_context_entries_as_strings_and_objects() -> None:
 
 
 CONDITIONAL_REQUEST = (
-    Path(__file__).resolve().parents[2]
-    / "fixtures"
-    / "requests"
-    / "order-sign__eip-csii-insulin-lispro__conditional.json"
+    FIXTURES / "requests" / "order-sign__eip-csii-insulin-lispro__conditional.json"
 )
-ORDER_SIGN = "/cds-services/infusion-pump-coverage-order-sign"
 
 
 def _sign(app: Flask, **extension: Any) -> dict[str, Any]:

@@ -16,7 +16,6 @@ import time
 import uuid
 from collections.abc import Iterator
 from datetime import date
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,7 +25,7 @@ from cds_service.fhir_load import assign_ids, load_resources, read_resources, se
 from cds_service.try_as_ehr import OrderSpec, TryRequest, draft_orders, hook_request_body
 from coverage_policy.loader import load_policy
 from demo.data import medicare_advantage_coverage
-from tests.conftest import SHARED
+from tests.conftest import FIXTURES, ORDER_SIGN, ROOT, SHARED
 from tests.demo.test_try_page import CHROMIUM_FLAGS, chromium_or_skip
 from tests.documentation_app import (
     CLIENT_ID,
@@ -41,10 +40,8 @@ from tests.documentation_app import favourable as favourable_field
 from tests.documentation_app import unfavourable as unfavourable_field
 from tests.served_process import ServedProcess, free_port
 
-ROOT = Path(__file__).resolve().parents[2]
-FIXTURES = ROOT / "fixtures" / "requests"
+REQUESTS = FIXTURES / "requests"
 ARTIFACTS = ROOT / "test-artifacts"
-ORDER_SIGN = "/cds-services/infusion-pump-coverage-order-sign"
 POLICY = load_policy()
 TIMINGS: dict[str, list[float]] = {"launch_to_form_s": [], "finish_to_decision_s": []}
 QUESTIONS: dict[str, int] = {}
@@ -248,7 +245,7 @@ def test_a_clinician_documents_and_sees_the_new_decision(
 ) -> None:
     ehr, service = world
     body = isolate(
-        json.loads((FIXTURES / fixture).read_text(encoding="utf-8")),
+        json.loads((REQUESTS / fixture).read_text(encoding="utf-8")),
         uuid.uuid4().hex[:8],
         order_date=date.today().isoformat(),
     )

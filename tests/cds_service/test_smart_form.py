@@ -26,6 +26,7 @@ from cds_service.audit import audit_for_assertion
 from cds_service.fhir_client import close_shared_session
 from coverage_policy.loader import load_policy
 from coverage_policy.model import DocumentationItem
+from tests.conftest import FIXTURES, ORDER_SIGN
 from tests.documentation_app import (
     CLIENT_ID,
     Ehr,
@@ -41,11 +42,10 @@ from tests.documentation_app import (
 from tests.dtr import conformance
 from tests.dtr.loop import COVERAGE_INFORMATION, part
 
-FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "requests"
-ORDER_SIGN = "/cds-services/infusion-pump-coverage-order-sign"
+REQUESTS = FIXTURES / "requests"
 POLICY = load_policy()
 CONDITIONAL = sorted(
-    p for p in FIXTURES.glob("order-sign__*__conditional.json") if "no-coverage" not in p.name
+    p for p in REQUESTS.glob("order-sign__*__conditional.json") if "no-coverage" not in p.name
 )
 _OPEN = re.compile(r'<fieldset id="item-([^"]+)" class="open">')
 _CSRF = re.compile(r'name="csrf" value="([^"]+)"')
@@ -198,7 +198,7 @@ def test_the_form_decides_as_order_sign_does_on_the_saved_answers(
 def _opened(ehr: Ehr, prefix: str) -> tuple[Flask, FlaskClient, dict[str, Any], str]:
     """A conditional order signed and placed on the FHIR server, the app launched on it
     and its form shown; the service, the browser, the request and the form's page."""
-    path = FIXTURES / "order-sign__eip-csii-insulin-lispro__conditional.json"
+    path = REQUESTS / "order-sign__eip-csii-insulin-lispro__conditional.json"
     body = isolate(json.loads(path.read_text(encoding="utf-8")), prefix)
     app = _service(ehr, _order_day(body))
     signed = app.test_client().post(ORDER_SIGN, json=body)

@@ -11,10 +11,9 @@ from typing import Any
 
 from flask.testing import FlaskClient
 
-from tests.conftest import FIXED_NOW
+from tests.conftest import FIXED_NOW, ORDER_SIGN
 from tests.dtr import conformance
 
-ORDER_SIGN = "/cds-services/infusion-pump-coverage-order-sign"
 SIGNING_DAY = FIXED_NOW.date().isoformat()  # the tests' clock
 # The day the fixtures' orders are drafted: a date answered as this day is on or before
 # the order, as the policy's date questions (face-to-face, lab draws) ask.

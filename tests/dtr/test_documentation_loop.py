@@ -16,13 +16,15 @@ import pytest
 from flask.testing import FlaskClient
 
 from cds_service.audit import audit_for_assertion
-from tests.conftest import make_app
+from tests.conftest import FIXTURES, make_app
 from tests.dtr import conformance
 from tests.dtr.loop import (
     COVERAGE_INFORMATION,
     coverage_extensions,
+    coverage_of,
     favourable,
     next_question,
+    orders_of,
     package,
     part,
     sign,
@@ -31,9 +33,9 @@ from tests.dtr.loop import (
     with_response,
 )
 
-FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "requests"
+REQUESTS = FIXTURES / "requests"
 CONDITIONAL = sorted(
-    p for p in FIXTURES.glob("order-sign__*__conditional.json") if "no-coverage" not in p.name
+    p for p in REQUESTS.glob("order-sign__*__conditional.json") if "no-coverage" not in p.name
 )
 
 # The forms that end without an assertion: the pump kind picks another rule, whose
@@ -97,7 +99,7 @@ def test_answers_reach_the_outcome_order_sign_gives_them(
 
 def test_a_context_is_honoured_only_with_its_order(client: FlaskClient) -> None:
     body, extension = _signed(
-        client, FIXTURES / "order-sign__eip-csii-insulin-lispro__conditional.json"
+        client, REQUESTS / "order-sign__eip-csii-insulin-lispro__conditional.json"
     )
     context = part(extension, "coverage-assertion-id")
     for order in body["context"]["draftOrders"]["entry"]:
@@ -108,7 +110,7 @@ def test_a_context_is_honoured_only_with_its_order(client: FlaskClient) -> None:
     guessed = package(
         client,
         json.loads(
-            (FIXTURES / "order-sign__eip-csii-insulin-lispro__conditional.json").read_text()
+            (REQUESTS / "order-sign__eip-csii-insulin-lispro__conditional.json").read_text()
         ),
         "00000000-0000-4000-8000-999999999999",
     )
@@ -120,7 +122,7 @@ def test_a_context_is_honoured_only_with_its_order(client: FlaskClient) -> None:
 
 def test_a_decided_context_says_no_more_documentation_is_needed(client: FlaskClient) -> None:
     body, extension = _signed(
-        client, FIXTURES / "order-sign__eip-csii-insulin-lispro__covered.json"
+        client, REQUESTS / "order-sign__eip-csii-insulin-lispro__covered.json"
     )
     reply = package(client, body, part(extension, "coverage-assertion-id"))
     assert reply.status_code == 200
@@ -131,7 +133,7 @@ def test_a_decided_context_says_no_more_documentation_is_needed(client: FlaskCli
 
 def test_a_form_without_context_never_asserts_coverage(client: FlaskClient) -> None:
     body, extension = _signed(
-        client, FIXTURES / "order-sign__eip-csii-insulin-lispro__conditional.json"
+        client, REQUESTS / "order-sign__eip-csii-insulin-lispro__conditional.json"
     )
     canonical = part(extension, "questionnaire")
     reply = package(client, body, None, questionnaires=[canonical])
@@ -164,7 +166,7 @@ def test_a_response_that_does_not_match_its_form_is_a_400(
     client: FlaskClient, change: Any, diagnostics: str
 ) -> None:
     body, extension = _signed(
-        client, FIXTURES / "order-sign__eip-csii-insulin-lispro__conditional.json"
+        client, REQUESTS / "order-sign__eip-csii-insulin-lispro__conditional.json"
     )
     draft = package(client, body, part(extension, "coverage-assertion-id")).get_json()["parameter"][
         0
@@ -177,7 +179,7 @@ def test_a_response_that_does_not_match_its_form_is_a_400(
 
 def test_an_answer_of_the_wrong_type_is_a_400_naming_where(client: FlaskClient) -> None:
     body, extension = _signed(
-        client, FIXTURES / "order-sign__eip-csii-insulin-lispro__conditional.json"
+        client, REQUESTS / "order-sign__eip-csii-insulin-lispro__conditional.json"
     )
     draft = package(client, body, part(extension, "coverage-assertion-id")).get_json()["parameter"][
         0
@@ -220,7 +222,7 @@ def test_every_bound_valueset_expands(client: FlaskClient) -> None:
     forms = client.get("/fhir/Questionnaire").get_json()
     assert forms["total"] > 20
     body, extension = _signed(
-        client, FIXTURES / "order-sign__eip-csii-insulin-lispro__conditional.json"
+        client, REQUESTS / "order-sign__eip-csii-insulin-lispro__conditional.json"
     )
     bundle = package(client, body, part(extension, "coverage-assertion-id")).get_json()[
         "parameter"
@@ -277,7 +279,7 @@ def test_a_completed_form_is_audited_under_its_new_assertion_id() -> None:
     app = make_app()
     client = app.test_client()
     body, extension = _signed(
-        client, FIXTURES / "order-sign__eip-csii-insulin-lispro__conditional.json"
+        client, REQUESTS / "order-sign__eip-csii-insulin-lispro__conditional.json"
     )
     reply = package(client, body, part(extension, "coverage-assertion-id"))
     draft = reply.get_json()["parameter"][0]["resource"]["entry"][-1]["resource"]
@@ -302,7 +304,7 @@ def test_resources_sent_with_the_order_are_what_the_form_knows(client: FlaskClie
     """Without a context, the order and the resources sent as ``referenced`` decide which
     questions are open: sent the whole prefetch, a form asks what the CRD context's
     form asks, and never asserts coverage."""
-    path = FIXTURES / "order-sign__eip-csii-insulin-lispro__conditional.json"
+    path = REQUESTS / "order-sign__eip-csii-insulin-lispro__conditional.json"
     body, extension = _signed(client, path)
     with_context = package(client, body, part(extension, "coverage-assertion-id")).get_json()
     first_draft = with_context["parameter"][0]["resource"]["entry"][-1]["resource"]
@@ -330,3 +332,46 @@ def test_an_operation_read_with_get_is_a_405_not_a_missing_questionnaire(
     assert reply.status_code == 405
     assert reply.headers["Allow"] == "POST"
     assert reply.get_json()["issue"][0]["code"] == "not-supported"
+
+
+class _ClearedAfterLookup(dict[str, Any]):
+    """A forms cache that another request clears right after this one found its base URL
+    in it."""
+
+    def __contains__(self, key: object) -> bool:
+        found = super().__contains__(key)
+        self.clear()
+        return found
+
+
+def test_forms_are_served_while_another_request_clears_their_cache() -> None:
+    app = make_app()
+    client = app.test_client()
+    assert client.get("/fhir/Questionnaire").status_code == 200
+    app.extensions["cds_dtr_forms"] = _ClearedAfterLookup(app.extensions["cds_dtr_forms"])
+    reply = client.get("/fhir/Questionnaire")
+    assert reply.status_code == 200, reply.get_data(as_text=True)
+    assert reply.get_json()["total"] > 20
+
+
+def test_a_package_asked_for_forms_changed_since_a_time_is_the_whole_package(
+    client: FlaskClient,
+) -> None:
+    """DTR allows 'changedsince'; the forms are generated each time, so all are sent."""
+    body = json.loads(
+        (REQUESTS / "order-sign__eip-csii-insulin-lispro__conditional.json").read_text()
+    )
+    whole = package(client, body, None).get_json()
+    asked = {
+        "resourceType": "Parameters",
+        "parameter": [
+            {"name": "coverage", "resource": coverage_of(body)},
+            *({"name": "order", "resource": o} for o in orders_of(body)),
+            {"name": "changedsince", "valueDateTime": "2026-01-01T00:00:00Z"},
+        ],
+    }
+    reply = client.post("/fhir/Questionnaire/$questionnaire-package", json=asked)
+    assert reply.status_code == 200, reply.get_json()
+    forms = [b["resource"]["entry"][0]["resource"]["url"] for b in reply.get_json()["parameter"]]
+    assert forms
+    assert forms == [b["resource"]["entry"][0]["resource"]["url"] for b in whole["parameter"]]

@@ -5,22 +5,16 @@ the CapabilityStatement stay readable without one (no PHI; the card links to the
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from flask.testing import FlaskClient
 
 from tests.cds_service.test_backend_auth import PUBLIC_URL, assertion, token_form
-from tests.conftest import make_app
+from tests.conftest import FIXTURES, make_app
 from tests.signing_keys import SigningKey
 
-FIXTURE = (
-    Path(__file__).resolve().parents[2]
-    / "fixtures"
-    / "requests"
-    / "order-sign__eip-csii-insulin-lispro__conditional.json"
-)
+FIXTURE = FIXTURES / "requests" / "order-sign__eip-csii-insulin-lispro__conditional.json"
 CLIENT = "dtr-client-1"
 
 

@@ -3,7 +3,9 @@ what order, and that each one could still change the outcome."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import date
+from html import escape
 from typing import Any
 
 import pytest
@@ -11,9 +13,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from coverage_policy.loader import load_policy
-from coverage_policy.model import FactValue, Outcome, Policy, RecordedCriterion, Rule, Truth
-from dtr.adaptive import Knowledge, Step, read_answers, step
-from dtr.forms import form_items, indication_rules, requirements_with
+from coverage_policy.model import (
+    FactValue,
+    Outcome,
+    Period,
+    Policy,
+    RecordedCriterion,
+    Rule,
+    Truth,
+)
+from dtr import forms
+from dtr.adaptive import QR_CONTEXT, Knowledge, Step, initial_response, read_answers, step
+from dtr.forms import form_items, indication_rules, requirements_with, rule_form
 
 POLICY = load_policy()
 AS_OF = date(2026, 11, 20)
@@ -198,3 +209,38 @@ def test_no_question_asked_is_already_decided(rule: Rule, data: st.DataObject) -
             favourable = data.draw(st.booleans(), label=item.id)
             answers[f"doc.{item.id}"] = FactValue(_value(item.id, favourable))
     raise AssertionError("the walk did not end")
+
+
+def test_a_draft_response_without_a_coverage_names_only_the_orders() -> None:
+    rule = indication_rules(POLICY)[0]
+    form = rule_form(POLICY, rule, "http://payer.example/fhir/Questionnaire", AS_OF)
+    response = initial_response(
+        POLICY,
+        form,
+        patient="Patient/p",
+        coverage=None,
+        orders=("DeviceRequest/d",),
+        assertion_id=None,
+        authored="2026-11-28T15:00:00+00:00",
+    )
+    contexts = [e["valueReference"] for e in response["extension"] if e["url"] == QR_CONTEXT]
+    assert contexts == [{"reference": "DeviceRequest/d"}]
+
+
+class _NoMachineDay(date):
+    @classmethod
+    def today(cls) -> date:
+        raise AssertionError("the form read the machine's day")
+
+
+@pytest.mark.parametrize("rule", RULES[:3], ids=lambda r: r.id)
+def test_a_form_lists_the_questions_of_the_day_it_is_given(
+    rule: Rule, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A policy without an effective start: the form's day is its caller's, never the
+    machine's (dtr is pure)."""
+    monkeypatch.setattr(forms, "date", _NoMachineDay)
+    undated = replace(POLICY, effective=Period(None, POLICY.effective.end))
+    form = rule_form(undated, rule, "http://payer.example/fhir/Questionnaire", AS_OF)
+    for item in form_items(undated, rule, AS_OF):
+        assert escape(item.text) in form["text"]["div"]
