@@ -29,6 +29,7 @@ from typing import Any
 from coverage_policy.model import CodedItem, Evidence
 from fhir_mappings.conditions import condition_status
 from fhir_mappings.dates import as_date
+from fhir_mappings.evidence import evidence_summary
 from fhir_mappings.record import Entry, PatientRecord, binding, codings, concept_text
 
 _DEVICE_STATUS = {"active": "active", "inactive": "inactive", "unknown": "unconfirmed"}
@@ -92,9 +93,15 @@ def _summary(described: str, concept: Any, kinds: list[str], status: str) -> str
         (display for _, _, display in codings(concept) if display), ""
     )
     codes = ", ".join(code for _, code, _ in codings(concept))
-    read = f"; read as {', '.join(kinds)}" if kinds else ""
-    shown = f"{name} ({codes})" if codes else f"'{name}'"
-    return f"{described} {shown}{read}, status {status}"
+    read = evidence_summary("device", "read_as", kinds=", ".join(kinds)) if kinds else ""
+    shown = (
+        evidence_summary("device", "shown_with_codes", name=name, codes=codes)
+        if codes
+        else evidence_summary("device", "shown_by_name", name=name)
+    )
+    return evidence_summary(
+        "device", "summary", described=described, shown=shown, read=read, status=status
+    )
 
 
 def facts_from_device(entry: Entry) -> list[CodedItem]:
@@ -106,9 +113,12 @@ def facts_from_device(entry: Entry) -> list[CodedItem]:
     concept = device.type
     if not getattr(concept, "text", None) and not codings(concept):
         names = [n.name for n in getattr(device, "deviceName", None) or [] if n.name]
-        summary = f"device '{' | '.join(names)}'; read as {', '.join(kinds)}, status {status}"
+        summary = evidence_summary(
+            "device", "named_only", names=" | ".join(names), kinds=", ".join(kinds), status=status
+        )
     else:
-        summary = _summary("device", concept, kinds, device.status or "not stated")
+        described = evidence_summary("device", "device")
+        summary = _summary(described, concept, kinds, device.status or "not stated")
     return _items(entry, concept, kinds, status, Evidence(entry.reference, summary))
 
 
@@ -120,7 +130,8 @@ def device_items_from_condition(entry: Entry) -> list[CodedItem]:
     presence = binding("devices")["condition_presence_words"]
     present = _says(presence, text) and not _is_external_text(text)
     kinds = _kinds(text) if present else []
-    evidence = Evidence(entry.reference, _summary("condition", condition.code, kinds, status))
+    described = evidence_summary("device", "condition")
+    evidence = Evidence(entry.reference, _summary(described, condition.code, kinds, status))
     return _items(entry, condition.code, kinds, status, evidence)
 
 
@@ -133,7 +144,11 @@ def device_items_from_procedure(entry: Entry) -> list[CodedItem]:
     performed = as_date(
         procedure.performedDateTime or getattr(procedure.performedPeriod, "start", None)
     )
-    described = f"procedure on {performed.isoformat()}:" if performed else "procedure:"
+    described = (
+        evidence_summary("device", "procedure_on", date=performed.isoformat())
+        if performed
+        else evidence_summary("device", "procedure")
+    )
     text = _names(procedure.code)
     devices = binding("devices")
     implanted = _says(devices["procedure_implant_words"], text)

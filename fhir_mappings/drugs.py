@@ -8,6 +8,7 @@ from functools import cache, lru_cache
 from typing import Any
 
 from fhir_mappings.codes import RXNORM, SNOMED
+from fhir_mappings.evidence import evidence_summary
 from fhir_mappings.record import PatientRecord, binding, codings, concept_text
 
 
@@ -62,14 +63,18 @@ def _identify(codes: tuple[tuple[str, str, str], ...], text: str) -> DrugIdentit
     for family, family_codes, _ in _families():
         for code, display in rxnorm_codes:
             if code in family_codes:
-                return DrugIdentity(family, display or code, f"RxNorm code {code}")
+                return DrugIdentity(
+                    family,
+                    display or code,
+                    evidence_summary("identified_by", "rxnorm_code", code=code),
+                )
     for family, _, patterns in _families():
         for pattern in patterns:
             match = pattern.search(text)
             if match:
-                return DrugIdentity(
-                    family, match.group(0).lower(), f"ingredient name '{match.group(0).lower()}'"
-                )
+                name = match.group(0).lower()
+                how = evidence_summary("identified_by", "ingredient_name", name=name)
+                return DrugIdentity(family, name, how)
     return None
 
 
@@ -80,15 +85,16 @@ def dosage_route_kind(order: Any) -> tuple[str | None, str]:
         for concept in (dosage.route, dosage.method):
             for system, code, display in codings(concept):
                 if system == SNOMED and code in routes["snomed"]:
-                    return routes["snomed"][code], f"route {display or code}"
+                    how = evidence_summary("identified_by", "route", route=display or code)
+                    return routes["snomed"][code], how
             text = concept_text(concept).lower()
             for word, kind in routes["words"].items():
                 if word in text:
-                    return kind, f"route {word}"
+                    return kind, evidence_summary("identified_by", "route", route=word)
         text = (dosage.text or "").lower()
         for word, kind in routes["words"].items():
             if word in text:
-                return kind, f"dosage text '{word}'"
+                return kind, evidence_summary("identified_by", "dosage_text", word=word)
     return None, ""
 
 

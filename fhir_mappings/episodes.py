@@ -26,6 +26,7 @@ from fhir_mappings.drugs import (
     identify_drug,
     medication_concept,
 )
+from fhir_mappings.evidence import evidence_summary
 from fhir_mappings.r4 import (
     FhirModel,
     InvalidResource,
@@ -285,14 +286,15 @@ def _pump_order_episodes(
         elif (active := _active_infusion_drug(record, implied, kind)) is not None:
             drug, drug_source = active
         elif implied:
-            drug = DrugIdentity(implied, implied, f"pump code {hcpcs}")
+            how = evidence_summary("identified_by", "pump_code", hcpcs=hcpcs)
+            drug = DrugIdentity(implied, implied, how)
         pump_episodes[position] = PumpEpisode(
             orders=(device, drug_order) if drug_order else (device,),
             device=device,
             drug_order=drug_order,
             hcpcs=hcpcs,
             pump_kind=kind,
-            pump_kind_source=f"HCPCS {hcpcs}",
+            pump_kind_source=evidence_summary("episode", "hcpcs", hcpcs=hcpcs),
             drug=drug,
             drug_source=drug_source,
         )

@@ -29,7 +29,8 @@ def test_every_summary_names_only_placeholders_it_is_given() -> None:
         "name", "value", "decimals", "unit", "lower_limit", "on", "low", "date", "count",
         "days", "as_of", "source", "drug", "identified_by", "hcpcs", "years", "label",
         "code", "status", "since", "display", "onset", "min_per_day", "first", "last",
-        "location", "end", "item", "answer", "authored",
+        "location", "end", "item", "answer", "authored", "route", "word", "described",
+        "shown", "read", "codes", "kinds", "names",
     }  # fmt: skip
     for path, template in _templates(evidence_text()):
         fields = {f for _, f, _, _ in string.Formatter().parse(template) if f}
