@@ -250,10 +250,14 @@ def _record_facts(
     family = episode.drug.family if episode.drug else None
     one = _one_fact
     return [
-        one("patient.conditions", lambda: FactValue(_conditions(record))),
+        # The same for every episode of the record: derived once.
+        one("patient.conditions", lambda: FactValue(record.derived("conditions", _conditions))),
         one("patient.age_years", lambda: _age_years(record, as_of)),
         one("patient.drug_allergy", lambda: drug_allergy(record, family)),
-        one("patient.implanted_devices", lambda: FactValue(implanted_devices(record))),
+        one(
+            "patient.implanted_devices",
+            lambda: FactValue(record.derived("implanted_devices", implanted_devices)),
+        ),
         *(
             one(name, partial(_latest_lab_result, record, kind, as_of))
             for name, kind in _LATEST_LAB_FACTS.items()
