@@ -35,7 +35,6 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, NoReturn, Protocol
-from urllib.parse import urlsplit
 
 import jwt
 import requests
@@ -44,7 +43,7 @@ from flask import Flask, current_app, request
 
 from cds_service import operations
 from cds_service.errors import ClientAuthenticationFailed, Unauthorized
-from cds_service.fhir_client import is_loopback_host, shared_session
+from cds_service.fhir_client import https_or_loopback, shared_session
 from cds_service.json_input import UnreadableJson, loads_untrusted
 from cds_service.settings import Settings, app_settings
 
@@ -131,10 +130,7 @@ class JwksCache:
         return jwks
 
     def _fetch(self, url: str) -> dict[str, Any]:
-        parts = urlsplit(url)
-        if parts.scheme != "https" and not (
-            parts.scheme == "http" and is_loopback_host(parts.hostname)
-        ):
+        if not https_or_loopback(url):
             raise ClientAuthenticationFailed("JWKS URL is neither https nor loopback")
         deadline = time.monotonic() + JWKS_TIMEOUT_S
         pieces: list[bytes] = []

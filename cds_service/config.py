@@ -6,13 +6,11 @@ with a bearer token, no CORS origin allowed.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from cds_service.smart_scopes import parse_system_scope
 
@@ -218,20 +216,12 @@ def _check_smart_clients(clients: Any) -> None:
             raise ConfigError(f"CDS_SMART_CLIENTS: {issuer!r} 'frame_origins' must list origins")
 
 
-def _is_loopback(host: str | None) -> bool:
-    if host is None:
-        return False
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def _check_backend_clients(clients: Any) -> None:
     """``CDS_BACKEND_CLIENTS``: each client id maps to its public keys (an inline JWK Set,
     or an https URL of one) and the non-empty list of system scopes it may be granted."""
+    # Here, not at the top: fhir_client reads this module's DEFAULTS when it loads.
+    from cds_service.fhir_client import https_or_loopback
+
     name = "CDS_BACKEND_CLIENTS"
     if not isinstance(clients, dict):
         raise ConfigError(f"{name} must map each client id to its keys and scopes")
@@ -255,21 +245,11 @@ def _check_backend_clients(clients: Any) -> None:
                     f"{name}: {client_id!r} 'jwks' holds a secret or private key; "
                     "register the client's public keys only"
                 )
-        if "jwks_url" in entry:
-            url = entry["jwks_url"]
-            parts = urlsplit(url) if isinstance(url, str) else None
-            if (
-                parts is None
-                or not parts.hostname
-                or not (
-                    parts.scheme == "https"
-                    or (parts.scheme == "http" and _is_loopback(parts.hostname))
-                )
-            ):
-                raise ConfigError(
-                    f"{name}: {client_id!r} 'jwks_url' must be an https URL "
-                    "(plain http only on loopback)"
-                )
+        if "jwks_url" in entry and not https_or_loopback(entry["jwks_url"]):
+            raise ConfigError(
+                f"{name}: {client_id!r} 'jwks_url' must be an https URL "
+                "(plain http only on loopback)"
+            )
         scopes = entry.get("scopes")
         if (
             not isinstance(scopes, list)

@@ -78,6 +78,21 @@ def is_loopback_host(host: str | None) -> bool:
         return False
 
 
+def https_or_loopback(url: object) -> bool:
+    """Whether ``url`` names a host over https, or over plain http a loopback host
+    (``is_loopback_host``): where the service may fetch keys or send a browser."""
+    if not isinstance(url, str):
+        return False
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+    except ValueError:
+        return False
+    if not host:
+        return False
+    return parts.scheme == "https" or (parts.scheme == "http" and is_loopback_host(host))
+
+
 @dataclass(frozen=True, slots=True)
 class _Origin:
     scheme: str

@@ -724,6 +724,16 @@ def test_bad_client_registrations_stop_the_start(clients: Any, message: str) -> 
     assert "CDS_BACKEND_CLIENTS" in str(raised.value)
 
 
+@pytest.mark.parametrize(
+    "url", ["http://localhost./jwks", "http://[::1]:8080/jwks", "http://127.0.0.2/jwks"]
+)
+def test_a_loopback_jwks_url_is_a_registration(url: str) -> None:
+    """Plain http to loopback is allowed for a client's keys as for a FHIR server: the same
+    hosts (``localhost.`` too)."""
+    clients = {"c": {"jwks_url": url, "scopes": ["system/Questionnaire.rs"]}}
+    assert Settings.load({"BACKEND_CLIENTS": clients}, environ={}).backend_clients == clients
+
+
 def test_unreadable_clients_file_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="CDS_BACKEND_CLIENTS"):
         Settings.load(environ={"CDS_BACKEND_CLIENTS": str(tmp_path / "missing.json")})
