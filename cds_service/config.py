@@ -156,8 +156,6 @@ def load_settings(
         raise ConfigError("CDS_AUTH must be 'required' or 'optional'")
     if settings["AUDIT_SYNC"] not in ("normal", "full"):
         raise ConfigError("CDS_AUDIT_SYNC must be 'normal' or 'full'")
-    if not isinstance(settings["TRUSTED_ISSUERS"], dict):
-        raise ConfigError("CDS_TRUSTED_ISSUERS must map each issuer to its keys")
     for key in (*_FLOAT_KEYS, *_INT_KEYS):
         value = settings[key]
         if not isinstance(value, int | float) or isinstance(value, bool):
@@ -169,12 +167,7 @@ def load_settings(
             "CDS_FHIR_QUERIES_PER_CALL must be fewer than CDS_FHIR_QUERY_THREADS, so that "
             "one call cannot hold every query thread"
         )
-    for issuer, entry in settings["TRUSTED_ISSUERS"].items():
-        if not isinstance(entry, dict) or not ({"jwks", "jwks_url", "jku"} & set(entry)):
-            raise ConfigError(
-                f"CDS_TRUSTED_ISSUERS: {issuer!r} needs 'jwks', 'jwks_url' or a 'jku' list"
-            )
-        _check_issuer_key_sources(issuer, entry)
+    _check_trusted_issuers(settings["TRUSTED_ISSUERS"])
     if settings["DTR_CARD_LINK"] not in ("on", "off"):
         raise ConfigError("CDS_DTR_CARD_LINK must be 'on' or 'off'")
     _check_smart_clients(settings["SMART_CLIENTS"])
@@ -184,15 +177,53 @@ def load_settings(
     return settings
 
 
-def _check_issuer_key_sources(issuer: str, entry: dict[str, Any]) -> None:
-    """Each key source of a trusted issuer has its shape: a mapping, a URL, a URL list."""
-    if "jwks" in entry and not isinstance(entry["jwks"], dict):
-        raise ConfigError(f"CDS_TRUSTED_ISSUERS: {issuer!r} 'jwks' must be a JWK Set object")
-    if "jwks_url" in entry and not isinstance(entry["jwks_url"], str):
-        raise ConfigError(f"CDS_TRUSTED_ISSUERS: {issuer!r} 'jwks_url' must be a URL")
-    jku = entry.get("jku", [])
-    if not isinstance(jku, list) or not all(isinstance(url, str) for url in jku):
-        raise ConfigError(f"CDS_TRUSTED_ISSUERS: {issuer!r} 'jku' must be a list of URLs")
+def _check_key_sources(name: str, owner: str, entry: dict[str, Any]) -> None:
+    """The public keys ``owner`` (an issuer of ``CDS_TRUSTED_ISSUERS``, a client of
+    ``CDS_BACKEND_CLIENTS``) signs with, in whichever of its sources ``entry`` names:
+    ``jwks``, an inline JWK Set of public keys only; ``jwks_url``, an https URL (plain
+    http only on loopback) of one; ``jku``, a list of such URLs its tokens may name."""
+    # Here, not at the top: fhir_client reads this module's DEFAULTS when it loads.
+    from cds_service.fhir_client import https_or_loopback
+
+    if "jwks" in entry:
+        jwks = entry["jwks"]
+        keys = jwks.get("keys") if isinstance(jwks, dict) else None
+        if not isinstance(keys, list) or not all(isinstance(key, dict) for key in keys):
+            raise ConfigError(f"{name}: {owner!r} 'jwks' must be a JWK Set {{\"keys\": [...]}}")
+        if any(key.get("kty") == "oct" or "d" in key for key in keys):
+            raise ConfigError(
+                f"{name}: {owner!r} 'jwks' holds a secret or private key; "
+                "register the public keys only"
+            )
+    if "jwks_url" in entry and not https_or_loopback(entry["jwks_url"]):
+        raise ConfigError(
+            f"{name}: {owner!r} 'jwks_url' must be an https URL (plain http only on loopback)"
+        )
+    if "jku" in entry and not (
+        _strings(entry["jku"]) and all(map(https_or_loopback, entry["jku"]))
+    ):
+        raise ConfigError(
+            f"{name}: {owner!r} 'jku' must be a list of https URLs (plain http only on loopback)"
+        )
+
+
+def _strings(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)
+
+
+def _check_trusted_issuers(issuers: Any) -> None:
+    """``CDS_TRUSTED_ISSUERS``: each issuer maps to its keys (``_check_key_sources``) and,
+    optionally, the ``fhir_servers`` list of base URL prefixes its calls may point the
+    service at."""
+    name = "CDS_TRUSTED_ISSUERS"
+    if not isinstance(issuers, dict):
+        raise ConfigError(f"{name} must map each issuer to its keys")
+    for issuer, entry in issuers.items():
+        if not isinstance(entry, dict) or not ({"jwks", "jwks_url", "jku"} & set(entry)):
+            raise ConfigError(f"{name}: {issuer!r} needs 'jwks', 'jwks_url' or a 'jku' list")
+        _check_key_sources(name, issuer, entry)
+        if "fhir_servers" in entry and not _strings(entry["fhir_servers"]):
+            raise ConfigError(f"{name}: {issuer!r} 'fhir_servers' must be a list of base URLs")
 
 
 def _check_smart_clients(clients: Any) -> None:
@@ -219,9 +250,6 @@ def _check_smart_clients(clients: Any) -> None:
 def _check_backend_clients(clients: Any) -> None:
     """``CDS_BACKEND_CLIENTS``: each client id maps to its public keys (an inline JWK Set,
     or an https URL of one) and the non-empty list of system scopes it may be granted."""
-    # Here, not at the top: fhir_client reads this module's DEFAULTS when it loads.
-    from cds_service.fhir_client import https_or_loopback
-
     name = "CDS_BACKEND_CLIENTS"
     if not isinstance(clients, dict):
         raise ConfigError(f"{name} must map each client id to its keys and scopes")
@@ -233,23 +261,7 @@ def _check_backend_clients(clients: Any) -> None:
         unknown = set(entry) - {"jwks", "jwks_url", "scopes"}
         if unknown:
             raise ConfigError(f"{name}: {client_id!r} has unknown keys {sorted(unknown)}")
-        if "jwks" in entry:
-            jwks = entry["jwks"]
-            keys = jwks.get("keys") if isinstance(jwks, dict) else None
-            if not isinstance(keys, list) or not all(isinstance(key, dict) for key in keys):
-                raise ConfigError(
-                    f"{name}: {client_id!r} 'jwks' must be a JWK Set {{\"keys\": [...]}}"
-                )
-            if any(key.get("kty") == "oct" or "d" in key for key in keys):
-                raise ConfigError(
-                    f"{name}: {client_id!r} 'jwks' holds a secret or private key; "
-                    "register the client's public keys only"
-                )
-        if "jwks_url" in entry and not https_or_loopback(entry["jwks_url"]):
-            raise ConfigError(
-                f"{name}: {client_id!r} 'jwks_url' must be an https URL "
-                "(plain http only on loopback)"
-            )
+        _check_key_sources(name, client_id, entry)
         scopes = entry.get("scopes")
         if (
             not isinstance(scopes, list)
