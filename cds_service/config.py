@@ -170,6 +170,8 @@ def load_settings(
     _check_trusted_issuers(settings["TRUSTED_ISSUERS"])
     if settings["DTR_CARD_LINK"] not in ("on", "off"):
         raise ConfigError("CDS_DTR_CARD_LINK must be 'on' or 'off'")
+    if settings["LOG_FORMAT"] not in ("text", "json"):
+        raise ConfigError("CDS_LOG_FORMAT must be 'text' or 'json'")
     _check_smart_clients(settings["SMART_CLIENTS"])
     _check_backend_clients(settings["BACKEND_CLIENTS"])
     if "*" in settings["CORS_ORIGINS"]:

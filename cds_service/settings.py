@@ -62,7 +62,7 @@ class Settings:
     rate_limit_burst: int
     forwarded_for_hops: int
     metrics_allow: tuple[str, ...]
-    log_format: str
+    log_format: Literal["text", "json"]
     audit_retention_days: int
     smart_clients: Registrations = field(repr=False)
     dtr_card_link: bool  # CDS_DTR_CARD_LINK=on
@@ -113,7 +113,7 @@ class Settings:
             rate_limit_burst=int(values["RATE_LIMIT_BURST"]),
             forwarded_for_hops=int(values["FORWARDED_FOR_HOPS"]),
             metrics_allow=_strings(values["METRICS_ALLOW"]),
-            log_format=str(values["LOG_FORMAT"]),
+            log_format=values["LOG_FORMAT"],
             audit_retention_days=int(values["AUDIT_RETENTION_DAYS"]),
             smart_clients=_frozen(values["SMART_CLIENTS"]),
             dtr_card_link=values["DTR_CARD_LINK"] == "on",

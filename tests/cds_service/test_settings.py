@@ -108,3 +108,22 @@ def test_create_app_builds_the_settings_once() -> None:
 def test_a_bad_setting_stops_the_service_at_start() -> None:
     with pytest.raises(ConfigError, match="CDS_FHIR_QUERIES_PER_CALL must be fewer"):
         Settings.load({"FHIR_QUERY_THREADS": 4, "FHIR_QUERIES_PER_CALL": 8}, environ={})
+
+
+@pytest.mark.parametrize(
+    ("overrides", "environ", "message"),
+    [
+        ({"LOG_FORMAT": "xml"}, {}, "CDS_LOG_FORMAT must be 'text' or 'json'"),
+        ({}, {"CDS_LOG_FORMAT": "JSON"}, "CDS_LOG_FORMAT must be 'text' or 'json'"),
+        ({"AUTH": "off"}, {}, "CDS_AUTH must be"),
+        ({}, {"CDS_AUDIT_SYNC": "fsync"}, "CDS_AUDIT_SYNC must be"),
+        ({"DTR_CARD_LINK": True}, {}, "CDS_DTR_CARD_LINK must be"),
+    ],
+)
+def test_a_word_setting_outside_its_words_stops_the_start(
+    overrides: dict[str, object], environ: dict[str, str], message: str
+) -> None:
+    """Settings that take one of a few words are checked when they load, before any part
+    of the service reads them."""
+    with pytest.raises(ConfigError, match=message):
+        Settings.load(overrides, environ=environ)
