@@ -82,28 +82,15 @@ DEFAULTS: dict[str, Any] = {
     "DTR_CARD_LINK": "off",
 }
 
-# Settings whose environment value is a list (comma-separated) or JSON (inline or a file path).
-_LIST_KEYS = {"FHIR_SERVERS", "CORS_ORIGINS", "METRICS_ALLOW"}
-_JSON_KEYS = {"TRUSTED_ISSUERS", "BACKEND_CLIENTS", "SMART_CLIENTS"}
-_FLOAT_KEYS = {
-    "FHIR_DEADLINE_S",
-    "FHIR_CALL_TIMEOUT_S",
-    "JWKS_REFRESH_INTERVAL_S",
-    "DECISION_PAGE_TTL_S",
-    "REQUEST_READ_TIMEOUT_S",
-    "RATE_LIMIT_PER_S",
-}
+# Each setting is read as its default's type: a list (comma-separated in the environment),
+# a JSON object (inline or a file path), a number of its kind, or a string.
+_LIST_KEYS = {key for key, default in DEFAULTS.items() if isinstance(default, list)}
+_JSON_KEYS = {key for key, default in DEFAULTS.items() if isinstance(default, dict)}
+_FLOAT_KEYS = {key for key, default in DEFAULTS.items() if isinstance(default, float)}
 _INT_KEYS = {
-    "FHIR_MAX_PAGES",
-    "FHIR_MAX_RESPONSE_BYTES",
-    "FHIR_QUERY_THREADS",
-    "FHIR_QUERIES_PER_CALL",
-    "MAX_REQUEST_BYTES",
-    "AUDIT_RETENTION_DAYS",
-    "MAX_CONNECTIONS",
-    "KEEPALIVE_S",
-    "RATE_LIMIT_BURST",
-    "FORWARDED_FOR_HOPS",
+    key
+    for key, default in DEFAULTS.items()
+    if isinstance(default, int) and not isinstance(default, bool)
 }
 # Numeric settings for which 0 is meaningful (no limit, no proxy).
 _MAY_BE_ZERO = {"RATE_LIMIT_PER_S", "FORWARDED_FOR_HOPS"}
@@ -120,7 +107,7 @@ def _parse_env_value(key: str, raw: str) -> Any:
         try:
             return float(raw)
         except ValueError as exc:
-            raise ConfigError(f"CDS_{key} must be a number of seconds") from exc
+            raise ConfigError(f"CDS_{key} must be a number") from exc
     if key in _INT_KEYS:
         try:
             return int(raw)
@@ -152,14 +139,13 @@ def load_settings(
             settings[key] = _parse_env_value(key, raw)
     for key, value in (overrides or {}).items():
         settings[key] = value
+    _check_types(settings)
     if settings["AUTH"] not in ("required", "optional"):
         raise ConfigError("CDS_AUTH must be 'required' or 'optional'")
     if settings["AUDIT_SYNC"] not in ("normal", "full"):
         raise ConfigError("CDS_AUDIT_SYNC must be 'normal' or 'full'")
     for key in (*_FLOAT_KEYS, *_INT_KEYS):
         value = settings[key]
-        if not isinstance(value, int | float) or isinstance(value, bool):
-            raise ConfigError(f"CDS_{key} must be a number")
         if value < 0 or (value == 0 and key not in _MAY_BE_ZERO):
             raise ConfigError(f"CDS_{key} must be a positive number")
     if settings["FHIR_QUERIES_PER_CALL"] >= settings["FHIR_QUERY_THREADS"]:
@@ -177,6 +163,26 @@ def load_settings(
     if "*" in settings["CORS_ORIGINS"]:
         raise ConfigError("CDS_CORS_ORIGINS must list origins; '*' is not allowed")
     return settings
+
+
+def _check_types(settings: dict[str, Any]) -> None:
+    """Each setting has its default's type, whichever way it came: a whole number where
+    the default is one, a number where it is a float (read as that float), a list of
+    strings, a string. (Each JSON object setting has a check of its own.)"""
+    for key, default in DEFAULTS.items():
+        value = settings[key]
+        if key in _FLOAT_KEYS:
+            if not isinstance(value, int | float) or isinstance(value, bool):
+                raise ConfigError(f"CDS_{key} must be a number")
+            settings[key] = float(value)
+        elif key in _INT_KEYS:
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ConfigError(f"CDS_{key} must be a whole number")
+        elif key in _LIST_KEYS:
+            if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+                raise ConfigError(f"CDS_{key} must be a list of strings")
+        elif isinstance(default, str) and not isinstance(value, str):
+            raise ConfigError(f"CDS_{key} must be a string")
 
 
 def _check_key_sources(name: str, owner: str, entry: dict[str, Any]) -> None:
