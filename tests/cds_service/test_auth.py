@@ -7,12 +7,10 @@ import hashlib
 import hmac
 import json
 import logging
-import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +31,7 @@ from cds_service.errors import ClientAuthenticationFailed
 from cds_service.fhir_client import allowed_fhir_servers
 from cds_service.settings import Settings, app_settings
 from tests.builders import order_sign_request, patient_and_coverage_prefetch
+from tests.cds_service.conftest import JwksServer
 from tests.conftest import ORDER_SIGN, make_app
 from tests.misbehaving_fhir_server import MisbehavingFhirServer
 from tests.served_process import ServedProcess, free_port
@@ -86,49 +85,6 @@ def forge(header: dict[str, Any], payload: dict[str, Any], secret: bytes | None)
         return signing_input + "."
     mac = hmac.new(secret, signing_input.encode(), hashlib.sha256).digest()
     return f"{signing_input}.{_b64(mac)}"
-
-
-@dataclass
-class JwksServer:
-    """A local HTTP server publishing JWK Sets at paths; counts fetches per path."""
-
-    sets: dict[str, dict[str, Any]] = field(default_factory=dict)
-    fetches: dict[str, int] = field(default_factory=dict)
-    server: ThreadingHTTPServer | None = None
-
-    def url(self, path: str) -> str:
-        if self.server is None:
-            raise RuntimeError("not started")
-        return f"http://127.0.0.1:{self.server.server_address[1]}{path}"
-
-
-@pytest.fixture
-def jwks_server() -> Iterator[JwksServer]:
-    """A JWKS host on loopback; tests put key sets at paths and count the fetches."""
-    state = JwksServer()
-
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-            """Quiet."""
-
-        def do_GET(self) -> None:  # noqa: N802
-            state.fetches[self.path] = state.fetches.get(self.path, 0) + 1
-            body = json.dumps(state.sets.get(self.path, {"keys": []})).encode()
-            self.send_response(200 if self.path in state.sets else 404)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    state.server = server
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    yield state
-    server.shutdown()
-    server.server_close()
-    thread.join(timeout=5)
 
 
 def auth_app(issuers: dict[str, Any], **settings: Any) -> Flask:
