@@ -35,7 +35,6 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, NoReturn, Protocol
-from urllib.parse import urlsplit
 
 import jwt
 import requests
@@ -44,7 +43,7 @@ from flask import Flask, current_app, request
 
 from cds_service import operations
 from cds_service.errors import ClientAuthenticationFailed, Unauthorized
-from cds_service.fhir_client import is_loopback_host, shared_session
+from cds_service.fhir_client import https_or_loopback, shared_session
 from cds_service.json_input import UnreadableJson, loads_untrusted
 from cds_service.settings import Settings, app_settings
 
@@ -131,10 +130,7 @@ class JwksCache:
         return jwks
 
     def _fetch(self, url: str) -> dict[str, Any]:
-        parts = urlsplit(url)
-        if parts.scheme != "https" and not (
-            parts.scheme == "http" and is_loopback_host(parts.hostname)
-        ):
+        if not https_or_loopback(url):
             raise ClientAuthenticationFailed("JWKS URL is neither https nor loopback")
         deadline = time.monotonic() + JWKS_TIMEOUT_S
         pieces: list[bytes] = []
@@ -346,21 +342,18 @@ def _find_issuer_key(
     """The JWK named ``kid`` in the first of the issuer's key sources that holds it.
 
     The sources, in order: the token's ``jku`` when the issuer's ``jku`` list names it,
-    the inline ``jwks``, the ``jwks_url``. Any other ``jku`` is never fetched.
+    the inline ``jwks``, the ``jwks_url``. Any other ``jku`` is never fetched. (Each
+    source has its shape: ``load_settings`` checked it.)
     """
-    listed = entry.get("jku")
-    allowed_jku = (
-        [url for url in listed if isinstance(url, str)] if isinstance(listed, list) else []
-    )
     urls: list[str] = []
     if jku is not None:
-        if isinstance(jku, str) and jku in allowed_jku:
+        if isinstance(jku, str) and jku in entry.get("jku", ()):
             urls.append(jku)
         else:
             logger.debug("jku not on the issuer's allowlist ignored; configured keys used")
     jwks_url = entry.get("jwks_url")
     inline = entry.get("jwks")
-    if not urls and jwks_url is None and not isinstance(inline, Mapping):
+    if not urls and jwks_url is None and inline is None:
         raise ClientAuthenticationFailed("issuer has no keys for this token")
     unreachable: ClientAuthenticationFailed | None = None
     for url in urls:
@@ -371,11 +364,11 @@ def _find_issuer_key(
             continue
         if found is not None:
             return found
-    if isinstance(inline, Mapping):
+    if inline is not None:
         found = find_key(inline, kid)
         if found is not None:
             return found
-    if isinstance(jwks_url, str) and jwks_url not in urls:
+    if jwks_url is not None and jwks_url not in urls:
         return find_key_at(jwks_url, kid, jwks_cache, interval)
     if unreachable is not None:
         raise unreachable

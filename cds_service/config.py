@@ -6,13 +6,11 @@ with a bearer token, no CORS origin allowed.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from cds_service.smart_scopes import parse_system_scope
 
@@ -84,28 +82,15 @@ DEFAULTS: dict[str, Any] = {
     "DTR_CARD_LINK": "off",
 }
 
-# Settings whose environment value is a list (comma-separated) or JSON (inline or a file path).
-_LIST_KEYS = {"FHIR_SERVERS", "CORS_ORIGINS", "METRICS_ALLOW"}
-_JSON_KEYS = {"TRUSTED_ISSUERS", "BACKEND_CLIENTS", "SMART_CLIENTS"}
-_FLOAT_KEYS = {
-    "FHIR_DEADLINE_S",
-    "FHIR_CALL_TIMEOUT_S",
-    "JWKS_REFRESH_INTERVAL_S",
-    "DECISION_PAGE_TTL_S",
-    "REQUEST_READ_TIMEOUT_S",
-    "RATE_LIMIT_PER_S",
-}
+# Each setting is read as its default's type: a list (comma-separated in the environment),
+# a JSON object (inline or a file path), a number of its kind, or a string.
+_LIST_KEYS = {key for key, default in DEFAULTS.items() if isinstance(default, list)}
+_JSON_KEYS = {key for key, default in DEFAULTS.items() if isinstance(default, dict)}
+_FLOAT_KEYS = {key for key, default in DEFAULTS.items() if isinstance(default, float)}
 _INT_KEYS = {
-    "FHIR_MAX_PAGES",
-    "FHIR_MAX_RESPONSE_BYTES",
-    "FHIR_QUERY_THREADS",
-    "FHIR_QUERIES_PER_CALL",
-    "MAX_REQUEST_BYTES",
-    "AUDIT_RETENTION_DAYS",
-    "MAX_CONNECTIONS",
-    "KEEPALIVE_S",
-    "RATE_LIMIT_BURST",
-    "FORWARDED_FOR_HOPS",
+    key
+    for key, default in DEFAULTS.items()
+    if isinstance(default, int) and not isinstance(default, bool)
 }
 # Numeric settings for which 0 is meaningful (no limit, no proxy).
 _MAY_BE_ZERO = {"RATE_LIMIT_PER_S", "FORWARDED_FOR_HOPS"}
@@ -122,7 +107,7 @@ def _parse_env_value(key: str, raw: str) -> Any:
         try:
             return float(raw)
         except ValueError as exc:
-            raise ConfigError(f"CDS_{key} must be a number of seconds") from exc
+            raise ConfigError(f"CDS_{key} must be a number") from exc
     if key in _INT_KEYS:
         try:
             return int(raw)
@@ -154,16 +139,13 @@ def load_settings(
             settings[key] = _parse_env_value(key, raw)
     for key, value in (overrides or {}).items():
         settings[key] = value
+    _check_types(settings)
     if settings["AUTH"] not in ("required", "optional"):
         raise ConfigError("CDS_AUTH must be 'required' or 'optional'")
     if settings["AUDIT_SYNC"] not in ("normal", "full"):
         raise ConfigError("CDS_AUDIT_SYNC must be 'normal' or 'full'")
-    if not isinstance(settings["TRUSTED_ISSUERS"], dict):
-        raise ConfigError("CDS_TRUSTED_ISSUERS must map each issuer to its keys")
     for key in (*_FLOAT_KEYS, *_INT_KEYS):
         value = settings[key]
-        if not isinstance(value, int | float) or isinstance(value, bool):
-            raise ConfigError(f"CDS_{key} must be a number")
         if value < 0 or (value == 0 and key not in _MAY_BE_ZERO):
             raise ConfigError(f"CDS_{key} must be a positive number")
     if settings["FHIR_QUERIES_PER_CALL"] >= settings["FHIR_QUERY_THREADS"]:
@@ -171,14 +153,11 @@ def load_settings(
             "CDS_FHIR_QUERIES_PER_CALL must be fewer than CDS_FHIR_QUERY_THREADS, so that "
             "one call cannot hold every query thread"
         )
-    for issuer, entry in settings["TRUSTED_ISSUERS"].items():
-        if not isinstance(entry, dict) or not ({"jwks", "jwks_url", "jku"} & set(entry)):
-            raise ConfigError(
-                f"CDS_TRUSTED_ISSUERS: {issuer!r} needs 'jwks', 'jwks_url' or a 'jku' list"
-            )
-        _check_issuer_key_sources(issuer, entry)
+    _check_trusted_issuers(settings["TRUSTED_ISSUERS"])
     if settings["DTR_CARD_LINK"] not in ("on", "off"):
         raise ConfigError("CDS_DTR_CARD_LINK must be 'on' or 'off'")
+    if settings["LOG_FORMAT"] not in ("text", "json"):
+        raise ConfigError("CDS_LOG_FORMAT must be 'text' or 'json'")
     _check_smart_clients(settings["SMART_CLIENTS"])
     _check_backend_clients(settings["BACKEND_CLIENTS"])
     if "*" in settings["CORS_ORIGINS"]:
@@ -186,15 +165,73 @@ def load_settings(
     return settings
 
 
-def _check_issuer_key_sources(issuer: str, entry: dict[str, Any]) -> None:
-    """Each key source of a trusted issuer has its shape: a mapping, a URL, a URL list."""
-    if "jwks" in entry and not isinstance(entry["jwks"], dict):
-        raise ConfigError(f"CDS_TRUSTED_ISSUERS: {issuer!r} 'jwks' must be a JWK Set object")
-    if "jwks_url" in entry and not isinstance(entry["jwks_url"], str):
-        raise ConfigError(f"CDS_TRUSTED_ISSUERS: {issuer!r} 'jwks_url' must be a URL")
-    jku = entry.get("jku", [])
-    if not isinstance(jku, list) or not all(isinstance(url, str) for url in jku):
-        raise ConfigError(f"CDS_TRUSTED_ISSUERS: {issuer!r} 'jku' must be a list of URLs")
+def _check_types(settings: dict[str, Any]) -> None:
+    """Each setting has its default's type, whichever way it came: a whole number where
+    the default is one, a number where it is a float (read as that float), a list of
+    strings, a string. (Each JSON object setting has a check of its own.)"""
+    for key, default in DEFAULTS.items():
+        value = settings[key]
+        if key in _FLOAT_KEYS:
+            if not isinstance(value, int | float) or isinstance(value, bool):
+                raise ConfigError(f"CDS_{key} must be a number")
+            settings[key] = float(value)
+        elif key in _INT_KEYS:
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ConfigError(f"CDS_{key} must be a whole number")
+        elif key in _LIST_KEYS:
+            if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+                raise ConfigError(f"CDS_{key} must be a list of strings")
+        elif isinstance(default, str) and not isinstance(value, str):
+            raise ConfigError(f"CDS_{key} must be a string")
+
+
+def _check_key_sources(name: str, owner: str, entry: dict[str, Any]) -> None:
+    """The public keys ``owner`` (an issuer of ``CDS_TRUSTED_ISSUERS``, a client of
+    ``CDS_BACKEND_CLIENTS``) signs with, in whichever of its sources ``entry`` names:
+    ``jwks``, an inline JWK Set of public keys only; ``jwks_url``, an https URL (plain
+    http only on loopback) of one; ``jku``, a list of such URLs its tokens may name."""
+    # Here, not at the top: fhir_client reads this module's DEFAULTS when it loads.
+    from cds_service.fhir_client import https_or_loopback
+
+    if "jwks" in entry:
+        jwks = entry["jwks"]
+        keys = jwks.get("keys") if isinstance(jwks, dict) else None
+        if not isinstance(keys, list) or not all(isinstance(key, dict) for key in keys):
+            raise ConfigError(f"{name}: {owner!r} 'jwks' must be a JWK Set {{\"keys\": [...]}}")
+        if any(key.get("kty") == "oct" or "d" in key for key in keys):
+            raise ConfigError(
+                f"{name}: {owner!r} 'jwks' holds a secret or private key; "
+                "register the public keys only"
+            )
+    if "jwks_url" in entry and not https_or_loopback(entry["jwks_url"]):
+        raise ConfigError(
+            f"{name}: {owner!r} 'jwks_url' must be an https URL (plain http only on loopback)"
+        )
+    if "jku" in entry and not (
+        _strings(entry["jku"]) and all(map(https_or_loopback, entry["jku"]))
+    ):
+        raise ConfigError(
+            f"{name}: {owner!r} 'jku' must be a list of https URLs (plain http only on loopback)"
+        )
+
+
+def _strings(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)
+
+
+def _check_trusted_issuers(issuers: Any) -> None:
+    """``CDS_TRUSTED_ISSUERS``: each issuer maps to its keys (``_check_key_sources``) and,
+    optionally, the ``fhir_servers`` list of base URL prefixes its calls may point the
+    service at."""
+    name = "CDS_TRUSTED_ISSUERS"
+    if not isinstance(issuers, dict):
+        raise ConfigError(f"{name} must map each issuer to its keys")
+    for issuer, entry in issuers.items():
+        if not isinstance(entry, dict) or not ({"jwks", "jwks_url", "jku"} & set(entry)):
+            raise ConfigError(f"{name}: {issuer!r} needs 'jwks', 'jwks_url' or a 'jku' list")
+        _check_key_sources(name, issuer, entry)
+        if "fhir_servers" in entry and not _strings(entry["fhir_servers"]):
+            raise ConfigError(f"{name}: {issuer!r} 'fhir_servers' must be a list of base URLs")
 
 
 def _check_smart_clients(clients: Any) -> None:
@@ -218,17 +255,6 @@ def _check_smart_clients(clients: Any) -> None:
             raise ConfigError(f"CDS_SMART_CLIENTS: {issuer!r} 'frame_origins' must list origins")
 
 
-def _is_loopback(host: str | None) -> bool:
-    if host is None:
-        return False
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def _check_backend_clients(clients: Any) -> None:
     """``CDS_BACKEND_CLIENTS``: each client id maps to its public keys (an inline JWK Set,
     or an https URL of one) and the non-empty list of system scopes it may be granted."""
@@ -243,33 +269,7 @@ def _check_backend_clients(clients: Any) -> None:
         unknown = set(entry) - {"jwks", "jwks_url", "scopes"}
         if unknown:
             raise ConfigError(f"{name}: {client_id!r} has unknown keys {sorted(unknown)}")
-        if "jwks" in entry:
-            jwks = entry["jwks"]
-            keys = jwks.get("keys") if isinstance(jwks, dict) else None
-            if not isinstance(keys, list) or not all(isinstance(key, dict) for key in keys):
-                raise ConfigError(
-                    f"{name}: {client_id!r} 'jwks' must be a JWK Set {{\"keys\": [...]}}"
-                )
-            if any(key.get("kty") == "oct" or "d" in key for key in keys):
-                raise ConfigError(
-                    f"{name}: {client_id!r} 'jwks' holds a secret or private key; "
-                    "register the client's public keys only"
-                )
-        if "jwks_url" in entry:
-            url = entry["jwks_url"]
-            parts = urlsplit(url) if isinstance(url, str) else None
-            if (
-                parts is None
-                or not parts.hostname
-                or not (
-                    parts.scheme == "https"
-                    or (parts.scheme == "http" and _is_loopback(parts.hostname))
-                )
-            ):
-                raise ConfigError(
-                    f"{name}: {client_id!r} 'jwks_url' must be an https URL "
-                    "(plain http only on loopback)"
-                )
+        _check_key_sources(name, client_id, entry)
         scopes = entry.get("scopes")
         if (
             not isinstance(scopes, list)

@@ -78,6 +78,21 @@ def is_loopback_host(host: str | None) -> bool:
         return False
 
 
+def https_or_loopback(url: object) -> bool:
+    """Whether ``url`` names a host over https, or over plain http a loopback host
+    (``is_loopback_host``): where the service may fetch keys or send a browser."""
+    if not isinstance(url, str):
+        return False
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+    except ValueError:
+        return False
+    if not host:
+        return False
+    return parts.scheme == "https" or (parts.scheme == "http" and is_loopback_host(host))
+
+
 @dataclass(frozen=True, slots=True)
 class _Origin:
     scheme: str
@@ -141,11 +156,11 @@ def fhir_server_allowed(base_url: str, allowed_prefixes: Sequence[str]) -> bool:
 
 def allowed_fhir_servers(settings: Settings, issuer: str | None) -> list[str]:
     """The base URL prefixes a client may point the service (and its access token) at:
-    its issuer's ``fhir_servers`` in ``CDS_TRUSTED_ISSUERS``, else ``CDS_FHIR_SERVERS``."""
-    if issuer is not None:
-        entry = settings.trusted_issuers.get(issuer) or {}
-        if isinstance(entry.get("fhir_servers"), list):
-            return [str(prefix) for prefix in entry["fhir_servers"]]
+    its issuer's ``fhir_servers`` in ``CDS_TRUSTED_ISSUERS`` (a list of strings: checked at
+    start-up), else ``CDS_FHIR_SERVERS``."""
+    entry = settings.trusted_issuers.get(issuer) if issuer is not None else None
+    if entry is not None and "fhir_servers" in entry:
+        return list(entry["fhir_servers"])
     return list(settings.fhir_servers)
 
 

@@ -70,7 +70,6 @@ blueprint = Blueprint("operations", __name__)
 
 MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
-LOG_FORMATS = ("text", "json")
 # A hookInstance as a body names it, before the body is parsed (only characters of ids).
 _HOOK_INSTANCE = re.compile(rb'"hookInstance"\s*:\s*"([A-Za-z0-9._:-]{1,128})"')
 TEXT_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -421,8 +420,6 @@ def install_operations(app: Flask) -> None:
     from cds_service.settings import app_settings
 
     settings = app_settings(app)
-    if settings.log_format not in LOG_FORMATS:
-        raise ConfigError("CDS_LOG_FORMAT must be 'text' or 'json'")
     app.extensions["cds_metrics_networks"] = metrics_networks(settings.metrics_allow)
     metrics()
     app.register_blueprint(blueprint)
@@ -503,8 +500,6 @@ def configure_logging(settings: Settings | None = None) -> str:
     from cds_service.settings import Settings
 
     log_format = (settings or Settings.load()).log_format
-    if log_format not in LOG_FORMATS:
-        raise ConfigError("CDS_LOG_FORMAT must be 'text' or 'json'")
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_formatter(log_format))
     root = logging.getLogger()

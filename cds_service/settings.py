@@ -11,13 +11,13 @@ takes ``Settings`` and reads its attributes; ``current_settings`` is the app's.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from types import MappingProxyType
 from typing import Any, Literal, cast
 
 from flask import Flask, current_app
 
-from cds_service.config import load_settings
+from cds_service.config import DEFAULTS, load_settings
 from cds_service.fhir_client import FhirQueryLimits
 
 # Per client: {"jwks": ..., "jwks_url": ..., ...} as the configuration spells it.
@@ -28,8 +28,14 @@ def _frozen(value: Any) -> Registrations:
     return MappingProxyType(dict(value))
 
 
-def _strings(value: Any) -> tuple[str, ...]:
-    return tuple(str(item) for item in value)
+def _read_as(default: Any, value: Any) -> Any:
+    """A checked setting frozen as its default's type says: a JSON object read-only, a
+    list as a tuple of strings; numbers and strings as they are."""
+    if isinstance(default, dict):
+        return _frozen(value)
+    if isinstance(default, list):
+        return tuple(str(item) for item in value)
+    return value
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -62,7 +68,7 @@ class Settings:
     rate_limit_burst: int
     forwarded_for_hops: int
     metrics_allow: tuple[str, ...]
-    log_format: str
+    log_format: Literal["text", "json"]
     audit_retention_days: int
     smart_clients: Registrations = field(repr=False)
     dtr_card_link: bool  # CDS_DTR_CARD_LINK=on
@@ -86,38 +92,16 @@ class Settings:
 
     @classmethod
     def of(cls, values: Mapping[str, Any]) -> Settings:
-        """Freeze settings ``load_settings`` checked."""
-        return cls(
-            auth=values["AUTH"],
-            trusted_issuers=_frozen(values["TRUSTED_ISSUERS"]),
-            backend_clients=_frozen(values["BACKEND_CLIENTS"]),
-            fhir_servers=_strings(values["FHIR_SERVERS"]),
-            public_url=str(values["PUBLIC_URL"]),
-            database_url=str(values["DATABASE_URL"]),
-            audit_sync=values["AUDIT_SYNC"],
-            payer_name=str(values["PAYER_NAME"]),
-            fhir_deadline_s=float(values["FHIR_DEADLINE_S"]),
-            fhir_call_timeout_s=float(values["FHIR_CALL_TIMEOUT_S"]),
-            fhir_max_pages=int(values["FHIR_MAX_PAGES"]),
-            fhir_max_response_bytes=int(values["FHIR_MAX_RESPONSE_BYTES"]),
-            fhir_query_threads=int(values["FHIR_QUERY_THREADS"]),
-            fhir_queries_per_call=int(values["FHIR_QUERIES_PER_CALL"]),
-            jwks_refresh_interval_s=float(values["JWKS_REFRESH_INTERVAL_S"]),
-            max_request_bytes=int(values["MAX_REQUEST_BYTES"]),
-            cors_origins=_strings(values["CORS_ORIGINS"]),
-            decision_page_ttl_s=float(values["DECISION_PAGE_TTL_S"]),
-            request_read_timeout_s=float(values["REQUEST_READ_TIMEOUT_S"]),
-            keepalive_s=int(values["KEEPALIVE_S"]),
-            max_connections=int(values["MAX_CONNECTIONS"]),
-            rate_limit_per_s=float(values["RATE_LIMIT_PER_S"]),
-            rate_limit_burst=int(values["RATE_LIMIT_BURST"]),
-            forwarded_for_hops=int(values["FORWARDED_FOR_HOPS"]),
-            metrics_allow=_strings(values["METRICS_ALLOW"]),
-            log_format=str(values["LOG_FORMAT"]),
-            audit_retention_days=int(values["AUDIT_RETENTION_DAYS"]),
-            smart_clients=_frozen(values["SMART_CLIENTS"]),
-            dtr_card_link=values["DTR_CARD_LINK"] == "on",
-        )
+        """Freeze settings ``load_settings`` checked: each read as its default's type
+        (a JSON object as a read-only mapping, a list as a tuple), ``CDS_DTR_CARD_LINK``
+        as whether it is ``on``."""
+        given = {
+            f.name: _read_as(DEFAULTS[f.name.upper()], values[f.name.upper()])
+            for f in fields(cls)
+            if f.init
+        }
+        given["dtr_card_link"] = values["DTR_CARD_LINK"] == "on"
+        return cls(**given)
 
     @classmethod
     def load(

@@ -1,7 +1,8 @@
 """Fixtures for the service package.
 
-Local FHIR servers (well- and badly-behaved) and the pooled HTTP session; and the
-feedback/audit store, on which every store test runs twice: SQLite and PostgreSQL.
+Local FHIR servers (well- and badly-behaved), a local JWKS host, and the pooled HTTP
+session; and the feedback/audit store, on which every store test runs twice: SQLite and
+PostgreSQL.
 
 PostgreSQL is a real server: the one ``CDS_TEST_DATABASE_URL`` names (a superuser URL;
 each test creates its own database there), else a throwaway cluster these fixtures
@@ -11,8 +12,12 @@ skipped, except in CI (``CI`` set), where they fail.
 
 from __future__ import annotations
 
+import json
 import os
+import threading
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -129,6 +134,49 @@ def fhir_faults() -> Iterator[MisbehavingFhirServer]:
     """A local server playing a FHIR server, well or badly depending on the base URL."""
     with MisbehavingFhirServer(slow_s=10) as server:
         yield server
+
+
+@dataclass
+class JwksServer:
+    """A local HTTP server publishing JWK Sets at paths; counts fetches per path."""
+
+    sets: dict[str, dict[str, Any]] = field(default_factory=dict)
+    fetches: dict[str, int] = field(default_factory=dict)
+    server: ThreadingHTTPServer | None = None
+
+    def url(self, path: str) -> str:
+        if self.server is None:
+            raise RuntimeError("not started")
+        return f"http://127.0.0.1:{self.server.server_address[1]}{path}"
+
+
+@pytest.fixture
+def jwks_server() -> Iterator[JwksServer]:
+    """A JWKS host on loopback; tests put key sets at paths and count the fetches."""
+    state = JwksServer()
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+            """Quiet."""
+
+        def do_GET(self) -> None:  # noqa: N802
+            state.fetches[self.path] = state.fetches.get(self.path, 0) + 1
+            body = json.dumps(state.sets.get(self.path, {"keys": []})).encode()
+            self.send_response(200 if self.path in state.sets else 404)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    state.server = server
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    yield state
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=5)
 
 
 @pytest.fixture

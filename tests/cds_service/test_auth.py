@@ -7,12 +7,10 @@ import hashlib
 import hmac
 import json
 import logging
-import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +24,14 @@ from flask.testing import FlaskClient
 from cds_service.auth import (
     CLOCK_SKEW_S,
     FAILURE_MESSAGE,
+    JwksCache,
 )
 from cds_service.config import ConfigError
+from cds_service.errors import ClientAuthenticationFailed
 from cds_service.fhir_client import allowed_fhir_servers
 from cds_service.settings import Settings, app_settings
 from tests.builders import order_sign_request, patient_and_coverage_prefetch
+from tests.cds_service.conftest import JwksServer
 from tests.conftest import ORDER_SIGN, make_app
 from tests.misbehaving_fhir_server import MisbehavingFhirServer
 from tests.served_process import ServedProcess, free_port
@@ -84,49 +85,6 @@ def forge(header: dict[str, Any], payload: dict[str, Any], secret: bytes | None)
         return signing_input + "."
     mac = hmac.new(secret, signing_input.encode(), hashlib.sha256).digest()
     return f"{signing_input}.{_b64(mac)}"
-
-
-@dataclass
-class JwksServer:
-    """A local HTTP server publishing JWK Sets at paths; counts fetches per path."""
-
-    sets: dict[str, dict[str, Any]] = field(default_factory=dict)
-    fetches: dict[str, int] = field(default_factory=dict)
-    server: ThreadingHTTPServer | None = None
-
-    def url(self, path: str) -> str:
-        if self.server is None:
-            raise RuntimeError("not started")
-        return f"http://127.0.0.1:{self.server.server_address[1]}{path}"
-
-
-@pytest.fixture
-def jwks_server() -> Iterator[JwksServer]:
-    """A JWKS host on loopback; tests put key sets at paths and count the fetches."""
-    state = JwksServer()
-
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-            """Quiet."""
-
-        def do_GET(self) -> None:  # noqa: N802
-            state.fetches[self.path] = state.fetches.get(self.path, 0) + 1
-            body = json.dumps(state.sets.get(self.path, {"keys": []})).encode()
-            self.send_response(200 if self.path in state.sets else 404)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    state.server = server
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    yield state
-    server.shutdown()
-    server.server_close()
-    thread.join(timeout=5)
 
 
 def auth_app(issuers: dict[str, Any], **settings: Any) -> Flask:
@@ -407,9 +365,14 @@ def test_unreachable_jwks_url_is_401_and_not_hammered(keys: Keys, jwks_server: J
     assert jwks_server.fetches["/missing"] == 1
 
 
-def test_plain_http_jwks_url_off_loopback_is_never_fetched(keys: Keys) -> None:
-    app = auth_app({ISSUER: {"jwks_url": "http://jwks.example.org/keys"}})
-    assert call(app.test_client(), sign(keys.es384)).status_code == 401
+def test_plain_http_jwks_url_off_loopback_is_never_fetched() -> None:
+    """Refused at start-up, so never fetched (the JWKS fetch would refuse it too)."""
+    with pytest.raises(ConfigError, match=f"{ISSUER!r} 'jwks_url' must be an https URL"):
+        auth_app({ISSUER: {"jwks_url": "http://jwks.example.org/keys"}})
+    with pytest.raises(ConfigError, match=f"{ISSUER!r} 'jku' must be a list of https URLs"):
+        auth_app({ISSUER: {"jku": ["http://jwks.example.org/keys"]}})
+    with pytest.raises(ClientAuthenticationFailed, match="neither https nor loopback"):
+        JwksCache().keys("http://jwks.example.org/keys", refresh=False, refresh_interval_s=60)
 
 
 # --- modes, discovery, the aud URL ----------------------------------------------------
@@ -466,8 +429,8 @@ def test_issuer_fhir_servers_list_replaces_the_default() -> None:
         {
             "FHIR_SERVERS": ["https://default.example.org"],
             "TRUSTED_ISSUERS": {
-                ISSUER: {"jwks": {}, "fhir_servers": ["https://ehr.example.org"]},
-                OTHER_ISSUER: {"jwks": {}},
+                ISSUER: {"jwks": {"keys": []}, "fhir_servers": ["https://ehr.example.org"]},
+                OTHER_ISSUER: {"jwks": {"keys": []}},
             },
         },
         environ={},
@@ -727,18 +690,52 @@ def test_only_an_unlisted_jku_and_no_configured_keys_is_refused(
     assert "issuer has no keys for this token" in caplog.text
 
 
+SANDBOX_JWKS = "https://sandbox.cds-hooks.org/.well-known/jwks.json"
+PUBLIC_EC = {"kty": "EC", "crv": "P-384", "x": "AA", "y": "AA", "kid": "k"}
+
+
 @pytest.mark.parametrize(
-    "entry",
+    ("entry", "field"),
     [
-        {"jku": "https://sandbox.cds-hooks.org/.well-known/jwks.json"},
-        {"jwks_url": ["https://sandbox.cds-hooks.org/.well-known/jwks.json"]},
-        {"jwks": [{"kty": "EC"}]},
+        ({"jku": SANDBOX_JWKS}, "jku"),
+        ({"jku": [SANDBOX_JWKS, 7]}, "jku"),
+        ({"jku": ["http://sandbox.cds-hooks.org/.well-known/jwks.json"]}, "jku"),
+        ({"jwks_url": [SANDBOX_JWKS]}, "jwks_url"),
+        ({"jwks_url": "http://sandbox.cds-hooks.org/.well-known/jwks.json"}, "jwks_url"),
+        ({"jwks_url": "sandbox.cds-hooks.org/.well-known/jwks.json"}, "jwks_url"),
+        ({"jwks": [{"kty": "EC"}]}, "jwks"),
+        ({"jwks": {"kty": "EC"}}, "jwks"),
+        ({"jwks": {"keys": ["ec-1"]}}, "jwks"),
+        ({"jwks": {"keys": [{**PUBLIC_EC, "d": "private"}]}}, "jwks"),
+        ({"jwks": {"keys": [{"kty": "oct", "k": "c2VjcmV0"}]}}, "jwks"),
+        ({"jwks_url": SANDBOX_JWKS, "fhir_servers": "https://only.example.org"}, "fhir_servers"),
+        (
+            {"jwks_url": SANDBOX_JWKS, "fhir_servers": ["https://a.example.org", None]},
+            "fhir_servers",
+        ),
     ],
 )
-def test_issuer_key_source_of_the_wrong_shape_is_refused_at_start(entry: dict[str, Any]) -> None:
-    """A jku given as one string would be matched as a substring: refused, not guessed."""
-    with pytest.raises(ConfigError):
+def test_issuer_key_source_of_the_wrong_shape_is_refused_at_start(
+    entry: dict[str, Any], field: str
+) -> None:
+    """Trusted issuers are held to the rules backend clients are (a JWK Set of public keys,
+    https or loopback key URLs); a jku or fhir_servers given as one string would be
+    matched as a substring or dropped for the default list: refused, not guessed."""
+    with pytest.raises(ConfigError) as raised:
         Settings.load({"TRUSTED_ISSUERS": {SANDBOX_ISSUER: entry}}, environ={})
+    assert str(raised.value).startswith(f"CDS_TRUSTED_ISSUERS: {SANDBOX_ISSUER!r} '{field}'")
+
+
+def test_issuer_key_sources_of_the_right_shape_load() -> None:
+    entry = {
+        "jwks": {"keys": [PUBLIC_EC]},
+        "jwks_url": "http://localhost./jwks.json",
+        "jku": [SANDBOX_JWKS, "http://127.0.0.1:8080/jwks.json"],
+        "fhir_servers": ["https://ehr.example.org/fhir"],
+    }
+    settings = Settings.load({"TRUSTED_ISSUERS": {SANDBOX_ISSUER: entry}}, environ={})
+    assert settings.trusted_issuers == {SANDBOX_ISSUER: entry}
+    assert allowed_fhir_servers(settings, SANDBOX_ISSUER) == ["https://ehr.example.org/fhir"]
 
 
 def test_served_service_accepts_the_sandbox_with_auth_required(

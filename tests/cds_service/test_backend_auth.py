@@ -6,14 +6,12 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import threading
 import time
 import uuid
 import warnings
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +37,7 @@ from cds_service.config import ConfigError
 from cds_service.errors import ServiceUnavailable
 from cds_service.settings import Settings
 from cds_service.tables import backend_access_token
+from tests.cds_service.conftest import JwksServer
 from tests.conftest import ROOT, make_app
 from tests.served_process import ServedProcess, free_port
 from tests.signing_keys import SigningKey
@@ -626,55 +625,24 @@ def test_expired_tokens_are_swept(make_service: Callable[..., Flask], keys: Keys
 # --- the JWK Set at a URL ------------------------------------------------------------------
 
 
-@dataclass
-class JwksHost:
-    """A local HTTP server publishing one JWK Set; counts its fetches."""
-
-    jwks: dict[str, Any] = field(default_factory=lambda: {"keys": []})
-    fetches: int = 0
-    url: str = ""
-
-
-@pytest.fixture
-def jwks_host() -> Iterator[JwksHost]:
+def test_keys_at_a_jwks_url_are_fetched_once(keys: Keys, jwks_server: JwksServer) -> None:
     """A JWKS host on loopback (plain http is allowed there, as for trusted issuers)."""
-    state = JwksHost()
-
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-            """Quiet."""
-
-        def do_GET(self) -> None:  # noqa: N802
-            state.fetches += 1
-            body = json.dumps(state.jwks).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    state.url = f"http://127.0.0.1:{server.server_address[1]}/jwks.json"
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    yield state
-    server.shutdown()
-    server.server_close()
-    thread.join(timeout=5)
-
-
-def test_keys_at_a_jwks_url_are_fetched_once(keys: Keys, jwks_host: JwksHost) -> None:
-    jwks_host.jwks = {"keys": [keys.es384.public_jwk]}
-    clients = {CLIENT: {"jwks_url": jwks_host.url, "scopes": ["system/Questionnaire.rs"]}}
+    url = jwks_server.url("/jwks.json")
+    jwks_server.sets["/jwks.json"] = {"keys": [keys.es384.public_jwk]}
+    jwks_server.sets["/other.json"] = {"keys": [keys.stranger.public_jwk]}
+    clients = {CLIENT: {"jwks_url": url, "scopes": ["system/Questionnaire.rs"]}}
     client = payer_app(keys, BACKEND_CLIENTS=clients).test_client()
     for _ in range(2):
         token_for(client, keys.es384, scope="system/Questionnaire.rs")
     # jku equal to the registered URL is that URL.
-    form = token_form(assertion(keys.es384, header={"jku": jwks_host.url}))
+    form = token_form(assertion(keys.es384, header={"jku": url}))
     assert ask_token(client, form).status_code == 200
-    assert jwks_host.fetches == 1
+    assert jwks_server.fetches == {"/jwks.json": 1}
     refused(ask_token(client, token_form(assertion(keys.stranger))), 401, "invalid_client")
+    # Any other jku, even on the same host, is refused and never fetched.
+    other = token_form(assertion(keys.stranger, header={"jku": jwks_server.url("/other.json")}))
+    refused(ask_token(client, other), 401, "invalid_client")
+    assert jwks_server.fetches == {"/jwks.json": 1}
 
 
 # --- configuration -------------------------------------------------------------------------
@@ -722,6 +690,16 @@ def test_bad_client_registrations_stop_the_start(clients: Any, message: str) -> 
     with pytest.raises(ConfigError, match=message) as raised:
         Settings.load({"BACKEND_CLIENTS": clients}, environ={})
     assert "CDS_BACKEND_CLIENTS" in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    "url", ["http://localhost./jwks", "http://[::1]:8080/jwks", "http://127.0.0.2/jwks"]
+)
+def test_a_loopback_jwks_url_is_a_registration(url: str) -> None:
+    """Plain http to loopback is allowed for a client's keys as for a FHIR server: the same
+    hosts (``localhost.`` too)."""
+    clients = {"c": {"jwks_url": url, "scopes": ["system/Questionnaire.rs"]}}
+    assert Settings.load({"BACKEND_CLIENTS": clients}, environ={}).backend_clients == clients
 
 
 def test_unreadable_clients_file_is_a_config_error(tmp_path: Path) -> None:

@@ -20,6 +20,7 @@ from cds_service.fhir_client import (
     FhirReader,
     fetch_all,
     fhir_server_allowed,
+    https_or_loopback,
     is_loopback_host,
     query_pool,
 )
@@ -46,6 +47,32 @@ from tests.misbehaving_fhir_server import MisbehavingFhirServer
 )
 def test_loopback_hosts(host: str | None, loopback: bool) -> None:
     assert is_loopback_host(host) is loopback
+
+
+@pytest.mark.parametrize(
+    ("url", "allowed"),
+    [
+        ("https://keys.example.org/jwks.json", True),
+        ("https://KEYS.example.org", True),
+        ("http://127.0.0.1:8080/jwks", True),
+        ("http://[::1]:8080/jwks", True),
+        ("http://localhost/jwks", True),
+        ("http://localhost./jwks", True),
+        ("http://keys.example.org/jwks", False),
+        ("http://localhost.evil.com/jwks", False),
+        ("ftp://127.0.0.1/jwks", False),
+        ("https:///jwks", False),
+        ("https://[::1/jwks", False),
+        ("keys.example.org/jwks", False),
+        ("", False),
+        (42, False),
+        (None, False),
+    ],
+)
+def test_https_or_loopback_http(url: object, allowed: bool) -> None:
+    """The one rule for key URLs and browser addresses: https, plain http only on loopback,
+    with the same loopback hosts as the FHIR allowlist."""
+    assert https_or_loopback(url) is allowed
 
 
 @pytest.mark.parametrize(

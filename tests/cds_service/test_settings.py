@@ -108,3 +108,59 @@ def test_create_app_builds_the_settings_once() -> None:
 def test_a_bad_setting_stops_the_service_at_start() -> None:
     with pytest.raises(ConfigError, match="CDS_FHIR_QUERIES_PER_CALL must be fewer"):
         Settings.load({"FHIR_QUERY_THREADS": 4, "FHIR_QUERIES_PER_CALL": 8}, environ={})
+
+
+@pytest.mark.parametrize(
+    ("overrides", "environ", "message"),
+    [
+        ({"LOG_FORMAT": "xml"}, {}, "CDS_LOG_FORMAT must be 'text' or 'json'"),
+        ({}, {"CDS_LOG_FORMAT": "JSON"}, "CDS_LOG_FORMAT must be 'text' or 'json'"),
+        ({"AUTH": "off"}, {}, "CDS_AUTH must be"),
+        ({}, {"CDS_AUDIT_SYNC": "fsync"}, "CDS_AUDIT_SYNC must be"),
+        ({"DTR_CARD_LINK": True}, {}, "CDS_DTR_CARD_LINK must be"),
+    ],
+)
+def test_a_word_setting_outside_its_words_stops_the_start(
+    overrides: dict[str, object], environ: dict[str, str], message: str
+) -> None:
+    """Settings that take one of a few words are checked when they load, before any part
+    of the service reads them."""
+    with pytest.raises(ConfigError, match=message):
+        Settings.load(overrides, environ=environ)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"KEEPALIVE_S": 0.5}, "CDS_KEEPALIVE_S must be a whole number"),
+        ({"FHIR_MAX_PAGES": 3.0}, "CDS_FHIR_MAX_PAGES must be a whole number"),
+        ({"RATE_LIMIT_BURST": True}, "CDS_RATE_LIMIT_BURST must be a whole number"),
+        ({"FHIR_DEADLINE_S": "1.5"}, "CDS_FHIR_DEADLINE_S must be a number"),
+        ({"FHIR_SERVERS": "https://only.example.org"}, "CDS_FHIR_SERVERS must be a list"),
+        ({"CORS_ORIGINS": ["https://a.example.org", 7]}, "CDS_CORS_ORIGINS must be a list"),
+        ({"PAYER_NAME": 5}, "CDS_PAYER_NAME must be a string"),
+        ({"PUBLIC_URL": None}, "CDS_PUBLIC_URL must be a string"),
+    ],
+)
+def test_an_override_of_another_type_than_its_default_stops_the_start(
+    overrides: dict[str, object], message: str
+) -> None:
+    """Not read as something near it: 0.5 s of keep-alive is not 0 s, a URL is not the
+    list of its characters."""
+    with pytest.raises(ConfigError, match=message):
+        Settings.load(overrides, environ={})
+
+
+def test_a_whole_number_of_seconds_is_read_as_a_float() -> None:
+    settings = Settings.load({"FHIR_DEADLINE_S": 2, "RATE_LIMIT_PER_S": 0}, environ={})
+    assert (settings.fhir_deadline_s, settings.rate_limit_per_s) == (2.0, 0.0)
+    assert type(settings.fhir_deadline_s) is type(settings.rate_limit_per_s) is float
+    assert Settings.load({"CORS_ORIGINS": ("https://a.example.org",)}, environ={}).cors_origins == (
+        "https://a.example.org",
+    )
+
+
+@pytest.mark.parametrize("key", [key for key, value in DEFAULTS.items() if isinstance(value, list)])
+def test_a_list_setting_is_read_from_a_comma_separated_environment_value(key: str) -> None:
+    settings = Settings.load(environ={f"CDS_{key}": "http://127.0.0.1, ,http://[::1]:8080"})
+    assert getattr(settings, key.lower()) == ("http://127.0.0.1", "http://[::1]:8080")
