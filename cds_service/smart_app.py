@@ -27,7 +27,7 @@ import logging
 import secrets
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -38,9 +38,9 @@ import jwt
 import requests
 from flask import Blueprint, Response, current_app, redirect, render_template, request
 
-from cds_service.audit import AuditRecord, CallTimings, decision_record, record_service_call
+from cds_service.audit import decision_record
 from cds_service.auth import CLOCK_SKEW_S, JwksCache, find_key_at, verification_key
-from cds_service.dtr_routes import completed_coverage_information, served_forms
+from cds_service.dtr_routes import completed_coverage, record_dtr_call, served_forms
 from cds_service.errors import ClientAuthenticationFailed, FhirQueryFailed
 from cds_service.fhir_client import (
     FhirQueryLimits,
@@ -75,7 +75,7 @@ from cds_service.smart_sessions import (
 )
 from cds_service.store import Store
 from coverage_policy.model import Outcome, Policy, Truth
-from dtr.adaptive import Knowledge, Step
+from dtr.adaptive import Step
 
 if TYPE_CHECKING:
     from authlib.integrations.requests_client import OAuth2Session
@@ -846,12 +846,12 @@ def save_form() -> Response:
             finished=done.finished,
         )
     finishing = request.form.get("action") == "finish"
-    information = None
+    completed = None
     known = knowledge_from_json(state["knowledge"])
     if finishing and done.finished and done.asserts:
-        information = completed_coverage_information(policy, known, done.decision, known.coverage)
+        completed = completed_coverage(policy, known, done.decision, known.coverage)
     status = "completed" if finishing else "in-progress"
-    resource = _response(state, status, coverage_information=information)
+    resource = _response(state, status, coverage_information=completed[0] if completed else None)
     save_session(_store(), session)  # the answers are kept even if the EHR fails now
     try:
         saved = write_response(
@@ -870,31 +870,17 @@ def save_form() -> Response:
         ) from None
     state["qr_id"], state["status"] = saved, status
     save_session(_store(), session)
-    if information is not None:
-        _record_completed(session, known, done, information)
+    if completed is not None:
+        # The decision the form asserted, under its new coverage-assertion-id (no PHI).
+        record_dtr_call(
+            "documentation-app",
+            str(session.data["iss"]),
+            0.0,
+            known.crd_version or "",
+            (decision_record(done.decision, completed[1], known.orders, known.order_facts),),
+        )
     logger.info("documentation app saved a %s response (%d answers)", status, len(state["answers"]))
     return page_headers(cast(Response, redirect("/dtr/done" if finishing else "/dtr/form", 303)))
-
-
-def _record_completed(
-    session: AppSession, known: Knowledge, done: Step, information: Mapping[str, Any]
-) -> None:
-    """The decision a completed form asserted, recorded under its new
-    coverage-assertion-id like a ``$next-question`` one (no PHI)."""
-    new_id = next(
-        p["valueString"] for p in information["extension"] if p["url"] == "coverage-assertion-id"
-    )
-    record = AuditRecord(
-        recorded_at=_now(),
-        service_id="dtr",
-        hook="documentation-app",
-        hook_instance=cast(Callable[[], str], current_app.extensions["cds_new_uuid"])(),
-        client_iss=str(session.data["iss"]),
-        crd_version=known.crd_version or "",
-        timings=CallTimings(prefetch=0.0, fetch=0.0, decide=0.0, total=0.0),
-        decisions=(decision_record(done.decision, new_id, known.orders, known.order_facts),),
-    )
-    record_service_call(_store(), record)
 
 
 @blueprint.get("/done")
