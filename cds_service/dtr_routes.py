@@ -226,8 +226,7 @@ def _decisions_for(context: str, orders: set[str]) -> list[Knowledge]:
 
 
 def _knowledge_without_context(policy: Policy, rule_id: str, today: date) -> Knowledge:
-    rules = {rule.id: rule for rule in policy.rules}
-    requirements = requirements_with(policy, rules[rule_id], today)
+    requirements = requirements_with(policy, policy.rules_by_id[rule_id], today)
     return Knowledge(rule_ids=(rule_id, *(r.id for r in requirements)), known={}, as_of=today)
 
 
@@ -367,7 +366,7 @@ def questionnaire_package() -> Response:
     valuesets = answer_valuesets(policy, now)
     bundles = []
     for rule_id, knowing, orders in wanted:
-        rule = next(r for r in policy.rules if r.id == rule_id)
+        rule = policy.rules_by_id[rule_id]
         form = forms[rule_id]
         binds = [
             valuesets[valueset_canonical(policy, i).partition("|")[0]]

@@ -193,7 +193,7 @@ def _reader(iss: str, token: str, settings: Settings, started: float) -> FhirRea
 def _order_text(
     policy: Policy, decision_rule: str, orders: tuple[str, ...], hcpcs: str | None
 ) -> str:
-    rule = next((r for r in policy.rules if r.id == decision_rule), None)
+    rule = policy.rules_by_id.get(decision_rule)
     what = rule.title if rule else decision_rule
     code = f" (HCPCS {hcpcs})" if hcpcs else ""
     return f"{what}{code}, order {', '.join(orders)}"
