@@ -24,7 +24,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from cds_service.audit import audit_for_decision_page
 from cds_service.settings import current_settings
 from coverage_policy.engine import OUTCOME_OF_TRUTH, truth_of
-from coverage_policy.model import Outcome, Policy, Rule, Truth
+from coverage_policy.model import Outcome, Policy, Truth
 from coverage_policy.report import guidance_message
 from hooks.cards import card_text
 
@@ -66,10 +66,6 @@ class RuleSection:
     criteria: tuple[CriterionRow, ...]
 
 
-def _rule(policy: Policy, rule_id: str) -> Rule | None:
-    return next((r for r in policy.rules if r.id == rule_id), None)
-
-
 def _criterion_row(row: Mapping[str, Any], policy: Policy) -> CriterionRow:
     criterion = policy.criteria.get(row["criterion_id"])
     truth = row["truth"] if row["checked"] else "not-checked"
@@ -92,7 +88,7 @@ def _sections(item: Mapping[str, Any], policy: Policy) -> list[RuleSection]:
     for row in item["criteria"]:
         by_rule.setdefault(row["rule_id"], []).append(row)
     truths = {c["criterion_id"]: Truth(c["truth"]) for c in item["criteria"]}
-    rules = {rule_id: _rule(policy, rule_id) for rule_id in by_rule}
+    rules = {rule_id: policy.rules_by_id.get(rule_id) for rule_id in by_rule}
     indication = rules.get(item["rule_id"])
     indication_outcome = (
         OUTCOME_OF_TRUTH[truth_of(indication.decides, truths)]

@@ -142,26 +142,32 @@ def served_forms() -> dict[str, dict[str, Any]]:
     return cast(dict[str, dict[str, Any]], forms)
 
 
-def _audit(
+def record_dtr_call(
     operation: str,
-    started: float,
+    client_iss: str | None,
+    elapsed: float,
     crd_version: str = "",
     decisions: tuple[DecisionRecord, ...] = (),
 ) -> None:
-    """Record one answered DTR call (never fails the answer: see ``record_service_call``)."""
-    client = current_backend_client()
-    elapsed = time.perf_counter() - started
+    """Record one answered DTR call, of a DTR client (``client_iss``) or of the
+    documentation app, like a service call (``service_id`` ``dtr``, ``hook`` the
+    operation); never fails the answer (see ``record_service_call``)."""
     record = AuditRecord(
         recorded_at=_now(),
         service_id="dtr",
         hook=operation,
         hook_instance=cast(Callable[[], str], current_app.extensions["cds_new_uuid"])(),
-        client_iss=client.client_id if client else None,
+        client_iss=client_iss,
         crd_version=crd_version,
         timings=CallTimings(prefetch=0.0, fetch=0.0, decide=elapsed, total=elapsed),
         decisions=decisions,
     )
     record_service_call(current_app.extensions["cds_store"], record)
+
+
+def _backend_iss() -> str | None:
+    client = current_backend_client()
+    return client.client_id if client else None
 
 
 def _reference(resource: Mapping[str, Any]) -> str | None:
@@ -179,8 +185,9 @@ _UNKNOWN_CONTEXT = (
 )
 
 
-def _knowledge(report: Mapping[str, Any]) -> Knowledge:
-    """A recorded decision as what the walk knows: its rules and criterion truths."""
+def knowledge_of_report(report: Mapping[str, Any]) -> Knowledge:
+    """A recorded decision as what the walk knows: its rules and criterion truths (the
+    documentation app decides from the same audited decision)."""
     rule_ids = [report["rule_id"]]
     known: dict[str, RecordedCriterion] = {}
     for criterion in report["criteria"]:
@@ -207,25 +214,19 @@ def _knowledge(report: Mapping[str, Any]) -> Knowledge:
     )
 
 
-# The documentation app decides from the same audited decision, and completes the same way.
-def knowledge_of_report(report: Mapping[str, Any]) -> Knowledge:
-    return _knowledge(report)
-
-
 def _decisions_for(context: str, orders: set[str]) -> list[Knowledge]:
     """The recorded decisions of ``context`` about any of ``orders``, the latest per rule."""
     latest: dict[str, Knowledge] = {}
     for report in audit_for_assertion(current_app.extensions["cds_store"], context):
         if orders & set(report["orders"]):  # oldest first: a later one replaces it
-            latest[report["rule_id"]] = _knowledge(report)
+            latest[report["rule_id"]] = knowledge_of_report(report)
     if not latest:
         raise BadRequest.single(_UNKNOWN_CONTEXT, "context")
     return list(latest.values())
 
 
 def _knowledge_without_context(policy: Policy, rule_id: str, today: date) -> Knowledge:
-    rules = {rule.id: rule for rule in policy.rules}
-    requirements = requirements_with(policy, rules[rule_id], today)
+    requirements = requirements_with(policy, policy.rules_by_id[rule_id], today)
     return Knowledge(rule_ids=(rule_id, *(r.id for r in requirements)), known={}, as_of=today)
 
 
@@ -365,7 +366,7 @@ def questionnaire_package() -> Response:
     valuesets = answer_valuesets(policy, now)
     bundles = []
     for rule_id, knowing, orders in wanted:
-        rule = next(r for r in policy.rules if r.id == rule_id)
+        rule = policy.rules_by_id[rule_id]
         form = forms[rule_id]
         binds = [
             valuesets[valueset_canonical(policy, i).partition("|")[0]]
@@ -385,7 +386,13 @@ def questionnaire_package() -> Response:
     if not bundles and not notes:
         notes.append(("information", "informational", form_text()["no_form"]))
     crd_version = next((k.crd_version for _, k, _ in wanted if k and k.crd_version), "")
-    _audit("questionnaire-package", started, crd_version, tuple(recorded))
+    record_dtr_call(
+        "questionnaire-package",
+        _backend_iss(),
+        time.perf_counter() - started,
+        crd_version,
+        tuple(recorded),
+    )
     return _fhir(package_parameters(bundles, outcome(notes)))
 
 
@@ -406,29 +413,26 @@ def _context_of(
     return (ids[0] if ids and isinstance(ids[0], str) else None), orders, coverage
 
 
-def _completed_coverage(
+def completed_coverage(
     policy: Policy, known: Knowledge, decision: Decision, coverage: str | None
-) -> dict[str, Any] | None:
+) -> tuple[dict[str, Any], str] | None:
+    """The coverage-information a completed form carries, with the new
+    coverage-assertion-id it asserts under (None without a CRD context). The
+    documentation app completes the same way."""
     if known.assertion_id is None or coverage is None or not known.from_crd:
         return None
+    assertion_id = cast(Callable[[], str], current_app.extensions["cds_new_uuid"])()
     ctx = AssertionContext(
         policy=policy,
         crd=crd_dialect(known.crd_version),
         secondary_hook=False,
         coverage=CoverageRef(coverage),
-        assertion_id=cast(Callable[[], str], current_app.extensions["cds_new_uuid"])(),
+        assertion_id=assertion_id,
         today=_now().date(),
         payer_name=current_settings().payer_name,
         not_retrieved={},
     )
-    return coverage_information_for(decision, ctx)
-
-
-def completed_coverage_information(
-    policy: Policy, known: Knowledge, decision: Decision, coverage: str | None
-) -> dict[str, Any] | None:
-    """The coverage-information a completed form carries (None without a CRD context)."""
-    return _completed_coverage(policy, known, decision, coverage)
+    return coverage_information_for(decision, ctx), assertion_id
 
 
 @blueprint.post("/Questionnaire/$next-question")
@@ -481,25 +485,28 @@ def next_question() -> Response:
         raise BadRequest.single(
             "The decision's rule is not in the current policy", "QuestionnaireResponse"
         )
-    information = (
-        _completed_coverage(policy, known, done.decision, coverage)
+    completed = (
+        completed_coverage(policy, known, done.decision, coverage)
         if done.finished and done.asserts
         else None
     )
     try:
-        advanced = advance(policy, response, done, information)
+        advanced = advance(policy, response, done, completed[0] if completed else None)
     except FormInputError as error:
         raise _bad(error) from None
     recorded: tuple[DecisionRecord, ...] = ()
-    if information is not None:
-        new_id = next(
-            p["valueString"]
-            for p in information["extension"]
-            if p["url"] == "coverage-assertion-id"
-        )
+    if completed is not None:
         orders_decided = tuple(sorted(orders & set(known.orders))) or known.orders
-        recorded = (decision_record(done.decision, new_id, orders_decided, known.order_facts),)
-    _audit("next-question", started, known.crd_version or "", recorded)
+        recorded = (
+            decision_record(done.decision, completed[1], orders_decided, known.order_facts),
+        )
+    record_dtr_call(
+        "next-question",
+        _backend_iss(),
+        time.perf_counter() - started,
+        known.crd_version or "",
+        recorded,
+    )
     return _fhir(
         {"resourceType": "Parameters", "parameter": [{"name": "return", "resource": advanced}]}
     )
@@ -517,7 +524,7 @@ def expand_valueset() -> Response:
     valueset = answer_valuesets(_policy(), _now()).get(url)
     if valueset is None or (bar and version != valueset["version"]):
         raise BadRequest.single(f"No ValueSet '{canonical}' here", "url")
-    _audit("expand", started)
+    record_dtr_call("expand", _backend_iss(), time.perf_counter() - started)
     return _fhir(valueset)
 
 
@@ -599,5 +606,5 @@ def log_questionnaire_errors() -> Response:
     logger.warning(
         "dtr questionnaire errors reported: %s (%d issues)", ", ".join(canonicals)[:500], issues
     )
-    _audit("log-questionnaire-errors", started)
+    record_dtr_call("log-questionnaire-errors", _backend_iss(), time.perf_counter() - started)
     return Response(status=200)

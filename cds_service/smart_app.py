@@ -17,7 +17,9 @@
 Every answer here is a page for people: errors are HTML pages (``SmartAppError``), each
 with a ``Content-Security-Policy`` that allows no script and no other origin, and
 ``frame-ancestors`` set to the EHR origins configured. Tokens appear in no URL, log,
-page or cookie.
+page or cookie. What the pages say beyond their templates (the decision so far, the
+criterion truths, answers not taken, each error page) is data: ``dtr/form_text.json``
+``app``, read through ``dtr.forms.form_text``.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import logging
 import secrets
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -38,9 +40,9 @@ import jwt
 import requests
 from flask import Blueprint, Response, current_app, redirect, render_template, request
 
-from cds_service.audit import AuditRecord, CallTimings, decision_record, record_service_call
+from cds_service.audit import decision_record
 from cds_service.auth import CLOCK_SKEW_S, JwksCache, find_key_at, verification_key
-from cds_service.dtr_routes import completed_coverage_information, served_forms
+from cds_service.dtr_routes import completed_coverage, record_dtr_call, served_forms
 from cds_service.errors import ClientAuthenticationFailed, FhirQueryFailed
 from cds_service.fhir_client import (
     FhirQueryLimits,
@@ -55,6 +57,8 @@ from cds_service.settings import Settings, current_settings
 from cds_service.smart_form import (
     FormUnavailable,
     answer_json,
+    app_words,
+    error_page,
     field_value,
     knowledge_from_json,
     knowledge_to_json,
@@ -74,8 +78,8 @@ from cds_service.smart_sessions import (
     take_authorization,
 )
 from cds_service.store import Store
-from coverage_policy.model import Outcome, Policy, Truth
-from dtr.adaptive import Knowledge, Step
+from coverage_policy.model import Outcome, Policy
+from dtr.adaptive import Step
 
 if TYPE_CHECKING:
     from authlib.integrations.requests_client import OAuth2Session
@@ -200,13 +204,7 @@ def current_session(stage: str | None = None) -> AppSession:
     """The browser's session, or an error page when it has none (or it expired)."""
     session = load_session(_store(), request.cookies.get(COOKIE), _now())
     if session is None or (stage is not None and session.data.get("stage") != stage):
-        raise SmartAppError(
-            401,
-            "Session expired",
-            "This documentation session has ended or was never started in this browser. "
-            "Open the documentation app again from the patient's chart in the EHR; "
-            "answers already saved are kept in the chart.",
-        )
+        raise SmartAppError(401, *error_page("session_expired"))
     return session
 
 
@@ -238,12 +236,7 @@ def _browser_url(url: Any) -> bool:
 def _get_json(url: str, what: str) -> dict[str, Any]:
     """GET a small JSON document, without redirects, within the FHIR call timeout."""
     timeout = _call_limits().call_timeout_s
-    failed = SmartAppError(
-        502,
-        "The EHR could not be reached",
-        f"The EHR's {what} could not be read. Try again; if it keeps failing, tell the "
-        "EHR's support team.",
-    )
+    failed = SmartAppError(502, *error_page("ehr_unreachable", what=what))
     try:
         with shared_session().get(
             url,
@@ -271,12 +264,7 @@ def _get_json(url: str, what: str) -> dict[str, Any]:
 
 def _smart_configuration(client: SmartClient) -> dict[str, Any]:
     config = _get_json(f"{client.issuer}/.well-known/smart-configuration", "SMART configuration")
-    misconfigured = SmartAppError(
-        502,
-        "The EHR's sign-in is not usable",
-        "The EHR's SMART configuration does not name a usable authorization and token "
-        "endpoint. Tell the EHR's support team.",
-    )
+    misconfigured = SmartAppError(502, *error_page("ehr_misconfigured"))
     if not _browser_url(config.get("authorization_endpoint")):
         raise misconfigured
     token_endpoint = config.get("token_endpoint")
@@ -377,11 +365,7 @@ def _verify_id_token(
     the key is for (``auth.verification_key``), ``iss`` the EHR's issuer (its SMART
     configuration's ``issuer``, else the ``iss`` it launched with), ``aud`` (and ``azp``,
     when sent) our ``client_id``, unexpired, and the ``nonce`` of this launch."""
-    refused = SmartAppError(
-        401,
-        "Sign-in not accepted",
-        "The EHR's sign-in answer could not be verified. Open the app again from the EHR.",
-    )
+    refused = SmartAppError(401, *error_page("id_token_refused"))
     jwks_uri, issuer, nonce = (pending.get(name) for name in ("jwks_uri", "issuer", "nonce"))
     if not isinstance(jwks_uri, str) or not _contactable(jwks_uri, client):
         logger.warning("documentation app: the EHR names no usable jwks_uri")
@@ -397,12 +381,7 @@ def _verify_id_token(
         found = _id_token_key(jwks_uri, header.get("kid"))
     except ClientAuthenticationFailed as failure:
         logger.warning("documentation app: the EHR's signing keys: %s", failure)
-        raise SmartAppError(
-            502,
-            "The EHR could not be reached",
-            "The EHR's signing keys could not be read, so its sign-in answer could not be "
-            "verified. Try again; if it keeps failing, tell the EHR's support team.",
-        ) from None
+        raise SmartAppError(502, *error_page("signing_keys_unreachable")) from None
     if found is None:
         logger.info("documentation app: id_token refused (no key of the EHR has its kid)")
         raise refused
@@ -468,23 +447,13 @@ def published_keys() -> Response:
 def launch() -> Response:
     iss, launch_token = request.args.get("iss", ""), request.args.get("launch", "")
     if not iss or not launch_token or len(launch_token) > 2000:
-        raise SmartAppError(
-            400,
-            "Not launched from an EHR",
-            "The documentation app opens from the patient's chart in the EHR (a SMART EHR "
-            "launch with iss and launch); it cannot be opened directly.",
-        )
+        raise SmartAppError(400, *error_page("not_launched"))
     client = smart_client(current_settings(), iss)
     if client is None or not fhir_server_allowed(
         client.issuer, allowed_fhir_servers(current_settings(), None)
     ):
         logger.warning("documentation app launched from an EHR not configured")
-        raise SmartAppError(
-            403,
-            "EHR not registered",
-            "This EHR is not registered with the documentation app, so it was not "
-            "contacted. The EHR's integration team can register it (CDS_SMART_CLIENTS).",
-        )
+        raise SmartAppError(403, *error_page("ehr_not_registered"))
     config = _smart_configuration(client)
     scope = _scope(client, config)
     state, verifier, nonce = (secrets.token_urlsafe(32) for _ in range(3))
@@ -524,52 +493,32 @@ def callback() -> Response:
     session = current_session()
     pending = session.data
     if pending.get("stage") != "authorizing":
-        raise SmartAppError(
-            400,
-            "Sign-in already used",
-            "This sign-in answer was already used. Open the app again from the EHR.",
-        )
+        raise SmartAppError(400, *error_page("sign_in_used"))
     given_state = request.args.get("state", "")
     if not secrets.compare_digest(given_state, str(pending.get("state", ""))):
         logger.warning("documentation app callback with a state that does not match")
-        raise SmartAppError(
-            400,
-            "Sign-in not accepted",
-            "The sign-in answer does not belong to this browser's launch. Open the app "
-            "again from the EHR.",
-        )
+        raise SmartAppError(400, *error_page("state_mismatch"))
     if not take_authorization(_store(), session):
-        raise SmartAppError(
-            400,
-            "Sign-in already used",
-            "This sign-in answer was already used. Open the app again from the EHR.",
-        )
+        raise SmartAppError(400, *error_page("sign_in_used"))
     if "error" in request.args or not request.args.get("code"):
         end_session(_store(), session)
-        denied = request.args.get("error", "")
-        raise SmartAppError(
-            403,
-            "Access not granted",
-            "The EHR did not grant the documentation app access"
-            + (" (access denied)." if denied == "access_denied" else ".")
-            + " Nothing was read or written. Open the app again to retry.",
-        )
+        denied = request.args.get("error", "") == "access_denied"
+        why = app_words()["errors"]["access_not_granted"]["why_access_denied"]
+        raise SmartAppError(403, *error_page("access_not_granted", why=why if denied else ""))
     client = smart_client(current_settings(), str(pending["iss"]))
     if client is None:
         end_session(_store(), session)
-        raise SmartAppError(403, "EHR not registered", "This EHR is no longer registered.")
+        raise SmartAppError(403, *error_page("ehr_no_longer_registered"))
     token = _exchange(client, pending, request.args["code"])
     claims: dict[str, Any] = {}
     if "openid" in str(pending.get("scope", "")).split():
         id_token = token.get("id_token")
         if not isinstance(id_token, str):
-            raise SmartAppError(
-                401, "Sign-in not accepted", "The EHR sent no identity for the user."
-            )
+            raise SmartAppError(401, *error_page("no_identity"))
         claims = _verify_id_token(id_token, client, pending)
     access_token = token.get("access_token")
     if not isinstance(access_token, str) or not access_token:
-        raise SmartAppError(502, "Sign-in failed", "The EHR sent no access token.")
+        raise SmartAppError(502, *error_page("no_access_token"))
     expires_in = token.get("expires_in")
     lifetime = (
         min(int(expires_in), SESSION_TTL_S)
@@ -612,12 +561,7 @@ def _exchange(client: SmartClient, pending: Mapping[str, Any], code: str) -> dic
         )
     except (AuthlibBaseError, requests.RequestException, ValueError) as exc:
         logger.warning("documentation app: code exchange failed (%s)", type(exc).__name__)
-        raise SmartAppError(
-            502,
-            "Sign-in failed",
-            "The EHR did not accept the sign-in (the code could not be exchanged). Open the "
-            "app again from the EHR.",
-        ) from None
+        raise SmartAppError(502, *error_page("code_not_exchanged")) from None
     return dict(token)
 
 
@@ -647,12 +591,6 @@ def context_references(fhir_context: Any) -> list[str]:
 
 # -- the form ------------------------------------------------------------------------------
 
-_TRUTH_TEXT = {
-    Truth.MET: "met",
-    Truth.UNMET: "not met",
-    Truth.UNKNOWN: "not documented yet",
-}
-
 
 def _policy() -> Policy:
     return cast(Policy, current_app.extensions["cds_policy"])
@@ -676,11 +614,7 @@ def _form_state(session: AppSession) -> dict[str, Any]:
         raise SmartAppError(exc.status, exc.title, exc.message) from None
     note = None
     if opened.source == "audit":
-        note = (
-            "The order is not on the EHR's FHIR server yet (a draft being signed), so this "
-            "form works from the coverage decision made when it was signed "
-            f"(coverage-assertion-id {opened.knowledge.assertion_id})."
-        )
+        note = app_words()["audit_note"].format(assertion_id=opened.knowledge.assertion_id)
     state = {
         "knowledge": knowledge_to_json(opened.knowledge),
         "source": opened.source,
@@ -735,20 +669,19 @@ def _step(state: dict[str, Any]) -> Step:
 
 
 def _sentence(state: Mapping[str, Any], done: Step) -> str:
-    outcome = done.decision.outcome
-    if outcome is Outcome.COVERED:
-        so_far = "covered"
-    elif outcome is Outcome.NOT_COVERED:
-        so_far = "not covered"
-    elif done.asked:
-        count = len(done.asked)
-        so_far = f"conditional: {count} question{'s' if count != 1 else ''} below could settle it"
+    words = app_words()
+    outcome, count = done.decision.outcome, len(done.asked)
+    if outcome in (Outcome.COVERED, Outcome.NOT_COVERED):
+        so_far = words["so_far"][outcome.value]
+    elif count:
+        so_far = words["so_far"]["asked_one" if count == 1 else "asked_many"].format(count=count)
     else:
-        so_far = "conditional: the rest is for the payer to decide from the record"
-    return f"{state['order_text']}. Coverage so far: {so_far}."
+        so_far = words["so_far"]["nothing_to_ask"]
+    return str(words["sentence"].format(order=state["order_text"], so_far=so_far))
 
 
 def _reasons(done: Step) -> list[dict[str, Any]]:
+    truth_words = app_words()["truth"]
     sections = []
     for result in done.decision.deciding_results:
         sections.append(
@@ -758,7 +691,7 @@ def _reasons(done: Step) -> list[dict[str, Any]]:
                 "criteria": [
                     {
                         "text": r.criterion.text,
-                        "truth": _TRUTH_TEXT[r.truth] if r.checked else "could not be checked",
+                        "truth": truth_words[r.truth.value if r.checked else "not-checked"],
                     }
                     for r in result.results
                     if r.deciding
@@ -784,12 +717,7 @@ def _questions(state: Mapping[str, Any], done: Step) -> list[dict[str, Any]]:
 def _check_csrf(session: AppSession) -> None:
     given = request.form.get("csrf", "")
     if not secrets.compare_digest(given, str(session.data.get("csrf", ""))):
-        raise SmartAppError(
-            403,
-            "Form expired",
-            "This form was not sent from the page this session showed. Reload the page "
-            "and try again.",
-        )
+        raise SmartAppError(403, *error_page("form_expired"))
 
 
 @blueprint.get("/form")
@@ -817,16 +745,15 @@ def save_form() -> Response:
     policy = _policy()
     _step(state)
     errors = []
+    words = app_words()
     for link_id in list(state["shown"]):
         item = policy.documentation[link_id]
         raw = request.form.get(f"q-{link_id}", "")
         value = answer_json(item, raw)
         if value is None and raw.strip():
-            wanted = {
-                "date": "a date (YYYY-MM-DD)",
-                "decimal": "a number (0 or more)",
-            }.get(item.answer_type, "one of the choices")
-            errors.append(f"“{item.text}” needs {wanted}.")
+            wants = words["field_wants"]
+            wanted = wants.get(item.answer_type, wants["choice"])
+            errors.append(words["field_error"].format(question=item.text, wanted=wanted))
             continue
         if value is None:
             state["answers"].pop(link_id, None)
@@ -846,12 +773,12 @@ def save_form() -> Response:
             finished=done.finished,
         )
     finishing = request.form.get("action") == "finish"
-    information = None
+    completed = None
     known = knowledge_from_json(state["knowledge"])
     if finishing and done.finished and done.asserts:
-        information = completed_coverage_information(policy, known, done.decision, known.coverage)
+        completed = completed_coverage(policy, known, done.decision, known.coverage)
     status = "completed" if finishing else "in-progress"
-    resource = _response(state, status, coverage_information=information)
+    resource = _response(state, status, coverage_information=completed[0] if completed else None)
     save_session(_store(), session)  # the answers are kept even if the EHR fails now
     try:
         saved = write_response(
@@ -862,39 +789,20 @@ def save_form() -> Response:
         )
     except FhirQueryFailed as exc:
         logger.warning("documentation app: response not saved to the EHR (%s)", exc.detail)
-        raise SmartAppError(
-            502,
-            "Not saved to the chart",
-            f"Your answers were not saved to the chart: {exc.reason}. They are kept in this "
-            "session: go back and press Save again.",
-        ) from None
+        raise SmartAppError(502, *error_page("not_saved", reason=exc.reason)) from None
     state["qr_id"], state["status"] = saved, status
     save_session(_store(), session)
-    if information is not None:
-        _record_completed(session, known, done, information)
+    if completed is not None:
+        # The decision the form asserted, under its new coverage-assertion-id (no PHI).
+        record_dtr_call(
+            "documentation-app",
+            str(session.data["iss"]),
+            0.0,
+            known.crd_version or "",
+            (decision_record(done.decision, completed[1], known.orders, known.order_facts),),
+        )
     logger.info("documentation app saved a %s response (%d answers)", status, len(state["answers"]))
     return page_headers(cast(Response, redirect("/dtr/done" if finishing else "/dtr/form", 303)))
-
-
-def _record_completed(
-    session: AppSession, known: Knowledge, done: Step, information: Mapping[str, Any]
-) -> None:
-    """The decision a completed form asserted, recorded under its new
-    coverage-assertion-id like a ``$next-question`` one (no PHI)."""
-    new_id = next(
-        p["valueString"] for p in information["extension"] if p["url"] == "coverage-assertion-id"
-    )
-    record = AuditRecord(
-        recorded_at=_now(),
-        service_id="dtr",
-        hook="documentation-app",
-        hook_instance=cast(Callable[[], str], current_app.extensions["cds_new_uuid"])(),
-        client_iss=str(session.data["iss"]),
-        crd_version=known.crd_version or "",
-        timings=CallTimings(prefetch=0.0, fetch=0.0, decide=0.0, total=0.0),
-        decisions=(decision_record(done.decision, new_id, known.orders, known.order_facts),),
-    )
-    record_service_call(_store(), record)
 
 
 @blueprint.get("/done")

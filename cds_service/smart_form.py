@@ -28,7 +28,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import date, datetime
-from typing import Any
+from typing import Any, cast
 
 import requests
 
@@ -61,7 +61,7 @@ from coverage_policy.model import (
     Truth,
 )
 from dtr.adaptive import Knowledge, Step, initial_response, knowledge_of, read_answers, step
-from dtr.forms import question
+from dtr.forms import form_text, question
 from fhir_mappings.episodes import ORDER_TYPES
 from hooks import order_sign
 from hooks.decide import deliberate
@@ -83,6 +83,17 @@ class FormUnavailable(Exception):
     def __init__(self, status: int, title: str, message: str) -> None:
         super().__init__(message)
         self.status, self.title, self.message = status, title, message
+
+
+def app_words() -> dict[str, Any]:
+    """What the documentation app's pages say (``dtr/form_text.json`` ``app``)."""
+    return cast(dict[str, Any], form_text()["app"])
+
+
+def error_page(key: str, **values: Any) -> tuple[str, str]:
+    """The title and the message of the error page ``key``, its placeholders filled."""
+    words = app_words()["errors"][key]
+    return str(words["title"]), str(words["message"]).format(**values)
 
 
 # -- the launch context ------------------------------------------------------------------
@@ -193,7 +204,7 @@ def _reader(iss: str, token: str, settings: Settings, started: float) -> FhirRea
 def _order_text(
     policy: Policy, decision_rule: str, orders: tuple[str, ...], hcpcs: str | None
 ) -> str:
-    rule = next((r for r in policy.rules if r.id == decision_rule), None)
+    rule = policy.rules_by_id.get(decision_rule)
     what = rule.title if rule else decision_rule
     code = f" (HCPCS {hcpcs})" if hcpcs else ""
     return f"{what}{code}, order {', '.join(orders)}"
@@ -210,14 +221,9 @@ def open_form(
     """Read the order and the record and decide them; else work from the audit trail."""
     iss, token = str(data["iss"]), str(data["access_token"])
     if not context.orders and context.assertion_id is None:
-        raise FormUnavailable(
-            400,
-            "No order to document",
-            "The EHR launched the app without an order or a coverage decision to document. "
-            "Open it from the order's coverage information.",
-        )
+        raise FormUnavailable(400, *error_page("no_order"))
     if not fhir_server_allowed(iss, allowed_fhir_servers(settings, None)):
-        raise FormUnavailable(403, "EHR not allowed", f"The app may not read {NOT_ALLOWED[4:]}.")
+        raise FormUnavailable(403, *error_page("ehr_not_allowed", server=NOT_ALLOWED[4:]))
     started = time.monotonic()
     reader = _reader(iss, token, settings, started)
     read: list[dict[str, Any]] = []
@@ -238,14 +244,9 @@ def open_form(
     if context.orders and failure is None:
         return _decide_on_record(policy, settings, data, context, read, started, today)
     if context.assertion_id is None:
-        reason = failure.reason if failure else "no order named"
-        raise FormUnavailable(
-            502,
-            "The order could not be read",
-            f"The order could not be read from the EHR ({reason}), and the launch names "
-            "no coverage decision to work from. Sign the order first, then open the app from its "
-            "coverage information.",
-        )
+        words = app_words()["errors"]["order_unreadable"]
+        reason = failure.reason if failure else words["no_order_named"]
+        raise FormUnavailable(502, *error_page("order_unreadable", reason=reason))
     return _from_audit(policy, store, context, context.assertion_id, failure)
 
 
@@ -265,7 +266,7 @@ def _decide_on_record(
         match = _REFERENCE.fullmatch(reference) if isinstance(reference, str) else None
         patient_id = match.group(2) if match and match.group(1) == "Patient" else None
     if patient_id is None:
-        raise FormUnavailable(400, "No patient", "The EHR launched the app without a patient.")
+        raise FormUnavailable(400, *error_page("no_patient"))
     bundle = {
         "resourceType": "Bundle",
         "type": "collection",
@@ -298,22 +299,19 @@ def _decide_on_record(
         deliberation = deliberate(hook_request, clinical, scope, policy, today)
     except DataUnavailable as exc:
         reasons = sorted(set(clinical.unavailable.values()))
+        why = app_words()["errors"]["record_unreadable"]["why"]
         raise FormUnavailable(
             502,
-            "The patient's record could not be read",
-            "The patient's record could not be read from the EHR"
-            + (f" ({'; '.join(reasons)})" if reasons else "")
-            + ". Try again in a moment.",
+            *error_page(
+                "record_unreadable", why=why.format(reasons="; ".join(reasons)) if reasons else ""
+            ),
         ) from exc
     except RequestNotAnswerable as exc:
-        raise FormUnavailable(400, "The order cannot be decided", exc.diagnostics) from exc
-    if not deliberation.decisions:
         raise FormUnavailable(
-            200,
-            "Nothing to document",
-            "The order is not one this payer's infusion pump policy decides, so there is "
-            "nothing to document here.",
-        )
+            400, *error_page("not_decidable", diagnostics=exc.diagnostics)
+        ) from exc
+    if not deliberation.decisions:
+        raise FormUnavailable(200, *error_page("nothing_to_document"))
     chosen = next(
         (d for d in deliberation.decisions if d.outcome is Outcome.CONDITIONAL),
         deliberation.decisions[0],
@@ -361,13 +359,12 @@ def _from_audit(
         if set(context.orders) & set(r["orders"])
     ]
     if not reports:
+        why = app_words()["errors"]["no_decision_for_order"]["why"]
         raise FormUnavailable(
             404,
-            "No coverage decision for this order",
-            "The order could not be read from the EHR"
-            + (f" ({failure.reason})" if failure else "")
-            + ", and no coverage decision for it has this coverage-assertion-id. Sign the "
-            "order again, then open the app from its coverage information.",
+            *error_page(
+                "no_decision_for_order", why=why.format(reason=failure.reason) if failure else ""
+            ),
         )
     known = replace(knowledge_of_report(reports[-1]), coverage=context.coverage)
     return Opened(known, "audit", _order_text(policy, known.rule_ids[0], known.orders, None), ())
@@ -486,12 +483,7 @@ def walk(policy: Policy, known: Knowledge, response: Mapping[str, Any]) -> Step:
     answers: dict[str, FactValue] = read_answers(policy, response)
     done = step(policy, known, answers)
     if done is None:
-        raise FormUnavailable(
-            409,
-            "The policy changed",
-            "The coverage policy this decision was made under has changed. Sign the order "
-            "again, then open the app from its coverage information.",
-        )
+        raise FormUnavailable(409, *error_page("policy_changed"))
     return done
 
 

@@ -448,8 +448,7 @@ def redecide(
     what the record made of answers that hold or do not; without one, the values the
     rule's scope allows for the order facts are tried; else it stays unknown (only a
     decision on the record can tell). Unanswered, it keeps its earlier truth."""
-    rules = {rule.id: rule for rule in policy.rules}
-    chosen = [rules[rule_id] for rule_id in rule_ids if rule_id in rules]
+    chosen = [policy.rules_by_id[r] for r in rule_ids if r in policy.rules_by_id]
     indication = next((r for r in chosen if r.kind is RuleKind.INDICATION), None)
     if indication is None:
         return None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import date
 from enum import StrEnum
@@ -195,6 +195,13 @@ class Policy:
     questionnaire_title: str
     links: tuple[Source, ...]
     preconditions: tuple[Precondition, ...] = ()
+    # Each rule by its id, the one way a rule is looked up (ids are unique: the loader
+    # refuses a policy otherwise). Worked out from ``rules`` whenever a policy is built,
+    # so one built with other rules (``dataclasses.replace``) maps those.
+    rules_by_id: Mapping[str, Rule] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "rules_by_id", {rule.id: rule for rule in self.rules})
 
     @property
     def precondition_facts(self) -> frozenset[str]:

@@ -135,8 +135,9 @@ def question(policy: Policy, item: DocumentationItem) -> dict[str, Any]:
 
 
 @cache
-def form_text() -> dict[str, str]:
-    """What the forms and the DTR operations say to people (``dtr/form_text.json``)."""
+def form_text() -> dict[str, Any]:
+    """What the forms, the DTR operations and the documentation app (``["app"]``) say to
+    people (``dtr/form_text.json``)."""
     raw = resources.files("dtr").joinpath("form_text.json").read_text(encoding="utf-8")
     return {k: v for k, v in json.loads(raw).items() if not k.startswith("$")}
 

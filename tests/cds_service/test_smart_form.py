@@ -20,12 +20,14 @@ import pytest
 import requests
 from flask import Flask
 from flask.testing import FlaskClient
+from markupsafe import escape
 
 from cds_service import create_app
 from cds_service.audit import audit_for_assertion
 from cds_service.fhir_client import close_shared_session
 from coverage_policy.loader import load_policy
 from coverage_policy.model import DocumentationItem
+from dtr.forms import form_text
 from tests.conftest import FIXTURES, ORDER_SIGN
 from tests.documentation_app import (
     CLIENT_ID,
@@ -285,3 +287,52 @@ def test_an_order_that_cannot_be_read_without_a_decision_to_work_from(ehr: Ehr) 
     answer = browser.get("/dtr/form")
     assert answer.status_code == 502
     assert "could not be read" in answer.get_data(as_text=True)
+
+
+def test_a_criterion_the_signing_could_not_check_is_shown_as_not_checked(ehr: Ehr) -> None:
+    """Signed while the EHR could not send the medication orders (not in the prefetch, and
+    its FHIR server not answering), the draft order not on the server: the form works from
+    that decision, does not ask about the criterion reading them, and its done page shows
+    it as not checked, in the decision page's words, not as something still to document."""
+    path = REQUESTS / "order-sign__eip-csii-insulin-lispro__conditional.json"
+    body = isolate(json.loads(path.read_text(encoding="utf-8")), "notchecked")
+    del body["prefetch"]["medicationRequests"]
+    body["fhirServer"] = "http://127.0.0.1:9/fhir"  # nothing listens there
+    body["fhirAuthorization"] = {
+        "access_token": "unused",
+        "token_type": "Bearer",
+        "expires_in": 300,
+        "scope": "patient/*.read",
+        "subject": "cds-service",
+    }
+    today = _order_day(body)
+    app = _service(ehr, today)
+    signed = app.test_client().post(ORDER_SIGN, json=body)
+    assert signed.status_code == 200
+    covered, assertion_id = coverage_of_response(signed.get_json())
+    assert covered == "conditional"
+    place(ehr, body, with_orders=False)
+    browser = app.test_client()
+    _launch(browser, ehr, launch_context(body, assertion_id))
+    done, asked = _fill(browser, favourable, today)
+    criterion = POLICY.criteria["EIP-CSII-MDI"]
+    assert criterion.documentation
+    assert not set(criterion.documentation) & set(asked)  # documenting cannot settle it
+    text = str(escape(criterion.text))
+    assert f"<li>{text}: <strong>not checked: its data could not be retrieved</strong></li>" in done
+
+
+_PAGE_KEY = re.compile(r'error_page\(\s*"([a-z_]+)"')
+
+
+def test_every_error_page_the_app_raises_has_its_words_and_every_one_is_raised() -> None:
+    """The keys ``smart_app`` and ``smart_form`` name are those of ``form_text.json``'s
+    ``app.errors``, each with a title and a message."""
+    import cds_service.smart_app
+    import cds_service.smart_form
+
+    sources = [Path(m.__file__ or "") for m in (cds_service.smart_app, cds_service.smart_form)]
+    raised = {key for p in sources for key in _PAGE_KEY.findall(p.read_text(encoding="utf-8"))}
+    errors = form_text()["app"]["errors"]
+    assert raised == set(errors)
+    assert all(entry["title"] and entry["message"] for entry in errors.values())

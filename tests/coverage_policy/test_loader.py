@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 from typing import Any
 
@@ -242,3 +243,13 @@ def test_a_precondition_id_is_unique_among_rules_and_criteria(raw_policy: dict[s
 def test_a_policy_without_preconditions_loads(raw_policy: dict[str, Any]) -> None:
     del raw_policy["preconditions"]
     assert build_policy(raw_policy).preconditions == ()
+
+
+def test_each_rule_is_found_by_its_id() -> None:
+    """``rules_by_id`` holds every rule under its id, and a policy built with other rules
+    (``dataclasses.replace``) maps those, not the loaded ones."""
+    policy = load_policy()
+    assert list(policy.rules_by_id) == [rule.id for rule in policy.rules]
+    assert all(policy.rules_by_id[rule.id] is rule for rule in policy.rules)
+    narrowed = dataclasses.replace(policy, rules=policy.rules[:1])
+    assert list(narrowed.rules_by_id) == [policy.rules[0].id]

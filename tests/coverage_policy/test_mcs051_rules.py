@@ -1019,7 +1019,7 @@ def test_face_to_face_applies_to_implantable_and_home_ambulatory_pumps(
 
 def test_face_to_face_is_not_required_before_it_took_effect(policy: Policy) -> None:
     """DME-F2F is effective from 2013-07-01 (ACA section 6407)."""
-    rule = next(r for r in policy.rules if r.id == "DME-F2F")
+    rule = policy.rules_by_id["DME-F2F"]
     assert rule.effective.start == date(2013, 7, 1)
 
 
@@ -1129,7 +1129,7 @@ def test_csii_gets_the_ncd_310_1_note(policy: Policy) -> None:
 
 
 def test_non_covered_implantables_offer_an_alternative(policy: Policy) -> None:
-    rules = {r.id: r for r in policy.rules}
+    rules = policy.rules_by_id
     assert rules["IIP-INSULIN"].alternatives == ("external-csii-pump",)
     assert rules["IIP-HEPARIN"].alternatives == ("institutional-external-heparin-pump",)
     assert rules["EIP-VANCO"].alternatives == ("elastomeric-pump", "gravity-drip")
