@@ -48,7 +48,7 @@ from cds_service.fhir_client import (
     FhirQueryLimits,
     allowed_fhir_servers,
     fhir_server_allowed,
-    is_loopback_host,
+    https_or_loopback,
     shared_session,
 )
 from cds_service.json_input import UnreadableJson, loads_untrusted
@@ -223,16 +223,6 @@ def _contactable(url: str, client: SmartClient) -> bool:
     )
 
 
-def _browser_url(url: Any) -> bool:
-    """An address the browser may be sent to: https, or http on loopback."""
-    if not isinstance(url, str):
-        return False
-    parts = urlsplit(url)
-    return bool(parts.netloc) and (
-        parts.scheme == "https" or (parts.scheme == "http" and is_loopback_host(parts.hostname))
-    )
-
-
 def _get_json(url: str, what: str) -> dict[str, Any]:
     """GET a small JSON document, without redirects, within the FHIR call timeout."""
     timeout = _call_limits().call_timeout_s
@@ -265,7 +255,7 @@ def _get_json(url: str, what: str) -> dict[str, Any]:
 def _smart_configuration(client: SmartClient) -> dict[str, Any]:
     config = _get_json(f"{client.issuer}/.well-known/smart-configuration", "SMART configuration")
     misconfigured = SmartAppError(502, *error_page("ehr_misconfigured"))
-    if not _browser_url(config.get("authorization_endpoint")):
+    if not https_or_loopback(config.get("authorization_endpoint")):
         raise misconfigured
     token_endpoint = config.get("token_endpoint")
     if not isinstance(token_endpoint, str) or not _contactable(token_endpoint, client):
