@@ -10,9 +10,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 
 from cds_service.errors import ServiceUnavailable
@@ -24,6 +24,18 @@ logger = logging.getLogger(__name__)
 
 def _utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+def _dialect_insert(backend: str) -> Any:
+    """The backend's INSERT with ON CONFLICT; only the dialect in use is imported (the
+    PostgreSQL one pulls in every PostgreSQL driver's module, asyncio among them)."""
+    if backend == "postgresql":
+        from sqlalchemy.dialects import postgresql
+
+        return postgresql.insert
+    from sqlalchemy.dialects import sqlite
+
+    return sqlite.insert
 
 
 class ReplayCache:
@@ -53,9 +65,7 @@ class ReplayCache:
 
     def _remember(self, jti: str, iss: str, expires_at: datetime) -> bool:
         now = self.clock()
-        insert = (postgresql.insert if self.store.backend == "postgresql" else sqlite.insert)(
-            jwt_replay
-        )
+        insert = _dialect_insert(self.store.backend)(jwt_replay)
         with self.store.transaction() as connection:
             connection.execute(sa.delete(jwt_replay).where(jwt_replay.c.expires_at <= now))
             inserted = connection.execute(
