@@ -40,6 +40,27 @@ def test_schema_violation_is_reported_with_its_path(raw_policy: dict[str, Any]) 
     assert "$.rules[0].kind" in _problems(raw_policy)
 
 
+@pytest.mark.parametrize(
+    ("logic", "named"),
+    [
+        ({"all": [{"fact": "order.setting", "op": "eq"}]}, "logic.all[0]: 'value' is a required"),
+        ({"answer": {"const": "met"}}, "logic: 'record' is a required property"),
+        ({"not": {"const": "maybe"}}, "logic.not.const: 'maybe' is not one of"),
+        ({"all": [{"fact": "order.setting", "op": "eq", "value": "home"}], "any": []}, "'any' was"),
+        ({"every": []}, "logic: Additional properties are not allowed ('every' was unexpected)"),
+        ({"fact": "order.setting", "op": "in"}, "logic: 'values' is a required property"),
+        (["all"], "logic: ['all'] is not of type 'object'"),
+    ],
+)
+def test_a_wrong_logic_node_is_named_by_what_its_kind_lacks(
+    raw_policy: dict[str, Any], logic: Any, named: str
+) -> None:
+    _criterion(raw_policy, "EIP-CSII-HOME")["logic"] = logic
+    problems = _problems(raw_policy)
+    assert named in problems
+    assert "is not valid under any of the given schemas" not in problems
+
+
 def test_duplicate_ids(raw_policy: dict[str, Any]) -> None:
     raw_policy["criteria"].append(copy.deepcopy(raw_policy["criteria"][0]))
     assert "duplicate id" in _problems(raw_policy)
