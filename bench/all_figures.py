@@ -191,6 +191,45 @@ def floor_of(body: bytes) -> Callable[[], None]:
     return call
 
 
+def fixed_costs(body: bytes) -> None:
+    """What a call of ``body`` costs before deciding anything, in CPU time against the
+    same floor: Flask answering the same POST through its test client (a route that
+    parses the JSON and answers ``{"cards": []}``), and the full R4 validation of its
+    draft orders, which the service keeps."""
+    from flask import Flask, jsonify, request
+
+    from fhir_mappings.r4 import parse_resource
+
+    bare = Flask("bare")
+
+    @bare.post("/cds-services/<service_id>")
+    def call(service_id: str) -> Any:
+        request.get_json(force=True)
+        return jsonify({"cards": []})
+
+    orders = [e["resource"] for e in json.loads(body)["context"]["draftOrders"]["entry"]]
+
+    def validate_orders() -> None:
+        for order in orders:
+            parse_resource(order, "context.draftOrders")
+
+    interleaved(
+        {
+            "floor": floor_of(body),
+            "flask": post_ok(bare.test_client(), body),
+            "orders": validate_orders,
+        },
+        100,
+    )
+    floor = p50(CPU_SAMPLES["floor"])
+    flask, orders_cpu = p50(CPU_SAMPLES["flask"]), p50(CPU_SAMPLES["orders"])
+    print(
+        f"    (fixed costs in CPU time: bare Flask in-process {ms(flask)}, {flask / floor:.2f}x;"
+        f" R4 validation of the {len(orders)} draft orders {ms(orders_cpu)},"
+        f" {orders_cpu / floor:.2f}x the floor)"
+    )
+
+
 def bench_in_process(folder: Path, largest: Path | None, quick: bool) -> None:
     print("in-process (Flask test client, CDS_AUTH=optional, SQLite file audit store)")
     client = in_process_app(folder).test_client()
@@ -210,6 +249,7 @@ def bench_in_process(folder: Path, largest: Path | None, quick: bool) -> None:
             + cpu_note("small", "small floor"),
         )
     )
+    fixed_costs(small)
     if largest is None:
         print("  ../shared/synthea-r4 not present: record figures skipped")
         return
