@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import gc
 import subprocess
 import sys
+from importlib.metadata import entry_points
+
+import pytest
+
+from cds_service import cli
 
 
 def _modules_after(code: str) -> set[str]:
@@ -52,3 +58,20 @@ def test_preload_loads_every_model_a_draft_order_can_need() -> None:
         "sys.modules['__new__'] = sys  # marker: the check ran\n"
     )
     assert "__new__" in loaded
+
+
+def test_the_command_exits_with_mains_code_leaving_its_objects_untraced(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The installed command runs ``main`` and then freezes the collector, so the
+    process's last collections do not trace everything it built on the way out."""
+    (command,) = (e for e in entry_points(group="console_scripts") if e.name == "infusion-pump-cds")
+    assert command.value == "cds_service.cli:run_command"
+    monkeypatch.setattr(cli, "main", lambda argv=None: 3)
+    try:
+        with pytest.raises(SystemExit) as exited:
+            cli.run_command()
+        assert exited.value.code == 3
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
