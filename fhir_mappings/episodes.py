@@ -11,7 +11,7 @@ else form no episode.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
 from types import SimpleNamespace
 from typing import Any
@@ -57,6 +57,11 @@ class DraftOrder:
     reference: str  # "DeviceRequest/abc"
     raw: Mapping[str, Any]
     resource: FhirModel
+    # Every reference in the order, found once: pairing asks each pump about each drug.
+    references: frozenset[str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "references", _references_in(self.raw))
 
     @property
     def resource_type(self) -> str:
@@ -184,7 +189,7 @@ def pump_hcpcs(order: DraftOrder) -> tuple[str, str] | None:
     return None
 
 
-def _references_in(value: Any) -> set[str]:
+def _references_in(value: Any) -> frozenset[str]:
     """Every ``reference`` string anywhere in a resource's JSON."""
     found: set[str] = set()
     pending = [value]
@@ -197,12 +202,12 @@ def _references_in(value: Any) -> set[str]:
             pending.extend(child for child in item.values() if isinstance(child, dict | list))
         elif isinstance(item, list):
             pending.extend(child for child in item if isinstance(child, dict | list))
-    return found
+    return frozenset(found)
 
 
 def _references_between(a: DraftOrder, b: DraftOrder) -> bool:
     """Whether either order points at the other (basedOn, reasonReference, ...)."""
-    return b.reference in _references_in(a.raw) or a.reference in _references_in(b.raw)
+    return b.reference in a.references or a.reference in b.references
 
 
 def _active_infusion_drug(
