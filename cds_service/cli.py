@@ -563,7 +563,7 @@ def run_command() -> NoReturn:
     """The ``infusion-pump-cds`` command: ``main`` with this process's arguments, then exit."""
     code = main()
     # The process ends here: its last garbage collections need not trace everything it
-    # built (modules, policy, app), which took about as long as deciding the call itself.
+    # built (modules, policy, app); they took a fifth of an ``evaluate`` run.
     gc.freeze()
     sys.exit(code)
 
