@@ -18,6 +18,7 @@ is answered and the failure is logged as an error.
 
 from __future__ import annotations
 
+import json
 import logging
 import sqlite3
 from collections.abc import Callable, Mapping, Sequence
@@ -33,6 +34,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from cds_service import operations
 from cds_service.store import Store
 from cds_service.tables import (
+    UtcDateTime,
     criterion_result,
     decision,
     decision_page,
@@ -201,14 +203,6 @@ def _ms(seconds: float) -> float:
     return round(seconds * 1000.0, 3)
 
 
-# The statements of an audit write, built once (their compiled form is cached).
-_INSERT_CALL = service_call.insert().returning(service_call.c.id)
-_INSERT_DECISION = decision.insert().returning(decision.c.id)
-_INSERT_CRITERIA = criterion_result.insert()
-_INSERT_CARDS = issued_card.insert()
-_INSERT_DECISION_PAGE = decision_page.insert()
-
-
 @dataclass(frozen=True, slots=True)
 class _AuditRows:
     """An audit record as the rows to insert, prepared before the transaction begins so
@@ -361,29 +355,147 @@ def _insert_audit_rows_driver(
 
 
 def _insert_audit_rows(connection: Connection, rows: _AuditRows) -> int:
-    """Insert the rows on ``connection`` (the caller's transaction); the call id."""
+    """Insert the rows on ``connection`` (the caller's transaction); the call id. SQLite:
+    through its driver's cursor, a statement per table; PostgreSQL: one statement."""
     if connection.dialect.name == "sqlite":
         return _insert_audit_rows_sqlite(connection, rows)
-    return _insert_audit_rows_sqlalchemy(connection, rows)
+    return _insert_audit_rows_postgresql(connection, rows)
 
 
-_INSERTS = {
-    "call": _INSERT_CALL,
-    "decision": _INSERT_DECISION,
-    "criteria": _INSERT_CRITERIA,
-    "cards": _INSERT_CARDS,
-    "page": _INSERT_DECISION_PAGE,
-}
+# --- PostgreSQL: the whole audit record in one statement --------------------------------
+#
+# One INSERT per table chained in CTEs, of fixed text, taking the record as a single JSON
+# document the server unpacks (json_to_recordset): one round trip and one parameter per
+# call. Separate statements cost twice the CPU in psycopg (each executemany runs as a
+# pipeline), and a statement with a parameter per value is too long for psycopg to cache
+# its parsing. Each table's rows are inserted in the order separate inserts would number
+# them.
+
+# The parts of the document, with the table each fills, the columns the statement sets
+# itself (the new ids) and the extra keys that place a row (its decision, its order).
+_PG_PARTS = (
+    ("call", service_call, ("id",), ()),
+    ("decisions", decision, ("id", "call_id"), ()),
+    ("criteria", criterion_result, ("id", "decision_id"), ("of_decision", "n")),
+    ("page", decision_page, ("call_id",), ()),
+    ("cards", issued_card, ("id", "call_id", "decision_id"), ("of_decision", "n")),
+)
 
 
-def _insert_audit_rows_sqlalchemy(connection: Connection, rows: _AuditRows) -> int:
-    def insert_one(table: str, row: Mapping[str, Any]) -> int:
-        return int(connection.execute(_INSERTS[table], dict(row)).scalar_one())
+def _pg_record_type(column_type: Any) -> str:
+    """How ``json_to_recordset`` reads a column's values: JSON columns as their text (made
+    JSON in the INSERT, as sent), strings as text (the column's length still applies)."""
+    if isinstance(column_type, sa.JSON):
+        return "text"
+    if isinstance(column_type, UtcDateTime):
+        return "timestamptz"
+    if isinstance(column_type, sa.Date):
+        return "date"
+    if isinstance(column_type, sa.Boolean):
+        return "boolean"
+    if isinstance(column_type, sa.Float):
+        return "float8"
+    if isinstance(column_type, sa.Integer):
+        return "bigint"
+    return "text"
 
-    def insert_many(table: str, many: list[dict[str, Any]]) -> None:
-        connection.execute(_INSERTS[table], many)
 
-    return _write_rows(rows, insert_one, insert_many)
+def _pg_columns(table: sa.Table, set_by_statement: Sequence[str]) -> list[sa.Column[Any]]:
+    return [c for c in table.c if c.name not in set_by_statement]
+
+
+@cache
+def _pg_audit_statement() -> str:
+    """The chained INSERT of one audit record (``%(record)s``: its JSON document). New ids
+    are read by scalar subqueries, not joins, so that the planner's estimates stay those
+    of a few rows (a join of CTEs is costed at thousands, which starts JIT compilation)."""
+
+    def reading(part: str, table: sa.Table, skip: Sequence[str], extra: Sequence[str]) -> str:
+        columns = _pg_columns(table, skip)
+        declared = [f"{k} integer" for k in extra]
+        declared += [f"{c.name} {_pg_record_type(c.type)}" for c in columns]
+        return f"json_to_recordset(%(record)s::json -> '{part}') AS r ({', '.join(declared)})"
+
+    def selected(table: sa.Table, skip: Sequence[str]) -> tuple[str, str]:
+        columns = _pg_columns(table, skip)
+        names = ", ".join(c.name for c in columns)
+        values = ", ".join(
+            f"r.{c.name}::json" if isinstance(c.type, sa.JSON) else f"r.{c.name}" for c in columns
+        )
+        return names, values
+
+    parts = {part: (table, skip, extra) for part, table, skip, extra in _PG_PARTS}
+    call_names, call_values = selected(service_call, parts["call"][1])
+    decision_names, decision_values = selected(decision, parts["decisions"][1])
+    criteria_names, criteria_values = selected(criterion_result, parts["criteria"][1])
+    page_names, page_values = selected(decision_page, parts["page"][1])
+    card_names, card_values = selected(issued_card, parts["cards"][1])
+    call_id = "(SELECT id FROM call)"
+    decision_id = "(SELECT id FROM decisions WHERE decisions.position = r.of_decision)"
+    return (
+        f"WITH call AS (INSERT INTO service_call ({call_names}) SELECT {call_values} "
+        f"FROM {reading('call', *parts['call'])} RETURNING id), "
+        f"decisions AS (INSERT INTO decision (call_id, {decision_names}) "
+        f"SELECT {call_id}, {decision_values} FROM {reading('decisions', *parts['decisions'])} "
+        "ORDER BY r.position RETURNING id, position), "
+        f"criteria AS (INSERT INTO criterion_result (decision_id, {criteria_names}) "
+        f"SELECT {decision_id}, {criteria_values} FROM {reading('criteria', *parts['criteria'])} "
+        "ORDER BY r.n), "
+        f"page AS (INSERT INTO decision_page (call_id, {page_names}) "
+        f"SELECT {call_id}, {page_values} FROM {reading('page', *parts['page'])}), "
+        f"cards AS (INSERT INTO issued_card (call_id, decision_id, {card_names}) "
+        f"SELECT {call_id}, {decision_id}, {card_values} "
+        f"FROM {reading('cards', *parts['cards'])} ORDER BY r.n) "
+        "SELECT id FROM call"
+    )
+
+
+def _pg_document(rows: _AuditRows, dialect: Dialect) -> str:
+    """The JSON document of one record's rows, each value as the statement reads it."""
+    serialize = getattr(dialect, "_json_serializer", None) or json.dumps
+    instant = UtcDateTime()
+
+    def plain(table: sa.Table, row: Mapping[str, Any]) -> dict[str, Any]:
+        values = {}
+        for name, value in row.items():
+            column_type = table.c[name].type
+            if isinstance(column_type, sa.JSON):
+                value = serialize(value)
+            elif isinstance(column_type, UtcDateTime):
+                value = instant.process_bind_param(value, dialect)
+                value = None if value is None else value.isoformat()
+            elif isinstance(value, date):
+                value = value.isoformat()
+            values[name] = value
+        return values
+
+    criteria: list[dict[str, Any]] = []
+    for index, (_, criteria_rows) in enumerate(rows.decisions):
+        for row in criteria_rows:
+            criteria.append(
+                {**plain(criterion_result, row), "of_decision": index, "n": len(criteria)}
+            )
+    return json.dumps(
+        {
+            "call": [plain(service_call, rows.call)],
+            "decisions": [plain(decision, row) for row, _ in rows.decisions],
+            "criteria": criteria,
+            "page": []
+            if rows.decision_page_token is None
+            else [{"token": rows.decision_page_token}],
+            "cards": [
+                {**plain(issued_card, row), "of_decision": position, "n": n}
+                for n, (position, row) in enumerate(rows.cards)
+            ],
+        }
+    )
+
+
+def _insert_audit_rows_postgresql(connection: Connection, rows: _AuditRows) -> int:
+    """Insert the rows on ``connection`` (PostgreSQL, the caller's transaction) in one
+    statement; the call id."""
+    document = _pg_document(rows, connection.dialect)
+    return int(connection.exec_driver_sql(_pg_audit_statement(), {"record": document}).scalar_one())
 
 
 def _write_rows(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import sqlite3
@@ -22,15 +23,23 @@ from cds_service.audit import (
     CriterionRecord,
     DecisionRecord,
     _audit_rows,
+    _AuditRows,
     _insert_audit_rows,
-    _insert_audit_rows_sqlalchemy,
+    _write_rows,
     audit_for_assertion,
     build_audit_record,
     record_service_call,
 )
 from cds_service.auth import ClientIdentity
 from cds_service.store import Store, open_store
-from cds_service.tables import criterion_result, decision, issued_card, metadata, service_call
+from cds_service.tables import (
+    criterion_result,
+    decision,
+    decision_page,
+    issued_card,
+    metadata,
+    service_call,
+)
 from hooks.coverage_information import EXTENSION_URL
 from hooks.request import HookRequest
 from tests.builders import (
@@ -42,6 +51,7 @@ from tests.builders import (
     named_patient_request,
 )
 from tests.conftest import FIXED_NOW, ORDER_SIGN
+from tests.postgres_cluster import PostgresServer
 
 ISSUER = "https://ehr.example.org/cds-client"
 
@@ -387,38 +397,143 @@ def _audit_record_with_everything() -> AuditRecord:
     )
 
 
+def _audit_record_with_two_decisions() -> AuditRecord:
+    """Two decisions with their criteria, and cards on each and on the call."""
+    one = _audit_record_with_everything()
+    second = DecisionRecord(
+        coverage_assertion_id="a-2",
+        order_references=("DeviceRequest/d2",),
+        policy_id="MCS051.01",
+        policy_version="2026-01",
+        rule_id="indication-vancomycin",
+        outcome="not-covered",
+        as_of=FIXED_NOW.date(),
+        criteria=(
+            CriterionRecord("r2", "indication", "c3", "unmet", True, ("Observation/o",)),
+            CriterionRecord("r2", "requirement", "c4", "met", False, ("Encounter/e",)),
+            CriterionRecord("r2", "guidance", "c5", "unknown", False, ()),
+        ),
+    )
+    return dataclasses.replace(
+        one,
+        decisions=(one.decisions[0], second),
+        cards=(
+            CardRecord("u-1", "coverage", "info", ("s-1",), 1),
+            CardRecord("u-2", "coverage", "warning", (), 0),
+            CardRecord("u-3", None, "info", (), None),  # type: ignore[arg-type]
+            CardRecord("u-4", "documentation", "info", ("s-2", "s-3"), 1),
+        ),
+        decision_page_token=None,
+    )
+
+
+RECORDS = (_audit_record_with_everything, _audit_record_with_two_decisions)
+_AUDIT_TABLES = ("service_call", "decision", "criterion_result", "decision_page", "issued_card")
+
+
 def _stored(path: Path) -> dict[str, list[tuple[Any, ...]]]:
     """Every audit row as SQLite holds it, each value with its storage class."""
-    tables = ("service_call", "decision", "criterion_result", "decision_page", "issued_card")
     with sqlite3.connect(path) as connection:
         stored = {}
-        for table in tables:
+        for table in _AUDIT_TABLES:
             columns = [row[1] for row in connection.execute(f"PRAGMA table_info({table})")]
             listed = ", ".join(f"{c}, typeof({c})" for c in columns)
             stored[table] = connection.execute(f"SELECT {listed} FROM {table}").fetchall()
         return stored
 
 
-def test_sqlite_stores_the_rows_sqlalchemy_would(tmp_path: Path) -> None:
+def _insert_with_sqlalchemy(connection: sa.Connection, rows: _AuditRows) -> int:
+    """The audit write through SQLAlchemy's own statements, one per row set: what the
+    service's inserts must store."""
+    statements = {
+        "call": service_call.insert().returning(service_call.c.id),
+        "decision": decision.insert().returning(decision.c.id),
+        "criteria": criterion_result.insert(),
+        "cards": issued_card.insert(),
+        "page": decision_page.insert(),
+    }
+
+    def insert_one(table: str, row: Any) -> int:
+        return int(connection.execute(statements[table], dict(row)).scalar_one())
+
+    def insert_many(table: str, many: list[dict[str, Any]]) -> None:
+        connection.execute(statements[table], many)
+
+    return _write_rows(rows, insert_one, insert_many)
+
+
+WAYS = ("service call", "service inserts", "sqlalchemy")
+
+
+def _written(store: Store, record: AuditRecord, way: str) -> None:
+    """``record`` written on an empty ``store``: by the service (its own transaction), by
+    its inserts in a SQLAlchemy transaction, or by SQLAlchemy's statements."""
+    if way == "service call":
+        assert record_service_call(store, record) == 1
+        return
+    insert = _insert_audit_rows if way == "service inserts" else _insert_with_sqlalchemy
+    with store.transaction() as connection:
+        assert insert(connection, _audit_rows(record)) == 1
+
+
+@pytest.mark.parametrize("make_record", RECORDS)
+def test_sqlite_stores_the_rows_sqlalchemy_would(
+    tmp_path: Path, make_record: Callable[[], AuditRecord]
+) -> None:
     """The SQLite write goes through the driver's cursor; what it stores is what the
     SQLAlchemy statements store, value for value and type for type."""
-    record = _audit_record_with_everything()
-    rows = _audit_rows(record)
     stored = []
-    for name in ("service call", "driver", "sqlalchemy"):
-        path = tmp_path / f"{name}.sqlite3"
+    for way in WAYS:
+        path = tmp_path / f"{way}.sqlite3"
         store = open_store(f"sqlite:///{path}", str(tmp_path))
         store.migrate()
-        if name == "service call":  # the driver's own transaction (``Store.sqlite_write``)
-            assert record_service_call(store, record) == 1
-        else:
-            insert = _insert_audit_rows if name == "driver" else _insert_audit_rows_sqlalchemy
-            with store.transaction() as connection:
-                assert insert(connection, rows) == 1
+        _written(store, make_record(), way)
         store.dispose()
         stored.append(_stored(path))
     assert stored[0] == stored[1] == stored[2]
-    assert all(stored[0].values())
+    assert stored[0]["issued_card"]
+    assert stored[0]["criterion_result"]
+
+
+def _stored_in_postgresql(store: Store) -> dict[str, list[tuple[Any, ...]]]:
+    """Every audit row as PostgreSQL holds it, each value as text with its type."""
+    stored = {}
+    with store.reading() as connection:
+        for table in _AUDIT_TABLES:
+            columns = connection.execute(
+                sa.text(
+                    "SELECT column_name FROM information_schema.columns"
+                    " WHERE table_name = :table ORDER BY ordinal_position"
+                ),
+                {"table": table},
+            ).scalars()
+            listed = ", ".join(f"{c}::text, pg_typeof({c})::text" for c in columns)
+            query = f"SELECT {listed} FROM {table} ORDER BY 1"
+            stored[table] = [tuple(row) for row in connection.exec_driver_sql(query)]
+    return stored
+
+
+@pytest.mark.parametrize("make_record", RECORDS)
+def test_postgresql_stores_the_rows_sqlalchemy_would(
+    postgres_server: PostgresServer, tmp_path: Path, make_record: Callable[[], AuditRecord]
+) -> None:
+    """On PostgreSQL the write is one statement taking the record as a JSON document; what
+    it stores is what the SQLAlchemy statements store, value for value and type for type,
+    ids included."""
+    stored = []
+    for way in WAYS:
+        url = postgres_server.create_database()
+        store = open_store(url, str(tmp_path))
+        try:
+            store.migrate()
+            _written(store, make_record(), way)
+            stored.append(_stored_in_postgresql(store))
+        finally:
+            store.dispose()
+            postgres_server.drop_database(url)
+    assert stored[0] == stored[1] == stored[2]
+    assert stored[0]["issued_card"]
+    assert stored[0]["criterion_result"]
 
 
 def test_a_failed_insert_records_nothing_of_the_call(store: Store) -> None:
