@@ -10,9 +10,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.exc import SQLAlchemyError
 
 from cds_service.errors import ServiceUnavailable
@@ -26,16 +26,17 @@ def _utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-def _dialect_insert(backend: str) -> Any:
-    """The backend's INSERT with ON CONFLICT; only the dialect in use is imported (the
-    PostgreSQL one pulls in every PostgreSQL driver's module, asyncio among them)."""
-    if backend == "postgresql":
-        from sqlalchemy.dialects import postgresql
-
-        return postgresql.insert
-    from sqlalchemy.dialects import sqlite
-
-    return sqlite.insert
+# On PostgreSQL one statement, of fixed text: expired ids purged, this one remembered. An
+# id whose row has expired counts as new (its row is renewed), as if purged first; the
+# purge leaves that row to the upsert, since one statement may not change a row twice.
+_REMEMBER_ON_POSTGRESQL = (
+    "WITH purged AS (DELETE FROM jwt_replay WHERE expires_at <= %(now)s"
+    " AND NOT (iss = %(iss)s AND jti = %(jti)s))"
+    " INSERT INTO jwt_replay (iss, jti, expires_at) VALUES (%(iss)s, %(jti)s, %(expires_at)s)"
+    " ON CONFLICT (iss, jti) DO UPDATE SET expires_at = EXCLUDED.expires_at"
+    " WHERE jwt_replay.expires_at <= %(now)s"
+    " RETURNING jti"
+)
 
 
 class ReplayCache:
@@ -65,13 +66,16 @@ class ReplayCache:
 
     def _remember(self, jti: str, iss: str, expires_at: datetime) -> bool:
         now = self.clock()
-        insert = _dialect_insert(self.store.backend)(jwt_replay)
         with self.store.transaction() as connection:
+            if self.store.backend == "postgresql":
+                values = {"iss": iss, "jti": jti, "expires_at": expires_at, "now": now}
+                remembered = connection.exec_driver_sql(_REMEMBER_ON_POSTGRESQL, values)
+                return remembered.first() is not None
             connection.execute(sa.delete(jwt_replay).where(jwt_replay.c.expires_at <= now))
             inserted = connection.execute(
-                insert.values(iss=iss, jti=jti, expires_at=expires_at)
+                sqlite.insert(jwt_replay)
+                .values(iss=iss, jti=jti, expires_at=expires_at)
                 .on_conflict_do_nothing(index_elements=[jwt_replay.c.iss, jwt_replay.c.jti])
-                # RETURNING, not rowcount: the psycopg driver reports -1 for this statement.
                 .returning(jwt_replay.c.jti)
             )
             return inserted.first() is not None

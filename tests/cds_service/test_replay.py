@@ -66,6 +66,22 @@ def test_expired_ids_are_purged_and_may_come_again(store: Store) -> None:
     assert cache.remember("long", ISS, (clock.now + timedelta(seconds=30)).timestamp()) is False
 
 
+def test_an_expired_id_that_comes_again_first_is_new(store: Store) -> None:
+    """The id whose row has expired is itself the one presented again (no other call has
+    purged it yet): it is new, and kept until its new token expires."""
+    clock = _Clock(NOW)
+    cache = ReplayCache(store, clock)
+    assert cache.remember("again", ISS, (NOW + timedelta(seconds=30)).timestamp()) is True
+    assert cache.remember("stale", ISS, (NOW + timedelta(seconds=30)).timestamp()) is True
+    clock.now = NOW + timedelta(minutes=1)
+    renewed = clock.now + timedelta(minutes=5)
+    assert cache.remember("again", ISS, renewed.timestamp()) is True
+    assert _kept(store) == [(ISS, "again")]  # the other expired id purged
+    assert cache.remember("again", ISS, renewed.timestamp()) is False
+    clock.now = renewed - timedelta(seconds=1)
+    assert cache.remember("again", ISS, (renewed + timedelta(minutes=5)).timestamp()) is False
+
+
 def test_the_app_registers_the_cache_on_its_store(make_service: Callable[..., Flask]) -> None:
     app = make_service()
     cache = app.extensions["cds_replay_cache"]
