@@ -369,122 +369,117 @@ def _insert_audit_rows(connection: Connection, rows: _AuditRows) -> int:
 # call. Separate statements cost twice the CPU in psycopg (each executemany runs as a
 # pipeline), and a statement with a parameter per value is too long for psycopg to cache
 # its parsing. Each table's rows are inserted in the order separate inserts would number
-# them.
-
-# The parts of the document, with the table each fills, the columns the statement sets
-# itself (the new ids) and the extra keys that place a row (its decision, its order).
-_PG_PARTS = (
-    ("call", service_call, ("id",), ()),
-    ("decisions", decision, ("id", "call_id"), ()),
-    ("criteria", criterion_result, ("id", "decision_id"), ("of_decision", "n")),
-    ("page", decision_page, ("call_id",), ()),
-    ("cards", issued_card, ("id", "call_id", "decision_id"), ("of_decision", "n")),
-)
+# them; new ids are read by scalar subqueries, not joins, so that the planner's estimates
+# stay those of a few rows (a join of CTEs is costed at thousands, which starts JIT
+# compilation on every call).
 
 
-def _pg_record_type(column_type: Any) -> str:
-    """How ``json_to_recordset`` reads a column's values: JSON columns as their text (made
-    JSON in the INSERT, as sent), strings as text (the column's length still applies)."""
+def _utc_text(value: datetime | None, dialect: Dialect) -> str | None:
+    instant = UtcDateTime().process_bind_param(value, dialect)
+    return None if instant is None else instant.isoformat()
+
+
+def _pg_reading(column_type: Any) -> tuple[str, Callable[[Any, Dialect], Any] | None]:
+    """How the document carries a column's values and ``json_to_recordset`` reads them
+    back: JSON columns as their text (made JSON again in the INSERT, as sent), instants and
+    dates as ISO text, strings as text (the column's length still applies)."""
     if isinstance(column_type, sa.JSON):
-        return "text"
+        return "text", lambda value, _: json.dumps(value)
     if isinstance(column_type, UtcDateTime):
-        return "timestamptz"
+        return "timestamptz", _utc_text
     if isinstance(column_type, sa.Date):
-        return "date"
+        return "date", lambda value, _: value.isoformat()
     if isinstance(column_type, sa.Boolean):
-        return "boolean"
+        return "boolean", None
     if isinstance(column_type, sa.Float):
-        return "float8"
+        return "float8", None
     if isinstance(column_type, sa.Integer):
-        return "bigint"
-    return "text"
+        return "bigint", None
+    return "text", None
 
 
-def _pg_columns(table: sa.Table, set_by_statement: Sequence[str]) -> list[sa.Column[Any]]:
-    return [c for c in table.c if c.name not in set_by_statement]
+class _PgPart:
+    """One table's rows in the document (under ``key``): the columns it carries, and the
+    statement's pieces that read them into the table."""
 
-
-@cache
-def _pg_audit_statement() -> str:
-    """The chained INSERT of one audit record (``%(record)s``: its JSON document). New ids
-    are read by scalar subqueries, not joins, so that the planner's estimates stay those
-    of a few rows (a join of CTEs is costed at thousands, which starts JIT compilation)."""
-
-    def reading(part: str, table: sa.Table, skip: Sequence[str], extra: Sequence[str]) -> str:
-        columns = _pg_columns(table, skip)
-        declared = [f"{k} integer" for k in extra]
-        declared += [f"{c.name} {_pg_record_type(c.type)}" for c in columns]
-        return f"json_to_recordset(%(record)s::json -> '{part}') AS r ({', '.join(declared)})"
-
-    def selected(table: sa.Table, skip: Sequence[str]) -> tuple[str, str]:
-        columns = _pg_columns(table, skip)
-        names = ", ".join(c.name for c in columns)
-        values = ", ".join(
-            f"r.{c.name}::json" if isinstance(c.type, sa.JSON) else f"r.{c.name}" for c in columns
+    def __init__(
+        self, key: str, table: sa.Table, set_by_statement: Sequence[str], placed: bool = False
+    ) -> None:
+        self.key = key
+        self.table = table.name
+        # ``of_decision`` and ``n``: the decision a row belongs to and its place in order.
+        self.placing = ("of_decision", "n") if placed else ()
+        self.columns = tuple(
+            (c.name, isinstance(c.type, sa.JSON), *_pg_reading(c.type))
+            for c in table.c
+            if c.name not in set_by_statement
         )
-        return names, values
 
-    parts = {part: (table, skip, extra) for part, table, skip, extra in _PG_PARTS}
-    call_names, call_values = selected(service_call, parts["call"][1])
-    decision_names, decision_values = selected(decision, parts["decisions"][1])
-    criteria_names, criteria_values = selected(criterion_result, parts["criteria"][1])
-    page_names, page_values = selected(decision_page, parts["page"][1])
-    card_names, card_values = selected(issued_card, parts["cards"][1])
-    call_id = "(SELECT id FROM call)"
-    decision_id = "(SELECT id FROM decisions WHERE decisions.position = r.of_decision)"
-    return (
-        f"WITH call AS (INSERT INTO service_call ({call_names}) SELECT {call_values} "
-        f"FROM {reading('call', *parts['call'])} RETURNING id), "
-        f"decisions AS (INSERT INTO decision (call_id, {decision_names}) "
-        f"SELECT {call_id}, {decision_values} FROM {reading('decisions', *parts['decisions'])} "
-        "ORDER BY r.position RETURNING id, position), "
-        f"criteria AS (INSERT INTO criterion_result (decision_id, {criteria_names}) "
-        f"SELECT {decision_id}, {criteria_values} FROM {reading('criteria', *parts['criteria'])} "
-        "ORDER BY r.n), "
-        f"page AS (INSERT INTO decision_page (call_id, {page_names}) "
-        f"SELECT {call_id}, {page_values} FROM {reading('page', *parts['page'])}), "
-        f"cards AS (INSERT INTO issued_card (call_id, decision_id, {card_names}) "
-        f"SELECT {call_id}, {decision_id}, {card_values} "
-        f"FROM {reading('cards', *parts['cards'])} ORDER BY r.n) "
-        "SELECT id FROM call"
-    )
+    def names(self) -> str:
+        return ", ".join(name for name, *_ in self.columns)
+
+    def values(self) -> str:
+        return ", ".join(
+            f"r.{name}::json" if is_json else f"r.{name}" for name, is_json, *_ in self.columns
+        )
+
+    def rows(self) -> str:
+        declared = [f"{key} integer" for key in self.placing]
+        declared += [f"{name} {sql_type}" for name, _, sql_type, _ in self.columns]
+        return f"json_to_recordset(%(record)s::json -> '{self.key}') AS r ({', '.join(declared)})"
+
+    def plain(self, row: Mapping[str, Any], dialect: Dialect) -> dict[str, Any]:
+        return {
+            name: row[name] if convert is None else convert(row[name], dialect)
+            for name, _, _, convert in self.columns
+        }
+
+
+_PG_CALL = _PgPart("call", service_call, ("id",))
+_PG_DECISIONS = _PgPart("decisions", decision, ("id", "call_id"))
+_PG_CRITERIA = _PgPart("criteria", criterion_result, ("id", "decision_id"), placed=True)
+_PG_PAGE = _PgPart("page", decision_page, ("call_id",))
+_PG_CARDS = _PgPart("cards", issued_card, ("id", "call_id", "decision_id"), placed=True)
+
+_PG_CALL_ID = "(SELECT id FROM call)"
+_PG_DECISION_ID = "(SELECT id FROM decisions WHERE decisions.position = r.of_decision)"
+
+# The chained INSERT of one audit record; ``%(record)s`` is its JSON document.
+_PG_AUDIT_STATEMENT = (
+    f"WITH call AS (INSERT INTO {_PG_CALL.table} ({_PG_CALL.names()})"
+    f" SELECT {_PG_CALL.values()} FROM {_PG_CALL.rows()} RETURNING id),"
+    f" decisions AS (INSERT INTO {_PG_DECISIONS.table} (call_id, {_PG_DECISIONS.names()})"
+    f" SELECT {_PG_CALL_ID}, {_PG_DECISIONS.values()} FROM {_PG_DECISIONS.rows()}"
+    " ORDER BY r.position RETURNING id, position),"
+    f" criteria AS (INSERT INTO {_PG_CRITERIA.table} (decision_id, {_PG_CRITERIA.names()})"
+    f" SELECT {_PG_DECISION_ID}, {_PG_CRITERIA.values()} FROM {_PG_CRITERIA.rows()}"
+    " ORDER BY r.n),"
+    f" page AS (INSERT INTO {_PG_PAGE.table} (call_id, {_PG_PAGE.names()})"
+    f" SELECT {_PG_CALL_ID}, {_PG_PAGE.values()} FROM {_PG_PAGE.rows()}),"
+    f" cards AS (INSERT INTO {_PG_CARDS.table} (call_id, decision_id, {_PG_CARDS.names()})"
+    f" SELECT {_PG_CALL_ID}, {_PG_DECISION_ID}, {_PG_CARDS.values()} FROM {_PG_CARDS.rows()}"
+    " ORDER BY r.n)"
+    " SELECT id FROM call"
+)
 
 
 def _pg_document(rows: _AuditRows, dialect: Dialect) -> str:
     """The JSON document of one record's rows, each value as the statement reads it."""
-    serialize = getattr(dialect, "_json_serializer", None) or json.dumps
-    instant = UtcDateTime()
-
-    def plain(table: sa.Table, row: Mapping[str, Any]) -> dict[str, Any]:
-        values = {}
-        for name, value in row.items():
-            column_type = table.c[name].type
-            if isinstance(column_type, sa.JSON):
-                value = serialize(value)
-            elif isinstance(column_type, UtcDateTime):
-                value = instant.process_bind_param(value, dialect)
-                value = None if value is None else value.isoformat()
-            elif isinstance(value, date):
-                value = value.isoformat()
-            values[name] = value
-        return values
-
-    criteria: list[dict[str, Any]] = []
-    for index, (_, criteria_rows) in enumerate(rows.decisions):
-        for row in criteria_rows:
-            criteria.append(
-                {**plain(criterion_result, row), "of_decision": index, "n": len(criteria)}
-            )
+    criteria = [
+        {**_PG_CRITERIA.plain(row, dialect), "of_decision": position}
+        for position, (_, criteria_rows) in enumerate(rows.decisions)
+        for row in criteria_rows
+    ]
+    token = rows.decision_page_token
+    page = [] if token is None else [_PG_PAGE.plain({"token": token}, dialect)]
     return json.dumps(
         {
-            "call": [plain(service_call, rows.call)],
-            "decisions": [plain(decision, row) for row, _ in rows.decisions],
-            "criteria": criteria,
-            "page": []
-            if rows.decision_page_token is None
-            else [{"token": rows.decision_page_token}],
+            "call": [_PG_CALL.plain(rows.call, dialect)],
+            "decisions": [_PG_DECISIONS.plain(row, dialect) for row, _ in rows.decisions],
+            "criteria": [{**row, "n": n} for n, row in enumerate(criteria)],
+            "page": page,
             "cards": [
-                {**plain(issued_card, row), "of_decision": position, "n": n}
+                {**_PG_CARDS.plain(row, dialect), "of_decision": position, "n": n}
                 for n, (position, row) in enumerate(rows.cards)
             ],
         }
@@ -495,7 +490,7 @@ def _insert_audit_rows_postgresql(connection: Connection, rows: _AuditRows) -> i
     """Insert the rows on ``connection`` (PostgreSQL, the caller's transaction) in one
     statement; the call id."""
     document = _pg_document(rows, connection.dialect)
-    return int(connection.exec_driver_sql(_pg_audit_statement(), {"record": document}).scalar_one())
+    return int(connection.exec_driver_sql(_PG_AUDIT_STATEMENT, {"record": document}).scalar_one())
 
 
 def _write_rows(
