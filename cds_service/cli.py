@@ -67,11 +67,19 @@ def _serve(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from cds_service.app import create_app
 
-    body = Path(args.request).read_bytes()
+    try:
+        body = Path(args.request).read_bytes()
+    except OSError as exc:
+        print(f"evaluate: cannot read {args.request}: {exc.strerror}", file=sys.stderr)
+        return 2
     # A dry run, unsigned: its decisions go to a throwaway in-memory audit trail, not the
     # real one.
     app = create_app({"DATABASE_URL": "sqlite://", "AUTH": "optional"})
-    service_id = args.service or _service_for(json.loads(body))
+    try:
+        parsed = json.loads(body)
+    except ValueError:  # not JSON: the service's own answer to it (400) is what prints
+        parsed = None
+    service_id = args.service or _service_for(parsed)
     client = app.test_client()
     response = client.post(
         f"/cds-services/{service_id}", data=body, content_type="application/json"

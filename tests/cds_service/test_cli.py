@@ -287,3 +287,22 @@ def test_an_unreachable_database_is_one_line() -> None:
     assert done.returncode == 2
     assert len(done.stderr.splitlines()) == 1
     assert "unavailable" in done.stderr
+
+
+@pytest.mark.parametrize("body", [b"", b"not json", b"\xff\xfe", b"[1, 2]"])
+def test_evaluate_prints_the_services_answer_to_a_body_it_cannot_read(
+    body: bytes, tmp_path: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    request = tmp_path / "request.json"
+    request.write_bytes(body)
+    assert main(["evaluate", str(request)]) == 1
+    answer = json.loads(capsys.readouterr().out)
+    assert answer["resourceType"] == "OperationOutcome"
+    assert answer["issue"][0]["severity"] == "error"
+
+
+def test_evaluate_of_a_file_that_is_not_there(
+    tmp_path: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["evaluate", str(tmp_path / "missing.json")]) == 2
+    assert capsys.readouterr().err.startswith(f"evaluate: cannot read {tmp_path}")
